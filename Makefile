@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv idempotently. torch==2.13.0 (a local CPU build) is installed first when
+# the venv has no torch: any other torch spec would pull gigabytes of CUDA wheels. A GPU user
+# installs a CUDA build of torch into .venv first and this Makefile leaves it alone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.tubeflow-installed
+DEMO   ?= /tmp/tubeflow-demo
+
+.PHONY: venv test test-slow bench demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m pytest -q -s -m benchmark tests/benchmarks
+
+demo: $(STAMP)
+	$(VENV)/bin/tubeflow demo --out $(DEMO)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

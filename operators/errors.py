@@ -1,0 +1,35 @@
+"""Exceptions of tubeflow.
+
+Every error caused by input data names *where* (a file, or a video and frame) and *what*
+is wrong, so a user of a thousand-video job can find the one bad file. The CLI catches
+:class:`TubeflowError` and prints its message instead of a traceback.
+"""
+from __future__ import annotations
+
+
+class TubeflowError(Exception):
+    """Base class of every error tubeflow raises on purpose."""
+
+
+class InputError(TubeflowError):
+    """Input data (a file, a frame, a JSON record) is unreadable or inconsistent.
+
+    ``where`` names the file (or ``video … frame …``), ``problem`` says what is wrong.
+    """
+
+    def __init__(self, where: str, problem: str):
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+    def __reduce__(self):  # keep the two fields through pickling (Ray ships errors)
+        return (type(self), (self.where, self.problem))
+
+
+class CorruptFileError(InputError):
+    """A file cannot be decoded (corrupt PNG, truncated video, invalid JSON)."""
+
+
+class FormatMismatchError(InputError):
+    """A file decodes but disagrees with its metadata or with the other inputs
+    (segments_info vs PNG ids, unknown category, frame of the wrong size)."""

@@ -1,0 +1,153 @@
+"""COCO-panoptic frames: a PNG whose pixel id = R + 256·G + 65536·B (0 = VOID) plus the
+JSON ``segments_info`` that gives each id its category.
+
+A :class:`PanopticFrame` is the in-memory form used everywhere in tubeflow: an ``(H, W)
+int32`` id map and the list of its :class:`SegmentInfo`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import cv2
+import numpy as np
+
+from operators import fs
+from operators.errors import CorruptFileError, FormatMismatchError
+
+VOID = 0
+
+
+@dataclass
+class SegmentInfo:
+    """One entry of COCO-panoptic ``segments_info``. ``bbox`` is (x, y, w, h)."""
+
+    id: int
+    category_id: int
+    area: int = 0
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    iscrowd: int = 0
+    score: float | None = None
+
+    def to_json(self) -> dict:
+        record = {"id": int(self.id), "category_id": int(self.category_id), "area": int(self.area),
+                  "bbox": [int(v) for v in self.bbox], "iscrowd": int(self.iscrowd)}
+        if self.score is not None:
+            record["score"] = float(self.score)
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping, where: str = "segments_info") -> "SegmentInfo":
+        try:
+            score = record.get("score")
+            return cls(id=int(record["id"]), category_id=int(record["category_id"]),
+                       area=int(record.get("area", 0)), bbox=tuple(int(v) for v in record.get("bbox", (0, 0, 0, 0))),
+                       iscrowd=int(record.get("iscrowd", 0)), score=None if score is None else float(score))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatMismatchError(where, f"malformed segment record {dict(record)!r}: {exc}") from None
+
+
+@dataclass
+class PanopticFrame:
+    """A panoptic frame: ``ids`` is ``(H, W) int32`` (0 = VOID), ``segments`` its segments_info."""
+
+    ids: np.ndarray
+    segments: list[SegmentInfo] = field(default_factory=list)
+
+    def segment(self, segment_id: int) -> SegmentInfo:
+        for s in self.segments:
+            if s.id == segment_id:
+                return s
+        raise KeyError(segment_id)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3) uint8`` RGB → ``(H, W) int32`` ids (R + 256·G + 65536·B)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    rgb = rgb.astype(np.int32, copy=False)
+    return rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16)
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """``(H, W)`` integer ids → ``(H, W, 3) uint8`` RGB; ids must be in [0, 2**24)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
+        raise ValueError("panoptic ids must lie in [0, 2**24)")
+    ids = ids.astype(np.uint32, copy=False)
+    return np.stack([ids & 0xFF, (ids >> 8) & 0xFF, (ids >> 16) & 0xFF], axis=-1).astype(np.uint8)
+
+
+def decode_panoptic_png(data: bytes, where: str) -> np.ndarray:
+    """PNG bytes → ``(H, W) int32`` ids. Raises :class:`CorruptFileError` naming ``where``."""
+    buf = np.frombuffer(data, np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if bgr is None:
+        raise CorruptFileError(where, "cannot decode PNG (corrupt or not an image)")
+    if bgr.ndim == 2:  # a single-channel PNG holds ids < 256 directly
+        return bgr.astype(np.int32)
+    if bgr.dtype != np.uint8 or bgr.shape[2] not in (3, 4):
+        raise CorruptFileError(where, f"panoptic PNG must be 8-bit RGB, got {bgr.dtype} with {bgr.shape[2]} channels")
+    return rgb_to_id(bgr[..., 2::-1])  # OpenCV decodes BGR(A); ids are defined on RGB
+
+
+def read_panoptic_png(uri: str) -> np.ndarray:
+    """Read a COCO-panoptic PNG from any fsspec URI as ``(H, W) int32`` ids."""
+    try:
+        data = fs.read_bytes(uri)
+    except FileNotFoundError:
+        raise CorruptFileError(uri, "file not found") from None
+    return decode_panoptic_png(data, uri)
+
+
+def encode_panoptic_png(ids: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", id_to_rgb(ids)[..., ::-1])  # RGB → BGR for OpenCV
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a PNG")
+    return buf.tobytes()
+
+
+def write_panoptic_png(uri: str, ids: np.ndarray) -> None:
+    """Write ``(H, W)`` ids as a COCO-panoptic PNG (atomically)."""
+    fs.write_bytes(uri, encode_panoptic_png(ids))
+
+
+def segments_from_ids(ids: np.ndarray, category_of: Mapping[int, int], iscrowd_of: Mapping[int, int] | None = None,
+                      score_of: Mapping[int, float] | None = None) -> list[SegmentInfo]:
+    """Build segments_info (area, bbox) for every non-VOID id of ``ids``, in increasing id order."""
+    segments = []
+    present, areas = np.unique(ids, return_counts=True)
+    for seg_id, area in zip(present.tolist(), areas.tolist()):
+        if seg_id == VOID:
+            continue
+        ys, xs = np.nonzero(ids == seg_id)
+        bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+        segments.append(SegmentInfo(seg_id, int(category_of[seg_id]), int(area), bbox,
+                                    int((iscrowd_of or {}).get(seg_id, 0)),
+                                    None if score_of is None else float(score_of[seg_id])))
+    return segments
+
+
+def validate_frame(frame: PanopticFrame, where: str, known_categories: Iterable[int] | None = None,
+                   expected_size: tuple[int, int] | None = None) -> None:
+    """Check that the PNG ids and the segments_info agree, categories are known and the size
+    is right. Raises :class:`FormatMismatchError` naming ``where``."""
+    if expected_size is not None and tuple(frame.ids.shape) != tuple(expected_size):
+        raise FormatMismatchError(where, f"frame size {frame.ids.shape[1]}x{frame.ids.shape[0]} (WxH) differs from "
+                                         f"the expected {expected_size[1]}x{expected_size[0]}")
+    json_ids = [s.id for s in frame.segments]
+    if len(set(json_ids)) != len(json_ids):
+        raise FormatMismatchError(where, "segments_info lists a segment id twice")
+    png_ids = set(np.unique(frame.ids).tolist()) - {VOID}
+    only_png = sorted(png_ids - set(json_ids))
+    only_json = sorted(set(json_ids) - png_ids)
+    if only_png:
+        raise FormatMismatchError(where, f"segment ids {only_png[:10]} are in the PNG but not in segments_info")
+    if only_json:
+        raise FormatMismatchError(where, f"segment ids {only_json[:10]} are in segments_info but not in the PNG")
+    if known_categories is not None:
+        known = set(known_categories)
+        unknown = sorted({s.category_id for s in frame.segments} - known)
+        if unknown:
+            raise FormatMismatchError(where, f"unknown category ids {unknown}")

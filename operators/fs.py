@@ -1,0 +1,97 @@
+"""Filesystem access through fsspec: any URI (`/path`, `file://`, `s3://`, `memory://`).
+
+Writers go through :func:`atomic_write` so that a killed job never leaves a half-written
+file under its final name: the bytes land under a temporary name and are moved last.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URI or a plain local path."""
+    return url_to_fs(str(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', keeping the scheme of ``base``."""
+    out = str(base).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(uri: str, mode: str = "wb") -> Iterator:
+    """Open ``uri`` for writing; the file appears under its name only if the block succeeds.
+
+    On local filesystems this is write-to-temp + ``os.replace`` (atomic). Object stores
+    (s3, memory) only make an object visible when its upload completes, which gives the
+    same guarantee, so there we write directly.
+    """
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if _is_local(fs):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, mode) as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+    else:
+        with fs.open(path, mode) as f:
+            yield f
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_write(uri, "wb") as f:
+        f.write(data)
+
+
+def local_copy(uri: str) -> str:
+    """A local filesystem path holding the bytes of ``uri``.
+
+    OpenCV opens containers (mp4, avi, mkv) by path only; remote files go through
+    fsspec's whole-file local cache (``filecache``), local files are used in place.
+    """
+    fs, path = filesystem(uri)
+    if _is_local(fs):
+        return path
+    cached = fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": _cache_dir()})
+    return cached
+
+
+def _cache_dir() -> str:
+    return os.environ.get("TUBEFLOW_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tubeflow"))
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
