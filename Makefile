@@ -6,17 +6,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.tubeflow-installed
+# Known-good versions: keeps installs reproducible and spares pip's resolver a long
+# backtrack (moto's newest boto3 vs. the botocore pin of s3fs's aiobotocore).
+CONSTRAINTS = .ci/constraints.txt
 DEMO   ?= /tmp/tubeflow-demo
 
-.PHONY: venv test test-slow bench demo clean
+.PHONY: venv test test-slow bench demo clean constraints
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -30,6 +33,12 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/tubeflow demo --out $(DEMO)
+
+constraints: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	{ sed -n '1,3p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | \
+	  grep -viE '^(torch|triton|nvidia-|sympy|mpmath|networkx|filelock|jinja2|markupsafe|fsspec|typing.extensions|setuptools|pip)[=-]'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
