@@ -1,0 +1,133 @@
+"""Writing a synthetic corpus to disk (any fsspec URI) in the layout every task reads::
+
+    DIR/corpus.json                          config, videos and their image ids (written last)
+    DIR/videos/<video_id>.mp4                all frames (OpenCV, mp4v)
+    DIR/frames/<image_id>_leftImg8bit.png    every frame, RGB PNG
+    DIR/gt/panoptic_gt.json + gt/panoptic/   annotated frames (frame_index % annotate_every == 0)
+    DIR/gt_all/panoptic_gt.json + gt_all/panoptic/   every frame
+    DIR/flow/<image_id>.flo                  GT flow frame t → t−1 (t ≥ 1), Middlebury .flo
+
+Both GT directories use the Cityscapes-VPS layout of :mod:`operators.formats.vps_layout`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from operators import fs
+from operators.formats.categories import CITYSCAPES_CATEGORIES
+from operators.formats.flo import write_flo
+from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png
+from operators.formats.vps_layout import VpsImage, write_ground_truth
+from operators.synth.config import SynthConfig
+from operators.synth.render import SynthFrame, generate_video
+
+CORPUS_JSON = "corpus.json"
+GT_JSON = "panoptic_gt.json"
+
+
+def frame_png_name(image_id: str) -> str:
+    return f"{image_id}_leftImg8bit.png"
+
+
+def gt_png_name(image: VpsImage) -> str:
+    return f"{image.id}_gtFine_panoptic.png"
+
+
+def encode_rgb_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # RGB → OpenCV's BGR
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a PNG")
+    return buf.tobytes()
+
+
+class _Mp4:
+    """An mp4 of one video, written to a local temporary file and then copied to its URI
+    in one piece (OpenCV writes containers by local path only)."""
+
+    def __init__(self, uri: str, fps: float, width: int, height: int):
+        self.uri = uri
+        self.tmpdir = tempfile.mkdtemp(prefix="tubeflow-synth-")
+        self.path = os.path.join(self.tmpdir, "video.mp4")
+        self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        if not self.writer.isOpened():
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            raise RuntimeError("OpenCV cannot open an mp4v VideoWriter on this machine")
+
+    def add(self, rgb: np.ndarray) -> None:
+        self.writer.write(np.ascontiguousarray(rgb[..., ::-1]))
+
+    def close(self) -> None:
+        self.writer.release()
+        try:
+            with open(self.path, "rb") as f:
+                fs.write_bytes(self.uri, f.read())
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _vps_image(cfg: SynthConfig, frame: SynthFrame) -> VpsImage:
+    return VpsImage(frame.image_id, frame_png_name(frame.image_id), cfg.width, cfg.height, frame.video_id,
+                    frame.frame_index)
+
+
+def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Render every video of ``cfg`` and write the corpus under ``out`` (a path or URI).
+
+    Returns the ``corpus.json`` document. ``corpus.json`` and each GT JSON are written after
+    the files they name, every file atomically, so an interrupted run never leaves a JSON
+    that points at missing or half-written files.
+    """
+    out = str(out).rstrip("/")
+    videos: list[dict] = []
+
+    def every_frame() -> Iterator[tuple[VpsImage, PanopticFrame]]:
+        for v in range(cfg.videos):
+            video_id = cfg.video_id(v)
+            mp4 = _Mp4(fs.join(out, "videos", f"{video_id}.mp4"), cfg.fps, cfg.width, cfg.height)
+            image_ids = []
+            try:
+                for frame in generate_video(cfg, v):
+                    fs.write_bytes(fs.join(out, "frames", frame_png_name(frame.image_id)), encode_rgb_png(frame.rgb))
+                    if frame.flow is not None:
+                        write_flo(fs.join(out, "flow", f"{frame.image_id}.flo"), frame.flow)
+                    mp4.add(frame.rgb)
+                    image_ids.append(frame.image_id)
+                    yield _vps_image(cfg, frame), frame.panoptic
+            finally:
+                mp4.close()
+            videos.append({"video_id": video_id, "mp4": f"videos/{video_id}.mp4", "image_ids": image_ids,
+                           "annotated_image_ids": [i for k, i in enumerate(image_ids) if k % cfg.annotate_every == 0]})
+            if progress is not None:
+                progress(f"video {video_id}: {len(image_ids)} frames")
+
+    all_json, all_png = fs.join(out, "gt_all", GT_JSON), fs.join(out, "gt_all", "panoptic")
+    write_ground_truth(all_json, all_png, every_frame(), CITYSCAPES_CATEGORIES, png_name=gt_png_name)
+
+    # The benchmark GT is a subset of gt_all: read those frames back instead of rendering twice.
+    all_doc = json.loads(fs.read_bytes(all_json))
+    annotated = []
+    for image_rec, ann_rec in zip(all_doc["images"], all_doc["annotations"]):
+        if image_rec["frame_index"] % cfg.annotate_every == 0:
+            annotated.append((VpsImage(**image_rec), ann_rec))
+
+    def annotated_frames() -> Iterator[tuple[VpsImage, PanopticFrame]]:
+        for image, ann in annotated:
+            ids = read_panoptic_png(fs.join(all_png, ann["file_name"]))
+            yield image, PanopticFrame(ids, [SegmentInfo.from_json(s) for s in ann["segments_info"]])
+
+    write_ground_truth(fs.join(out, "gt", GT_JSON), fs.join(out, "gt", "panoptic"), annotated_frames(),
+                       CITYSCAPES_CATEGORIES, png_name=gt_png_name)
+
+    doc = {"generator": "tubeflow synth", "config": cfg.to_json(),
+           "layout": {"frames": "frames/{image_id}_leftImg8bit.png", "videos": "videos/{video_id}.mp4",
+                      "gt": f"gt/{GT_JSON}", "gt_all": f"gt_all/{GT_JSON}", "flow": "flow/{image_id}.flo"},
+           "videos": videos}
+    fs.write_bytes(fs.join(out, CORPUS_JSON), json.dumps(doc, indent=1).encode())
+    return doc
