@@ -1,0 +1,209 @@
+"""Evaluation outputs people read: ``metrics.json``, ``per_class.parquet``,
+``per_video.parquet`` and ``report.html`` (tables laid out like the VPS paper's Table 3 —
+VPQ / VPQ-Th / VPQ-St per k — plus a VPQ-vs-k plot and per-class bars as PNGs).
+
+Every file goes through :func:`operators.fs.write_bytes` (atomic); ``metrics.json`` is
+written last, so its presence means the report is complete.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import fs
+from operators.metrics.stq import StqStats
+from operators.metrics.video import EvaluationSettings, VideoEvaluation
+from operators.metrics.vpq import VpqResult, VpqStats, vpq_result
+
+
+@dataclass
+class EvaluationReport:
+    """The dataset result and the per-video results it was summed from."""
+
+    settings: EvaluationSettings
+    vpq: VpqResult
+    stq: dict
+    videos: list[VideoEvaluation]
+
+    @property
+    def failures(self) -> list[VideoEvaluation]:
+        return [v for v in self.videos if v.error]
+
+
+def build_report(settings: EvaluationSettings, vpq_totals: VpqStats, stq_totals: StqStats | None,
+                 videos: Sequence[VideoEvaluation]) -> EvaluationReport:
+    stq = stq_totals.result() if stq_totals is not None and stq_totals.table.num_rows else \
+        {"STQ": float("nan"), "AQ": float("nan"), "IoU": float("nan")}
+    return EvaluationReport(settings, vpq_result(vpq_totals, settings.categories, settings.ks), stq,
+                            sorted(videos, key=lambda v: v.video_id))
+
+
+def _clean(value):
+    """JSON has no NaN: undefined values are written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def metrics_document(report: EvaluationReport) -> dict:
+    vpq, stq = report.vpq, report.stq
+    per_k = {}
+    for k, groups in vpq.per_k.items():
+        per_k[str(k)] = {"vpq": groups["all"]["pq"], "vpq_thing": groups["things"]["pq"],
+                         "vpq_stuff": groups["stuff"]["pq"], "sq": groups["all"]["sq"], "rq": groups["all"]["rq"],
+                         "sq_thing": groups["things"]["sq"], "rq_thing": groups["things"]["rq"],
+                         "sq_stuff": groups["stuff"]["sq"], "rq_stuff": groups["stuff"]["rq"],
+                         "categories": groups["all"]["n"]}
+    first_k = report.settings.ks[0]
+    s = report.settings
+    return _clean({
+        "vpq": vpq.vpq, "vpq_thing": vpq.vpq_thing, "vpq_stuff": vpq.vpq_stuff,
+        "pq": vpq.per_k[0]["all"]["pq"] if 0 in vpq.per_k else None,
+        "per_k": per_k, "stq": float(stq["STQ"]), "aq": float(stq["AQ"]), "sq": float(stq["IoU"]),
+        "videos": len(report.videos), "videos_failed": len(report.failures),
+        "frames": sum(v.frames for v in report.videos if not v.error),
+        "frames_missing_prediction": sum(v.missing_frames for v in report.videos if not v.error),
+        "failures": [{"video_id": v.video_id, "error": v.error} for v in report.failures],
+        "settings": {"ks": list(s.ks), "stride": s.stride, "allow_missing": s.allow_missing, "gt_area": s.gt_area,
+                     "stq_ignore_label": s.ignore_label, "first_k": first_k},
+        "scale": "fractions in [0, 1]; the papers print 100x",
+    })
+
+
+def per_class_table(report: EvaluationReport) -> pa.Table:
+    return pa.Table.from_pylist([asdict(c) for c in report.vpq.per_class])
+
+
+def per_video_table(report: EvaluationReport) -> pa.Table:
+    rows = []
+    for video in report.videos:
+        row = {"video_id": video.video_id, "frames": video.frames, "missing_frames": video.missing_frames,
+               "status": "failed" if video.error else "ok", "error": video.error}
+        result = None if video.error else vpq_result(video.vpq, report.settings.categories, report.settings.ks)
+        row.update({"vpq": result.vpq if result else None, "vpq_thing": result.vpq_thing if result else None,
+                    "vpq_stuff": result.vpq_stuff if result else None})
+        for k in report.settings.ks:
+            row[f"vpq_k{k}"] = result.per_k[k]["all"]["pq"] if result else None
+        stq = video.stq.result() if video.stq is not None else None
+        row.update({"stq": float(stq["STQ"]) if stq else None, "aq": float(stq["AQ"]) if stq else None,
+                    "stq_sq": float(stq["IoU"]) if stq else None})
+        rows.append(_clean(row))
+    return pa.Table.from_pylist(rows)
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def vpq_vs_k_png(report: EvaluationReport) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(report.settings.ks)
+    figure, axes = plt.subplots(figsize=(5, 3.4))
+    for group, label in (("all", "VPQ"), ("things", "VPQ-Th"), ("stuff", "VPQ-St")):
+        axes.plot(ks, [100 * report.vpq.per_k[k][group]["pq"] for k in ks], marker="o", label=label)
+    axes.set_xlabel("temporal window k (frames)")
+    axes.set_ylabel("VPQ^k (%)")
+    axes.set_xticks(ks)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def per_class_png(report: EvaluationReport) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(report.settings.categories.values())
+    ks = list(report.settings.ks)
+    by_key = {(c.k, c.category_id): c for c in report.vpq.per_class}
+    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(categories)), 3.6))
+    width = 0.8 / len(ks)
+    x = np.arange(len(categories))
+    for j, k in enumerate(ks):
+        axes.bar(x + j * width, [100 * by_key[(k, c.id)].pq for c in categories], width, label=f"k={k}")
+    axes.set_xticks(x + 0.4 - width / 2, [c.name for c in categories], rotation=60, ha="right")
+    axes.set_ylabel("VPQ^k (%)")
+    axes.legend(ncol=len(ks), fontsize="small")
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def report_html(report: EvaluationReport, title: str = "tubeflow evaluation") -> str:
+    ks = list(report.settings.ks)
+    vpq = report.vpq
+    head = "".join(f"<th>k = {k}</th>" for k in ks)
+    paper = [f"<tr><th>{label}</th>" + "".join(f"<td>{_pct(vpq.per_k[k][g]['pq'])}</td>" for k in ks)
+             + f"<td><b>{_pct(total)}</b></td></tr>"
+             for label, g, total in (("VPQ", "all", vpq.vpq), ("VPQ-Th", "things", vpq.vpq_thing),
+                                     ("VPQ-St", "stuff", vpq.vpq_stuff))]
+    sq_rq = [f"<tr><th>{label}</th>" + "".join(f"<td>{_pct(vpq.per_k[k]['all'][key])}</td>" for k in ks) + "<td></td></tr>"
+             for label, key in (("SQ", "sq"), ("RQ", "rq"))]
+    class_rows = []
+    by_key = {(c.k, c.category_id): c for c in vpq.per_class}
+    for category in report.settings.categories.values():
+        cells = "".join(f"<td>{_pct(by_key[(k, category.id)].pq)}</td>" for k in ks)
+        c0 = by_key[(ks[0], category.id)]
+        class_rows.append(f"<tr><td>{category.id}</td><td>{html.escape(category.name)}</td>"
+                          f"<td>{'thing' if category.isthing else 'stuff'}</td>{cells}"
+                          f"<td>{c0.tp}</td><td>{c0.fp}</td><td>{c0.fn}</td></tr>")
+    failures = "".join(f"<li><code>{html.escape(v.video_id)}</code>: {html.escape(v.error or '')}</li>"
+                       for v in report.failures) or "<li>none</li>"
+    stq = report.stq
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} caption{{font-weight:bold;text-align:left}}</style>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(report.videos)} videos ({len(report.failures)} failed), annotation stride λ = {report.settings.stride},
+GT tube areas: {report.settings.gt_area}. Values in %.</p>
+<table><caption>Video panoptic quality (Kim et al., CVPR 2020, Table 3 layout)</caption>
+<tr><th></th>{head}<th>VPQ</th></tr>{''.join(paper)}{''.join(sq_rq)}</table>
+<table><caption>Segmentation and tracking quality (Weber et al., 2021)</caption>
+<tr><th>STQ</th><th>AQ</th><th>SQ</th></tr>
+<tr><td>{_pct(stq['STQ'])}</td><td>{_pct(stq['AQ'])}</td><td>{_pct(stq['IoU'])}</td></tr></table>
+<img src="vpq_vs_k.png" alt="VPQ versus k"> <img src="per_class.png" alt="VPQ per class">
+<table><caption>Per class VPQ^k (TP/FP/FN at k = {ks[0]})</caption>
+<tr><th>id</th><th>class</th><th>kind</th>{head}<th>TP</th><th>FP</th><th>FN</th></tr>{''.join(class_rows)}</table>
+<h2>Failed videos</h2><ul>{failures}</ul>
+</body></html>
+"""
+
+
+def write_report(out: str, report: EvaluationReport) -> dict:
+    """Write the four outputs (and the two PNGs) under ``out``; returns the metrics document."""
+    document = metrics_document(report)
+    for name, table in (("per_class.parquet", per_class_table(report)), ("per_video.parquet", per_video_table(report))):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        fs.write_bytes(fs.join(out, name), buffer.getvalue())
+    fs.write_bytes(fs.join(out, "vpq_vs_k.png"), vpq_vs_k_png(report))
+    fs.write_bytes(fs.join(out, "per_class.png"), per_class_png(report))
+    fs.write_bytes(fs.join(out, "report.html"), report_html(report).encode())
+    fs.write_bytes(fs.join(out, "metrics.json"), json.dumps(document, indent=2).encode())
+    return document

@@ -1,0 +1,105 @@
+"""The ``evaluate`` pipeline: VPQ / PQ / STQ of a prediction set on Ray.
+
+One Ray task per shard of videos (default: one video) runs
+:func:`operators.metrics.video.evaluate_video`; its result is a few hundred sums. A tree
+reduce adds the shards' sums into the dataset totals (only sums travel, never pixels);
+the driver also keeps each video's sums for ``per_video.parquet``. Local runs start an
+in-process Ray (dashboard off); ``address`` joins a cluster (``"auto"`` or ``ray://…``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from operators.formats.vps_layout import read_ground_truth, read_predictions
+from operators.metrics.report import EvaluationReport, build_report, write_report
+from operators.metrics.stq import StqStats
+from operators.metrics.video import EvaluationSettings, VideoEvaluation, evaluate_videos, plan_videos
+from operators.metrics.vpq import VpqStats
+
+REDUCE_FANOUT = 16
+
+
+@dataclass
+class Totals:
+    """Dataset sums: VPQ rows summed over videos, STQ per-sequence rows summed to one."""
+
+    vpq: VpqStats
+    stq: StqStats | None
+
+    @classmethod
+    def of(cls, videos: Sequence[VideoEvaluation]) -> "Totals":
+        good = [v for v in videos if not v.error]
+        return cls(VpqStats.merge([v.vpq for v in good], keep_videos=False),
+                   StqStats.total([v.stq for v in good]) if good else None)
+
+    @classmethod
+    def merge(cls, parts: Sequence["Totals"]) -> "Totals":
+        stq = [p.stq for p in parts if p.stq is not None]
+        return cls(VpqStats.merge([p.vpq for p in parts], keep_videos=False), StqStats.total(stq) if stq else None)
+
+
+def _remote_functions():
+    import ray
+
+    @ray.remote
+    def evaluate_shard(videos, settings) -> list[VideoEvaluation]:
+        return evaluate_videos(videos, settings)
+
+    @ray.remote
+    def shard_totals(results: list[VideoEvaluation]) -> Totals:
+        return Totals.of(results)
+
+    @ray.remote
+    def merge_totals(*parts: Totals) -> Totals:
+        return Totals.merge(parts)
+
+    return evaluate_shard, shard_totals, merge_totals
+
+
+def tree_reduce(refs: list, merge, fanout: int = REDUCE_FANOUT):
+    """Reduce object refs to one with ``merge.remote(*group)`` in groups of ``fanout``: log
+    depth, merges run as soon as their inputs exist."""
+    while len(refs) > 1:
+        refs = [merge.remote(*refs[i:i + fanout]) for i in range(0, len(refs), fanout)]
+    return refs[0]
+
+
+def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str | None = None,
+             allow_missing: bool = False, stride: int = 5, ks: Sequence[int] = (0, 5, 10, 15),
+             gt_area: str = "official", videos_per_task: int = 1, progress: bool = True) -> EvaluationReport:
+    """Evaluate ``pred_dir`` (``pred.json`` + ``pan_pred/``) against a Cityscapes-VPS style
+    GT and write the report under ``out``. Bad videos are listed in the report, not raised."""
+    import ray
+    from tqdm import tqdm
+
+    gt = read_ground_truth(gt_json, gt_dir)
+    predictions = read_predictions(pred_dir)
+    settings = EvaluationSettings(gt.categories, tuple(int(k) for k in ks), int(stride), allow_missing, gt_area)
+    plans = plan_videos(gt, predictions)
+    shards = [plans[i:i + videos_per_task] for i in range(0, len(plans), max(1, videos_per_task))]
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        evaluate_shard, shard_totals, merge_totals = _remote_functions()
+        settings_ref = ray.put(settings)
+        pending = [evaluate_shard.remote(shard, settings_ref) for shard in shards]
+        totals_ref = tree_reduce([shard_totals.remote(ref) for ref in pending], merge_totals) if pending else None
+        videos: list[VideoEvaluation] = []
+        with tqdm(total=len(plans), unit="video", desc="evaluate", disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for result in ray.get(done[0]):
+                    videos.append(result)
+                    bar.update(1)
+                    if result.error:
+                        bar.write(f"failed: {result.error}")
+        totals = ray.get(totals_ref) if totals_ref is not None else Totals(VpqStats(), None)
+    finally:
+        if started_here:
+            ray.shutdown()
+    report = build_report(settings, totals.vpq, totals.stq, videos)
+    write_report(out, report)
+    return report

@@ -1,0 +1,122 @@
+"""`tubeflow evaluate` end to end on a local Ray: a small corpus written in the benchmark
+layout (GT vs a perturbed copy), the outputs, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from metrics_cases import random_video
+from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
+from operators.formats.panoptic import PanopticFrame
+from operators.formats.vps_layout import PredictionWriter, VpsImage, write_ground_truth
+from operators.metrics.reference import ReferenceFrame, reference_vpq, reference_vpq_sums
+from operators.metrics.stq import STQuality
+from operators.metrics.contingency import frame_table
+
+CATEGORIES = categories_by_id(CITYSCAPES_CATEGORIES)
+
+
+def write_corpus(root, videos, *, skip=(), resize=(), bad_category=()):
+    """Write GT and predictions of ``videos`` ({video_id: [ReferenceFrame]}) under ``root``.
+    ``skip``: (video, frame) without prediction; ``resize``: predictions one column too wide;
+    ``bad_category``: prediction segments of an unknown category."""
+    gt_frames = []
+    with PredictionWriter(str(root / "pred")) as writer:
+        for video_id, frames in videos.items():
+            for n, f in enumerate(frames):
+                image = VpsImage(f"{video_id}_{n:04d}_x", f"{video_id}_{n:04d}_x.png", f.gt_ids.shape[1],
+                                 f.gt_ids.shape[0], video_id, 5 * n)
+                gt_frames.append((image, PanopticFrame(f.gt_ids, list(f.gt_segments))))
+                if (video_id, n) in skip:
+                    continue
+                pred, segs = f.pred_ids, list(f.pred_segments)
+                if (video_id, n) in resize:
+                    pred = np.pad(pred, ((0, 0), (0, 1)))
+                if (video_id, n) in bad_category:
+                    segs = [type(s)(s.id, 99, s.area, s.bbox, s.iscrowd) for s in segs]
+                writer.add(image.id, PanopticFrame(pred, segs))
+    write_ground_truth(str(root / "gt.json"), str(root / "gt"), gt_frames, CITYSCAPES_CATEGORIES)
+    return dict(gt_json=str(root / "gt.json"), gt_dir=str(root / "gt"), pred_dir=str(root / "pred"))
+
+
+def corpus(seed, n_videos=3, frames=5):
+    rng = np.random.default_rng(seed)
+    return {f"{v:04d}": random_video(rng, frames, height=12, width=16) for v in range(n_videos)}
+
+
+def expected_metrics(videos):
+    sums = reference_vpq_sums(list(videos.values()))
+    ref = reference_vpq(sums, {c.id: c.isthing for c in CITYSCAPES_CATEGORIES})
+    stq = STQuality(19, [c.id for c in CITYSCAPES_CATEGORIES if c.isthing])
+    for video_id, frames in videos.items():
+        for f in frames:
+            stq.update_from_table(frame_table(0, f.gt_ids, f.gt_segments, f.pred_ids, f.pred_segments), video_id)
+    return ref, stq.result()
+
+
+def test_pipeline_equals_the_reference_and_writes_every_output(tmp_path, ray_local):
+    from pipelines.evaluate import evaluate
+
+    videos = corpus(1)
+    paths = write_corpus(tmp_path, videos)
+    out = tmp_path / "out"
+    report = evaluate(**paths, out=f"file://{out}", progress=False, videos_per_task=2)
+    assert not report.failures
+    ref, stq = expected_metrics(videos)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
+    assert metrics["vpq_thing"] == pytest.approx(ref["things"], abs=1e-9)
+    assert metrics["vpq_stuff"] == pytest.approx(ref["stuff"], abs=1e-9)
+    assert metrics["pq"] == pytest.approx(ref["all_0"], abs=1e-9)
+    for k in (0, 5, 10, 15):
+        assert metrics["per_k"][str(k)]["vpq"] == pytest.approx(ref[f"all_{k}"], abs=1e-9)
+    assert metrics["stq"] == pytest.approx(stq["STQ"], abs=1e-12)
+    assert metrics["aq"] == pytest.approx(stq["AQ"], abs=1e-12)
+    per_video = pq.read_table(out / "per_video.parquet").to_pylist()
+    assert [r["video_id"] for r in per_video] == sorted(videos) and all(r["status"] == "ok" for r in per_video)
+    per_class = pq.read_table(out / "per_class.parquet")
+    assert per_class.num_rows == 4 * len(CITYSCAPES_CATEGORIES)
+    html = (out / "report.html").read_text()
+    assert "VPQ-Th" in html and "vpq_vs_k.png" in html
+    assert (out / "vpq_vs_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_videos_are_listed_and_the_others_scored(tmp_path, ray_local):
+    from jobs.cli import main
+
+    videos = corpus(2, n_videos=4, frames=3)
+    paths = write_corpus(tmp_path, videos, skip={("0000", 1)}, resize={("0001", 2)}, bad_category={("0002", 0)})
+    out = tmp_path / "out"
+    code = main(["evaluate", "--gt-json", paths["gt_json"], "--gt-dir", paths["gt_dir"], "--pred-dir",
+                 paths["pred_dir"], "--out", str(out), "--no-progress"])
+    assert code == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    errors = {f["video_id"]: f["error"] for f in metrics["failures"]}
+    assert set(errors) == {"0000", "0001", "0002"}
+    assert errors["0000"].startswith("video 0000 frame 5") and "no prediction" in errors["0000"]
+    assert errors["0001"].startswith("video 0001 frame 10") and "differs" in errors["0001"]
+    assert "unknown category ids [99]" in errors["0002"] and "0002_0000_x.png" in errors["0002"]
+    ref, _ = expected_metrics({"0003": videos["0003"]})
+    assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
+    per_video = {r["video_id"]: r for r in pq.read_table(out / "per_video.parquet").to_pylist()}
+    assert per_video["0000"]["status"] == "failed" and per_video["0003"]["status"] == "ok"
+
+
+def test_allow_missing_scores_a_missing_frame_as_all_false_negatives(tmp_path, ray_local):
+    from pipelines.evaluate import evaluate
+
+    videos = corpus(3, n_videos=2, frames=4)
+    paths = write_corpus(tmp_path, videos, skip={("0001", 2)})
+    report = evaluate(**paths, out=str(tmp_path / "out"), allow_missing=True, progress=False)
+    assert not report.failures
+    empty = dict(videos)
+    f = videos["0001"][2]
+    empty["0001"] = list(videos["0001"])
+    empty["0001"][2] = ReferenceFrame(f.gt_ids, f.gt_segments, np.zeros_like(f.pred_ids), [])
+    ref, _ = expected_metrics(empty)
+    assert report.vpq.vpq == pytest.approx(ref["all"], abs=1e-9)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["frames_missing_prediction"] == 1
