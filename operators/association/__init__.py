@@ -1,0 +1,22 @@
+"""Online association: per-frame panoptic segments → identities that hold through a video.
+
+Public API::
+
+    from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+    tracker = VideoTracker("0000", TrackerConfig())
+    tracked = tracker.update(TrackerFrame(frame_index, panoptic, rgb, flow))   # PanopticFrame
+
+    from operators.association import TrackChunk, VideoOperator
+    op = VideoOperator("0000")                  # chunks in any order, frames out in order
+    outputs = op.push(start, stop, TrackChunk("0000", start, stop, frames))
+    blob = op.checkpoint(); op = VideoOperator.restore(blob)
+
+No Ray in here: the actor wrapper is :mod:`pipelines.association_actor`.
+"""
+from operators.association.config import TrackerConfig
+from operators.association.track import Track, TrackerFrame, TrackState
+from operators.association.tracker import VideoTracker
+from operators.association.video_operator import TrackChunk, TrackedFrame, VideoOperator
+
+__all__ = ["TrackerConfig", "Track", "TrackerFrame", "TrackState", "VideoTracker", "TrackChunk", "TrackedFrame",
+           "VideoOperator"]

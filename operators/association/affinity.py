@@ -1,0 +1,162 @@
+"""Pure functions that turn (previous tracks, current segments) into affinity matrices.
+
+Segments enter as *compact index maps*: ``(H, W) uint16`` arrays whose value ``k ∈ 1..K``
+is the k-th segment of the frame and 0 is VOID (or "not a tracked segment"). Keeping the
+values small is what lets one ``np.bincount`` over a combined key give the joint histogram of
+*all* pairs at once (HybridTracker's pixel tracker needs every warped-previous × current
+overlap): one pass over the pixels, instead of one pass per pair of masks.
+
+Every matrix is ``(tracks, segments)``: rows are previous tracks, columns current segments.
+"""
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+INDEX_DTYPE = np.uint16
+MAX_SEGMENTS = np.iinfo(INDEX_DTYPE).max - 1  # one value is kept free as an "unknown id" sentinel
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> np.ndarray:
+    """``(H, W, 2) float32`` pixel coordinates (x, y); cached per frame size, read-only."""
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid = np.stack([xs, ys], axis=-1)
+    grid.setflags(write=False)
+    return grid
+
+
+def warp_segments(previous_index: np.ndarray, flow: np.ndarray | None) -> np.ndarray:
+    """Move the previous frame's segments into the current frame (backward warping).
+
+    ``previous_index``: ``(H, W) uint16`` compact index map of frame t-1.
+    ``flow``: ``(H, W, 2) float32`` flow from frame t to frame t-1 (x, y displacements), or
+    ``None`` for no motion. Pixel x of frame t takes the label at x + flow(x) of frame t-1
+    (nearest neighbour: labels are not interpolated); pixels that come from outside the frame
+    get 0. Returns ``(H, W) uint16``. Backward warping leaves no holes, unlike forward splatting.
+    """
+    if flow is None:
+        return previous_index
+    height, width = previous_index.shape
+    coords = flow + _pixel_grid(height, width)
+    return cv2.remap(previous_index, coords, None, interpolation=cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def joint_histogram(warped_previous: np.ndarray, current: np.ndarray, n_previous: int, n_current: int) -> np.ndarray:
+    """Pixel counts of every (warped previous value, current value) pair.
+
+    ``warped_previous`` values lie in ``0..n_previous``, ``current`` in ``0..n_current``
+    (both ``(H, W)`` unsigned). Returns ``(n_previous + 1, n_current + 1) int64``; row/column 0
+    is VOID, so row sums are the warped areas and column sums the current areas.
+    """
+    cols = n_current + 1
+    size = (n_previous + 1) * cols
+    # The combined key fits in uint16 for the usual ≤ 255 segments, which halves memory traffic.
+    key_dtype = np.uint16 if size <= np.iinfo(np.uint16).max else np.int64
+    key = warped_previous.astype(key_dtype, copy=False) * key_dtype(cols)
+    key += current.astype(key_dtype, copy=False)
+    return np.bincount(key.ravel(), minlength=size).reshape(n_previous + 1, cols)
+
+
+def overlap_matrix(joint: np.ndarray, measure: str = "dice") -> np.ndarray:
+    """Dice ``2|A∩B| / (|A| + |B|)`` or IoU ``|A∩B| / |A∪B|`` of every (warped previous,
+    current) pair, from a :func:`joint_histogram`. Returns ``(P, C) float64`` (VOID dropped);
+    pairs where both segments are empty get 0."""
+    inter = joint[1:, 1:].astype(np.float64)
+    area_prev = joint[1:, :].sum(axis=1, dtype=np.float64)[:, None]
+    area_cur = joint[:, 1:].sum(axis=0, dtype=np.float64)[None, :]
+    if measure == "dice":
+        denom, numer = area_prev + area_cur, 2.0 * inter
+    elif measure == "iou":
+        denom, numer = area_prev + area_cur - inter, inter
+    else:
+        raise ValueError(f"unknown overlap measure {measure!r}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(denom > 0, numer / np.maximum(denom, 1.0), 0.0)
+    return out
+
+
+def overlap_matrix_per_pair(warped_previous: np.ndarray, current: np.ndarray, n_previous: int, n_current: int,
+                            measure: str = "dice") -> np.ndarray:
+    """The same matrix as ``overlap_matrix(joint_histogram(...))``, one pair of boolean masks at a
+    time. Slow on purpose: the baseline of the speed benchmark and the oracle of the tests."""
+    out = np.zeros((n_previous, n_current))
+    for i in range(n_previous):
+        a = warped_previous == i + 1
+        area_a = int(a.sum())
+        for j in range(n_current):
+            b = current == j + 1
+            inter, area_b = int(np.logical_and(a, b).sum()), int(b.sum())
+            denom = area_a + area_b if measure == "dice" else area_a + area_b - inter
+            out[i, j] = (2 * inter if measure == "dice" else inter) / denom if denom else 0.0
+    return out
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, D)`` × ``(M, D)`` → ``(N, M)`` cosine similarities; a zero vector has similarity 0."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    return (a / np.where(na > 0, na, 1.0)) @ (b / np.where(nb > 0, nb, 1.0)).T
+
+
+def gaussian_log_likelihood(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Log-likelihood of each detection descriptor under each track's diagonal Gaussian.
+
+    ``x``: ``(M, D)`` detections; ``mean``, ``var``: ``(N, D)`` per-track predictive mean and
+    variance. Returns ``(N, M)``: ``Σ_d −½ [log 2πσ²_nd + (x_md − μ_nd)² / σ²_nd]``.
+    """
+    x = np.asarray(x, np.float64)[None, :, :]
+    mean = np.asarray(mean, np.float64)[:, None, :]
+    var = np.asarray(var, np.float64)[:, None, :]
+    return -0.5 * (np.log(2.0 * np.pi * var) + (x - mean) ** 2 / var).sum(axis=2)
+
+
+def gaussian_affinity(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """The log-likelihood of :func:`gaussian_log_likelihood` made a [0, 1] affinity.
+
+    ``exp((log p(x) − log p(μ)) / D)``: the likelihood relative to the Gaussian's mode, as a
+    geometric mean over the D dimensions, so that it does not shrink with D and can be fused
+    with the dice overlap. Equals ``exp(−½ · mean_d (x_d − μ_d)² / σ²_d)``. ``(N, M)``.
+    """
+    x = np.asarray(x, np.float64)[None, :, :]
+    mean = np.asarray(mean, np.float64)[:, None, :]
+    var = np.asarray(var, np.float64)[:, None, :]
+    return np.exp(-0.5 * ((x - mean) ** 2 / var).mean(axis=2))
+
+
+def category_gate(track_categories: np.ndarray, segment_categories: np.ndarray,
+                  confusable: tuple[tuple[int, ...], ...] = ()) -> np.ndarray:
+    """``(N, M) bool``: may track n take segment m? Same category, or both in one confusable group."""
+    t = np.asarray(track_categories)[:, None]
+    s = np.asarray(segment_categories)[None, :]
+    gate = t == s
+    for group in confusable:
+        members = np.asarray(group)
+        gate |= np.isin(t, members) & np.isin(s, members)
+    return gate
+
+
+def fuse_affinities(pixel: np.ndarray | None, instance: np.ndarray | None, pixel_weight: float,
+                    instance_weight: float) -> np.ndarray:
+    """Weighted mean of the pixel and instance affinities (``(N, M)`` each, in [0, 1]).
+    A matrix whose weight is 0 may be ``None``."""
+    total, weight = 0.0, 0.0
+    for matrix, w in ((pixel, pixel_weight), (instance, instance_weight)):
+        if w > 0:
+            if matrix is None:
+                raise ValueError("an affinity with a positive weight was not computed")
+            total = total + w * matrix
+            weight += w
+    return total / weight
+
+
+def position_likelihood(predicted: np.ndarray, sigma: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``exp(−|c_m − p_n|² / 2σ_n²)`` for predicted track positions ``(N, 2)``, per-track
+    ``sigma`` ``(N,)`` (pixels) and segment centroids ``(M, 2)``. Returns ``(N, M)``."""
+    d2 = ((np.asarray(centroids)[None, :, :] - np.asarray(predicted)[:, None, :]) ** 2).sum(axis=2)
+    return np.exp(-0.5 * d2 / np.asarray(sigma, np.float64)[:, None] ** 2)

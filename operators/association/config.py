@@ -1,0 +1,110 @@
+"""Every threshold of the online association, in one dataclass with documented defaults.
+
+The defaults were chosen on the synthetic corpus (``tests/benchmarks/bench_association_quality.py``
+prints the ablation table they come from); nothing here is tuned on an evaluation set.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from operators.formats.categories import CITYSCAPES_CATEGORIES
+
+ASSIGNMENT_METHODS = ("hungarian", "mutual")
+OVERLAP_MEASURES = ("dice", "iou")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Configuration of :class:`operators.association.tracker.VideoTracker`.
+
+    Affinities are all in [0, 1]; the fused affinity of a (track, segment) pair is
+    ``(pixel_weight · overlap + instance_weight · appearance) / (pixel_weight + instance_weight)``.
+    Setting one weight to 0 gives the single trackers of the ablation (pixel-only:
+    HybridTracker's pixel tracker; instance-only: its instance tracker), and
+    ``max_lost_frames = 0`` switches the temporal-consistency memory off.
+    """
+
+    # --- which categories carry identities -------------------------------------------------
+    thing_category_ids: tuple[int, ...] = tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing)
+    """Categories whose segments get track ids; every other category is stuff (id from the category)."""
+    confusable_categories: tuple[tuple[int, ...], ...] = ()
+    """Groups of thing categories that may match each other (e.g. ``((11, 12),)`` person ↔ rider);
+    a track keeps its identity and takes the category of the segment it matched."""
+    thing_score_threshold: float = 0.3
+    """Thing segments scored below this are dropped (VOID in the output). A segment without a
+    score counts as 1.0 (ground truth, or a segmenter that gives none)."""
+
+    # --- pixel tracker (HybridTracker): previous segments warped by flow ---------------------
+    pixel_weight: float = 0.5
+    overlap: str = "dice"
+    """``"dice"`` (HybridTracker) or ``"iou"``: overlap of a warped previous segment and a current one."""
+
+    # --- instance tracker: appearance -------------------------------------------------------
+    instance_weight: float = 0.5
+    appearance_prior_std: float = 0.15
+    """Prior standard deviation of a track's appearance mean around its first observation
+    (descriptor units; colour descriptors lie in [0, 1])."""
+    appearance_obs_std: float = 0.06
+    """Observation noise of one frame's descriptor (lighting, mask errors) in descriptor units."""
+    appearance_process_std: float = 0.02
+    """Random-walk drift added to the mean's variance every frame, so old evidence fades and
+    the model follows slow appearance change instead of freezing."""
+    colour_sample_pixels: int = 1 << 17
+    """Descriptors are pooled on a regular subsample of about this many pixels (speed at 2 MP)."""
+
+    # --- gates and assignment ----------------------------------------------------------------
+    assignment: str = "hungarian"
+    """``"hungarian"`` (HVPS: optimal assignment, pairs below ``min_affinity`` dropped) or
+    ``"mutual"`` (HybridTracker: keep (i, j) only if each is the other's best)."""
+    min_affinity: float = 0.3
+    """A (track, segment) pair with a fused affinity below this is never matched."""
+
+    # --- temporal-consistency memory (lost tracks, re-identification) -----------------------
+    max_lost_frames: int = 30
+    """A track without a match stays "lost" for up to this many frames, then is removed; 0 = no memory."""
+    reid_threshold: float = 0.5
+    """Minimum re-identification score (appearance × position likelihood) to revive a lost track."""
+    reid_position_sigma: float = 1.0
+    """Std of the predicted-position error, in units of the track's size (sqrt of its area),
+    growing with sqrt(frames lost)."""
+    motion_history: int = 5
+    """Number of recent centroids from which a track's velocity is estimated."""
+
+    # --- output ids --------------------------------------------------------------------------
+    first_track_id: int = 1000
+    """Thing track ids are ``first_track_id, first_track_id + 1, …``; stuff (and crowd) segments
+    get ``category_id + 1``, so categories must be below ``first_track_id - 1``."""
+
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    """Free-form notes carried through checkpoints (e.g. the name of the segmenter)."""
+
+    def __post_init__(self) -> None:
+        if self.assignment not in ASSIGNMENT_METHODS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENT_METHODS}, got {self.assignment!r}")
+        if self.overlap not in OVERLAP_MEASURES:
+            raise ValueError(f"overlap must be one of {OVERLAP_MEASURES}, got {self.overlap!r}")
+        if self.pixel_weight < 0 or self.instance_weight < 0 or self.pixel_weight + self.instance_weight <= 0:
+            raise ValueError("pixel_weight and instance_weight must be ≥ 0 and not both 0")
+        if self.max_lost_frames < 0:
+            raise ValueError("max_lost_frames must be ≥ 0")
+        if min(self.appearance_prior_std, self.appearance_obs_std) <= 0 or self.appearance_process_std < 0:
+            raise ValueError("appearance standard deviations must be positive")
+        if self.thing_category_ids and max(self.thing_category_ids) + 1 >= self.first_track_id:
+            raise ValueError("first_track_id must exceed every category id + 1 (stuff ids are category + 1)")
+        # frozen dataclass: normalise sequences given as lists (e.g. from JSON) to tuples
+        object.__setattr__(self, "thing_category_ids", tuple(int(c) for c in self.thing_category_ids))
+        object.__setattr__(self, "confusable_categories",
+                           tuple(tuple(int(c) for c in group) for group in self.confusable_categories))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrackerConfig":
+        record = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"unknown TrackerConfig fields {unknown}")
+        return cls(**record)

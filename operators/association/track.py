@@ -1,0 +1,96 @@
+"""The records of the tracker: one frame of input, and one track with its state machine.
+
+A :class:`Track` moves through the ByteTrack states (Zhang et al., ECCV 2022,
+``byte_tracker.py``): ``tracked`` while it is matched frame after frame, ``lost`` when a
+frame has no segment for it (kept in the temporal-consistency memory for re-identification),
+``removed`` once it has been lost for more than ``max_lost_frames`` frames.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from operators.association.appearance import GaussianAppearance
+from operators.formats.panoptic import PanopticFrame
+
+
+class TrackState(str, enum.Enum):
+    TRACKED = "tracked"
+    LOST = "lost"
+    REMOVED = "removed"
+
+
+@dataclass
+class TrackerFrame:
+    """One frame of one video, as the tracker consumes it.
+
+    * ``panoptic`` — the segmenter's output for this frame alone: ``(H, W) int32`` ids whose
+      values are *not* consistent over time, and ``segments_info`` with category, iscrowd and
+      (optional) score.
+    * ``rgb`` — ``(H, W, 3) uint8`` frame (for the colour descriptor); may be ``None`` when
+      ``embeddings`` are given.
+    * ``flow`` — ``(H, W, 2) float32`` optical flow from this frame to the previous one;
+      ``None`` on a video's first frame (or to assume no motion).
+    * ``embeddings`` — optional segment id → ``(D,)`` appearance embedding from the segmenter;
+      when given, every thing segment must have one.
+    * ``image_id`` — carried through for writers (``pred.json``), unused by the tracker.
+    """
+
+    frame_index: int
+    panoptic: PanopticFrame
+    rgb: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    embeddings: dict[int, np.ndarray] | None = None
+    image_id: object = None
+
+
+@dataclass
+class Track:
+    """One identity. ``history`` holds the last few ``(frame_index, x, y)`` centroids (pixels),
+    ``size`` is sqrt of its last area (pixels), ``appearance`` its Gaussian appearance belief."""
+
+    track_id: int
+    category_id: int
+    state: TrackState
+    first_frame: int
+    last_frame: int
+    appearance: GaussianAppearance | None
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    size: float = 1.0
+    score: float = 1.0
+
+    def frames_unseen(self, frame_index: int) -> int:
+        return frame_index - self.last_frame
+
+    def velocity(self) -> tuple[float, float]:
+        """Pixels per frame from the oldest to the newest centroid of ``history`` (0 with one)."""
+        if len(self.history) < 2:
+            return 0.0, 0.0
+        (f0, x0, y0), (f1, x1, y1) = self.history[0], self.history[-1]
+        return (x1 - x0) / (f1 - f0), (y1 - y0) / (f1 - f0)
+
+    def predicted_centroid(self, frame_index: int) -> tuple[float, float]:
+        """Constant-velocity prediction of the centroid at ``frame_index``."""
+        _, x, y = self.history[-1]
+        vx, vy = self.velocity()
+        gap = frame_index - self.last_frame
+        return x + vx * gap, y + vy * gap
+
+    def to_json(self) -> dict:
+        return {"track_id": self.track_id, "category_id": self.category_id, "state": self.state.value,
+                "first_frame": self.first_frame, "last_frame": self.last_frame,
+                "history": [list(h) for h in self.history], "size": self.size, "score": self.score,
+                "appearance": None if self.appearance is None else
+                {"mean": self.appearance.mean.tolist(), "var": self.appearance.var.tolist()}}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Track":
+        app = record["appearance"]
+        appearance = None if app is None else GaussianAppearance(np.asarray(app["mean"], np.float64),
+                                                                 np.asarray(app["var"], np.float64))
+        return cls(int(record["track_id"]), int(record["category_id"]), TrackState(record["state"]),
+                   int(record["first_frame"]), int(record["last_frame"]), appearance,
+                   [(int(f), float(x), float(y)) for f, x, y in record["history"]],
+                   float(record["size"]), float(record["score"]))

@@ -1,0 +1,340 @@
+"""Online association for one video: per-frame panoptic segments in, stable track ids out.
+
+``VideoTracker.update(frame)`` runs, per frame (ByteTrack's shape: a state machine, pure
+affinity functions, one assignment call per stage):
+
+1. **Observe** — validate the frame and build its compact index map, the joint histogram
+   with the previous frame's segments warped by the flow, colour descriptors and centroids.
+   Nothing in the tracker changes here, so a rejected frame leaves the state intact.
+2. **Match tracked tracks** — HybridTracker (Kim et al., "Hybrid Tracker with Pixel and
+   Instance for Video Panoptic Segmentation", 2022): pixel affinity = dice of the warped
+   previous segment and the current one; instance affinity = cosine of embeddings, or the
+   Gaussian appearance likelihood of the colour descriptor; fused with configured weights,
+   gated by category, assigned (Hungarian with minimum affinity as in HVPS, or mutual check).
+3. **Re-identify** — the temporal-consistency memory: segments still unmatched are compared
+   with lost tracks (and tracks that just missed step 2) by appearance × likelihood of the
+   position predicted from the track's recent motion (HybridTracker's temporal consistency;
+   HVPS's short-term retrieval and long-term re-ID, Woo et al., 2021).
+4. **Commit** — new tracks for the rest (ids in order of score), state transitions,
+   appearance updates, output frame.
+
+Thing segments get their track id; stuff segments (and crowd regions) get ``category_id + 1``:
+they carry a category, not an identity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from operators.association import affinity
+from operators.association.appearance import GaussianAppearance, segment_statistics
+from operators.association.assignment import assign
+from operators.association.config import TrackerConfig
+from operators.association.track import Track, TrackerFrame, TrackState
+from operators.errors import FormatMismatchError, InputError
+from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo
+
+
+@dataclass
+class _Observation:
+    """Everything computed from one frame before any state changes (K = segments in the frame)."""
+
+    frame_index: int
+    size: tuple[int, int]
+    segments: list[SegmentInfo]
+    index: np.ndarray              # (H, W) uint16 compact index map, 0..K
+    areas: np.ndarray              # (K,) int64
+    overlap: np.ndarray | None     # (K_prev, K) dice/IoU with the warped previous frame
+    descriptors: np.ndarray | None  # (K, D) appearance (embedding or colour descriptor)
+    centroids: np.ndarray          # (K, 2) float64 (x, y)
+    thing: np.ndarray              # (K,) bool: gets a track id
+    dropped: np.ndarray            # (K,) bool: thing below the score threshold → VOID
+    uses_embeddings: bool
+
+
+class VideoTracker:
+    """Tracker state of one video. Deterministic: same frames in, same ids out."""
+
+    def __init__(self, video_id: str, config: TrackerConfig | None = None):
+        self.video_id = str(video_id)
+        self.config = config or TrackerConfig()
+        self.tracks: dict[int, Track] = {}
+        self.next_track_id = self.config.first_track_id
+        self.last_frame_index: int | None = None
+        self.size: tuple[int, int] | None = None
+        self.embedding_dim: int | None = None
+        self.previous_index: np.ndarray | None = None            # (H, W) uint16 of the last frame
+        self.previous_track_of_index = np.zeros(1, np.int64)     # compact index → track id (0 = none)
+        self._things = frozenset(self.config.thing_category_ids)
+
+    # ------------------------------------------------------------------ public
+    def update(self, frame: TrackerFrame) -> PanopticFrame:
+        """Associate one frame; returns its segments with track ids (a :class:`PanopticFrame`).
+
+        Raises :class:`InputError` / :class:`FormatMismatchError` naming the video and frame for
+        a frame of another size, flow of the wrong shape, a segment with an empty mask, ids
+        missing from ``segments_info``, or a frame index that repeats or goes backwards. A
+        rejected frame changes nothing: the next valid frame is tracked as if it never came.
+        """
+        obs = self._observe(frame)
+        matches = self._match_tracked(obs)
+        matches.update(self._reidentify(obs, matches))
+        return self._commit(obs, matches)
+
+    # ------------------------------------------------------------------ 1. observe
+    def _where(self, frame_index) -> str:
+        return f"video {self.video_id} frame {frame_index}"
+
+    def _observe(self, frame: TrackerFrame) -> _Observation:
+        where = self._where(frame.frame_index)
+        cfg = self.config
+        if self.last_frame_index is not None and frame.frame_index <= self.last_frame_index:
+            verb = "repeats" if frame.frame_index == self.last_frame_index else "goes backwards"
+            raise InputError(where, f"frame index {verb} (the last frame tracked was {self.last_frame_index}); "
+                                    "frames must come in increasing order")
+        ids = np.asarray(frame.panoptic.ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise FormatMismatchError(where, f"panoptic ids must be an (H, W) integer array, got {ids.dtype} {ids.shape}")
+        size = (int(ids.shape[0]), int(ids.shape[1]))
+        if self.size is not None and size != self.size:
+            raise FormatMismatchError(where, f"frame size {size[1]}x{size[0]} (WxH) differs from the video's "
+                                             f"{self.size[1]}x{self.size[0]}")
+        if frame.rgb is not None and tuple(frame.rgb.shape) != size + (3,):
+            raise FormatMismatchError(where, f"RGB frame has shape {tuple(frame.rgb.shape)}, expected {size + (3,)}")
+        flow = None
+        if frame.flow is not None and self.previous_index is not None:
+            if tuple(np.shape(frame.flow)) != size + (2,):
+                raise FormatMismatchError(where, f"flow has shape {tuple(np.shape(frame.flow))}, expected {size + (2,)} "
+                                                 "(H, W, 2) from this frame to the previous one")
+            flow = np.asarray(frame.flow, np.float32)
+
+        segments = list(frame.panoptic.segments)
+        index, n = self._compact_index(ids, segments, where)
+        if self.previous_index is not None:
+            warped = affinity.warp_segments(self.previous_index, flow)
+            joint = affinity.joint_histogram(warped, index, len(self.previous_track_of_index) - 1, n)
+            overlap = affinity.overlap_matrix(joint, cfg.overlap)
+            areas = joint.sum(axis=0)
+        else:
+            joint, overlap = None, None
+            areas = np.bincount(index.ravel(), minlength=n + 1)
+        if areas[0] != np.count_nonzero(ids == VOID):
+            unknown = sorted(set(np.unique(ids).tolist()) - {s.id for s in segments} - {VOID})
+            raise FormatMismatchError(where, f"ids {unknown[:10]} are in the id map but not in segments_info")
+        empty = [s.id for s, a in zip(segments, areas[1:]) if a == 0]
+        if empty:
+            raise FormatMismatchError(where, f"segments {empty[:10]} have an empty mask (listed in segments_info, "
+                                             "no pixel in the id map)")
+
+        categories = np.array([s.category_id for s in segments], np.int64)
+        scores = np.array([1.0 if s.score is None else s.score for s in segments])
+        is_thing_class = np.array([c in self._things and not s.iscrowd for c, s in zip(categories, segments)], bool)
+        dropped = is_thing_class & (scores < cfg.thing_score_threshold)
+        thing = is_thing_class & ~dropped
+
+        embeddings = self._embeddings(frame, segments, thing, where)
+        need_colour = embeddings is None and (cfg.instance_weight > 0 or cfg.max_lost_frames > 0)
+        if need_colour and frame.rgb is None:
+            raise InputError(where, "the instance tracker needs the RGB frame (or segment embeddings)")
+        colours, centroids = segment_statistics(frame.rgb if need_colour else None, index, n, cfg.colour_sample_pixels)
+        return _Observation(frame.frame_index, size, segments, index, areas[1:].astype(np.int64), overlap,
+                            embeddings if embeddings is not None else colours, centroids, thing, dropped,
+                            embeddings is not None)
+
+    @staticmethod
+    def _compact_index(ids: np.ndarray, segments: list[SegmentInfo], where: str) -> tuple[np.ndarray, int]:
+        """``(H, W) uint16`` map: pixel → 1 + position of its segment in ``segments`` (0 = VOID or
+        an id not in ``segments``, which the caller detects from the VOID count)."""
+        n = len(segments)
+        if n > affinity.MAX_SEGMENTS:
+            raise FormatMismatchError(where, f"{n} segments in one frame; at most {affinity.MAX_SEGMENTS} are supported")
+        seg_ids = np.array([s.id for s in segments], np.int64)
+        if len(set(seg_ids.tolist())) != n:
+            raise FormatMismatchError(where, "segments_info lists a segment id twice")
+        if n and (seg_ids.min() <= VOID):
+            raise FormatMismatchError(where, f"segment ids must be positive, got {int(seg_ids.min())}")
+        low, high = (int(v) for v in cv2.minMaxLoc(ids if ids.dtype == np.int32 else ids.astype(np.int32))[:2]) \
+            if ids.size else (0, 0)
+        if low < 0:
+            raise FormatMismatchError(where, f"negative id {low} in the id map")
+        # np.zeros is lazily zero-mapped by the OS, so a table as large as the largest id is cheap.
+        lut = np.zeros(max(high, int(seg_ids.max()) if n else 0) + 1, affinity.INDEX_DTYPE)
+        lut[seg_ids] = np.arange(1, n + 1, dtype=affinity.INDEX_DTYPE)
+        return np.take(lut, ids), n
+
+    def _embeddings(self, frame: TrackerFrame, segments: list[SegmentInfo], thing: np.ndarray,
+                    where: str) -> np.ndarray | None:
+        if not frame.embeddings:
+            if self.embedding_dim is not None and thing.any():
+                raise InputError(where, "segment embeddings are missing; earlier frames of this video had them")
+            return None
+        missing = [s.id for s, t in zip(segments, thing) if t and s.id not in frame.embeddings]
+        if missing:
+            raise InputError(where, f"thing segments {missing[:10]} have no embedding")
+        dim = self.embedding_dim or len(next(iter(frame.embeddings.values())))
+        out = np.zeros((len(segments), dim))
+        for k, s in enumerate(segments):
+            if s.id in frame.embeddings:
+                vec = np.asarray(frame.embeddings[s.id], np.float64).ravel()
+                if vec.shape != (dim,):
+                    raise InputError(where, f"embedding of segment {s.id} has {vec.size} values, expected {dim}")
+                out[k] = vec
+        return out
+
+    # ------------------------------------------------------------------ 2. tracked tracks
+    def _instance_affinity(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
+        """``(len(tracks), len(cols))`` appearance affinity in [0, 1]."""
+        cfg = self.config
+        x = obs.descriptors[cols]
+        means = np.array([t.appearance.mean for t in tracks])
+        if obs.uses_embeddings:
+            return np.clip(affinity.cosine_similarity(means, x), 0.0, 1.0)
+        pred_var = np.array([t.appearance.predictive_var(cfg.appearance_obs_std) for t in tracks])
+        return affinity.gaussian_affinity(x, means, pred_var)
+
+    def _gate(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
+        categories = np.array([obs.segments[c].category_id for c in cols], np.int64)
+        return affinity.category_gate(np.array([t.category_id for t in tracks], np.int64), categories,
+                                      self.config.confusable_categories)
+
+    def _match_tracked(self, obs: _Observation) -> dict[int, int]:
+        """Stage 2: tracks of the previous frame ↔ thing segments. Returns {column: track_id}."""
+        cfg = self.config
+        tracks = [t for t in self.tracks.values() if t.state is TrackState.TRACKED]
+        cols = np.flatnonzero(obs.thing)
+        if not tracks or not cols.size:
+            return {}
+        pixel = instance = None
+        if cfg.pixel_weight > 0:
+            row_of = {int(tid): r for r, tid in enumerate(self.previous_track_of_index[1:]) if tid}
+            pixel = np.zeros((len(tracks), cols.size))
+            for i, t in enumerate(tracks):
+                if t.track_id in row_of:
+                    pixel[i] = obs.overlap[row_of[t.track_id], cols]
+        if cfg.instance_weight > 0:
+            instance = self._instance_affinity(tracks, obs, cols)
+        fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
+        pairs = assign(fused, self._gate(tracks, obs, cols), cfg.assignment, cfg.min_affinity)
+        return {int(cols[j]): tracks[i].track_id for i, j in pairs}
+
+    # ------------------------------------------------------------------ 3. memory
+    def _reidentify(self, obs: _Observation, matched: dict[int, int]) -> dict[int, int]:
+        """Stage 3: unmatched thing segments ↔ lost tracks (and tracks step 2 left unmatched)."""
+        cfg = self.config
+        if cfg.max_lost_frames == 0:
+            return {}
+        taken = set(matched.values())
+        tracks = [t for t in self.tracks.values() if t.track_id not in taken and t.appearance is not None
+                  and t.frames_unseen(obs.frame_index) <= cfg.max_lost_frames + 1]
+        cols = np.array([c for c in np.flatnonzero(obs.thing) if int(c) not in matched], np.int64)
+        if not tracks or not cols.size:
+            return {}
+        predicted = np.array([t.predicted_centroid(obs.frame_index) for t in tracks])
+        sigma = np.array([cfg.reid_position_sigma * max(t.size, 1.0) * np.sqrt(t.frames_unseen(obs.frame_index))
+                          for t in tracks])
+        score = self._instance_affinity(tracks, obs, cols) * affinity.position_likelihood(
+            predicted, sigma, obs.centroids[cols])
+        pairs = assign(score, self._gate(tracks, obs, cols), cfg.assignment, cfg.reid_threshold)
+        return {int(cols[j]): tracks[i].track_id for i, j in pairs}
+
+    # ------------------------------------------------------------------ 4. commit
+    def _commit(self, obs: _Observation, matches: dict[int, int]) -> PanopticFrame:
+        cfg = self.config
+        n = len(obs.segments)
+        scores = [1.0 if s.score is None else float(s.score) for s in obs.segments]
+        # New identities: highest score first, ties by position in segments_info.
+        for col in sorted((c for c in np.flatnonzero(obs.thing) if int(c) not in matches), key=lambda c: -scores[c]):
+            matches[int(col)] = self.next_track_id
+            self.next_track_id += 1
+
+        for col, tid in matches.items():
+            seg = obs.segments[col]
+            x, y = obs.centroids[col]
+            descriptor = None if obs.descriptors is None else obs.descriptors[col]
+            track = self.tracks.get(tid)
+            if track is None:
+                appearance = None if descriptor is None else GaussianAppearance.from_first(
+                    descriptor, cfg.appearance_prior_std, cfg.appearance_obs_std)
+                track = Track(tid, seg.category_id, TrackState.TRACKED, obs.frame_index, obs.frame_index, appearance)
+                self.tracks[tid] = track
+            elif descriptor is not None:
+                track.appearance = (track.appearance.updated(descriptor, cfg.appearance_obs_std, cfg.appearance_process_std)
+                                    if track.appearance is not None else GaussianAppearance.from_first(
+                                        descriptor, cfg.appearance_prior_std, cfg.appearance_obs_std))
+            track.state, track.last_frame, track.category_id = TrackState.TRACKED, obs.frame_index, seg.category_id
+            track.history = (track.history + [(obs.frame_index, float(x), float(y))])[-cfg.motion_history:]
+            track.size, track.score = float(np.sqrt(obs.areas[col])), scores[col]
+        for tid in list(self.tracks):
+            track = self.tracks[tid]
+            if track.last_frame == obs.frame_index:
+                continue
+            if track.frames_unseen(obs.frame_index) > cfg.max_lost_frames:
+                track.state = TrackState.REMOVED
+                del self.tracks[tid]
+            else:
+                track.state = TrackState.LOST
+        self.tracks = dict(sorted(self.tracks.items()))
+
+        if obs.uses_embeddings and self.embedding_dim is None:
+            self.embedding_dim = obs.descriptors.shape[1]
+        self.size, self.last_frame_index = obs.size, obs.frame_index
+        self.previous_index = obs.index
+        self.previous_track_of_index = np.zeros(n + 1, np.int64)
+        for col, tid in matches.items():
+            self.previous_track_of_index[col + 1] = tid
+        return self._output_frame(obs, matches, scores)
+
+    def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float]) -> PanopticFrame:
+        out_of_col = np.zeros(len(obs.segments) + 1, np.int32)
+        merged: dict[int, SegmentInfo] = {}
+        for col, seg in enumerate(obs.segments):
+            if obs.dropped[col]:
+                continue
+            out_id = matches[col] if obs.thing[col] else seg.category_id + 1
+            out_of_col[col + 1] = out_id
+            bbox = seg.bbox if any(seg.bbox) else _exact_bbox(obs.index, col + 1)
+            area = int(obs.areas[col])
+            score = None if seg.score is None else scores[col]
+            if out_id in merged:  # several stuff segments of one category become one segment
+                prev = merged[out_id]
+                bbox, area = _union_bbox(prev.bbox, bbox), prev.area + area
+                score = prev.score if score is None else max(score, prev.score or 0.0)
+            merged[out_id] = SegmentInfo(out_id, seg.category_id, area, tuple(bbox), int(seg.iscrowd), score)
+        ids = np.take(out_of_col, obs.index)
+        return PanopticFrame(ids, [merged[k] for k in sorted(merged)])
+
+    # ------------------------------------------------------------------ checkpoint
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The whole tracker as (JSON-serialisable dict, named numpy arrays); see :meth:`from_state`."""
+        meta = {"video_id": self.video_id, "config": self.config.to_json(), "next_track_id": self.next_track_id,
+                "last_frame_index": self.last_frame_index, "size": self.size, "embedding_dim": self.embedding_dim,
+                "tracks": [t.to_json() for t in self.tracks.values()]}
+        arrays = {"previous_track_of_index": self.previous_track_of_index}
+        if self.previous_index is not None:
+            arrays["previous_index"] = self.previous_index
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "VideoTracker":
+        tracker = cls(meta["video_id"], TrackerConfig.from_json(meta["config"]))
+        tracker.next_track_id = int(meta["next_track_id"])
+        tracker.last_frame_index = meta["last_frame_index"]
+        tracker.size = None if meta["size"] is None else tuple(meta["size"])
+        tracker.embedding_dim = meta["embedding_dim"]
+        tracker.tracks = {t.track_id: t for t in map(Track.from_json, meta["tracks"])}
+        tracker.previous_track_of_index = np.asarray(arrays["previous_track_of_index"], np.int64)
+        tracker.previous_index = arrays.get("previous_index")
+        return tracker
+
+
+def _exact_bbox(index: np.ndarray, k: int) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(index == k)
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def _union_bbox(a, b) -> tuple[int, int, int, int]:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return x0, y0, x1 - x0, y1 - y0

@@ -1,0 +1,193 @@
+"""VideoTracker on hand-made scenes: identities, gates, memory, ids, bad input, checkpoints."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from association_scenes import CAR, PERSON, RIDER, ROAD, SKY, Box, identity_switches, render, scramble, scrambled_video
+from operators.association import TrackerConfig, TrackerFrame, TrackState, VideoTracker
+from operators.errors import FormatMismatchError, InputError
+from operators.formats.panoptic import PanopticFrame, validate_frame
+
+
+def crossing_boxes():
+    """Two same-looking cars crossing paths, a person, and a car that leaves the frame."""
+    return [Box(14001, CAR, 5, 30, 14, 10, 3, 0, (200, 30, 30)),
+            Box(14002, CAR, 75, 36, 14, 10, -3, 0, (200, 30, 30)),
+            Box(12001, PERSON, 40, 20, 6, 14, 0, 1, (30, 200, 30)),
+            Box(14003, CAR, 80, 50, 10, 8, 2, 0, (30, 30, 200))]
+
+
+def run(tracker, frames):
+    return [tracker.update(f) for f, _, _ in frames]
+
+
+@pytest.mark.parametrize("assignment", ["hungarian", "mutual"])
+def test_scrambled_ground_truth_keeps_every_identity(assignment):
+    video = scrambled_video(crossing_boxes(), 20)
+    outputs = run(VideoTracker("v", TrackerConfig(assignment=assignment)), video)
+    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert switches == 0
+    assert all(len(ids) == 1 for ids in seen.values())
+    assert len({next(iter(ids)) for ids in seen.values()}) == len(seen)  # distinct objects, distinct ids
+    for out in outputs:
+        validate_frame(out, "output")
+
+
+def test_pixel_only_and_instance_only_differ_where_they_should():
+    """Same-looking cars that cross: appearance alone confuses them at some point, the pixel
+    tracker (flow-warped masks) does not."""
+    video = scrambled_video(crossing_boxes(), 20)
+    gts = [gt for _, gt, _ in video]
+    pixel = run(VideoTracker("v", TrackerConfig(instance_weight=0, max_lost_frames=0)), video)
+    assert identity_switches(pixel, gts)[0] == 0
+    instance = run(VideoTracker("v", TrackerConfig(pixel_weight=0, max_lost_frames=0)), video)
+    assert identity_switches(instance, gts)[0] > 0
+
+
+def test_stuff_gets_category_ids_and_low_scores_are_dropped():
+    boxes = [Box(12001, PERSON, 10, 30, 6, 10, 0, 0, (0, 200, 0), score=0.9),
+             Box(14001, CAR, 50, 30, 10, 8, 0, 0, (200, 0, 0), score=0.1)]
+    frame, _, _ = scrambled_video(boxes, 1)[0]
+    out = VideoTracker("v", TrackerConfig(thing_score_threshold=0.3)).update(frame)
+    by_cat = {s.category_id: s for s in out.segments}
+    assert by_cat[ROAD].id == ROAD + 1 and by_cat[SKY].id == SKY + 1
+    assert CAR not in by_cat                      # below the score threshold → VOID
+    assert by_cat[PERSON].id == 1000 and by_cat[PERSON].score == pytest.approx(0.9)
+    assert (out.ids == 0).sum() == 80             # the dropped car's pixels
+    validate_frame(out, "output")
+
+
+def test_first_frame_ids_follow_score():
+    boxes = [Box(12000 + k, PERSON, 5 + 12 * k, 30, 6, 10, 0, 0, (40 * k, 200, 0), score=s)
+             for k, s in enumerate([0.5, 0.95, 0.7, 0.8])]
+    frame, gt, to_gt = scrambled_video(boxes, 1)[0]
+    out = VideoTracker("v").update(frame)
+    by_score = sorted(boxes, key=lambda b: -b.score)
+    assert [int(out.ids[gt.ids == b.gt_id].max()) for b in by_score] == [1000, 1001, 1002, 1003]
+
+
+def test_occluded_object_is_reidentified_by_the_memory():
+    boxes = [Box(14001, CAR, 5, 30, 12, 10, 3, 0, (200, 40, 40), hidden=frozenset(range(6, 10))),
+             Box(14002, CAR, 60, 10, 12, 10, 0, 0, (40, 40, 200))]
+    video = scrambled_video(boxes, 16)
+    gts = [gt for _, gt, _ in video]
+    with_memory = run(VideoTracker("v", TrackerConfig(max_lost_frames=10)), video)
+    _, seen = identity_switches(with_memory, gts)
+    assert len(seen[14001]) == 1
+    without = run(VideoTracker("v", TrackerConfig(max_lost_frames=0)), video)
+    _, seen = identity_switches(without, gts)
+    assert len(seen[14001]) == 2                   # a new id after the gap
+
+
+def test_lost_tracks_are_removed_after_max_lost_frames():
+    boxes = [Box(14001, CAR, 5, 30, 12, 10, 0, 0, (200, 40, 40), hidden=frozenset(range(3, 10)))]
+    tracker = VideoTracker("v", TrackerConfig(max_lost_frames=4))
+    states = []
+    for frame, _, _ in scrambled_video(boxes, 10):
+        tracker.update(frame)
+        states.append(tracker.tracks[1000].state if 1000 in tracker.tracks else TrackState.REMOVED)
+    assert states[:3] == [TrackState.TRACKED] * 3
+    assert states[3:7] == [TrackState.LOST] * 4
+    assert states[7:] == [TrackState.REMOVED] * 3
+
+
+@pytest.mark.parametrize("confusable, expected_ids", [(((PERSON, RIDER),), 1), ((), 2)])
+def test_confusable_categories_keep_the_identity(confusable, expected_ids):
+    boxes = [Box(12001, PERSON, 20, 30, 8, 14, 1, 0, (0, 200, 0), category_at={t: RIDER for t in range(4, 8)})]
+    video = scrambled_video(boxes, 8)
+    outputs = run(VideoTracker("v", TrackerConfig(confusable_categories=confusable, max_lost_frames=0)), video)
+    track_ids = {int(out.ids[gt.ids == 12001].max()) for out, (_, gt, _) in zip(outputs, video)}
+    assert len(track_ids) == expected_ids
+    assert outputs[-1].segment(max(track_ids)).category_id == RIDER
+
+
+def test_embeddings_drive_the_instance_tracker():
+    """Two objects that swap places every frame: only embeddings can follow them."""
+    rng = np.random.default_rng(0)
+    codes = {12001: np.array([1.0, 0, 0]), 12002: np.array([0, 1.0, 0])}
+    tracker = VideoTracker("v", TrackerConfig(pixel_weight=0, instance_weight=1, max_lost_frames=0))
+    owner = {}
+    for t in range(6):
+        left, right = (12001, 12002) if t % 2 == 0 else (12002, 12001)
+        boxes = [Box(left, PERSON, 10, 30, 8, 12, 0, 0, (0, 200, 0)), Box(right, PERSON, 70, 30, 8, 12, 0, 0, (0, 200, 0))]
+        _, gt, _ = render(boxes, t)
+        pred, to_gt = scramble(gt, rng)
+        emb = {pid: codes[g] + 0.05 * rng.normal(size=3) for pid, g in to_gt.items() if g in codes}
+        out = tracker.update(TrackerFrame(t, pred, None, None, emb))
+        for g in codes:
+            owner.setdefault(g, set()).add(int(out.ids[gt.ids == g].max()))
+    assert len(owner[12001]) == 1 and len(owner[12002]) == 1 and owner[12001] != owner[12002]
+
+
+def test_deterministic():
+    video = scrambled_video(crossing_boxes(), 12, seed=5)
+    a = run(VideoTracker("v"), video)
+    b = run(VideoTracker("v"), video)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.ids, y.ids)
+        assert x.segments == y.segments
+
+
+# ---------------------------------------------------------------- bad input
+def bad_frames(frame: TrackerFrame):
+    """(description, bad variant of ``frame``, expected exception type)."""
+    h, w = frame.panoptic.ids.shape
+    ids = frame.panoptic.ids
+    small = PanopticFrame(ids[:-2], frame.panoptic.segments)
+    empty = PanopticFrame(ids, frame.panoptic.segments + [dataclasses.replace(frame.panoptic.segments[0], id=4242)])
+    unknown = PanopticFrame(np.where(ids == frame.panoptic.segments[0].id, 77, ids).astype(np.int32),
+                            frame.panoptic.segments)
+    return [("size", dataclasses.replace(frame, panoptic=small, rgb=frame.rgb[:-2], flow=frame.flow[:-2]),
+             FormatMismatchError, "differs from the video"),
+            ("flow", dataclasses.replace(frame, flow=np.zeros((h, w + 1, 2), np.float32)), FormatMismatchError, "flow"),
+            ("empty mask", dataclasses.replace(frame, panoptic=empty), FormatMismatchError, "empty mask"),
+            ("unknown id", dataclasses.replace(frame, panoptic=unknown), FormatMismatchError, "not in segments_info")]
+
+
+def test_bad_frames_are_rejected_without_corrupting_the_state():
+    video = scrambled_video(crossing_boxes(), 6, seed=1)
+    reference = run(VideoTracker("v"), video)
+    for name, bad, exc_type, message in bad_frames(video[3][0]):
+        tracker = VideoTracker("cam7")
+        outputs = [tracker.update(f) for f, _, _ in video[:3]]
+        with pytest.raises(exc_type) as info:
+            tracker.update(bad)
+        assert "video cam7 frame 3" in str(info.value) and message in str(info.value), name
+        outputs += [tracker.update(f) for f, _, _ in video[3:]]
+        for got, want in zip(outputs, reference):
+            np.testing.assert_array_equal(got.ids, want.ids, err_msg=name)
+            assert got.segments == want.segments, name
+
+
+@pytest.mark.parametrize("index, word", [(2, "repeats"), (1, "goes backwards")])
+def test_frame_index_must_increase(index, word):
+    video = scrambled_video(crossing_boxes(), 4, seed=1)
+    tracker = VideoTracker("cam7")
+    for f, _, _ in video[:3]:
+        tracker.update(f)
+    with pytest.raises(InputError, match=f"video cam7 frame {index}: frame index {word}"):
+        tracker.update(dataclasses.replace(video[3][0], frame_index=index))
+    reference = run(VideoTracker("cam7"), video)
+    np.testing.assert_array_equal(tracker.update(video[3][0]).ids, reference[3].ids)
+
+
+def test_state_round_trip_gives_identical_output():
+    video = scrambled_video(crossing_boxes(), 12, seed=2)
+    reference = run(VideoTracker("v"), video)
+    first = VideoTracker("v")
+    run(first, video[:6])
+    meta, arrays = first.state()
+    resumed = VideoTracker.from_state(meta, {k: v.copy() for k, v in arrays.items()})
+    for got, want in zip(run(resumed, video[6:]), reference[6:]):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        assert got.segments == want.segments
+
+
+def test_config_rejects_nonsense_and_round_trips():
+    with pytest.raises(ValueError):
+        TrackerConfig(assignment="greedy")
+    with pytest.raises(ValueError):
+        TrackerConfig(pixel_weight=0, instance_weight=0)
+    cfg = TrackerConfig(confusable_categories=((11, 12),), max_lost_frames=3)
+    assert TrackerConfig.from_json(cfg.to_json()) == cfg
