@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from typing import Iterator
 
@@ -68,6 +70,39 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator:
     else:
         with fs.open(path, mode) as f:
             yield f
+
+
+@contextlib.contextmanager
+def atomic_local_path(uri: str) -> Iterator[str]:
+    """A local path to write ``uri`` through, for writers that only take a path (OpenCV's
+    VideoWriter); the file appears under ``uri`` only if the block succeeds.
+
+    The temporary name is hidden (leading ``.``) and keeps the extension, which such writers
+    use to pick the format. Local targets are moved into place with ``os.replace``; remote
+    ones are uploaded from a local temporary directory after the block.
+    """
+    fs, path = filesystem(uri)
+    parent, _, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    hidden = f".{stem or name}.tmp-{uuid.uuid4().hex[:8]}{dot}{ext if stem else ''}"
+    local = _is_local(fs)
+    workdir = parent if local else tempfile.mkdtemp(prefix="tubeflow-")
+    if local and parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(workdir, hidden)
+    try:
+        yield tmp
+        if local:
+            os.replace(tmp, path)
+        else:
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            fs.put_file(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if not local:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

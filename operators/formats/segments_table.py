@@ -1,0 +1,251 @@
+"""The Parquet segments table: one row per (video_id, frame_index, segment).
+
+Each row is one panoptic segment of one frame, with its mask as COCO run-length encoding
+(RLE, pycocotools' column-major "compressed counts"), so any Arrow reader (DuckDB,
+Polars, pandas, Spark) can filter segments by video, class or track without touching
+pixels, and ``pycocotools.mask.decode`` turns a mask back into pixels. A frame's rows
+rebuild its PanopticFrame exactly: PNG → table → PNG is lossless.
+
+On disk the table is hive-partitioned by video: ``ROOT/video_id=<id>/part-<a>-<b>.parquet``
+(``<id>`` percent-encoded, ``a``..``b`` the first and last frame in the file), one file per
+write of a video's rows; the ``video_id`` column lives in the directory name, not in the
+files. File names are deterministic, so a retried chunk overwrites its own file instead of
+adding duplicate rows; every file is written atomically.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
+
+from operators import fs
+from operators.errors import CorruptFileError, FormatMismatchError
+from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
+from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo, validate_frame
+
+
+def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+RLE_TYPE = pa.struct([
+    _field("size", pa.list_(pa.int32()), "[height, width] of the frame"),
+    _field("counts", pa.binary(), "COCO compressed RLE counts (pycocotools, column-major / Fortran order)"),
+])
+
+SEGMENTS_SCHEMA = pa.schema([
+    _field("video_id", pa.string(), "video identity; the hive partition key on disk"),
+    _field("frame_index", pa.int32(), "0-based frame number within the video"),
+    _field("image_id", pa.string(), "image id of the frame (Cityscapes-VPS image id / file stem)"),
+    _field("track_id", pa.int64(), "panoptic segment id (R + 256G + 65536B in the PNG); for things the "
+                                   "identity of the object, the same in every frame of the video"),
+    _field("category_id", pa.int32(), "semantic class (Cityscapes-VPS: 0-18, things 11-18)"),
+    _field("isthing", pa.bool_(), "the class is a countable thing (has instances), not stuff"),
+    _field("iscrowd", pa.bool_(), "a crowd region: a group of things without individual identity"),
+    _field("area", pa.int64(), "mask area in pixels"),
+    _field("bbox", pa.list_(pa.int32()), "[x, y, w, h] of the mask, in pixels"),
+    _field("score", pa.float32(), "prediction confidence; null for ground truth", nullable=True),
+    _field("mask", RLE_TYPE, "the segment's pixels as COCO RLE: {size: [H, W], counts}"),
+], metadata={"tubeflow.table": "segments", "tubeflow.version": "1",
+             "doc": "one row per (video_id, frame_index, segment) of a video panoptic segmentation"})
+
+# What a Parquet file holds: the partition key lives in the directory name.
+FILE_SCHEMA = SEGMENTS_SCHEMA.remove(SEGMENTS_SCHEMA.get_field_index("video_id"))
+
+
+@dataclass
+class SegmentRow:
+    """One row of the segments table. ``mask`` is a COCO RLE dict ``{"size": [H, W], "counts": bytes}``."""
+
+    video_id: str
+    frame_index: int
+    image_id: str
+    track_id: int
+    category_id: int
+    isthing: bool
+    iscrowd: bool
+    area: int
+    bbox: tuple[int, int, int, int]
+    score: float | None
+    mask: dict
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """``(H, W)`` bool mask → COCO RLE ``{"size": [H, W], "counts": bytes}``."""
+    return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+
+
+def decode_mask(rle: Mapping, where: str = "mask") -> np.ndarray:
+    """COCO RLE → ``(H, W)`` bool mask. Raises :class:`CorruptFileError` for a malformed RLE."""
+    try:
+        size = [int(v) for v in rle["size"]]
+        counts = rle["counts"]
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"size must be [H, W] > 0, got {size}")
+        mask = mask_utils.decode({"size": size, "counts": counts})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(where, f"malformed COCO RLE: {exc}") from None
+    return mask.astype(bool)
+
+
+def frame_to_rows(frame: PanopticFrame, video_id: str, frame_index: int, image_id: str,
+                  categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES) -> list[SegmentRow]:
+    """The rows of one frame, in ``frame.segments`` order.
+
+    The frame is validated first (PNG ids and segments_info agree, categories known), so the
+    rows hold every non-VOID pixel. ``area`` and ``bbox`` are computed from the mask, the
+    pixels being the truth. ``score`` is stored as float32.
+    """
+    by_id = categories if isinstance(categories, Mapping) else {c.id: c for c in categories}
+    where = f"video {video_id} frame {frame_index}"
+    validate_frame(frame, where, by_id.keys())
+    rows = []
+    for seg in frame.segments:
+        rle = encode_mask(frame.ids == seg.id)
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        rows.append(SegmentRow(str(video_id), int(frame_index), str(image_id), int(seg.id), int(seg.category_id),
+                               bool(by_id[seg.category_id].isthing), bool(seg.iscrowd), int(mask_utils.area(rle)),
+                               (x, y, w, h), seg.score, {"size": [int(v) for v in rle["size"]],
+                                                         "counts": rle["counts"]}))
+    return rows
+
+
+def rows_to_batch(rows: Iterable[SegmentRow]) -> pa.RecordBatch:
+    """Rows → a RecordBatch with :data:`SEGMENTS_SCHEMA`."""
+    return pa.RecordBatch.from_pylist([asdict(r) for r in rows], schema=SEGMENTS_SCHEMA)
+
+
+def frame_to_batch(frame: PanopticFrame, video_id: str, frame_index: int, image_id: str,
+                   categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES) -> pa.RecordBatch:
+    """One frame → its RecordBatch (see :func:`frame_to_rows`)."""
+    return rows_to_batch(frame_to_rows(frame, video_id, frame_index, image_id, categories))
+
+
+def table_to_rows(table: pa.Table | pa.RecordBatch) -> list[SegmentRow]:
+    """Rows of a table or batch with (at least) the columns of :data:`SEGMENTS_SCHEMA`."""
+    names = SEGMENTS_SCHEMA.names
+    return [SegmentRow(**{k: rec[k] for k in names}) for rec in table.select(names).to_pylist()]
+
+
+def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
+                  size: tuple[int, int] | None = None) -> PanopticFrame:
+    """Paint one frame's rows back into a :class:`PanopticFrame` (``(H, W) int32`` ids).
+
+    A frame with no segments has no rows: pass its ``size`` (H, W) to rebuild it (all VOID).
+    Raises :class:`FormatMismatchError` when rows disagree (two frames mixed, sizes that
+    differ, overlapping masks, a track id twice).
+    """
+    if isinstance(rows, (pa.Table, pa.RecordBatch)):
+        rows = table_to_rows(rows)
+    rows = list(rows)
+    if not rows:
+        if size is None:
+            raise ValueError("a frame without rows needs its size to be rebuilt")
+        return PanopticFrame(np.zeros(size, np.int32), [])
+    where = f"video {rows[0].video_id} frame {rows[0].frame_index}"
+    if len({(r.video_id, r.frame_index) for r in rows}) != 1:
+        raise FormatMismatchError(where, "rows of more than one frame given for one frame")
+    shape = tuple(int(v) for v in rows[0].mask["size"])
+    if size is not None and tuple(size) != shape:
+        raise FormatMismatchError(where, f"masks are {shape[1]}x{shape[0]} (WxH), expected {size[1]}x{size[0]}")
+    ids = np.full(shape, VOID, np.int32)
+    segments = []
+    for row in rows:
+        if tuple(int(v) for v in row.mask["size"]) != shape:
+            raise FormatMismatchError(where, f"track {row.track_id}: mask size {row.mask['size']} differs from {shape}")
+        if row.track_id == VOID or any(s.id == row.track_id for s in segments):
+            raise FormatMismatchError(where, f"track id {row.track_id} is VOID or appears twice")
+        mask = decode_mask(row.mask, f"{where} track {row.track_id}")
+        if np.any(ids[mask] != VOID):
+            raise FormatMismatchError(where, f"the mask of track {row.track_id} overlaps another segment")
+        ids[mask] = row.track_id
+        segments.append(SegmentInfo(int(row.track_id), int(row.category_id), int(row.area),
+                                    tuple(int(v) for v in row.bbox), int(row.iscrowd),
+                                    None if row.score is None else float(row.score)))
+    return PanopticFrame(ids, segments)
+
+
+@dataclass
+class TableFrame:
+    """A frame rebuilt from the table, with its identity."""
+
+    video_id: str
+    frame_index: int
+    image_id: str
+    frame: PanopticFrame
+
+
+def iter_table_frames(table: pa.Table) -> Iterator[TableFrame]:
+    """Every frame that has rows, in (video_id, frame_index) order; rows keep their order
+    within a frame (the sort is stable)."""
+    table = table.sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
+    rows = table_to_rows(table)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or (rows[end].video_id, rows[end].frame_index) != (rows[start].video_id,
+                                                                                 rows[start].frame_index):
+            first = rows[start]
+            yield TableFrame(first.video_id, first.frame_index, first.image_id, rows_to_frame(rows[start:end]))
+            start = end
+
+
+def partition_dir(root_uri: str, video_id: str) -> str:
+    """``ROOT/video_id=<id>``, the id percent-encoded as pyarrow's hive partitioning expects."""
+    return fs.join(root_uri, f"video_id={quote(str(video_id), safe='')}")
+
+
+def write_segments_table(root_uri: str, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> list[str]:
+    """Write rows under ``root_uri``, one Parquet file per video present in ``data``.
+
+    Returns the URIs written. A file is named by the first and last frame it holds, so
+    writing the same chunk again replaces it; chunks of one video must not overlap.
+    """
+    if isinstance(data, pa.RecordBatch):
+        table = pa.Table.from_batches([data])
+    elif isinstance(data, pa.Table):
+        table = data
+    else:
+        table = pa.Table.from_batches(list(data), schema=SEGMENTS_SCHEMA)
+    if not table.schema.equals(SEGMENTS_SCHEMA, check_metadata=False):
+        table = table.select(SEGMENTS_SCHEMA.names).cast(SEGMENTS_SCHEMA)
+    written = []
+    for video_id in pc.unique(table["video_id"]).to_pylist():
+        part = table.filter(pc.equal(table["video_id"], video_id)).drop_columns(["video_id"])
+        part = part.replace_schema_metadata(FILE_SCHEMA.metadata)
+        first, last = pc.min(part["frame_index"]).as_py(), pc.max(part["frame_index"]).as_py()
+        uri = fs.join(partition_dir(root_uri, video_id), f"part-{first:08d}-{last:08d}.parquet")
+        with fs.atomic_write(uri) as f:
+            pq.write_table(part.cast(FILE_SCHEMA), f)
+        written.append(uri)
+    return written
+
+
+def read_segments_table(root_uri: str, video_ids: Iterable[str] | None = None,
+                        columns: list[str] | None = None) -> pa.Table:
+    """Read the table under ``root_uri`` (any fsspec URI) sorted by (video_id, frame_index).
+
+    ``video_ids`` prunes partitions; ``columns`` selects columns (all by default).
+    """
+    filesystem, path = fs.filesystem(root_uri)
+    path = path.rstrip("/")
+    if not filesystem.exists(path):
+        raise CorruptFileError(root_uri, "segments table not found")
+    # List the files ourselves: a staging file left by a killed writer must not be read.
+    files = sorted(f for f in filesystem.find(path) if f.endswith(".parquet") and "/." not in f[len(path):])
+    partitioning = ds.partitioning(pa.schema([SEGMENTS_SCHEMA.field("video_id")]), flavor="hive")
+    try:
+        dataset = ds.dataset(files, schema=SEGMENTS_SCHEMA, format="parquet", filesystem=filesystem,
+                             partitioning=partitioning, partition_base_dir=path)
+        filter_ = None if video_ids is None else ds.field("video_id").isin([str(v) for v in video_ids])
+        table = dataset.to_table(filter=filter_)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(root_uri, f"cannot read the segments table: {exc}") from None
+    table = table.sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
+    return table.select(columns or SEGMENTS_SCHEMA.names)
