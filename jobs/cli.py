@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
     "demo": ("jobs.demo", "run the main job end to end on a synthetic corpus"),
     "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
+    "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
 }
 
 
