@@ -106,9 +106,12 @@ def frame_to_rows(frame: PanopticFrame, video_id: str, frame_index: int, image_i
     by_id = categories if isinstance(categories, Mapping) else {c.id: c for c in categories}
     where = f"video {video_id} frame {frame_index}"
     validate_frame(frame, where, by_id.keys())
+    # RLE runs go down columns: compare on a column-major copy (made once) so that each
+    # segment's mask is already in the layout pycocotools encodes, without a copy per segment.
+    ids_f = np.asfortranarray(frame.ids)
     rows = []
     for seg in frame.segments:
-        rle = encode_mask(frame.ids == seg.id)
+        rle = mask_utils.encode((ids_f == seg.id).view(np.uint8))
         x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
         rows.append(SegmentRow(str(video_id), int(frame_index), str(image_id), int(seg.id), int(seg.category_id),
                                bool(by_id[seg.category_id].isthing), bool(seg.iscrowd), int(mask_utils.area(rle)),
@@ -131,7 +134,10 @@ def frame_to_batch(frame: PanopticFrame, video_id: str, frame_index: int, image_
 def table_to_rows(table: pa.Table | pa.RecordBatch) -> list[SegmentRow]:
     """Rows of a table or batch with (at least) the columns of :data:`SEGMENTS_SCHEMA`."""
     names = SEGMENTS_SCHEMA.names
-    return [SegmentRow(**{k: rec[k] for k in names}) for rec in table.select(names).to_pylist()]
+    rows = [SegmentRow(**{k: rec[k] for k in names}) for rec in table.select(names).to_pylist()]
+    for row in rows:
+        row.bbox = tuple(row.bbox)
+    return rows
 
 
 def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
@@ -163,9 +169,12 @@ def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
         if row.track_id == VOID or any(s.id == row.track_id for s in segments):
             raise FormatMismatchError(where, f"track id {row.track_id} is VOID or appears twice")
         mask = decode_mask(row.mask, f"{where} track {row.track_id}")
-        if np.any(ids[mask] != VOID):
+        # Paint inside the mask's bounding box only: a segment is usually a small part of a frame.
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(row.mask))
+        box, inside = ids[y:y + h, x:x + w], mask[y:y + h, x:x + w]
+        if np.any(box[inside] != VOID):
             raise FormatMismatchError(where, f"the mask of track {row.track_id} overlaps another segment")
-        ids[mask] = row.track_id
+        box[inside] = row.track_id
         segments.append(SegmentInfo(int(row.track_id), int(row.category_id), int(row.area),
                                     tuple(int(v) for v in row.bbox), int(row.iscrowd),
                                     None if row.score is None else float(row.score)))
