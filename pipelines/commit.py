@@ -1,0 +1,217 @@
+"""The per-video output commit protocol: write aside, commit last, recover after a crash.
+
+A labelling run writes each video's outputs (segments table partition, PNGs, overlay,
+per-video metric sums) under a staging prefix ``OUT/_staging/<run>/<video>/`` that mirrors
+the final layout; nothing under the final names changes while the video is processed.
+When every output of the video exists, :func:`commit_video` publishes them:
+
+1. write an *intent* record ``_commits/<video>.pending.json`` naming every file the old and
+   the new output own;
+2. delete the old commit marker (from here the video counts as not committed);
+3. delete old files the new output does not replace;
+4. move the staged files to their final names;
+5. write the new commit marker ``_commits/<video>.json`` (atomically) — the commit point;
+6. delete the intent record and the staging prefix.
+
+A run killed anywhere leaves either the old complete output (killed before 2: the old
+marker still stands), or files without a marker plus an intent record naming them (killed
+in 2–5), or a new marker with a stale intent (killed in 6). :func:`recover`, run before
+every labelling run, deletes what an intent names when no current marker stands, and stale
+intents and staging prefixes otherwise; the rerun then reprocesses every video without a
+marker. So a rerun ends with exactly one complete output per video. Readers trust a
+video's outputs only when its marker exists.
+
+The marker records what the output was made from (input fingerprint, config hash, model
+checksums), so a rerun skips a video whose marker matches (:func:`is_current`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+from urllib.parse import quote, unquote
+
+from operators import fs
+
+COMMITS_DIR = "_commits"
+STAGING_DIR = "_staging"
+MARKER_SUFFIX = ".json"
+PENDING_SUFFIX = ".pending.json"
+
+FaultHook = Callable[[str], None]
+"""Called with the name of each step of :func:`commit_video` as it is reached; tests raise
+from it to simulate a crash between two writes."""
+
+
+def video_key(video_id: str) -> str:
+    """``video_id`` as one path component (ids like ``city/0001`` hold slashes)."""
+    return quote(str(video_id), safe="")
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where everything of a labelling run lives under the output root ``root``."""
+
+    root: str
+
+    def uri(self, relative: str) -> str:
+        return fs.join(self.root, relative)
+
+    def staging(self, run_id: str, video_id: str) -> str:
+        return fs.join(self.root, STAGING_DIR, run_id, video_key(video_id))
+
+    def marker_uri(self, video_id: str) -> str:
+        return fs.join(self.root, COMMITS_DIR, video_key(video_id) + MARKER_SUFFIX)
+
+    def pending_uri(self, video_id: str) -> str:
+        return fs.join(self.root, COMMITS_DIR, video_key(video_id) + PENDING_SUFFIX)
+
+
+@dataclass
+class CommitMarker:
+    """What a committed video's output is made of, and the files it owns (relative to the root)."""
+
+    video_id: str
+    input_fingerprint: str
+    config_hash: str
+    model_checksums: dict
+    counts: dict
+    files: list[str]
+    run_id: str
+    status: str = "ok"
+    committed_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "CommitMarker":
+        return cls(**json.loads(data))
+
+
+def read_marker(layout: OutputLayout, video_id: str) -> CommitMarker | None:
+    """The video's commit marker, or None when it is not committed (a damaged marker counts as none)."""
+    try:
+        return CommitMarker.from_json(fs.read_bytes(layout.marker_uri(video_id)))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):  # half a JSON cannot happen (atomic writes), a foreign file can
+        return None
+
+
+def is_current(marker: CommitMarker | None, input_fingerprint: str, config_hash: str) -> bool:
+    """Whether ``marker`` is an output of this input under this configuration."""
+    return (marker is not None and marker.status == "ok" and marker.input_fingerprint == input_fingerprint
+            and marker.config_hash == config_hash)
+
+
+def committed_markers(layout: OutputLayout) -> dict[str, CommitMarker]:
+    """video_id → marker of every committed video under the root."""
+    filesystem, path = fs.filesystem(layout.uri(COMMITS_DIR))
+    if not filesystem.exists(path):
+        return {}
+    out = {}
+    for name in filesystem.ls(path, detail=False):
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(MARKER_SUFFIX) and not base.endswith(PENDING_SUFFIX):
+            marker = read_marker(layout, unquote(base[:-len(MARKER_SUFFIX)]))
+            if marker is not None:
+                out[marker.video_id] = marker
+    return dict(sorted(out.items()))
+
+
+def staged_files(staging_uri: str) -> list[str]:
+    """Files under a staging prefix, relative to it (hidden temporaries of writers excluded)."""
+    filesystem, path = fs.filesystem(staging_uri)
+    path = path.rstrip("/")
+    if not filesystem.exists(path):
+        return []
+    relative = (f[len(path):].lstrip("/") for f in filesystem.find(path))
+    return sorted(r for r in relative if r and not any(p.startswith(".") for p in r.split("/")))
+
+
+def _move(src: str, dst: str) -> None:
+    filesystem, src_path = fs.filesystem(src)
+    _, dst_path = fs.filesystem(dst)
+    if fs._is_local(filesystem):
+        os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+        os.replace(src_path, dst_path)  # atomic per file
+    else:
+        filesystem.mv(src_path, dst_path)
+
+
+def _remove(uri: str) -> None:
+    filesystem, path = fs.filesystem(uri)
+    try:
+        if filesystem.isdir(path):
+            filesystem.rm(path, recursive=True)
+        else:
+            filesystem.rm(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a prefix and everything under it (absent: nothing to do)."""
+    filesystem, path = fs.filesystem(uri)
+    if fs._is_local(filesystem):
+        shutil.rmtree(path, ignore_errors=True)
+    elif filesystem.exists(path):
+        filesystem.rm(path, recursive=True)
+
+
+def commit_video(layout: OutputLayout, video_id: str, staging_uri: str, marker: CommitMarker,
+                 fault: FaultHook | None = None) -> CommitMarker:
+    """Publish the staged outputs of ``video_id`` and write its marker last (see module doc).
+
+    ``marker.files`` is filled in from the staging prefix. Returns the marker written.
+    """
+    fault = fault or (lambda step: None)
+    files = staged_files(staging_uri)
+    old = read_marker(layout, video_id)
+    old_files = old.files if old else []
+    fs.write_bytes(layout.pending_uri(video_id), json.dumps({"video_id": video_id,
+                                                             "files": sorted(set(files) | set(old_files))}).encode())
+    fault("intent_written")
+    _remove(layout.marker_uri(video_id))
+    fault("old_marker_removed")
+    for relative in sorted(set(old_files) - set(files)):
+        _remove(layout.uri(relative))
+    fault("old_files_removed")
+    for n, relative in enumerate(files):
+        _move(fs.join(staging_uri, relative), layout.uri(relative))
+        fault(f"moved:{n}")
+    marker.files = files
+    fs.write_bytes(layout.marker_uri(video_id), marker.to_json())
+    fault("marker_written")
+    _remove(layout.pending_uri(video_id))
+    remove_tree(staging_uri)
+    return marker
+
+
+def recover(layout: OutputLayout) -> list[str]:
+    """Undo or finish commits a killed run left behind; returns the videos whose partial
+    output was deleted. Call it before a run starts (never while one is writing)."""
+    undone = []
+    filesystem, path = fs.filesystem(layout.uri(COMMITS_DIR))
+    if filesystem.exists(path):
+        for name in filesystem.ls(path, detail=False):
+            base = name.rstrip("/").rsplit("/", 1)[-1]
+            if not base.endswith(PENDING_SUFFIX):
+                continue
+            video_id = unquote(base[:-len(PENDING_SUFFIX)])
+            pending = layout.pending_uri(video_id)
+            if read_marker(layout, video_id) is None:  # killed between steps 2 and 5
+                try:
+                    listed = json.loads(fs.read_bytes(pending)).get("files", [])
+                except (FileNotFoundError, ValueError):
+                    listed = []
+                for relative in listed:
+                    _remove(layout.uri(relative))
+                undone.append(video_id)
+            _remove(pending)
+    remove_tree(layout.uri(STAGING_DIR))
+    return undone
