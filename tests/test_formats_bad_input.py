@@ -230,6 +230,38 @@ def test_image_without_video_identity(gt_layout):
         read_ground_truth(json_uri, png_dir)
 
 
+def test_json_that_is_not_an_object(gt_layout):
+    json_uri, png_dir, _ = gt_layout
+    open(json_uri, "w").write("[1, 2, 3]")
+    with expect(FormatMismatchError, json_uri, "expected a JSON object at the top level, got list"):
+        read_ground_truth(json_uri, png_dir)
+
+
+def test_malformed_image_and_category_records(gt_layout):
+    json_uri, png_dir, _ = gt_layout
+    original = open(json_uri).read()
+    _edit_json(json_uri, lambda doc: doc["images"][0].pop("id"))
+    with expect(FormatMismatchError, json_uri, "malformed image record"):
+        read_ground_truth(json_uri, png_dir)
+    open(json_uri, "w").write(original)
+    _edit_json(json_uri, lambda doc: doc["categories"][3].pop("id"))
+    with expect(FormatMismatchError, json_uri, "malformed category record"):
+        read_ground_truth(json_uri, png_dir)
+
+
+def test_ground_truth_without_image_sizes_is_read(gt_layout):
+    """width/height are optional in images[]: without them there is no size to check
+    (regression: the reader compared every frame with 0x0)."""
+    json_uri, png_dir, _ = gt_layout
+
+    def drop_sizes(doc):
+        for rec in doc["images"]:
+            del rec["width"], rec["height"]
+    _edit_json(json_uri, drop_sizes)
+    gt = read_ground_truth(json_uri, png_dir)
+    np.testing.assert_array_equal(gt.read_frame(gt.images[0]).ids, make_frame().ids)
+
+
 def test_missing_files(gt_layout, tmp_path):
     json_uri, png_dir, images = gt_layout
     png = os.path.join(png_dir, f"{images[0].id}_gtFine_panoptic.png")

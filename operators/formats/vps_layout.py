@@ -71,11 +71,14 @@ def video_identity(record: dict, where: str) -> tuple[str, int]:
 
 def load_json(uri: str) -> dict:
     try:
-        return json.loads(fs.read_bytes(uri))
+        doc = json.loads(fs.read_bytes(uri))
     except FileNotFoundError:
         raise CorruptFileError(uri, "file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(uri, f"invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FormatMismatchError(uri, f"expected a JSON object at the top level, got {type(doc).__name__}")
+    return doc
 
 
 def _annotations(records: Iterable[dict], where: str) -> dict[str, VpsAnnotation]:
@@ -116,7 +119,8 @@ class VpsGroundTruth:
             raise FormatMismatchError(self.json_uri, f"image {image.id!r} has no annotation")
         uri = self.png_uri(image)
         frame = PanopticFrame(read_panoptic_png(uri), self.annotations[image.key].segments)
-        validate_frame(frame, uri, self.categories.keys(), (image.height, image.width))
+        size = (image.height, image.width) if image.height and image.width else None  # both are optional
+        validate_frame(frame, uri, self.categories.keys(), size)
         return frame
 
 
@@ -126,12 +130,18 @@ def read_ground_truth(json_uri: str, png_dir: str) -> VpsGroundTruth:
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise FormatMismatchError(json_uri, f"missing top-level key {key!r}")
-    categories = {int(c["id"]): Category.from_json(c) for c in data["categories"]}
+    try:
+        categories = {int(c["id"]): Category.from_json(c) for c in data["categories"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatMismatchError(json_uri, f"malformed category record: {exc!r}") from None
     images = []
     for rec in data["images"]:
-        video_id, frame_index = video_identity(rec, json_uri)
-        images.append(VpsImage(rec["id"], rec.get("file_name", ""), int(rec.get("width", 0)),
-                               int(rec.get("height", 0)), video_id, frame_index))
+        try:
+            video_id, frame_index = video_identity(rec, json_uri)
+            images.append(VpsImage(rec["id"], rec.get("file_name", ""), int(rec.get("width", 0)),
+                                   int(rec.get("height", 0)), video_id, frame_index))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FormatMismatchError(json_uri, f"malformed image record {rec!r}: {exc!r}") from None
     seen: dict[tuple[str, int], object] = {}
     for image in images:
         if (image.video_id, image.frame_index) in seen:
