@@ -103,16 +103,18 @@ def _warp_check(prev, cur):
     return same, interior, err
 
 
-@pytest.mark.parametrize("scenario", ["default", "deform", "small"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_gt_flow_is_exact_for_the_rendered_motion(scenario):
     _, frames = _video(frames=5, height=128, width=256, seed=5, scenario=scenario)
     for prev, cur in zip(frames, frames[1:]):
         same, interior, err = _warp_check(prev, cur)
-        assert same.mean() > 0.9  # the flow lands on the same segment except where occluded
+        # the flow lands on the same segment except where a nearer thing covers it
+        assert same.mean() > (0.8 if scenario == "occlusion" else 0.9)
         assert interior.mean() > 0.5
-        # grey-level error of bilinear resampling of band-limited textures; a flow off by
-        # a pixel gives tens of levels on these textures (see the shifted control below)
-        assert err[interior].mean() < 1.6
+        # What is left is the uint8 rounding of both frames plus bilinear resampling of
+        # band-limited textures (measured: mean ≤ 1.27, p99 ≤ 6 grey levels over seeds 0–3
+        # and all scenarios); the control below shows a flow off by one pixel fails them.
+        assert err[interior].mean() < 1.5
         assert np.percentile(err[interior], 99) <= 8
         shifted = cur.__class__(**{**cur.__dict__, "flow": cur.flow + np.float32(1.0)})
         _, _, err_shifted = _warp_check(prev, shifted)
@@ -152,6 +154,18 @@ def test_the_hood_is_static_with_zero_flow():
     assert not np.abs(frames[2].flow[-3:][hood]).any()
 
 
+def _rigid_residual(flow: np.ndarray, mask: np.ndarray) -> float:
+    """RMS (px) of the flow of one segment around its best zoom + translation motion
+    ``flow = a·(x, y) + (tx, ty)``: the motion of a rigid thing moving in depth. What is
+    left is limbs swinging and anisotropic stretching: deformation."""
+    ys, xs = np.nonzero(mask)
+    ones, zeros = np.ones_like(xs), np.zeros_like(xs)
+    design = np.concatenate([np.stack([xs, ones, zeros], 1), np.stack([ys, zeros, ones], 1)]).astype(float)
+    target = np.concatenate([flow[mask][:, 0], flow[mask][:, 1]]).astype(float)
+    params = np.linalg.lstsq(design, target, rcond=None)[0]
+    return float(np.sqrt(np.mean((design @ params - target) ** 2)))
+
+
 def _scenario_stats(scenario: str) -> dict:
     occluded = amodal = 0
     areas, residuals, colors = [], [], {}
@@ -170,16 +184,13 @@ def _scenario_stats(scenario: str) -> dict:
                 mask = f.panoptic.ids == s.id
                 colors.setdefault((v, s.category_id), {}).setdefault(s.id, []).append(f.rgb[mask].mean(axis=0))
                 if f.flow is not None and s.area >= 30:
-                    ys, xs = np.nonzero(mask)
-                    design = np.stack([xs, ys, np.ones_like(xs)], 1).astype(float)
-                    _, res, _, _ = np.linalg.lstsq(design, f.flow[mask].astype(float), rcond=None)
-                    residuals.append(np.sqrt(res.sum() / s.area) if res.size else 0.0)
+                    residuals.append(_rigid_residual(f.flow, mask))
     spreads = []
     for per_id in colors.values():
         means = [np.mean(c, axis=0) for c in per_id.values()]
         spreads += [np.abs(a - b).mean() for k, a in enumerate(means) for b in means[k + 1:]]
     return {"occluded": occluded / max(amodal, 1), "median_area": float(np.median(areas)),
-            "nonrigid": float(np.mean(residuals)), "color_spread": float(np.mean(spreads))}
+            "nonrigid": float(np.mean(residuals)), "color_spread": float(np.median(spreads))}
 
 
 @pytest.fixture(scope="module")

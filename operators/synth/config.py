@@ -42,9 +42,9 @@ class ScenarioKnobs:
 
 SCENARIOS: dict[str, ScenarioKnobs] = {
     "default": ScenarioKnobs(),
-    "occlusion": ScenarioKnobs(things=16, depth_range=(6.0, 22.0), crossing_share=0.7),
-    "similar": ScenarioKnobs(things=10, same_appearance=True),
-    "small": ScenarioKnobs(things=16, depth_range=(35.0, 110.0)),
+    "occlusion": ScenarioKnobs(things=20, depth_range=(5.0, 20.0), crossing_share=0.75),
+    "similar": ScenarioKnobs(things=10, crossing_share=0.0, same_appearance=True),
+    "small": ScenarioKnobs(things=16, depth_range=(40.0, 120.0)),
     "deform": ScenarioKnobs(articulation=0.8, breathing=0.18),
 }
 

@@ -86,8 +86,8 @@ def render_frame(scene: Scene, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 continue
             texture = cv2.warpAffine(layer.texture, pose, size, flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE)
-            rgb_roi[mask] = texture[mask]
-            ids_roi[mask] = body.ids[labels[mask]]
+            np.copyto(rgb_roi, texture, where=mask[..., None])
+            np.copyto(ids_roi, body.ids[labels], where=mask)
             if flow is not None:
                 _layer_flow(flow[y0:y1, x0:x1], mask, layer.poses[t], layer.poses[t - 1], x0, y0)
             covered |= mask
@@ -105,8 +105,8 @@ def _layer_flow(flow_roi: np.ndarray, mask: np.ndarray, pose_now: np.ndarray, po
     ys = np.arange(y0, y0 + h, dtype=np.float64)[:, None]
     fx = (m[0, 0] - 1.0) * xs + (m[0, 1] * ys + m[0, 2])
     fy = m[1, 0] * xs + ((m[1, 1] - 1.0) * ys + m[1, 2])
-    flow_roi[..., 0][mask] = fx[mask]
-    flow_roi[..., 1][mask] = fy[mask]
+    np.copyto(flow_roi[..., 0], fx, where=mask, casting="same_kind")
+    np.copyto(flow_roi[..., 1], fy, where=mask, casting="same_kind")
 
 
 def generate_video(cfg: SynthConfig, video_index: int) -> Iterator[SynthFrame]:

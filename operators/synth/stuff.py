@@ -139,7 +139,7 @@ def backdrop(rng: np.random.Generator, camera: Camera, height: int, width: int, 
             z = rng.uniform(7, 40)
             p.front(None, (90, 60, 110), x - 0.4, x + 0.4, 0, 0.9, z)
 
-    texture = textured(p.colors, rng, sigma=1.2, contrast=0.18, grain=9.0)
+    texture = textured(p.colors, rng, sigma=1.4, contrast=0.18, grain=9.0)
     ids = np.array([0, 0] + [stuff_id(c) for c in range(10)], np.int32)
     poses = camera.backdrop_poses()
     street = Body("street", [Layer(texture, p.labels, poses)], ids, np.full(frames, 1e6), np.ones(frames, bool))

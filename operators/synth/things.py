@@ -132,7 +132,9 @@ class ThingFactory:
     def body(self, name: str, track: Track, rng: np.random.Generator, *, instance_id: int, crowd_people: int = 0,
              depth_offset: float = 0.0, appearance_rng: np.random.Generator | None = None) -> Body:
         """The body of one instance following ``track`` (a crowd when ``crowd_people`` > 0)."""
-        look = appearance_rng if appearance_rng is not None else rng
+        # Appearance draws from its own stream (one draw from ``rng``), so a change of
+        # texture detail never moves the tracks of the things created after this one.
+        look = appearance_rng if appearance_rng is not None else np.random.default_rng(int(rng.integers(1 << 62)))
         parts = crowd_parts(look, crowd_people) if crowd_people else thing_parts(name, track.view, look)
         z = np.maximum(track.z, 0.5)
         visible = track.z >= Z_VISIBLE
@@ -143,7 +145,7 @@ class ThingFactory:
         # is not aliased at the smallest size: flow and bilinear resampling both need that.
         cap = min(1.5 * self.height, 900.0) / max(xmax - xmin, ymax - ymin)
         ppm = float(np.clip(near_ppm * (1 + self.knobs.breathing), 2.0, cap))
-        sigma = float(np.clip(1.0 * ppm / far_ppm, 1.0, 8.0))
+        sigma = float(np.clip(1.5 * ppm / far_ppm, 1.5, 10.0))
         sprite = rasterise(parts, ppm, sigma, look, mirror=track.mirror)
         pivots = [part.pivot_px for part in sprite.parts]
         swings = [p.swing * (-1 if track.mirror else 1) for p in parts]
