@@ -61,7 +61,7 @@ def test_pipeline_equals_the_reference_and_writes_every_output(tmp_path, ray_loc
     from pipelines.evaluate import evaluate
 
     videos = corpus(1)
-    paths = write_corpus(tmp_path, videos)
+    paths = {name: f"file://{path}" for name, path in write_corpus(tmp_path, videos).items()}  # any fsspec URI
     out = tmp_path / "out"
     report = evaluate(**paths, out=f"file://{out}", progress=False, videos_per_task=2)
     assert not report.failures
