@@ -3,6 +3,7 @@ and the same through memory:// and s3:// URIs."""
 from __future__ import annotations
 
 import os
+import struct
 import uuid
 
 import cv2
@@ -98,6 +99,55 @@ def test_inexact_seek_falls_back_to_sequential_decode(mp4, sequential, monkeypat
         for a, b in RANGES:
             np.testing.assert_array_equal(source.read(a, b), sequential[a:b], err_msg=f"range [{a}, {b})")
         assert source.seek_exact is False
+
+
+def _box_offset(buf: bytes, path: list[bytes], off: int = 0, end: int | None = None) -> int:
+    """Offset of the ISO-BMFF (mp4) box at ``path`` (e.g. [b"moov", b"trak", …])."""
+    end = len(buf) if end is None else end
+    while off < end:
+        size, kind = struct.unpack(">I4s", buf[off:off + 8])
+        if kind == path[0]:
+            return off if len(path) == 1 else _box_offset(buf, path[1:], off + 8, off + size)
+        off += size
+    raise KeyError(path[0])
+
+
+@pytest.fixture(scope="module")
+def vfr_mp4(mp4, tmp_path_factory) -> str:
+    """The test mp4 made variable-frame-rate: its time-to-sample table (stts) rewritten so the
+    first half of the frames lasts 1.75 frame periods each and the second half 0.25 (same
+    total duration, same pictures). OpenCV's frame seeks assume a constant rate; on this
+    file OpenCV 5.0's CAP_PROP_POS_FRAMES lands on the wrong frame for every target from 37 on."""
+    data = bytearray(open(mp4, "rb").read())
+    stbl = [b"moov", b"trak", b"mdia", b"minf", b"stbl"]
+    stts = _box_offset(data, stbl + [b"stts"])
+    _, entries, count, delta = struct.unpack(">IIII", data[stts + 8:stts + 24])
+    assert (entries, count) == (1, FRAMES)
+    half = FRAMES // 2
+    data[stts + 8:stts + 24] = struct.pack(">IIIIII", 0, 2, half, delta * 7 // 4, FRAMES - half, delta // 4)
+    for depth in range(1, len(stbl) + 2):  # the stts box grew by one entry (8 bytes): so did its ancestors
+        box = _box_offset(data, (stbl + [b"stts"])[:depth])
+        data[box:box + 4] = struct.pack(">I", struct.unpack(">I", data[box:box + 4])[0] + 8)
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_variable_frame_rate_seeks_are_caught_and_reads_stay_exact(vfr_mp4, sequential):
+    with ContainerSource(vfr_mp4, allow_seek=False) as reference:
+        expected = reference.read(0, FRAMES)
+        timestamps = []
+    cap = cv2.VideoCapture(vfr_mp4, cv2.CAP_FFMPEG)
+    while cap.grab():
+        timestamps.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    cap.release()
+    assert len(set(np.round(np.diff(timestamps), 3))) == 2  # the fixture really is variable-rate
+    np.testing.assert_array_equal(expected, sequential)  # same pictures, other timestamps
+    with ContainerSource(vfr_mp4) as source:
+        assert source.meta.frame_count == FRAMES and source.frame_count_by == "decoding"
+        for a, b in RANGES + [(47, 50), (36, 38)]:
+            np.testing.assert_array_equal(source.read(a, b), expected[a:b], err_msg=f"range [{a}, {b})")
+        assert source.seek_exact is False  # the first seek did not verify: sequential from then on
 
 
 def test_iteration_matches_read(mp4, sequential):
