@@ -12,9 +12,6 @@ Both GT directories use the Cityscapes-VPS layout of :mod:`operators.formats.vps
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from typing import Callable, Iterator
 
 import cv2
@@ -27,6 +24,7 @@ from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic
 from operators.formats.vps_layout import VpsImage, write_ground_truth
 from operators.synth.config import SynthConfig
 from operators.synth.render import SynthFrame, generate_video
+from operators.video.writer import VideoWriter
 
 CORPUS_JSON = "corpus.json"
 GT_JSON = "panoptic_gt.json"
@@ -47,31 +45,6 @@ def encode_rgb_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-class _Mp4:
-    """An mp4 of one video, written to a local temporary file and then copied to its URI
-    in one piece (OpenCV writes containers by local path only)."""
-
-    def __init__(self, uri: str, fps: float, width: int, height: int):
-        self.uri = uri
-        self.tmpdir = tempfile.mkdtemp(prefix="tubeflow-synth-")
-        self.path = os.path.join(self.tmpdir, "video.mp4")
-        self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-        if not self.writer.isOpened():
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            raise RuntimeError("OpenCV cannot open an mp4v VideoWriter on this machine")
-
-    def add(self, rgb: np.ndarray) -> None:
-        self.writer.write(np.ascontiguousarray(rgb[..., ::-1]))
-
-    def close(self) -> None:
-        self.writer.release()
-        try:
-            with open(self.path, "rb") as f:
-                fs.write_bytes(self.uri, f.read())
-        finally:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
 def _vps_image(cfg: SynthConfig, frame: SynthFrame) -> VpsImage:
     return VpsImage(frame.image_id, frame_png_name(frame.image_id), cfg.width, cfg.height, frame.video_id,
                     frame.frame_index)
@@ -90,18 +63,15 @@ def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | N
     def every_frame() -> Iterator[tuple[VpsImage, PanopticFrame]]:
         for v in range(cfg.videos):
             video_id = cfg.video_id(v)
-            mp4 = _Mp4(fs.join(out, "videos", f"{video_id}.mp4"), cfg.fps, cfg.width, cfg.height)
             image_ids = []
-            try:
+            with VideoWriter(fs.join(out, "videos", f"{video_id}.mp4"), cfg.fps) as mp4:
                 for frame in generate_video(cfg, v):
                     fs.write_bytes(fs.join(out, "frames", frame_png_name(frame.image_id)), encode_rgb_png(frame.rgb))
                     if frame.flow is not None:
                         write_flo(fs.join(out, "flow", f"{frame.image_id}.flo"), frame.flow)
-                    mp4.add(frame.rgb)
+                    mp4.write(frame.rgb)
                     image_ids.append(frame.image_id)
                     yield _vps_image(cfg, frame), frame.panoptic
-            finally:
-                mp4.close()
             videos.append({"video_id": video_id, "mp4": f"videos/{video_id}.mp4", "image_ids": image_ids,
                            "annotated_image_ids": [i for k, i in enumerate(image_ids) if k % cfg.annotate_every == 0]})
             if progress is not None:

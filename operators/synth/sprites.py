@@ -8,7 +8,7 @@ flow exact).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,8 +45,6 @@ class Sprite:
     parts: list[PartCanvas]
     ppm: float
     origin_px: tuple[float, float]
-    size_m: tuple[float, float]  # (width, height) of the rest pose
-    extra: dict = field(default_factory=dict)
 
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> Polygon:
@@ -227,4 +225,4 @@ def rasterise(parts: list[PartSpec], ppm: float, texture_sigma: float, rng: np.r
         texture = textured(colors, rng, texture_sigma)
         pivot = (origin[0] + part.pivot[0] * ppm, origin[1] + part.pivot[1] * ppm)
         canvases.append(PartCanvas(texture, mask, pivot))
-    return Sprite(canvases, ppm, origin, (xmax - xmin, ymax - ymin))
+    return Sprite(canvases, ppm, origin)
