@@ -18,16 +18,19 @@ Two things OpenCV reports are not trusted as is:
   :class:`CorruptFileError`, unless ``strict=False`` asks to decode what is there. More
   frames than the header says is an underestimate, not damage, and is accepted.
 * **Seeking.** ``CAP_PROP_POS_FRAMES`` seeks by timestamp (frame / fps) to the keyframe
-  before and decodes forward; with variable frame rates or odd timestamps it can land on a
-  neighbouring frame. After every seek we compare the landed frame's timestamp
-  (``CAP_PROP_POS_MSEC``) with ``t0 + a / fps`` (half a frame of tolerance). If it
-  disagrees, seeking is switched off for this file and frames are reached by decoding
-  sequentially from the nearest position known exactly (the current one if it is before
-  ``a``, else the start of the file). Sequential decoding is exact by construction; seeking
-  is only a shortcut that must prove itself.
+  before and decodes forward; with variable frame rates or odd timestamps it lands on
+  another frame (the tests build such an mp4). So after every seek we identify the frame we
+  landed on by its timestamp (``CAP_PROP_POS_MSEC``): by ``t0 + k / fps`` when the stream
+  passed the constant-rate probe above, else by the table of every frame's timestamp kept
+  from the counting pass. Landing on the target, or before it (a known position: decode
+  forward from there, "the nearest safe point"), gives exact frames; landing after it or
+  on a timestamp no frame has switches seeking off for the file, and frames are then
+  reached by decoding sequentially from the current position or from the start, which is
+  exact by construction. Seeking is a shortcut that must prove itself on every use.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Iterator
 
 import cv2
@@ -47,8 +50,9 @@ class ContainerSource(VideoSource):
 
     ``allow_seek=False`` forces sequential decoding (the reference the tests compare
     seeking against). ``strict=False`` accepts a file with fewer frames than its header
-    promises. :attr:`frame_count_by` says how the count was verified: ``"seek probe"`` or
-    ``"decoding"``.
+    promises. :attr:`frame_count_by` says how the count was verified (``"seek probe"`` or
+    ``"decoding"``), :attr:`seeks` how the seeks of reads went. Not thread-safe: one reader
+    at a time, one open iterator at a time.
     """
 
     def __init__(self, uri: str, *, allow_seek: bool = True, strict: bool = True):
@@ -60,9 +64,11 @@ class ContainerSource(VideoSource):
             self._path = fs.local_copy(self.uri)
         except FileNotFoundError:
             raise CorruptFileError(self.uri, "file not found") from None
-        self.seek_exact: bool | None = None if allow_seek else False  # None: not tested yet
+        self.seeking = allow_seek  # switched off when a seek lands where it cannot be used
+        self.seeks = {"exact": 0, "recovered": 0, "failed": 0}  # outcomes of read seeks, for tests and logs
+        self._timestamps: list[float] | None = None  # every frame's timestamp (ms), once counted by decoding
         self._cap: cv2.VideoCapture | None = None
-        self._next = 0  # index of the frame the next grab() returns, when known exactly
+        self._next = 0  # index of the frame the next grab() returns; -1 when not known exactly
         cap = self._reopen()
         self.header_frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = float(cap.get(cv2.CAP_PROP_FPS))
@@ -86,21 +92,35 @@ class ContainerSource(VideoSource):
         self._cap, self._next = cap, 0
         return cap
 
-    def _timestamp_matches(self, index: int) -> bool:
-        """Whether the frame just grabbed has the timestamp frame ``index`` has at constant rate."""
-        if self.fps is None:
-            return False
-        expected = self._t0_ms + index * 1000.0 / self.fps
-        return abs(float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) - expected) < 500.0 / self.fps
+    def _frame_at(self, ms: float) -> int | None:
+        """The index of the frame whose timestamp is ``ms``, or None if no frame has it.
 
-    def _seek_and_grab(self, index: int) -> bool:
-        """Seek to ``index`` and grab it; True only if the landing is verified exact."""
+        With every timestamp known (the file was counted by decoding) this is a lookup;
+        otherwise the stream passed the constant-rate probe and frame k sits at
+        ``t0 + k / fps`` (a quarter of a frame period of tolerance).
+        """
+        if self._timestamps is not None:
+            k = bisect.bisect_left(self._timestamps, ms - 1e-3)
+            return k if k < len(self._timestamps) and abs(self._timestamps[k] - ms) <= 1e-3 else None
+        if self.fps is None:
+            return None
+        k = round((ms - self._t0_ms) * self.fps / 1000.0)
+        return k if k >= 0 and abs(self._t0_ms + k * 1000.0 / self.fps - ms) < 250.0 / self.fps else None
+
+    def _seek(self, index: int) -> int | None:
+        """Seek towards ``index`` and grab; the index of the frame actually grabbed, or None."""
         self._cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-        if self._cap.grab() and self._timestamp_matches(index):
-            self._next = index + 1
-            return True
-        self._next = -1  # position unknown: the next read starts over
-        return False
+        landed = self._frame_at(float(self._cap.get(cv2.CAP_PROP_POS_MSEC))) if self._cap.grab() else None
+        self._next = -1 if landed is None else landed + 1
+        return landed
+
+    def _grab_until(self, stop: int) -> None:
+        """grab() forward until the next frame is ``stop``."""
+        while self._next < stop:
+            if not self._cap.grab():
+                index, self._next = self._next, -1
+                raise self._undecodable(index)
+            self._next += 1
 
     def _verified_frame_count(self) -> int:
         n = self.header_frame_count
@@ -108,18 +128,23 @@ class ContainerSource(VideoSource):
         if n == 1 and not self._cap.grab():
             self._next = -1
             return 1
-        if n > 1 and self.seek_exact is not False and self._seek_and_grab(n - 1):
+        if n > 1 and self.seeking and self._seek(n - 1) == n - 1:
             if not self._cap.grab():  # the header's last frame is the last one there is
                 self._next = -1
                 return n
-        # The probe failed: count by decoding. grab() demuxes and decodes but skips the
-        # colour conversion, so this costs one decode pass of the file, once.
+        # The probe failed: count by decoding, keeping every frame's timestamp so that later
+        # seeks can tell exactly where they landed. grab() demuxes and decodes but skips the
+        # colour conversion; this costs one decode pass of the file, once.
         self.frame_count_by = "decoding"
         self._reopen()
-        count = 0
+        self._timestamps = []
         while self._cap.grab():
-            count += 1
+            self._timestamps.append(float(self._cap.get(cv2.CAP_PROP_POS_MSEC)))
         self._next = -1
+        count = len(self._timestamps)
+        if any(b <= a for a, b in zip(self._timestamps, self._timestamps[1:])):
+            self._timestamps = None  # timestamps that do not increase cannot identify frames: no seeking
+            self.seeking = False
         if count == 0 or (self.strict and count < n):
             self.close()
             raise CorruptFileError(self.uri, f"the header promises {n} frames but only {count} decode "
@@ -127,22 +152,29 @@ class ContainerSource(VideoSource):
         return count
 
     def _position_at(self, a: int) -> bool:
-        """Position the decoder at frame ``a``, exactly. True if a verified seek has already
-        grabbed frame ``a`` (retrieve it next), False if the next grab() returns it."""
+        """Position the decoder at frame ``a``, exactly. True if frame ``a`` has already been
+        grabbed (retrieve it next), False if the next grab() returns it.
+
+        A seek is used when it saves decoding; the frame it lands on is identified by its
+        timestamp. Landing on ``a`` or before it is a known position to decode forward from
+        (a keyframe, "the nearest safe point"); landing after ``a``, or on a timestamp no
+        frame has, switches seeking off for this file, and frames are then reached by
+        decoding forward from the current position or from the start.
+        """
         if self._next == a:
             return False
         ahead = a - self._next if self._next >= 0 else -1
-        if self.seek_exact is not False and a > 0 and not 0 <= ahead < _SEEK_MIN_SKIP:
-            if self._seek_and_grab(a):
-                self.seek_exact = True
+        if self.seeking and a > 0 and not 0 <= ahead < _SEEK_MIN_SKIP:
+            landed = self._seek(a)
+            if landed is not None and landed <= a:
+                self.seeks["exact" if landed == a else "recovered"] += 1
+                self._grab_until(a + 1)
                 return True
-            self.seek_exact = False  # proved inexact for this file: decode sequentially from now on
+            self.seeks["failed"] += 1
+            self.seeking = False
         if self._next < 0 or self._next > a:
             self._reopen()
-        while self._next < a:
-            if not self._cap.grab():
-                raise self._undecodable(self._next)
-            self._next += 1
+        self._grab_until(a)
         return False
 
     def _undecodable(self, index: int) -> CorruptFileError:
