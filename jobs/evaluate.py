@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-area", choices=("official", "summed"), default="official",
                         help="GT tube area arithmetic: 'official' equals the benchmark evaluator (default), "
                              "'summed' the paper's plain sum over the window (see README)")
+    parser.add_argument("--stq-ignore-label", type=int, default=255,
+                        help="STQ semantic label of VOID pixels (default 255, outside the classes)")
     parser.add_argument("--videos-per-task", type=int, default=1, help="videos per Ray task (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -36,10 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate
 
-    ks = [int(k) for k in str(args.ks).split(",") if k.strip()]
+    from operators.errors import InputError
+
+    try:
+        ks = [int(k) for k in str(args.ks).split(",") if k.strip()]
+    except ValueError:
+        raise InputError("--ks", f"expected comma-separated integers, got {args.ks!r}") from None
+    if args.stride < 1 or not ks or any(k < 0 or k % args.stride for k in ks):
+        raise InputError("--ks", f"every window k must be a multiple of --stride {args.stride} (k/λ + 1 annotated "
+                                 f"frames), got {ks}")
     report = evaluate(args.gt_json, args.gt_dir, args.pred_dir, args.out, address=args.address,
                       allow_missing=args.allow_missing, stride=args.stride, ks=ks, gt_area=args.gt_area,
-                      videos_per_task=args.videos_per_task, progress=not args.no_progress)
+                      stq_ignore_label=args.stq_ignore_label, videos_per_task=args.videos_per_task,
+                      progress=not args.no_progress)
     vpq = report.vpq
     print(f"VPQ {100 * vpq.vpq:.2f}  VPQ-Th {100 * vpq.vpq_thing:.2f}  VPQ-St {100 * vpq.vpq_stuff:.2f}  "
           f"STQ {100 * report.stq['STQ']:.2f}  ({len(report.videos)} videos) -> {args.out}")

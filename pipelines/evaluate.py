@@ -67,7 +67,8 @@ def tree_reduce(refs: list, merge, fanout: int = REDUCE_FANOUT):
 
 def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str | None = None,
              allow_missing: bool = False, stride: int = 5, ks: Sequence[int] = (0, 5, 10, 15),
-             gt_area: str = "official", videos_per_task: int = 1, progress: bool = True) -> EvaluationReport:
+             gt_area: str = "official", stq_ignore_label: int = 255, videos_per_task: int = 1,
+             progress: bool = True) -> EvaluationReport:
     """Evaluate ``pred_dir`` (``pred.json`` + ``pan_pred/``) against a Cityscapes-VPS style
     GT and write the report under ``out``. Bad videos are listed in the report, not raised."""
     import ray
@@ -75,13 +76,16 @@ def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str
 
     gt = read_ground_truth(gt_json, gt_dir)
     predictions = read_predictions(pred_dir)
-    settings = EvaluationSettings(gt.categories, tuple(int(k) for k in ks), int(stride), allow_missing, gt_area)
+    settings = EvaluationSettings(gt.categories, tuple(int(k) for k in ks), int(stride), allow_missing, gt_area,
+                                  ignore_label=int(stq_ignore_label))
     plans = plan_videos(gt, predictions)
     shards = [plans[i:i + videos_per_task] for i in range(0, len(plans), max(1, videos_per_task))]
 
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    if started_here and address:
+        ray.init(address=address)  # a cluster: its nodes run the installed tubeflow (see cluster/)
+    elif started_here:
+        ray.init(include_dashboard=False, log_to_driver=False)
     try:
         evaluate_shard, shard_totals, merge_totals = _remote_functions()
         settings_ref = ray.put(settings)

@@ -87,18 +87,20 @@ def test_pipeline_equals_the_reference_and_writes_every_output(tmp_path, ray_loc
 def test_bad_videos_are_listed_and_the_others_scored(tmp_path, ray_local):
     from jobs.cli import main
 
-    videos = corpus(2, n_videos=4, frames=3)
+    videos = corpus(2, n_videos=5, frames=3)
     paths = write_corpus(tmp_path, videos, skip={("0000", 1)}, resize={("0001", 2)}, bad_category={("0002", 0)})
+    (tmp_path / "pred" / "pan_pred" / "0004_0001_x.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     code = main(["evaluate", "--gt-json", paths["gt_json"], "--gt-dir", paths["gt_dir"], "--pred-dir",
                  paths["pred_dir"], "--out", str(out), "--no-progress"])
     assert code == 1
     metrics = json.loads((out / "metrics.json").read_text())
     errors = {f["video_id"]: f["error"] for f in metrics["failures"]}
-    assert set(errors) == {"0000", "0001", "0002"}
+    assert set(errors) == {"0000", "0001", "0002", "0004"}
     assert errors["0000"].startswith("video 0000 frame 5") and "no prediction" in errors["0000"]
     assert errors["0001"].startswith("video 0001 frame 10") and "differs" in errors["0001"]
     assert "unknown category ids [99]" in errors["0002"] and "0002_0000_x.png" in errors["0002"]
+    assert errors["0004"].startswith("video 0004 frame 5") and "cannot decode PNG" in errors["0004"]
     ref, _ = expected_metrics({"0003": videos["0003"]})
     assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
     per_video = {r["video_id"]: r for r in pq.read_table(out / "per_video.parquet").to_pylist()}

@@ -66,7 +66,6 @@ def metrics_document(report: EvaluationReport) -> dict:
                          "sq_thing": groups["things"]["sq"], "rq_thing": groups["things"]["rq"],
                          "sq_stuff": groups["stuff"]["sq"], "rq_stuff": groups["stuff"]["rq"],
                          "categories": groups["all"]["n"]}
-    first_k = report.settings.ks[0]
     s = report.settings
     return _clean({
         "vpq": vpq.vpq, "vpq_thing": vpq.vpq_thing, "vpq_stuff": vpq.vpq_stuff,
@@ -77,7 +76,7 @@ def metrics_document(report: EvaluationReport) -> dict:
         "frames_missing_prediction": sum(v.missing_frames for v in report.videos if not v.error),
         "failures": [{"video_id": v.video_id, "error": v.error} for v in report.failures],
         "settings": {"ks": list(s.ks), "stride": s.stride, "allow_missing": s.allow_missing, "gt_area": s.gt_area,
-                     "stq_ignore_label": s.ignore_label, "first_k": first_k},
+                     "stq_ignore_label": s.ignore_label},
         "scale": "fractions in [0, 1]; the papers print 100x",
     })
 
