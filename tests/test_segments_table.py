@@ -129,15 +129,19 @@ def test_rewriting_a_chunk_replaces_it_and_video_filter_prunes(tmp_path):
     batch = frame_to_batch(busy_frame(1), "a/b c", 4, "img")  # an id that needs percent-encoding
     write_segments_table(root, batch)
     write_segments_table(root, batch)  # a retried chunk
-    write_segments_table(root, frame_to_batch(busy_frame(2), "other", 0, "img2"))
+    other = frame_to_batch(busy_frame(2), "other", 0, "img2")
+    write_segments_table(root, [pa.Table.from_batches([other]), frame_to_batch(busy_frame(3), "other", 1, "i3")])
+    assert write_segments_table(root, []) == []
     assert sorted(os.listdir(root)) == ["video_id=a%2Fb%20c", "video_id=other"]
     table = read_segments_table(root, video_ids=["a/b c"])
     assert table.num_rows == batch.num_rows
     assert set(table["video_id"].to_pylist()) == {"a/b c"}
     # the files themselves are plain Parquet without the partition column
-    part = pq.read_table(os.path.join(root, "video_id=other", "part-00000000-00000000.parquet"))
+    assert read_segments_table(root, video_ids=["other"])["frame_index"].to_pylist() == \
+        [0] * other.num_rows + [1] * len(busy_frame(3).segments)
+    part = pq.read_table(os.path.join(root, "video_id=other", "part-00000000-00000001.parquet"))
     assert part.schema.names == FILE_SCHEMA.names
-    assert pq.read_schema(os.path.join(root, "video_id=other", "part-00000000-00000000.parquet")) \
+    assert pq.read_schema(os.path.join(root, "video_id=other", "part-00000000-00000001.parquet")) \
         .field("track_id").metadata[b"doc"].startswith(b"panoptic segment id")
 
 

@@ -210,18 +210,17 @@ def partition_dir(root_uri: str, video_id: str) -> str:
     return fs.join(root_uri, f"video_id={quote(str(video_id), safe='')}")
 
 
-def write_segments_table(root_uri: str, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> list[str]:
+def write_segments_table(root_uri: str,
+                         data: pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]) -> list[str]:
     """Write rows under ``root_uri``, one Parquet file per video present in ``data``.
 
     Returns the URIs written. A file is named by the first and last frame it holds, so
     writing the same chunk again replaces it; chunks of one video must not overlap.
     """
-    if isinstance(data, pa.RecordBatch):
-        table = pa.Table.from_batches([data])
-    elif isinstance(data, pa.Table):
-        table = data
-    else:
-        table = pa.Table.from_batches(list(data), schema=SEGMENTS_SCHEMA)
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        data = [data]
+    parts = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in data]
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else SEGMENTS_SCHEMA.empty_table()
     if not table.schema.equals(SEGMENTS_SCHEMA, check_metadata=False):
         table = table.select(SEGMENTS_SCHEMA.names).cast(SEGMENTS_SCHEMA)
     written = []
