@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
-from operators.errors import FormatMismatchError
+from operators.errors import CorruptFileError, FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, segments_from_ids, \
     write_panoptic_png
@@ -179,6 +179,25 @@ def test_rows_that_do_not_make_one_frame_are_rejected():
         rows_to_frame(rows + other_frame)
     with pytest.raises(FormatMismatchError, match="expected"):
         rows_to_frame(rows, size=(H + 1, W))
+
+
+def test_damaged_masks_and_files_are_rejected(tmp_path):
+    rows = frame_to_rows(busy_frame(9), "v", 1, "img")
+    row = rows[3]
+    for counts in (b"", b"\xff\xfe", row.mask["counts"][:-1], b"garbage!"):  # pycocotools alone decodes some of these
+        damaged = [type(row)(**{**row.__dict__, "mask": {"size": row.mask["size"], "counts": counts}})]
+        with pytest.raises(CorruptFileError, match=f"video v frame 1 track {row.track_id}: .*COCO RLE"):
+            rows_to_frame(damaged)
+    wrong_area = [type(row)(**{**row.__dict__, "area": row.area + 1})]
+    with pytest.raises(FormatMismatchError, match=f"track {row.track_id}: area {row.area + 1} but its mask has"):
+        rows_to_frame(wrong_area)
+    bad = tmp_path / "t" / "video_id=x" / "part-00000000-00000000.parquet"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(CorruptFileError, match=rf"{tmp_path / 't'}: cannot read the segments table: .*{bad.name}"):
+        read_segments_table(str(tmp_path / "t"))
+    with pytest.raises(CorruptFileError, match="segments table not found"):
+        read_segments_table(str(tmp_path / "missing"))
 
 
 def test_table_rows_convert_back():

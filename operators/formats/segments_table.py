@@ -83,15 +83,23 @@ def encode_mask(mask: np.ndarray) -> dict:
 
 
 def decode_mask(rle: Mapping, where: str = "mask") -> np.ndarray:
-    """COCO RLE → ``(H, W)`` bool mask. Raises :class:`CorruptFileError` for a malformed RLE."""
+    """COCO RLE → ``(H, W)`` bool mask. Raises :class:`CorruptFileError` for a malformed RLE.
+
+    pycocotools decodes damaged counts without complaint (into pixels that were never
+    there), so the mask is re-encoded and must give back the same counts: pycocotools'
+    compressed counts are canonical (one string per mask).
+    """
     try:
         size = [int(v) for v in rle["size"]]
         counts = rle["counts"]
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"size must be [H, W] > 0, got {size}")
+        counts = counts.encode() if isinstance(counts, str) else bytes(counts)
         mask = mask_utils.decode({"size": size, "counts": counts})
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(where, f"malformed COCO RLE: {exc}") from None
+    if mask_utils.encode(mask)["counts"] != counts:
+        raise CorruptFileError(where, f"COCO RLE counts do not describe a {size[1]}x{size[0]} (WxH) mask")
     return mask.astype(bool)
 
 
@@ -174,6 +182,9 @@ def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
         box, inside = ids[y:y + h, x:x + w], mask[y:y + h, x:x + w]
         if np.any(box[inside] != VOID):
             raise FormatMismatchError(where, f"the mask of track {row.track_id} overlaps another segment")
+        if int(inside.sum()) != row.area:
+            raise FormatMismatchError(where, f"track {row.track_id}: area {row.area} but its mask has "
+                                             f"{int(inside.sum())} pixels")
         box[inside] = row.track_id
         segments.append(SegmentInfo(int(row.track_id), int(row.category_id), int(row.area),
                                     tuple(int(v) for v in row.bbox), int(row.iscrowd),
