@@ -110,7 +110,7 @@ def test_gt_flow_is_exact_for_the_rendered_motion(scenario):
     for prev, cur in zip(frames, frames[1:]):
         same, interior, err = _warp_check(prev, cur)
         # the flow lands on the same segment except where a nearer thing covers it
-        assert same.mean() > (0.8 if scenario == "occlusion" else 0.9)
+        assert same.mean() > (0.7 if scenario == "occlusion" else 0.9)
         assert interior.mean() > 0.5
         # What is left is the uint8 rounding of both frames plus bilinear resampling of
         # band-limited textures (measured: mean ≤ 1.27, p99 ≤ 6 grey levels over seeds 0–3
@@ -308,6 +308,8 @@ def test_config_rejects_unknown_scenario_and_bad_types():
         SynthConfig(width=10)
     with pytest.raises(InputError, match="frames"):
         SynthConfig(frames=2.5)
+    with pytest.raises(InputError, match="seed"):
+        SynthConfig(seed=-1)
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ class ScenarioKnobs:
 
 SCENARIOS: dict[str, ScenarioKnobs] = {
     "default": ScenarioKnobs(),
-    "occlusion": ScenarioKnobs(things=20, depth_range=(5.0, 20.0), crossing_share=0.75),
+    "occlusion": ScenarioKnobs(things=24, depth_range=(5.0, 16.0), crossing_share=0.8),
     "similar": ScenarioKnobs(things=10, crossing_share=0.0, same_appearance=True),
     "small": ScenarioKnobs(things=16, depth_range=(40.0, 120.0)),
     "deform": ScenarioKnobs(articulation=0.8, breathing=0.18),
@@ -78,7 +78,8 @@ class SynthConfig:
             return InputError(f"synth config {field_name}", problem)
 
         for name, low, high in (("videos", 1, MAX_VIDEOS), ("frames", 1, MAX_FRAMES),
-                                ("height", MIN_HEIGHT, None), ("width", MIN_WIDTH, None), ("annotate_every", 1, None)):
+                                ("height", MIN_HEIGHT, None), ("width", MIN_WIDTH, None), ("annotate_every", 1, None),
+                                ("seed", 0, None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(name, f"must be an integer, got {value!r}")

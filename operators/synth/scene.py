@@ -1,7 +1,8 @@
 """One video's scene, built deterministically from ``(seed, video_index)``.
 
-Back to front: the sky, the street backdrop (all stuff classes, VOID clutter), the moving
-things and the crowd (ordered per frame by depth), the ego-vehicle hood (VOID).
+Back to front: the sky, the street backdrop (all stuff classes), then — ordered per frame
+by depth — the moving things, the crowd and the street's standing objects (poles, signs,
+trees, VOID clutter), and last the ego-vehicle hood (VOID).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def build_scene(cfg: SynthConfig, video_index: int) -> Scene:
     h, w, t = cfg.height, cfg.width, cfg.frames
     camera = make_camera(camera_rng, h, w, t, cfg.fps)
     street, road = backdrop(street_rng, camera, h, w, t, cfg.void)
-    bodies = [sky(texture_rng, camera, h, w, t), street]
+    bodies = [sky(texture_rng, camera, h, w, t)] + street
     things, category_of, iscrowd_of = make_things(thing_rng, camera, cfg.knobs, t, cfg.fps, h, road, cfg.crowd)
     bodies += things
     if cfg.void:

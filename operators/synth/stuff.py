@@ -7,6 +7,9 @@ camera's forward motion and sway then move the canvas by one affine map per fram
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 
 from operators.synth.layers import Body, Camera, Layer
@@ -26,12 +29,26 @@ def stuff_id(category_id: int) -> int:
 
 
 class _Painter:
-    """Paints world quads onto the backdrop: labels and base colours together."""
+    """Paints world quads onto the backdrop: labels and base colours together.
+
+    Shapes painted inside ``with painter.standing(z):`` also make a free-standing object
+    at depth ``z`` (a pole with its sign, a tree, clutter): it is cut out of the backdrop
+    later so that it can hide a thing that stands behind it.
+    """
 
     def __init__(self, camera: Camera, shape: tuple[int, int]):
         self.camera = camera
         self.labels = np.zeros(shape, np.uint8)
         self.colors = np.zeros(shape + (3,), np.uint8)
+        self.standing_objects: list[tuple[float, list[tuple]]] = []  # (depth, shapes)
+        self._current: list[tuple] | None = None
+
+    @contextlib.contextmanager
+    def standing(self, z: float) -> Iterator[None]:
+        self._current = []
+        yield
+        self.standing_objects.append((z, self._current))
+        self._current = None
 
     def quad(self, category: int | None, color, corners: list[tuple[float, float, float]], label: bool = True) -> None:
         """Fill the quad with world corners (x, up, z); ``category`` None = VOID; ``label``
@@ -41,6 +58,8 @@ class _Painter:
         fill_polygons(self.colors, [poly], tuple(int(c) for c in color))
         if label:
             fill_polygons(self.labels, [poly], VOID_LABEL if category is None else 2 + category)
+            if self._current is not None:
+                self._current.append(("polygon", poly))
 
     def ground(self, category, color, x0, x1, z0, z1, label=True):
         self.quad(category, color, [(x0, 0, z0), (x1, 0, z0), (x1, 0, z1), (x0, 0, z1)], label)
@@ -57,12 +76,43 @@ class _Painter:
         r = self.camera.focal * radius / z
         fill_ellipse(self.colors, tuple(center), (r, r), tuple(int(c) for c in color))
         fill_ellipse(self.labels, tuple(center), (r, r), 2 + category)
+        if self._current is not None:
+            self._current.append(("disc", center, r))
+
+    def cutouts(self, texture: np.ndarray, poses: np.ndarray, ids: np.ndarray, ego_step: float) -> list[Body]:
+        """The standing objects as bodies: their pixels of the finished backdrop (texture and
+        labels), moving exactly like the backdrop, ordered among the things by their depth."""
+        frames = len(poses)
+        bodies = []
+        for z, shapes in self.standing_objects:
+            pts = np.concatenate([s[1] if s[0] == "polygon" else np.array([s[1] - s[2], s[1] + s[2]])
+                                  for s in shapes])
+            x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int) - 1, 0)
+            x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, self.labels.shape[::-1])
+            if x0 >= x1 or y0 >= y1:
+                continue
+            mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            for shape in shapes:
+                if shape[0] == "polygon":
+                    fill_polygons(mask, [shape[1] - (x0, y0)], 1)
+                else:
+                    fill_ellipse(mask, tuple(shape[1] - (x0, y0)), (shape[2], shape[2]), 1)
+            labels = np.where(mask > 0, self.labels[y0:y1, x0:x1], 0).astype(np.uint8)
+            if not labels.any():
+                continue
+            crop_poses = poses.copy()  # canvas crop → frame: the backdrop pose after a shift by (x0, y0)
+            crop_poses[:, :, 2] += crop_poses[:, :, :2] @ np.array([x0, y0], float)
+            depth = z - ego_step * np.arange(frames)
+            bodies.append(Body("standing", [Layer(texture[y0:y1, x0:x1].copy(), labels, crop_poses)], ids, depth,
+                               np.ones(frames, bool)))
+        return bodies
 
 
 def backdrop(rng: np.random.Generator, camera: Camera, height: int, width: int, frames: int,
-             void: bool) -> tuple[Body, tuple[float, float]]:
-    """The street as one body (depth: behind every thing), and the road's extent
-    (metres left and right of the camera) on which the things drive."""
+             void: bool) -> tuple[list[Body], tuple[float, float]]:
+    """The street as bodies — the backdrop (behind every thing) and its standing objects
+    (in depth order among the things) — and the road's extent (metres left and right of
+    the camera) on which the things drive."""
     mx, my = camera.margin
     shape = (height + 2 * my, width + 2 * mx)
     p = _Painter(camera, shape)
@@ -117,33 +167,36 @@ def backdrop(rng: np.random.Generator, camera: Camera, height: int, width: int, 
         x = side * ((walk_l if side < 0 else walk_r) - rng.uniform(0.4, 1.2))
         z = rng.uniform(8, 120)
         color = jitter_color(rng, STUFF_COLORS[8], 25)
-        p.front(8, (90, 70, 50), x - 0.15, x + 0.15, 0, 3.0, z)
-        p.disc(8, color, x, rng.uniform(3.8, 5.0), z, rng.uniform(1.3, 2.2))
+        with p.standing(z):
+            p.front(8, (90, 70, 50), x - 0.15, x + 0.15, 0, 3.0, z)
+            p.disc(8, color, x, rng.uniform(3.8, 5.0), z, rng.uniform(1.3, 2.2))
 
     poles = sorted(((rng.choice([-1, 1]), rng.uniform(6, 90)) for _ in range(rng.integers(3, 7))), key=lambda q: -q[1])
     for k, (side, z) in enumerate(poles):
         x = side * ((road_l if side < 0 else road_r) + 0.5)
         top = rng.uniform(4.5, 6.5)
-        p.front(5, jitter_color(rng, STUFF_COLORS[5]), x - 0.09, x + 0.09, 0, top, z)
-        if k == 0:
-            p.front(6, STUFF_COLORS[6], x - 0.2, x + 0.2, top - 1.0, top, z)
-            for j, lamp in enumerate([(220, 40, 30), (230, 180, 30), (40, 200, 70)]):
-                p.disc(6, lamp, x, top - 0.18 - 0.32 * j, z - 0.01, 0.1)
-        elif rng.random() < 0.7:
-            p.front(7, jitter_color(rng, STUFF_COLORS[7]), x - 0.35, x + 0.35, top - 1.6, top - 0.9, z)
+        with p.standing(z):
+            p.front(5, jitter_color(rng, STUFF_COLORS[5]), x - 0.09, x + 0.09, 0, top, z)
+            if k == 0:
+                p.front(6, STUFF_COLORS[6], x - 0.2, x + 0.2, top - 1.0, top, z)
+                for j, lamp in enumerate([(220, 40, 30), (230, 180, 30), (40, 200, 70)]):
+                    p.disc(6, lamp, x, top - 0.18 - 0.32 * j, z - 0.01, 0.1)
+            elif rng.random() < 0.7:
+                p.front(7, jitter_color(rng, STUFF_COLORS[7]), x - 0.35, x + 0.35, top - 1.6, top - 0.9, z)
 
     if void:
         for _ in range(2):  # unlabelled clutter on the sidewalks (VOID in the GT)
             side = rng.choice([-1, 1])
             x = side * ((road_l if side < 0 else road_r) + rng.uniform(0.8, 1.6))
             z = rng.uniform(7, 40)
-            p.front(None, (90, 60, 110), x - 0.4, x + 0.4, 0, 0.9, z)
+            with p.standing(z):
+                p.front(None, (90, 60, 110), x - 0.4, x + 0.4, 0, 0.9, z)
 
     texture = textured(p.colors, rng, sigma=1.4, contrast=0.18, grain=9.0)
     ids = np.array([0, 0] + [stuff_id(c) for c in range(10)], np.int32)
     poses = camera.backdrop_poses()
     street = Body("street", [Layer(texture, p.labels, poses)], ids, np.full(frames, 1e6), np.ones(frames, bool))
-    return street, (road_l, road_r)
+    return [street] + p.cutouts(texture, poses, ids, camera.ego_step), (road_l, road_r)
 
 
 def sky(rng: np.random.Generator, camera: Camera, height: int, width: int, frames: int) -> Body:
