@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
     "demo": ("jobs.demo", "run the main job end to end on a synthetic corpus"),
+    "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),
     "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
     "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
 }

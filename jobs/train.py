@@ -1,0 +1,146 @@
+"""``tubeflow train``: train the built-in panoptic model on the synthetic corpus with Ray Train.
+
+One ``TorchTrainer`` worker on the CPU by default; ``--workers N --gpu`` runs N data-parallel
+GPU workers (DDP through ``ray.train.torch.prepare_model``) on a cluster (``--address``).
+The model, losses and sampling are in :mod:`operators.segmentation.training`; this module
+only places them on Ray and writes the result: the weights (fp16 state dict, read back
+with ``torch.load(weights_only=True)``) and ``<weights>.json`` with the config, the loss
+history, the SHA-256 of the weights and, with ``--eval-videos``, PQ on held-out videos.
+
+The shipped weights were made by::
+
+    tubeflow train --out operators/segmentation/weights/panoptic_synth.pt --eval-videos 4
+
+(see the README section "Models" for the measured time and PQ).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+
+from operators import fs
+from operators.segmentation.host import BUILTIN_WEIGHTS
+from operators.segmentation.losses import LossWeights
+from operators.segmentation.training import TRAIN_SCENARIOS, TrainConfig
+
+WEIGHTS_NAME = "weights.pt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--out", default=BUILTIN_WEIGHTS, help="weights file to write (any fsspec URI)")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-pairs", type=int, default=d.batch_pairs, help="frame pairs per step and worker")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--videos-per-scenario", type=int, default=d.videos_per_scenario)
+    parser.add_argument("--frames", type=int, default=d.frames)
+    parser.add_argument("--height", type=int, default=d.height)
+    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--crop", type=int, nargs=2, default=list(d.crop), metavar=("H", "W"))
+    parser.add_argument("--scenarios", nargs="+", default=list(d.scenarios), choices=TRAIN_SCENARIOS)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--contrastive-weight", type=float, default=d.losses.contrastive,
+                        help="weight of the SiamTrack segment contrastive loss (0 disables it)")
+    parser.add_argument("--dice-weight", type=float, default=d.losses.tube_dice,
+                        help="weight of the SiamTrack tube-matching dice loss (0 disables it)")
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (data parallel)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    parser.add_argument("--eval-videos", type=int, default=0,
+                        help="held-out synthetic videos per scenario to measure PQ on after training")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    losses = replace(LossWeights(), contrastive=args.contrastive_weight, tube_dice=args.dice_weight)
+    return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
+                       width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
+                       batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, log_every=args.log_every,
+                       losses=losses)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point: each worker samples its own pairs (seed + rank)."""
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_model
+
+    from operators.segmentation.loading import save_builtin
+    from operators.segmentation.training import PairSampler, load_training_videos, new_model, train_model
+
+    torch.set_num_threads(loop_config["threads"])
+    config: TrainConfig = loop_config["config"]
+    rank = ray.train.get_context().get_world_rank()
+    sampler = PairSampler(load_training_videos(config), config, seed=config.seed + rank)
+    model = prepare_model(new_model(config, seed=config.seed))
+    started = time.time()
+    history = train_model(model, sampler, config, get_device(),
+                          report=lambda step, metrics: print(f"[train] step {step}: " + ", ".join(
+                              f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"), flush=True))
+    final = {"history": json.dumps(history), "train_seconds": time.time() - started}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_builtin(getattr(model, "module", model).cpu(), os.path.join(directory, WEIGHTS_NAME))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(final, checkpoint=checkpoint)
+
+
+def train_with_ray(config: TrainConfig, workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
+                   threads: int = 2, address: str | None = None) -> tuple[bytes, list[dict], float]:
+    """Run the TorchTrainer; returns (weights file bytes, loss history, training seconds)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    try:
+        with tempfile.TemporaryDirectory() as storage:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": config, "threads": threads},
+                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                             resources_per_worker={"CPU": cpus_per_worker}),
+                run_config=RunConfig(name="tubeflow-train", storage_path=storage))
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            with result.checkpoint.as_directory() as directory:
+                with open(os.path.join(directory, WEIGHTS_NAME), "rb") as f:
+                    weights = f.read()
+            return weights, json.loads(result.metrics["history"]), float(result.metrics["train_seconds"])
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    import hashlib
+
+    config = config_from_args(args)
+    started = time.time()
+    weights, history, train_seconds = train_with_ray(config, args.workers, args.gpu, args.cpus_per_worker,
+                                                     args.threads, args.address)
+    fs.write_bytes(args.out, weights)
+    log = {"weights": args.out, "sha256": hashlib.sha256(weights).hexdigest(), "config": config.to_json(),
+           "workers": args.workers, "gpu": args.gpu, "train_seconds": round(train_seconds, 1),
+           "wall_seconds": round(time.time() - started, 1), "history": history}
+    if args.eval_videos:
+        from operators.segmentation.evaluation import evaluate_builtin
+
+        log["evaluation"] = evaluate_builtin(args.out, videos_per_scenario=args.eval_videos, height=config.height,
+                                             width=config.width)
+    fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())
+    print(f"wrote {args.out} (sha256 {log['sha256'][:12]}…) after {log['wall_seconds']} s; "
+          f"final loss {history[-1]['loss']:.4f}")
+    if "evaluation" in log:
+        print(f"held-out PQ {log['evaluation']['pq']:.1f}")
+    return 0

@@ -1,0 +1,60 @@
+"""PQ of a segmentation host on held-out synthetic videos, with tubeflow's evaluator.
+
+PQ (Kirillov et al., CVPR 2019) is VPQ with k = 0 (Kim et al., CVPR 2020): every annotated
+frame is its own window. Frames come from :func:`operators.synth.generate_video` with
+seeds the training corpus never uses (``HELD_OUT_SEED``), and the statistics are those of
+:mod:`operators.metrics` — the same code that evaluates real corpora.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from operators.formats.categories import categories_by_id
+from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
+from operators.segmentation.host import SegmentationHost
+from operators.segmentation.training import TRAIN_SCENARIOS
+
+HELD_OUT_SEED = 777_000
+
+
+def evaluate_host(host: SegmentationHost, videos_per_scenario: int = 2, frames: int = 10, height: int = 256,
+                  width: int = 512, annotate_every: int = 5, scenarios: Sequence[str] = TRAIN_SCENARIOS,
+                  seed: int = HELD_OUT_SEED) -> dict:
+    """PQ / SQ / RQ (×100) over annotated frames of held-out videos, overall and per scenario."""
+    from operators.synth import SynthConfig, generate_video
+
+    categories = categories_by_id()
+    per_scenario, parts = {}, []
+    frames_seen, started = 0, time.time()
+    for s, scenario in enumerate(scenarios):
+        synth = SynthConfig(videos=videos_per_scenario, frames=frames, height=height, width=width,
+                            seed=seed + 97 * s, annotate_every=annotate_every, scenario=scenario)
+        scenario_parts = []
+        for v in range(videos_per_scenario):
+            video = VideoVpq(f"{scenario}/{synth.video_id(v)}", ks=(0,), stride=annotate_every)
+            annotated = [f for f in generate_video(synth, v) if f.frame_index % annotate_every == 0]
+            predictions = host.segment([f.rgb for f in annotated], [f.image_id for f in annotated])
+            for f, pred in zip(annotated, predictions):
+                video.add(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, pred.ids, pred.segments,
+                                      gt_where=f.image_id, pred_where=f"prediction {f.image_id}"))
+            frames_seen += len(annotated)
+            scenario_parts.append(video.stats())
+        per_scenario[scenario] = _summary(VpqStats.merge(scenario_parts), categories)
+        parts += scenario_parts
+    result = _summary(VpqStats.merge(parts), categories)
+    result.update(per_scenario=per_scenario, frames=frames_seen, height=height, width=width, seed=seed,
+                  videos_per_scenario=videos_per_scenario, seconds=round(time.time() - started, 1),
+                  model_sha256=host.model_sha256)
+    return result
+
+
+def _summary(stats: VpqStats, categories) -> dict:
+    groups = vpq_result(stats, categories, ks=(0,)).per_k[0]
+    return {"pq": 100 * groups["all"]["pq"], "sq": 100 * groups["all"]["sq"], "rq": 100 * groups["all"]["rq"],
+            "pq_things": 100 * groups["things"]["pq"], "pq_stuff": 100 * groups["stuff"]["pq"]}
+
+
+def evaluate_builtin(weights_uri: str, **options) -> dict:
+    """:func:`evaluate_host` of the built-in model with the weights at ``weights_uri``."""
+    return evaluate_host(SegmentationHost("builtin", weights_uri), **options)

@@ -1,0 +1,190 @@
+"""The segmentation model host: load a model once, map batches of frames to panoptic segments.
+
+A thin callable class in the style of Ray Data batch inference (``map_batches(
+SegmentationHost, fn_constructor_kwargs=…, concurrency=…, num_gpus=…)``); it knows nothing
+about Ray. Three backends:
+
+* ``builtin`` — :class:`~operators.segmentation.model.PanopticNet` with the weights shipped in
+  ``operators/segmentation/weights/`` (or any weights URI from ``tubeflow train``);
+* ``artifact`` — a user's TorchScript or ``torch.export`` (``.pt2``) model honouring the
+  contract of :mod:`operators.segmentation.model` (input ``(B, 3, H, W)`` float RGB in [0, 1];
+  outputs ``semantic``/``center``/``offset``/``embedding`` at one stride), checked on every
+  batch so a broken model fails with its name and the input, not deep in post-processing;
+* ``precomputed`` — COCO-panoptic predictions in the Cityscapes-VPS submission layout
+  (``pred.json`` + ``pan_pred/``), looked up by image id. They carry no embeddings: their
+  ``embeddings`` have zero columns.
+
+Batches are either a list of ``(H, W, 3) uint8`` frames (→ list of
+:class:`~operators.segmentation.postprocess.FrameSegments`) or a Ray-style dict of numpy
+columns with ``rgb`` ``(B, H, W, 3) uint8`` (and ``image_id`` for ``precomputed``) → the same
+dict plus ``panoptic_ids``, ``segments_json``, ``embeddings``, ``model_sha256``, ``error``.
+In dict form a bad frame gets an ``error`` message and empty outputs, and the batch goes on.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from operators.errors import FormatMismatchError, InputError
+from operators.formats.categories import CITYSCAPES_CATEGORIES
+from operators.formats.panoptic import SegmentInfo
+from operators.formats.vps_layout import read_predictions, VpsImage
+from operators.segmentation.device import Placement, select_placement
+from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
+from operators.segmentation.model import SIZE_DIVISOR
+from operators.segmentation.postprocess import FrameSegments, PostprocessConfig, panoptic_postprocess, upsample_outputs
+
+BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
+BACKENDS = ("builtin", "artifact", "precomputed")
+
+
+class SegmentationHost:
+    """``SegmentationHost(backend, model_uri, …)(batch)`` → per-frame panoptic segments + embeddings.
+
+    ``model_uri``: weights (builtin; default the shipped file), artifact URI, or predictions
+    directory (precomputed). ``thing_ids`` / ``num_classes`` describe an artifact's classes
+    (default: the 19 Cityscapes classes, things 11–18).
+    """
+
+    def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int = 8,
+                 device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
+                 thing_ids: Sequence[int] | None = None, num_classes: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
+        self.backend, self.batch_size, self.postprocess = backend, batch_size, postprocess
+        self.placement: Placement = select_placement(device, precision)
+        self.thing_ids = tuple(thing_ids) if thing_ids is not None else tuple(
+            c.id for c in CITYSCAPES_CATEGORIES if c.isthing)
+        self.num_classes = num_classes or len(CITYSCAPES_CATEGORIES)
+        self.model_uri = model_uri or (BUILTIN_WEIGHTS if backend == "builtin" else None)
+        if self.model_uri is None:
+            raise ValueError(f"backend {backend!r} needs model_uri")
+        self._predictions = None
+        if backend == "precomputed":
+            self._predictions = read_predictions(self.model_uri)
+            self.model_sha256 = f"precomputed:{self.model_uri}"
+            return
+        if backend == "builtin":
+            if not Path(self.model_uri).exists() and "://" not in self.model_uri:
+                raise InputError(self.model_uri, "built-in weights not found; train them with `tubeflow train`")
+            net, self.model_sha256 = load_builtin(self.model_uri)
+            self.thing_ids, self.num_classes = tuple(net.config.thing_ids), net.config.num_classes
+            self.model = net
+        else:
+            self.model, self.model_sha256 = load_artifact(self.model_uri)
+        self.model = self.model.to(self.placement.device)
+
+    # ---- public API ---------------------------------------------------------------------
+
+    def __call__(self, batch):
+        if isinstance(batch, dict):
+            return self._call_columns(batch)
+        return self.segment(list(batch))
+
+    def segment(self, frames: list[np.ndarray], image_ids: Sequence[object] | None = None) -> list[FrameSegments]:
+        """Segment frames ``(H, W, 3) uint8``; raises an :class:`InputError` naming a bad frame."""
+        names = [str(i) for i in image_ids] if image_ids is not None else [f"frame {i}" for i in range(len(frames))]
+        for frame, name in zip(frames, names):
+            self._check_frame(frame, name)
+        if self.backend == "precomputed":
+            if image_ids is None:
+                raise InputError(self.model_uri, "the precomputed backend needs the image ids of the frames")
+            return [self._precomputed(frame, image_id) for frame, image_id in zip(frames, image_ids)]
+        results: list[FrameSegments | None] = [None] * len(frames)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, frame in enumerate(frames):
+            by_size.setdefault(frame.shape[:2], []).append(index)
+        for indices in by_size.values():  # one forward per (size, batch_size) chunk
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                outputs = self._forward(np.stack([frames[i] for i in chunk]), [names[i] for i in chunk])
+                for i, result in zip(chunk, outputs):
+                    results[i] = result
+        return results
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _check_frame(self, frame: object, name: str) -> None:
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            kind = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise FormatMismatchError(name, f"model {self.model_uri}: expected an (H, W, 3) uint8 RGB frame, got {kind}")
+        if min(frame.shape[:2]) < SIZE_DIVISOR:
+            raise FormatMismatchError(name, f"model {self.model_uri}: frame {frame.shape[1]}x{frame.shape[0]} is "
+                                            f"smaller than {SIZE_DIVISOR} pixels")
+
+    @torch.inference_mode()
+    def _forward(self, frames: np.ndarray, names: list[str]) -> list[FrameSegments]:
+        """``frames (B, H, W, 3) uint8`` → post-processed segments, on the host's device."""
+        height, width = frames.shape[1:3]
+        images = self.placement.to_device(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        # The network needs multiples of 32: pad bottom/right by replication, crop the heads back.
+        padded = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
+        if padded != (height, width):
+            images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        with self.placement.autocast():
+            raw = self.model(images)
+        where = f"model {self.model_uri} on input {names[0]}" + (f" … {names[-1]}" if len(names) > 1 else "") + \
+                f" ({len(names)} frames {width}x{height})"
+        heads = validate_outputs(raw, images, self.num_classes, self.backend == "builtin", where)
+        full = upsample_outputs(heads, padded)
+        cropped = {k: v[..., :height, :width] for k, v in full.items()}
+        if "embedding" not in cropped:  # an artifact without an embedding head: zero-width embeddings
+            cropped["embedding"] = cropped["center"][:, :0]
+        return panoptic_postprocess(cropped, (height, width), self.thing_ids, self.postprocess)
+
+    def _precomputed(self, frame: np.ndarray, image_id: object) -> FrameSegments:
+        image = VpsImage(image_id, "", frame.shape[1], frame.shape[0], "", 0)
+        predicted = self._predictions.read_frame(image, range(self.num_classes))
+        segments = [SegmentInfo(s.id, s.category_id, s.area, s.bbox, s.iscrowd, 1.0 if s.score is None else s.score)
+                    for s in predicted.segments]
+        return FrameSegments(predicted.ids.astype(np.int32), segments, np.zeros((len(segments), 0), np.float32))
+
+    def _call_columns(self, batch: dict) -> dict:
+        """Ray Data form: columns in, the same columns plus the results out (see module doc)."""
+        if "rgb" not in batch:
+            raise InputError(f"model {self.model_uri}", f"batch has no 'rgb' column (columns: {sorted(batch)})")
+        frames = list(batch["rgb"])
+        ids = list(batch["image_id"]) if "image_id" in batch else list(range(len(frames)))
+        results: list[FrameSegments | None] = [None] * len(frames)
+        errors = [""] * len(frames)
+        good = []
+        for i, (frame, image_id) in enumerate(zip(frames, ids)):
+            try:
+                self._check_frame(frame, str(image_id))
+                good.append(i)
+            except InputError as exc:
+                errors[i] = str(exc)
+        if self.backend == "precomputed":
+            for i in good:
+                try:
+                    results[i] = self._precomputed(frames[i], ids[i])
+                except InputError as exc:
+                    errors[i] = str(exc)
+        else:
+            for i, result in zip(good, self.segment([frames[i] for i in good], [ids[i] for i in good])):
+                results[i] = result
+        out = dict(batch)
+        empty = FrameSegments(np.zeros((0, 0), np.int32), [], np.zeros((0, 0), np.float32))
+        done = [r or empty for r in results]
+        out["panoptic_ids"] = _column([r.ids for r in done])
+        out["segments_json"] = np.array([json.dumps([s.to_json() for s in r.segments]) for r in done], dtype=object)
+        out["embeddings"] = _column([r.embeddings for r in done], stack=False)
+        out["model_sha256"] = np.array([self.model_sha256] * len(done), dtype=object)
+        out["error"] = np.array(errors, dtype=object)
+        return out
+
+
+def _column(arrays: list[np.ndarray], stack: bool = True) -> np.ndarray:
+    """One numpy column: stacked when all arrays share a shape, else an object array."""
+    if stack and arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column

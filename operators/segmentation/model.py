@@ -1,0 +1,159 @@
+"""The built-in panoptic network: a small box-free, bottom-up model in the style of
+Panoptic-DeepLab (Cheng et al., CVPR 2020), plus an embedding head for association
+(SiamTrack, Woo et al., CVPR 2021).
+
+Panoptic-DeepLab predicts, per pixel, (1) semantic class logits, (2) an instance *center
+heatmap* (a 2-D Gaussian of σ = 8 px around each thing's center of mass, Sec. 3.2), and
+(3) an *offset* from the pixel to the center of its instance. Grouping thing pixels to
+their nearest predicted center then yields instances without boxes (Sec. 3.3,
+:mod:`operators.segmentation.postprocess`). We add a fourth head, a per-pixel embedding
+whose mask-pooled, L2-normalised average per segment (SiamTrack's MaskPool) is the
+segment's appearance descriptor for the tracker.
+
+There is no torchvision here, so the backbone is a small residual CNN written out below:
+a cheap stride-4 stem (the synthetic corpus does not need a heavy one), three residual
+stages to stride 32 with dilation in the deep stages for a large receptive field (offsets
+of big objects reach ~100 px), an image-pooling context branch (the ASPP idea of
+DeepLabv3 reduced to one 1×1 and one pooled branch), and a U-Net/FPN-style decoder back
+to stride 4 where all heads run.
+
+Model contract (shared with TorchScript / torch.export artifacts, see ``host.py``):
+input ``(B, 3, H, W) float32`` RGB in [0, 1], H and W divisible by 32; output a dict of
+``semantic (B, C, h, w)`` logits, ``center (B, 1, h, w)`` heatmap, ``offset (B, 2, h, w)``
+(dy, dx) in input pixels, ``embedding (B, D, h, w)`` — all at one common stride
+``H / h = W / w``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from operators.formats.categories import CITYSCAPES_CATEGORIES
+
+OUTPUT_KEYS = ("semantic", "center", "offset", "embedding")
+SIZE_DIVISOR = 32  # the backbone's total stride: inputs must be multiples of it
+
+
+@dataclass(frozen=True)
+class PanopticNetConfig:
+    """Architecture hyper-parameters; saved next to the weights so a file says what it fits."""
+
+    num_classes: int = len(CITYSCAPES_CATEGORIES)
+    thing_ids: tuple[int, ...] = field(default_factory=lambda: tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing))
+    widths: tuple[int, int, int, int] = (32, 64, 96, 128)  # channels at stride 4, 8, 16, 32
+    decoder_channels: int = 48
+    head_channels: int = 32
+    embedding_dim: int = 16
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "PanopticNetConfig":
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        return cls(**fields)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """Basic residual block (He et al., CVPR 2016): two 3×3 conv-BN, identity shortcut."""
+
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__()
+        self.conv1 = conv_bn_relu(channels, channels, dilation=dilation)
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation, bias=False),
+                                   nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class Backbone(nn.Module):
+    """Stride-4/8/16/32 features ``[c4, c8, c16, c32]`` of an RGB batch."""
+
+    def __init__(self, widths: tuple[int, int, int, int]):
+        super().__init__()
+        w4, w8, w16, w32 = widths
+        self.stem = nn.Sequential(conv_bn_relu(3, w4 // 2, stride=2), conv_bn_relu(w4 // 2, w4, stride=2))
+        self.stage4 = ResidualBlock(w4)
+        self.stage8 = nn.Sequential(conv_bn_relu(w4, w8, stride=2), ResidualBlock(w8))
+        self.stage16 = nn.Sequential(conv_bn_relu(w8, w16, stride=2), ResidualBlock(w16), ResidualBlock(w16, 2))
+        self.stage32 = nn.Sequential(conv_bn_relu(w16, w32, stride=2), ResidualBlock(w32, 2), ResidualBlock(w32, 4))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c4 = self.stage4(self.stem(x))
+        c8 = self.stage8(c4)
+        c16 = self.stage16(c8)
+        c32 = self.stage32(c16)
+        return [c4, c8, c16, c32]
+
+
+class ImagePoolingContext(nn.Module):
+    """ASPP reduced to its 1×1 branch and its image-pooling branch (DeepLabv3, Sec. 3.3)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.local = conv_bn_relu(cin, cout, kernel=1)
+        self.pooled = nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
+        self.project = conv_bn_relu(2 * cout, cout, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooled(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, x.shape[2], x.shape[3])
+        return self.project(torch.cat([self.local(x), pooled], dim=1))
+
+
+class Decoder(nn.Module):
+    """Top-down path: upsample ×2, add a 1×1 lateral of the skip feature, fuse with a 3×3 conv."""
+
+    def __init__(self, widths: tuple[int, int, int, int], channels: int):
+        super().__init__()
+        self.context = ImagePoolingContext(widths[3], channels)
+        self.laterals = nn.ModuleList([conv_bn_relu(w, channels, kernel=1) for w in widths[2::-1]])
+        self.fuse = nn.ModuleList([conv_bn_relu(channels, channels) for _ in widths[2::-1]])
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.context(features[3])
+        for lateral, fuse, skip in zip(self.laterals, self.fuse, features[2::-1]):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = fuse(x + lateral(skip))
+        return x
+
+
+def head(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    """Panoptic-DeepLab's prediction head: a 3×3 conv then a 1×1 projection (Sec. 3.1)."""
+    return nn.Sequential(conv_bn_relu(cin, hidden), nn.Conv2d(hidden, cout, 1))
+
+
+class PanopticNet(nn.Module):
+    """Backbone + decoder + four stride-4 heads. ``forward(images)`` → dict (see module doc)."""
+
+    def __init__(self, config: PanopticNetConfig | None = None):
+        super().__init__()
+        self.config = config or PanopticNetConfig()
+        cfg = self.config
+        self.backbone = Backbone(cfg.widths)
+        self.decoder = Decoder(cfg.widths, cfg.decoder_channels)
+        self.semantic_head = head(cfg.decoder_channels, cfg.head_channels, cfg.num_classes)
+        self.center_head = head(cfg.decoder_channels, cfg.head_channels, 1)
+        self.offset_head = head(cfg.decoder_channels, cfg.head_channels, 2)
+        self.embedding_head = head(cfg.decoder_channels, cfg.head_channels, cfg.embedding_dim)
+        # Offsets are regressed in input pixels (tens of pixels); a larger output scale makes the
+        # last layer's initial range closer to the target range and speeds up early training.
+        self.offset_scale = 16.0
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``images (B, 3, H, W) float32`` RGB in [0, 1], H and W multiples of 32."""
+        x = (images - 0.45) / 0.25  # roughly zero-mean, unit-variance inputs
+        features = self.decoder(self.backbone(x))
+        return {"semantic": self.semantic_head(features),
+                "center": self.center_head(features),
+                "offset": self.offset_head(features) * self.offset_scale,
+                "embedding": self.embedding_head(features)}

@@ -1,0 +1,171 @@
+"""Training the built-in model on the synthetic corpus (plain torch; Ray Train wraps it in
+``jobs/train.py``).
+
+Each step draws pairs of frames (t, t + gap) of one synthetic video — the pair layout the
+SiamTrack losses need — applies the same random crop and horizontal flip to both, and
+minimises :func:`operators.segmentation.losses.total_loss` with AdamW under the "poly"
+learning-rate schedule of DeepLab / Panoptic-DeepLab, ``lr · (1 − step/steps)^0.9``.
+Targets are computed once per frame at load time and cropped per sample, so instance
+centers are those of the whole object, as in Panoptic-DeepLab.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from operators.segmentation.losses import LossWeights, total_loss
+from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetConfig
+from operators.segmentation.targets import PanopticTargets, frame_targets
+
+TRAIN_SCENARIOS = ("default", "occlusion", "similar", "small", "deform")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``tubeflow train`` trains on and how. ``crop`` (h, w) must be multiples of 32."""
+
+    videos_per_scenario: int = 3
+    frames: int = 12
+    height: int = 256
+    width: int = 512
+    seed: int = 1000  # held-out evaluation corpora use other seeds
+    scenarios: tuple[str, ...] = TRAIN_SCENARIOS
+    steps: int = 1500
+    batch_pairs: int = 4
+    crop: tuple[int, int] = (128, 256)
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_gap: int = 3
+    sigma: float = 4.0
+    log_every: int = 25
+    model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
+    losses: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        if any(c % SIZE_DIVISOR for c in self.crop) or self.crop[0] > self.height or self.crop[1] > self.width:
+            raise ValueError(f"crop {self.crop} must be multiples of {SIZE_DIVISOR} within {self.height}x{self.width}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingFrame:
+    """A frame ready for sampling: ``rgb (H, W, 3) uint8`` and its numpy targets."""
+
+    rgb: np.ndarray
+    targets: dict[str, np.ndarray]
+
+
+def load_training_videos(config: TrainConfig, rank: int = 0) -> list[list[TrainingFrame]]:
+    """Generate the training corpus in memory (every frame of every video is annotated)."""
+    from operators.synth import SynthConfig, generate_video
+
+    thing_ids = set(config.model.thing_ids)
+    videos = []
+    for s, scenario in enumerate(config.scenarios):
+        synth = SynthConfig(videos=config.videos_per_scenario, frames=config.frames, height=config.height,
+                            width=config.width, seed=config.seed + 97 * s, scenario=scenario)
+        for v in range(config.videos_per_scenario):
+            videos.append([TrainingFrame(f.rgb, _compact(frame_targets(f.panoptic, thing_ids, config.sigma)))
+                           for f in generate_video(synth, v)])
+    return videos
+
+
+def _compact(targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Smaller dtypes for the in-memory corpus (semantic fits uint8, ids int32)."""
+    out = dict(targets)
+    out["semantic"] = targets["semantic"].astype(np.uint8)
+    out["segment_ids"] = targets["segment_ids"].astype(np.int32)
+    out["center_weight"] = targets["center_weight"].astype(np.uint8)
+    out["offset_weight"] = targets["offset_weight"].astype(np.uint8)
+    return out
+
+
+class PairSampler:
+    """Random pairs of frames of one video with a shared crop and flip."""
+
+    def __init__(self, videos: list[list[TrainingFrame]], config: TrainConfig, seed: int):
+        self.videos = [v for v in videos if len(v) >= 2]
+        if not self.videos:
+            raise ValueError("training needs videos of at least 2 frames")
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> tuple[torch.Tensor, PanopticTargets]:
+        """``images (2P, 3, h, w) float32`` in [0, 1], frames t first then t', and their targets."""
+        cfg, rng = self.config, self.rng
+        firsts, seconds = [], []
+        for _ in range(cfg.batch_pairs):
+            video = self.videos[rng.integers(len(self.videos))]
+            gap = int(rng.integers(1, min(cfg.max_gap, len(video) - 1) + 1))
+            t = int(rng.integers(0, len(video) - gap))
+            if rng.random() < 0.5:  # association runs both ways in time
+                pair = (video[t], video[t + gap])
+            else:
+                pair = (video[t + gap], video[t])
+            height, width = pair[0].rgb.shape[:2]
+            y0 = int(rng.integers(0, height - cfg.crop[0] + 1))
+            x0 = int(rng.integers(0, width - cfg.crop[1] + 1))
+            flip = bool(rng.random() < 0.5)
+            firsts.append(_crop(pair[0], y0, x0, cfg.crop, flip))
+            seconds.append(_crop(pair[1], y0, x0, cfg.crop, flip))
+        items = firsts + seconds
+        images = torch.from_numpy(np.stack([rgb for rgb, _ in items])).permute(0, 3, 1, 2).float() / 255.0
+        keys = ("semantic", "center", "center_weight", "offset", "offset_weight", "segment_ids")
+        stacked = {k: torch.from_numpy(np.stack([t[k] for _, t in items])) for k in keys}
+        stacked["semantic"] = stacked["semantic"].long()
+        stacked["segment_ids"] = stacked["segment_ids"].long()
+        stacked["center_weight"] = stacked["center_weight"].float()
+        stacked["offset_weight"] = stacked["offset_weight"].float()
+        return images, PanopticTargets(*(stacked[k] for k in keys))
+
+
+def _crop(frame: TrainingFrame, y0: int, x0: int, crop: tuple[int, int], flip: bool):
+    ys, xs = slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1])
+    rgb = frame.rgb[ys, xs]
+    targets = {k: v[..., ys, xs] for k, v in frame.targets.items()}
+    if flip:  # mirror everything; the x offset changes sign
+        rgb = rgb[:, ::-1]
+        targets = {k: v[..., ::-1] for k, v in targets.items()}
+        targets["offset"] = targets["offset"] * np.array([1.0, -1.0], np.float32)[:, None, None]
+    return np.ascontiguousarray(rgb), {k: np.ascontiguousarray(v) for k, v in targets.items()}
+
+
+def poly_lr(base: float, step: int, steps: int, power: float = 0.9) -> float:
+    return base * (1 - min(step, steps - 1) / steps) ** power
+
+
+def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfig, device: torch.device,
+                report: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Run ``config.steps`` optimisation steps; ``report(step, averaged_losses)`` every
+    ``log_every`` steps. Returns the logged history."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    history, running = [], []
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(config.lr, step, config.steps)
+        images, targets = sampler.sample()
+        outputs = model(images.to(device))
+        loss, terms = total_loss(outputs, targets.to(device), config.losses)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append({"loss": float(loss.detach()), **terms})
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            averaged = {k: float(np.mean([r[k] for r in running])) for k in running[0]}
+            averaged["step"] = step + 1
+            history.append(averaged)
+            running = []
+            if report is not None:
+                report(step + 1, averaged)
+    return history
+
+
+def new_model(config: TrainConfig, seed: int) -> PanopticNet:
+    torch.manual_seed(seed)
+    return PanopticNet(config.model)

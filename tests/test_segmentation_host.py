@@ -1,0 +1,191 @@
+"""The segmentation host: backends, safe loading, checksums, device choice, bad input."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from operators.errors import CorruptFileError, FormatMismatchError, InputError
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
+from operators.formats.vps_layout import PredictionWriter
+from operators.segmentation.device import gpu_assigned, select_placement
+from operators.segmentation.host import SegmentationHost
+from operators.segmentation.loading import save_builtin
+from operators.segmentation.model import PanopticNet, PanopticNetConfig
+
+TINY = PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8, embedding_dim=6)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path) -> str:
+    torch.manual_seed(0)
+    model = PanopticNet(TINY)
+    with torch.no_grad():  # a visible center peak pattern so the untrained net yields instances
+        model.center_head[1].bias.fill_(0.2)
+    uri = str(tmp_path / "tiny.pt")
+    save_builtin(model, uri)
+    return uri
+
+
+def _frames(n=2, height=70, width=100):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_builtin_backend_outputs_and_checksum(tiny_weights):
+    host = SegmentationHost("builtin", tiny_weights, batch_size=1)
+    assert host.model_sha256 == hashlib.sha256(open(tiny_weights, "rb").read()).hexdigest()
+    assert host.placement.device.type == "cpu"
+    results = host(_frames())
+    assert len(results) == 2
+    for result in results:
+        assert result.ids.shape == (70, 100) and result.ids.dtype == np.int32
+        assert result.embeddings.shape == (len(result.segments), 6)
+        np.testing.assert_allclose(np.linalg.norm(result.embeddings, axis=1), 1.0, rtol=1e-4)
+        assert set(np.unique(result.ids)) - {0} == {s.id for s in result.segments}
+    # batch size does not change the result
+    again = SegmentationHost("builtin", tiny_weights, batch_size=4)(_frames())
+    for a, b in zip(results, again):
+        np.testing.assert_array_equal(a.ids, b.ids)
+
+
+def test_loads_from_fsspec_uri(tiny_weights):
+    import fsspec
+
+    uri = "memory://tubeflow-test/weights.pt"
+    with fsspec.open(uri, "wb") as f:
+        f.write(open(tiny_weights, "rb").read())
+    host = SegmentationHost("builtin", uri)
+    assert host.model_sha256 == SegmentationHost("builtin", tiny_weights).model_sha256
+
+
+def test_weights_that_do_not_fit_name_the_file(tmp_path, tiny_weights):
+    record = torch.load(tiny_weights, weights_only=True)
+    record["state_dict"]["semantic_head.1.weight"] = torch.zeros(3, 8, 1, 1)
+    del record["state_dict"]["center_head.1.bias"]
+    bad = tmp_path / "bad_shapes.pt"
+    torch.save(record, bad)
+    with pytest.raises(FormatMismatchError, match="bad_shapes.pt.*do not fit.*missing.*center_head.1.bias"):
+        SegmentationHost("builtin", str(bad))
+    plain = tmp_path / "plain_state_dict.pt"
+    torch.save(PanopticNet(TINY).state_dict(), plain)
+    with pytest.raises(FormatMismatchError, match="plain_state_dict.pt.*not built-in PanopticNet weights"):
+        SegmentationHost("builtin", str(plain))
+
+
+def test_corrupt_missing_and_malicious_files(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a torch file")
+    with pytest.raises(CorruptFileError, match="corrupt.pt"):
+        SegmentationHost("builtin", str(corrupt))
+    with pytest.raises(InputError, match="missing.pt"):
+        SegmentationHost("builtin", str(tmp_path / "missing.pt"))
+    marker = tmp_path / "pwned"
+
+    class Payload:  # unpickling this would run os.system; weights_only must refuse it
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "x", "state_dict": Payload()}, evil)
+    with pytest.raises(CorruptFileError, match="evil.pt"):
+        SegmentationHost("builtin", str(evil))
+    assert not marker.exists()
+
+
+def test_bad_frames_name_model_and_frame(tiny_weights):
+    host = SegmentationHost("builtin", tiny_weights)
+    with pytest.raises(FormatMismatchError, match=r"cam7.*tiny.pt.*uint8"):
+        host.segment([np.zeros((64, 64, 3), np.float32)], image_ids=["cam7"])
+    with pytest.raises(FormatMismatchError, match="smaller than 32"):
+        host.segment([np.zeros((16, 64, 3), np.uint8)])
+    batch = {"rgb": np.empty(2, dtype=object), "image_id": np.array(["ok", "broken"])}
+    batch["rgb"][:] = [_frames(1)[0], np.zeros((64, 64), np.uint8)]
+    out = host(batch)
+    assert out["error"][0] == "" and "broken" in out["error"][1]
+    assert out["panoptic_ids"][0].shape == (70, 100) and len(out["segments_json"]) == 2
+    assert out["model_sha256"][0] == host.model_sha256
+
+
+def test_dict_batch_ray_style(tiny_weights):
+    host = SegmentationHost("builtin", tiny_weights)
+    frames = np.stack(_frames(3, 64, 96))
+    out = host({"rgb": frames, "image_id": np.array(["a", "b", "c"])})
+    assert out["panoptic_ids"].shape == (3, 64, 96) and list(out["image_id"]) == ["a", "b", "c"]
+    assert all(e.shape[1] == 6 for e in out["embeddings"]) and not any(out["error"])
+
+
+class _WrongChannels(torch.nn.Module):
+    def forward(self, x):
+        b, _, h, w = x.shape
+        z = torch.zeros(b, 1, h // 4, w // 4)
+        return {"semantic": torch.zeros(b, 7, h // 4, w // 4), "center": z, "offset": torch.cat([z, z], 1),
+                "embedding": z}
+
+
+def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, tiny_weights):
+    builtin = SegmentationHost("builtin", tiny_weights)
+    scripted = torch.jit.trace(builtin.model, torch.rand(1, 3, 64, 96), strict=False)
+    artifact = tmp_path / "model.ts"
+    torch.jit.save(scripted, str(artifact))
+    host = SegmentationHost("artifact", str(artifact))
+    frames = _frames(2, 64, 96)
+    for a, b in zip(host(frames), builtin(frames)):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+    broken = tmp_path / "broken.ts"
+    torch.jit.save(torch.jit.trace(_WrongChannels(), torch.rand(1, 3, 64, 96), strict=False), str(broken))
+    with pytest.raises(FormatMismatchError, match=r"broken.ts on input frame 0.*'semantic' has 7 channels"):
+        SegmentationHost("artifact", str(broken))(frames)
+    with pytest.raises(CorruptFileError, match="junk.ts"):
+        (tmp_path / "junk.ts").write_bytes(b"junk")
+        SegmentationHost("artifact", str(tmp_path / "junk.ts"))
+
+
+def test_torch_export_artifact(tmp_path, tiny_weights):
+    builtin = SegmentationHost("builtin", tiny_weights)
+    program = torch.export.export(builtin.model, (torch.rand(1, 3, 64, 96),))
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+    host = SegmentationHost("artifact", str(path))
+    frames = _frames(1, 64, 96)
+    np.testing.assert_array_equal(host(frames)[0].ids, builtin(frames)[0].ids)
+
+
+def test_precomputed_backend_reads_submission_layout(tmp_path):
+    ids = np.zeros((40, 60), np.int32)
+    ids[:, :30], ids[5:15, 35:50] = 1000, 14001
+    segments = [SegmentInfo(1000, 0, 1200, (0, 0, 30, 40)), SegmentInfo(14001, 13, 150, (35, 5, 15, 10), score=0.8)]
+    with PredictionWriter(str(tmp_path / "pred")) as writer:
+        writer.add("0000_0000_x", PanopticFrame(ids, segments))
+    host = SegmentationHost("precomputed", str(tmp_path / "pred"))
+    (result,) = host.segment([np.zeros((40, 60, 3), np.uint8)], ["0000_0000_x"])
+    np.testing.assert_array_equal(result.ids, ids)
+    assert [(s.id, s.category_id, s.score) for s in result.segments] == [(1000, 0, 1.0), (14001, 13, 0.8)]
+    assert result.embeddings.shape == (2, 0)
+    out = host({"rgb": np.zeros((1, 40, 60, 3), np.uint8), "image_id": np.array(["nope"])})
+    assert "no prediction" in out["error"][0]
+
+
+def test_device_selection_follows_ray_gpu_assignment():
+    assert not gpu_assigned({"CUDA_VISIBLE_DEVICES": ""}) and gpu_assigned({"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert gpu_assigned({})  # outside Ray: any visible GPU
+    gpu = select_placement(cuda_available=True, bf16_supported=True, environ={"CUDA_VISIBLE_DEVICES": "3"})
+    assert gpu.device.type == "cuda" and gpu.autocast_dtype == torch.bfloat16 and gpu.pin_memory
+    old_gpu = select_placement(cuda_available=True, bf16_supported=False, environ={"CUDA_VISIBLE_DEVICES": "0"})
+    assert old_gpu.autocast_dtype == torch.float16
+    no_gpu_actor = select_placement(cuda_available=True, environ={"CUDA_VISIBLE_DEVICES": ""})
+    assert no_gpu_actor.device.type == "cpu" and no_gpu_actor.autocast_dtype is None and not no_gpu_actor.pin_memory
+    assert select_placement("cuda", "fp32", cuda_available=True, bf16_supported=True).autocast_dtype is None
+    assert select_placement(cuda_available=False).device.type == "cpu"
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_placement("cuda", cuda_available=False)
+    with pytest.raises(ValueError, match="precision"):
+        select_placement(precision="int4")
+    cpu = select_placement("cpu")
+    tensor = cpu.to_device(np.ones((2, 2), np.uint8))
+    assert tensor.device.type == "cpu" and not tensor.is_pinned()

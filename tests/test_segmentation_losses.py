@@ -1,0 +1,84 @@
+"""Training targets (Panoptic-DeepLab) and the SiamTrack temporal losses, on hand cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
+from operators.segmentation.losses import LossWeights, offset_loss, semantic_loss, temporal_losses, total_loss
+from operators.segmentation.targets import IGNORE, batch_targets, frame_targets
+
+
+def _frame():
+    """Road (1000) everywhere, a car 14001 at rows 2..5 × cols 4..9, a crowd of persons
+    12000 at rows 8..9 × cols 0..3, VOID at the last row."""
+    ids = np.full((12, 16), 1000, np.int32)
+    ids[2:6, 4:10] = 14001
+    ids[8:10, 0:4] = 12000
+    ids[11] = 0
+    segments = [SegmentInfo(1000, 0), SegmentInfo(14001, 13), SegmentInfo(12000, 11, iscrowd=1)]
+    return PanopticFrame(ids, segments)
+
+
+def test_targets_by_hand():
+    t = frame_targets(_frame(), thing_ids={11, 13}, sigma=2.0)
+    assert t["semantic"][0, 0] == 0 and t["semantic"][3, 5] == 13 and t["semantic"][8, 1] == 11
+    assert (t["semantic"][11] == IGNORE).all()
+    cy, cx = 3.5, 6.5  # center of mass of rows 2..5, cols 4..9
+    assert t["offset"][0, 2, 4] == pytest.approx(cy - 2) and t["offset"][1, 2, 4] == pytest.approx(cx - 4)
+    assert t["offset_weight"][0].sum() == 24 and t["offset_weight"][0, 8, 1] == 0  # crowd: no offset
+    assert t["center_weight"][0, 8, 1] == 0 and t["center_weight"][0, 0, 0] == 1
+    expected = np.exp(-((3 - cy) ** 2 + (6 - cx) ** 2) / (2 * 2.0 ** 2))
+    assert t["center"][0, 3, 6] == pytest.approx(expected, rel=1e-5)
+    assert t["center"].max() <= 1.0 and t["center"][0, 11, 15] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bootstrapped_ce_and_offset_loss():
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0, 0, :2] = 10.0  # two easy pixels of class 0
+    target = torch.tensor([[[0, 0, 1, IGNORE]]])
+    hard = semantic_loss(logits, target, hard_ratio=0.34)  # top 1 of 3 valid pixels: the class-1 one
+    assert hard.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[..., 2:3], target[..., 2:3]).item())
+    pred, tgt = torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2)
+    weight = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert offset_loss(pred, tgt, weight).item() == pytest.approx(2.0)
+
+
+def _pair_embeddings(good: bool):
+    """Two frames of 3 segments (ids 5, 6, 7); in the second frame the segments moved.
+    ``good``: each id has its own embedding direction in both frames; else frame 2 swaps 5 ↔ 6."""
+    ids = torch.zeros(2, 8, 12, dtype=torch.long)
+    ids[0, :, :4], ids[0, :, 4:8], ids[0, :, 8:] = 5, 6, 7
+    ids[1, :, :3], ids[1, :, 3:9], ids[1, :, 9:] = 5, 6, 7
+    direction = {5: 0, 6: 1, 7: 2}
+    swapped = {5: 1, 6: 0, 7: 2}
+    emb = torch.zeros(2, 3, 8, 12)
+    for b, mapping in ((0, direction), (1, direction if good else swapped)):
+        for sid, d in mapping.items():
+            emb[b, d][ids[b] == sid] = 1.0
+    return emb, ids
+
+
+def test_contrastive_and_tube_dice_reward_consistent_embeddings():
+    good_con, good_dice = temporal_losses(*_pair_embeddings(True), temperature=0.1)
+    bad_con, bad_dice = temporal_losses(*_pair_embeddings(False), temperature=0.1)
+    # perfect embeddings: InfoNCE = log(1 + 2·e^{-10}) ≈ 0, propagated masks ≈ GT masks
+    assert good_con.item() == pytest.approx(np.log(1 + 2 * np.exp(-10)), abs=1e-4)
+    assert good_dice.item() < 1e-3
+    assert bad_con.item() > 5 and bad_dice.item() > 0.5
+
+
+def test_total_loss_backpropagates_to_every_head():
+    torch.manual_seed(0)
+    from operators.segmentation.model import PanopticNet, PanopticNetConfig
+
+    model = PanopticNet(PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8))
+    frame = _frame()
+    big = PanopticFrame(np.kron(frame.ids, np.ones((4, 4), np.int32))[:32, :64], frame.segments)
+    targets = batch_targets([big, big], {11, 13})
+    loss, terms = total_loss(model(torch.rand(2, 3, 32, 64)), targets, LossWeights())
+    loss.backward()
+    assert set(terms) == {"semantic", "center", "offset", "contrastive", "tube_dice"}
+    for name in ("semantic_head", "center_head", "offset_head", "embedding_head"):
+        assert getattr(model, name)[1].weight.grad.abs().sum() > 0, name

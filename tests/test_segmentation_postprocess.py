@@ -1,0 +1,148 @@
+"""Panoptic post-processing against hand-built heads and slow per-pixel references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.segmentation.model import OUTPUT_KEYS, PanopticNet, PanopticNetConfig
+from operators.segmentation.postprocess import (PostprocessConfig, find_centers, group_pixels, mask_pool,
+                                                panoptic_postprocess)
+
+THINGS = (11, 12, 13)  # person, rider, car
+NUM_CLASSES = 19
+
+
+def _heads(height=32, width=48, dim=4):
+    """Road (0) on the left, sky (10) on the right, two cars (13) in the middle band.
+
+    Car A: rows 8..15, cols 10..19, center (11, 14). Car B: rows 8..15, cols 24..33, center (11, 28).
+    Offsets point each car pixel to its car's center. The embedding is 1 on channel 0 for
+    car A, channel 1 for car B, channel 2 for stuff.
+    """
+    semantic = torch.full((1, NUM_CLASSES, height, width), -10.0)
+    semantic[0, 0, :, : width // 2] = 10.0
+    semantic[0, 10, :, width // 2:] = 10.0
+    semantic[0, :, 8:16, 10:20] = -10.0
+    semantic[0, 13, 8:16, 10:20] = 10.0
+    semantic[0, :, 8:16, 24:34] = -10.0
+    semantic[0, 13, 8:16, 24:34] = 10.0
+    center = torch.zeros(1, 1, height, width)
+    center[0, 0, 11, 14] = 0.9
+    center[0, 0, 11, 28] = 0.7
+    center[0, 0, 11, 15] = 0.5  # suppressed by NMS (next to the 0.9 peak)
+    offset = torch.zeros(1, 2, height, width)
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    for (y0, y1, x0, x1), (cy, cx) in (((8, 16, 10, 20), (11, 14)), ((8, 16, 24, 34), (11, 28))):
+        offset[0, 0, y0:y1, x0:x1] = cy - ys[y0:y1, x0:x1]
+        offset[0, 1, y0:y1, x0:x1] = cx - xs[y0:y1, x0:x1]
+    embedding = torch.zeros(1, dim, height, width)
+    embedding[0, 2] = 1.0
+    embedding[0, :, 8:16, 10:20] = 0
+    embedding[0, 0, 8:16, 10:20] = 3.0
+    embedding[0, :, 8:16, 24:34] = 0
+    embedding[0, 1, 8:16, 24:34] = 2.0
+    return {"semantic": semantic, "center": center, "offset": offset, "embedding": embedding}
+
+
+def test_two_cars_and_two_stuff_regions_by_hand():
+    config = PostprocessConfig(center_threshold=0.1, nms_kernel=5, stuff_area=4, thing_area=4)
+    (frame,) = panoptic_postprocess(_heads(), (32, 48), THINGS, config)
+    by_id = {s.id: s for s in frame.segments}
+    assert sorted(by_id) == [1000, 11000, 14001, 14002]  # road, sky, car 1 (best center), car 2
+    assert by_id[14001].bbox == (10, 8, 10, 8) and by_id[14001].area == 80
+    assert by_id[14002].bbox == (24, 8, 10, 8) and by_id[14002].area == 80
+    assert by_id[1000].area == 24 * 32 - 80 and by_id[11000].area == 24 * 32 - 80
+    assert (frame.ids[8:16, 10:20] == 14001).all() and (frame.ids[8:16, 24:34] == 14002).all()
+    assert by_id[14001].score == pytest.approx(0.9, abs=1e-4)  # center score × class probability ≈ 1
+    assert by_id[14002].score == pytest.approx(0.7, abs=1e-4)
+    rows = {s.id: frame.embeddings[i] for i, s in enumerate(frame.segments)}
+    np.testing.assert_allclose(rows[14001], [1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(rows[14002], [0, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(rows[1000], [0, 0, 1, 0], atol=1e-6)
+    assert frame.to_panoptic_frame().segments == frame.segments
+
+
+def test_small_segments_become_void_and_no_center_means_void_things():
+    heads = _heads()
+    heads["center"][:] = 0.0  # no instance center at all: thing pixels cannot be grouped
+    (frame,) = panoptic_postprocess(heads, (32, 48), THINGS, PostprocessConfig(stuff_area=4))
+    assert (frame.ids[8:16, 10:20] == 0).all()
+    assert {s.category_id for s in frame.segments} == {0, 10}
+    (frame,) = panoptic_postprocess(_heads(), (32, 48), THINGS, PostprocessConfig(stuff_area=10_000, thing_area=4))
+    assert {s.category_id for s in frame.segments} == {13}  # stuff regions under the area threshold
+
+
+def test_find_centers_keyed_nms_threshold_and_order():
+    center = torch.zeros(1, 1, 20, 20)
+    center[0, 0, 5, 5], center[0, 0, 5, 6], center[0, 0, 15, 15], center[0, 0, 2, 17] = 0.8, 0.6, 0.9, 0.05
+    scores, ys, xs, valid = find_centers(center, threshold=0.1, nms_kernel=3, top_k=5)
+    kept = [(float(s), int(y), int(x)) for s, y, x, v in zip(scores[0], ys[0], xs[0], valid[0]) if v]
+    assert [(round(s, 2), y, x) for s, y, x in kept] == [(0.9, 15, 15), (0.8, 5, 5)]
+
+
+def _reference_grouping(offset, ys, xs, valid, mask):
+    """One pixel at a time: argmin over valid centers of the squared distance."""
+    batch, _, height, width = offset.shape
+    out = np.full((batch, height, width), -1)
+    for b in range(batch):
+        centers = [(float(ys[b, k]), float(xs[b, k]), k) for k in range(ys.shape[1]) if valid[b, k]]
+        for y in range(height):
+            for x in range(width):
+                if not mask[b, y, x] or not centers:
+                    continue
+                ty, tx = y + float(offset[b, 0, y, x]), x + float(offset[b, 1, y, x])
+                out[b, y, x] = min(centers, key=lambda c: ((c[0] - ty) ** 2 + (c[1] - tx) ** 2, c[2]))[2]
+    return out
+
+
+def test_grouping_matches_slow_reference_on_random_heads():
+    gen = torch.Generator().manual_seed(3)
+    offset = torch.randn(2, 2, 12, 16, generator=gen) * 6
+    ys, xs = torch.randint(0, 12, (2, 5), generator=gen), torch.randint(0, 16, (2, 5), generator=gen)
+    valid = torch.tensor([[True, True, True, False, False], [False] * 5])
+    mask = torch.rand(2, 12, 16, generator=gen) > 0.3
+    got = group_pixels(offset, ys, xs, valid, mask, chunk=37).numpy()
+    np.testing.assert_array_equal(got, _reference_grouping(offset, ys, xs, valid, mask))
+
+
+def test_mask_pool_is_normalised_masked_mean():
+    gen = torch.Generator().manual_seed(0)
+    embedding = torch.randn(1, 3, 6, 7, generator=gen)
+    masks = (torch.rand(1, 2, 6, 7, generator=gen) > 0.5).float()
+    pooled = mask_pool(embedding, masks)[0].numpy()
+    for n in range(2):
+        m = masks[0, n].numpy().astype(bool)
+        mean = embedding[0].numpy()[:, m].mean(axis=1)
+        np.testing.assert_allclose(pooled[n], mean / np.linalg.norm(mean), rtol=1e-5)
+
+
+def test_batched_equals_frame_by_frame():
+    torch.manual_seed(0)
+    model = PanopticNet(PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8)).eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(3, 3, 64, 96))
+    outputs["center"] = torch.rand_like(outputs["center"])  # an untrained model has no peaks
+    config = PostprocessConfig(thing_area=1, stuff_area=1)
+    batched = panoptic_postprocess(outputs, (64, 96), THINGS, config)
+    for b in range(3):
+        (alone,) = panoptic_postprocess({k: v[b:b + 1] for k, v in outputs.items()}, (64, 96), THINGS, config)
+        np.testing.assert_array_equal(alone.ids, batched[b].ids)
+        assert alone.segments == batched[b].segments
+        np.testing.assert_allclose(alone.embeddings, batched[b].embeddings, atol=1e-6)
+    ids, segments = batched[0].ids, batched[0].segments
+    assert set(np.unique(ids)) - {0} == {s.id for s in segments}
+    for s in segments:
+        ys, xs = np.nonzero(ids == s.id)
+        assert s.area == len(ys) and s.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+
+
+def test_model_output_contract():
+    config = PanopticNetConfig(embedding_dim=5)
+    model = PanopticNet(config).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 128))
+    assert tuple(out) == OUTPUT_KEYS
+    assert out["semantic"].shape == (2, 19, 16, 32) and out["center"].shape == (2, 1, 16, 32)
+    assert out["offset"].shape == (2, 2, 16, 32) and out["embedding"].shape == (2, 5, 16, 32)
+    assert PanopticNetConfig.from_json(config.to_json()) == config
