@@ -119,7 +119,9 @@ def local_copy(uri: str) -> str:
     fs, path = filesystem(uri)
     if _is_local(fs):
         return path
-    cached = fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": _cache_dir()})
+    # check_files: compare the remote file's identity (ETag / mtime+size) with the cached
+    # copy's on every open, so a file overwritten remotely is fetched again, not served stale.
+    cached = fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": _cache_dir(), "check_files": True})
     return cached
 
 

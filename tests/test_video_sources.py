@@ -284,3 +284,19 @@ def test_memory_uri(mp4, frames, sequential, tmp_path, monkeypatch):
 
 def test_s3_uri(s3_bucket, mp4, frames, sequential):
     _check_remote_corpus(f"{s3_bucket}/corpus", mp4, frames, sequential)
+
+
+@pytest.mark.parametrize("scheme", ["memory", "s3"])
+def test_remote_video_overwritten_is_not_served_from_a_stale_cache(scheme, frames, tmp_path, monkeypatch, request):
+    """Containers are opened from fsspec's local cache: a video replaced remotely must be
+    fetched again (regression: the cache served the old copy)."""
+    monkeypatch.setenv("TUBEFLOW_CACHE", str(tmp_path / "cache"))
+    base = request.getfixturevalue("s3_bucket") if scheme == "s3" else f"memory://tubeflow-test-{uuid.uuid4().hex[:8]}"
+    uri = fs.join(base, "v.mp4")
+    for count in (5, 9):
+        with VideoWriter(uri, FPS) as writer:
+            writer.write_all(frames[:count])
+        with open_video(uri) as source:
+            assert source.meta.frame_count == count
+    if scheme == "memory":
+        fsspec.filesystem("memory").rm(base.split("://")[1], recursive=True)
