@@ -1,0 +1,240 @@
+"""``label``: the streaming labelling graph on Ray Data.
+
+::
+
+    videos ─ plan+decode (CPU tasks) ─ segment (model actor pool; 1 GPU each when the cluster
+    has GPUs) ─ flow (actor pool) ─ associate (per-video actors, sharded by video id, chunks
+    in frame order, ObjectRefs) ─ sink (staging: segments table, PNGs) ─► driver: per-video
+    finalize task (annotations, metrics vs GT, overlay, commit) ─► run manifest, pred.json,
+    metrics over the committed videos
+
+Ray Data streams chunks through the stages with backpressure, so memory is bounded by the
+blocks in flight, not by the corpus. The driver sees only the sink's small summary rows
+(per video and batch); it launches a video's finalize task once every frame of it has been
+reported. Videos whose commit marker matches their input fingerprint and the config hash are
+skipped (``force`` reprocesses them); every output is staged and committed per video
+(:mod:`pipelines.commit`), so a killed run, rerun, ends with one complete output per video.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from operators.formats.vps_layout import read_ground_truth
+from operators.metrics.report import EvaluationReport
+from operators.metrics.video import EvaluationSettings
+from pipelines.commit import STAGING_DIR, OutputLayout, committed_markers, is_current, recover, remove_tree
+from pipelines.label_config import LabelConfig
+from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_video
+from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
+from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video,
+                                    write_frames)
+from pipelines.plan import VideoEntry, discover
+
+
+@dataclass
+class LabelRun:
+    """What a run did: per-video results, frames/s, operator seconds per stage, the report."""
+
+    run_id: str
+    results: list[VideoResult]
+    seconds: float
+    frames: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    report: EvaluationReport | None = None
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Progress:
+    """Driver-side accounting of one video from the sink's summary rows."""
+
+    frame_count: int = 0
+    frames_done: int = 0
+    segments: int = 0
+    error: str = ""
+    stage: str = ""
+
+
+def evaluation_settings(config: LabelConfig, categories) -> EvaluationSettings:
+    return EvaluationSettings(categories, tuple(config.ks), config.stride)
+
+
+def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
+    """(settings, video_id → annotated GtFrames, video_id → {frame_index: image_id}) from the GT."""
+    if not config.gt_json:
+        return None, {}, {}
+    gt = read_ground_truth(config.gt_json, config.gt_dir)
+    annotated, named = {}, {}
+    for video_id, images in gt.videos().items():
+        named[video_id] = {image.frame_index: str(image.id) for image in images}
+        annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
+                               for image in images if image.key in gt.annotations]
+    return evaluation_settings(config, gt.categories), annotated, named
+
+
+def _resources(config: LabelConfig, n_videos: int) -> dict:
+    """Actor counts and GPU use from what the cluster offers."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = int(total.get("CPU", 1)), int(total.get("GPU", 0))
+    r = config.resources
+    return {"gpus": gpus,
+            "segment_actors": r.segment_actors or (gpus if gpus else max(1, cpus // 2)),
+            "flow_actors": r.flow_actors or max(1, cpus // 2),
+            "association_actors": r.association_actors or max(1, min(n_videos, max(1, cpus // 2)))}
+
+
+def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
+    """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
+    import ray
+
+    r = config.resources
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
+                                            "image_id_format": config.image_id_format}, num_cpus=r.decode_cpus)
+    ds = ds.map(decode_chunk, num_cpus=r.decode_cpus)
+    ds = ds.map_batches(SegmentChunks, fn_constructor_kwargs={"host_kwargs": config.host_kwargs()}, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=plan["segment_actors"]), num_cpus=r.segment_cpus,
+                        num_gpus=1 if plan["gpus"] else 0)
+    ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]), num_cpus=r.flow_cpus)
+    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=0.1)
+    return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
+                          batch_size=config.chunk_frames, num_cpus=r.sink_cpus)
+
+
+def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
+          progress: bool = True, only_videos: list[str] | None = None, log=print) -> LabelRun:
+    """Label every video of ``input_uri`` into ``output_uri`` (see module doc)."""
+    import ray
+    from tqdm import tqdm
+
+    from cluster.connect import ray_session
+    from pipelines.association_actor import AssociationPool
+
+    started = time.perf_counter()
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    layout = OutputLayout(str(output_uri).rstrip("/"))
+    entries = discover(input_uri)
+    if only_videos is not None:
+        entries = [e for e in entries if e.video_id in set(only_videos)]
+    undone = recover(layout)
+    if undone:
+        log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")
+    checksums = config.model_checksums()
+    config_hash = config.config_hash(checksums)
+    settings, gt_frames, gt_names = _gt_index(config, entries)
+    markers = committed_markers(layout)
+    todo = [e for e in entries if force or not is_current(markers.get(e.video_id), e.fingerprint.digest, config_hash)]
+    results = [VideoResult(e.video_id, "skipped", int(markers[e.video_id].counts.get("frames", 0)))
+               for e in entries if e not in todo]
+    stage_seconds = {s: 0.0 for s in TIMED}
+    frames = 0
+    with ray_session(address):
+        if todo:
+            plan = _resources(config, len(todo))
+            ray.data.DataContext.get_current().enable_progress_bars = progress
+            pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
+                                   actor_options={"num_cpus": config.resources.associate_cpus})
+            rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
+                    for e in todo]
+            by_id = {e.video_id: e for e in todo}
+            state = {e.video_id: _Progress() for e in todo}
+            finalize = ray.remote(finalize_video).options(num_cpus=config.resources.sink_cpus)
+            pending: dict = {}
+
+            def close(video_id: str) -> None:
+                p = state.pop(video_id)
+                pool.finish(video_id)
+                if p.error:
+                    remove_tree(layout.staging(run_id, video_id))
+                    results.append(VideoResult(video_id, "failed", p.frames_done, stage=p.stage, error=p.error))
+                    bar.update(1)
+                    return
+                entry = by_id[video_id]
+                image_ids = [gt_names.get(video_id, {}).get(i) or config.image_id(video_id, i)
+                             for i in range(p.frame_count)]
+                task = VideoTask(video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
+                                 gt_frames.get(video_id, []) if settings else None)
+                pending[finalize.remote(layout.root, run_id, task, config_hash, checksums, settings,
+                                        config.write_png, config.write_overlay)] = video_id
+
+            def collect(timeout: float) -> None:
+                if not pending:
+                    return
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+                for ref in done:
+                    pending.pop(ref)
+                    results.append(ray.get(ref))
+                    bar.update(1)
+
+            with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
+                dataset = build_dataset(rows, config, layout.root, run_id, pool, plan)
+                for summary in dataset.iter_rows():
+                    video_id = str(summary["video_id"])
+                    p = state.get(video_id)
+                    for s in TIMED:
+                        stage_seconds[s] += float(summary[f"t_{s}"])
+                    if p is None:
+                        continue
+                    p.frame_count = int(summary["frame_count"]) or p.frame_count
+                    p.frames_done += int(summary["frames_done"]) + int(summary["frames_failed"])
+                    frames += int(summary["frames_done"])
+                    p.segments += int(summary["segments"])
+                    if summary["error"] and not p.error:
+                        p.error, p.stage = str(summary["error"]), str(summary["stage"])
+                    if p.error or p.frames_done >= p.frame_count > 0:
+                        close(video_id)
+                    collect(0)
+                    bar.set_postfix(failed=sum(r.status == "failed" for r in results),
+                                    fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
+                for video_id in list(state):  # frames that never came back (held behind a failed chunk)
+                    state[video_id].error = state[video_id].error or f"video {video_id}: only " \
+                        f"{state[video_id].frames_done} of {state[video_id].frame_count} frames were labelled"
+                    state[video_id].stage = state[video_id].stage or "associate"
+                    close(video_id)
+                while pending:
+                    collect(1.0)
+            for actor in pool.actors:
+                ray.kill(actor)
+            remove_tree(layout.uri(f"{STAGING_DIR}/{run_id}"))  # rows of failed videos that came late
+    report = None
+    if settings is not None:
+        report = aggregate_metrics(layout, settings, [e.video_id for e in entries])
+    if config.write_png:
+        write_predictions_json(layout)
+    seconds = time.perf_counter() - started
+    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_seconds, report)
+    write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
+                                        "config_hash": config_hash, "model_checksums": checksums,
+                                        "seconds": seconds, "frames": frames, "stage_seconds": stage_seconds},
+                       run.results)
+    return run
+
+
+def summary_table(run: LabelRun) -> str:
+    """The table printed at the end of a run: one line per video, then totals."""
+    lines = [f"{'video':<24} {'status':<8} {'frames':>7} {'segments':>9} {'tracks':>7}  note"]
+    for r in run.results:
+        note = f"{r.stage}: {r.error}" if r.status == "failed" else \
+            " ".join(f"{k}={v:.3f}" for k, v in r.metrics.items())
+        lines.append(f"{r.video_id:<24} {r.status:<8} {r.frames:>7} {r.segments:>9} {r.tracks:>7}  {note}")
+    counts = {s: sum(r.status == s for r in run.results) for s in ("ok", "skipped", "failed")}
+    lines.append(f"{len(run.results)} videos: {counts['ok']} labelled, {counts['skipped']} skipped (unchanged), "
+                 f"{counts['failed']} failed; {run.frames} frames in {run.seconds:.1f} s "
+                 f"({run.frames_per_second:.1f} frames/s)")
+    if run.report is not None:
+        lines.append(f"VPQ {100 * run.report.vpq.vpq:.2f}  STQ {100 * run.report.stq['STQ']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""What a labelling run is asked to do: :class:`LabelConfig`, and the hash that says whether
+an existing output was made the same way.
+
+Only what changes the *content* of the outputs enters :meth:`LabelConfig.config_hash`
+(models and their checksums, flow, tracker settings, sinks, evaluation settings); how the
+work is cut and scheduled (chunk size, batch size, concurrency, cluster) does not, because
+it must not change the result: chunk boundaries are invisible to the flow (a chunk carries
+its predecessor's last frame) and to the association (chunks are consumed in frame order).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import cv2
+
+from operators import fs
+from operators.association import TrackerConfig
+from operators.errors import InputError
+
+SEGMENTERS = ("builtin", "artifact", "precomputed")
+FLOWS = ("dis", "raft")
+DEFAULT_IMAGE_ID = "{video_id}_{frame_index:06d}"
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Logical CPUs per task/actor of each stage, and actor counts (None: chosen from the cluster).
+
+    Fractions let every stage hold a slot at once on a small machine: with whole CPUs, two
+    model actor pools on a 2-CPU machine would hold both CPUs and starve the decode tasks.
+    The values differ between neighbouring stages on purpose: Ray Data fuses a task stage into
+    the next actor stage when their resources agree, and decode must stay parallel tasks.
+    """
+
+    decode_cpus: float = 0.25
+    segment_cpus: float = 0.5
+    flow_cpus: float = 0.5
+    associate_cpus: float = 0.25
+    sink_cpus: float = 0.2
+    segment_actors: int | None = None
+    flow_actors: int | None = None
+    association_actors: int | None = None
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Every option of ``tubeflow label``.
+
+    * ``segmenter`` / ``model``: backend of :class:`operators.segmentation.host.SegmentationHost`
+      and its weights, artifact or predictions directory (``None``: the shipped weights).
+    * ``flow`` / ``flow_options``: a backend of :func:`operators.flow.make_flow`.
+    * ``gt_json`` / ``gt_dir``: Cityscapes-VPS ground truth; when given, VPQ/STQ are computed in
+      the same pass and frames take their image ids from it.
+    * ``image_id_format``: image ids of frames the GT does not name (``str.format`` with
+      ``video_id`` and ``frame_index``).
+    * ``chunk_frames``: frames per chunk; ``batch_size``: frames per model forward pass.
+    """
+
+    segmenter: str = "builtin"
+    model: str | None = None
+    flow: str = "dis"
+    flow_options: dict = field(default_factory=lambda: {"preset": "medium"})
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    gt_json: str | None = None
+    gt_dir: str | None = None
+    stride: int = 5
+    ks: tuple[int, ...] = (0, 5, 10, 15)
+    image_id_format: str = DEFAULT_IMAGE_ID
+    chunk_frames: int = 32
+    batch_size: int = 4
+    write_png: bool = False
+    write_overlay: bool = False
+    device: str = "auto"
+    resources: StageResources = field(default_factory=StageResources)
+
+    def __post_init__(self) -> None:
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"unknown segmenter {self.segmenter!r}; choose one of {SEGMENTERS}")
+        if self.flow not in FLOWS:
+            raise ValueError(f"unknown flow {self.flow!r}; choose one of {FLOWS}")
+        if self.chunk_frames < 1 or self.batch_size < 1:
+            raise ValueError("chunk_frames and batch_size must be ≥ 1")
+        if self.segmenter != "builtin" and not self.model:
+            raise ValueError(f"segmenter {self.segmenter!r} needs --model")
+        if self.gt_json and not self.gt_dir:
+            object.__setattr__(self, "gt_dir", fs.join(self.gt_json.rsplit("/", 1)[0], "panoptic"))
+
+    def host_kwargs(self) -> dict:
+        """Constructor arguments of the segmentation host."""
+        return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
+                "device": self.device}
+
+    def image_id(self, video_id: str, frame_index: int) -> str:
+        return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
+
+    def model_checksums(self) -> dict[str, str]:
+        """SHA-256 of what the models are made of (weights file; predictions' pred.json), read once
+        on the driver so the config hash changes when the weights do."""
+        from operators.segmentation.host import BUILTIN_WEIGHTS
+        from operators.segmentation.loading import read_model_file
+
+        out = {}
+        if self.segmenter == "precomputed":
+            out["segmenter"] = _sha256_of(fs.join(self.model, "pred.json"))
+        else:
+            out["segmenter"] = read_model_file(self.model or BUILTIN_WEIGHTS).sha256()
+        if self.flow == "raft":
+            out["flow"] = _sha256_of(str(self.flow_options.get("checkpoint", "")))
+        else:
+            out["flow"] = f"opencv-{cv2.__version__}-dis-{self.flow_options.get('preset', 'medium')}"
+        return out
+
+    def config_hash(self, model_checksums: dict[str, str]) -> str:
+        """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
+        doc = {"segmenter": self.segmenter, "flow": self.flow, "flow_options": self.flow_options,
+               "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
+               "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
+               "sinks": {"png": self.write_png, "overlay": self.write_overlay}}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["tracker"] = json.loads(self.tracker.to_json())
+        return doc
+
+
+def _sha256_of(uri: str) -> str:
+    try:
+        return hashlib.sha256(fs.read_bytes(uri)).hexdigest()
+    except FileNotFoundError:
+        raise InputError(uri, "model file not found") from None

@@ -1,0 +1,185 @@
+"""Finishing one video once all its frames are staged: per-video annotations, metric sums
+against the GT, the overlay video, then the commit (:mod:`pipelines.commit`).
+
+This runs as one Ray task per video (launched by the driver when the sink has reported
+every frame of the video); everything it reads is in the video's staging prefix, so it needs
+no pixels from the pipeline. Bad input (missing GT, a GT PNG that does not decode) makes the
+video fail with a row naming the file; nothing of it is committed.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import fs
+from operators.errors import InputError
+from operators.formats import segments_table
+from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
+from operators.formats.vps_layout import VpsImage
+from operators.metrics.stq import StqStats
+from operators.metrics.video import EvaluationSettings, FrameInputs, VideoEvaluation, VideoInputs, evaluate_video
+from operators.metrics.vpq import VpqStats
+from operators.video import VideoWriter, open_video
+from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree, video_key
+from pipelines.overlay import render_overlay
+
+
+@dataclass
+class GtFrame:
+    """One annotated GT frame of a video: where its PNG is and its segments_info."""
+
+    image: VpsImage
+    png_uri: str
+    segments: list[SegmentInfo]
+
+
+@dataclass
+class VideoTask:
+    """Everything :func:`finalize_video` needs, small and picklable."""
+
+    video_id: str
+    uri: str
+    fingerprint: str
+    frame_count: int
+    image_ids: list[str]
+    gt_frames: list[GtFrame] | None = None  # None: no evaluation
+
+
+@dataclass
+class VideoResult:
+    """The outcome of one video, for the run manifest and the summary table."""
+
+    video_id: str
+    status: str  # "ok", "skipped", "failed"
+    frames: int = 0
+    segments: int = 0
+    tracks: int = 0
+    stage: str = ""
+    error: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+def annotations_rel(video_id: str) -> str:
+    return f"annotations/{video_key(video_id)}.json"
+
+
+def metrics_rel(video_id: str) -> str:
+    return f"video_metrics/{video_key(video_id)}"
+
+
+def overlay_rel(video_id: str) -> str:
+    return f"overlays/{video_key(video_id)}.mp4"
+
+
+def _staged_frames(staging: str, frame_count: int, size: tuple[int, int] | None):
+    """frame_index → rows of the staged segments table (frames without segments are absent)."""
+    root = fs.join(staging, "segments")
+    if not fs.exists(root):
+        return {}, size
+    table = segments_table.read_segments_table(root)
+    by_frame: dict[int, list] = {}
+    for row in segments_table.table_to_rows(table):
+        by_frame.setdefault(row.frame_index, []).append(row)
+        size = size or tuple(int(v) for v in row.mask["size"])
+    return by_frame, size
+
+
+def write_video_metrics(uri: str, evaluation: VideoEvaluation) -> None:
+    """A video's VPQ and STQ sums as two Parquet files (what the aggregation adds up)."""
+    for name, table in (("vpq.parquet", evaluation.vpq.table), ("stq.parquet", evaluation.stq.table)):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        fs.write_bytes(fs.join(uri, name), buf.getvalue())
+
+
+def read_video_metrics(uri: str, video_id: str, frames: int, settings: EvaluationSettings) -> VideoEvaluation:
+    """The :class:`VideoEvaluation` written by :func:`write_video_metrics`."""
+    vpq = pq.read_table(io.BytesIO(fs.read_bytes(fs.join(uri, "vpq.parquet"))))
+    stq_table = pq.read_table(io.BytesIO(fs.read_bytes(fs.join(uri, "stq.parquet"))))
+    empty = settings.new_stq().to_stats()  # the confusion size and ignore mask of these settings
+    return VideoEvaluation(video_id, frames, VpqStats(vpq), StqStats(empty.size, empty.include, stq_table))
+
+
+def _evaluate(task: VideoTask, staging: str, scratch: str, by_frame: dict, size, settings: EvaluationSettings,
+              write_png: bool) -> VideoEvaluation:
+    if not task.gt_frames:
+        raise InputError(f"video {task.video_id}", "the GT has no annotated frame of this video")
+    frames = []
+    for gt in task.gt_frames:
+        rows = by_frame.get(gt.image.frame_index, [])
+        pred = segments_table.rows_to_frame(rows, size) if rows or size else PanopticFrame(np.zeros((1, 1), np.int32))
+        pred_uri = fs.join(staging if write_png else scratch, "pan_pred", f"{gt.image.id}.png")
+        if not write_png:
+            write_panoptic_png(pred_uri, pred.ids)
+        frames.append(FrameInputs(gt.image, gt.png_uri, gt.segments, pred_uri, pred.segments))
+    evaluation = evaluate_video(VideoInputs(task.video_id, frames, "label pipeline"), settings)
+    if evaluation.error:
+        raise InputError(f"video {task.video_id}", evaluation.error)
+    return evaluation
+
+
+def _write_overlay(task: VideoTask, staging: str, by_frame: dict, size) -> None:
+    with open_video(task.uri) as source, VideoWriter(fs.join(staging, overlay_rel(task.video_id)),
+                                                     fps=source.meta.fps or 10.0) as writer:
+        for index, rgb in enumerate(source.iter_frames()):
+            rows = by_frame.get(index, [])
+            ids = segments_table.rows_to_frame(rows).ids if rows else np.zeros(rgb.shape[:2], np.int32)
+            writer.write(render_overlay(rgb, ids))
+
+
+def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, model_checksums: dict,
+                   settings: EvaluationSettings | None, write_png: bool, write_overlay: bool) -> VideoResult:
+    """Annotations, metrics and overlay of one fully staged video, then its commit."""
+    layout = OutputLayout(root)
+    staging = layout.staging(run_id, task.video_id)
+    scratch = layout.staging(run_id, "_eval_" + video_key(task.video_id))
+    stage = "finalize"
+    try:
+        by_frame, size = _staged_frames(staging, task.frame_count, None)
+        if size is None:  # no segment in any frame: the size comes from the video
+            with open_video(task.uri) as source:
+                size = source.meta.size
+        images, annotations = [], []
+        for index, image_id in enumerate(task.image_ids):
+            rows = by_frame.get(index, [])
+            images.append({"id": image_id, "file_name": f"{image_id}.png", "width": size[1], "height": size[0],
+                           "video_id": task.video_id, "frame_index": index})
+            annotations.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": [
+                SegmentInfo(r.track_id, r.category_id, r.area, tuple(r.bbox), int(r.iscrowd), r.score).to_json()
+                for r in rows]})
+        fs.write_bytes(fs.join(staging, annotations_rel(task.video_id)),
+                       json.dumps({"images": images, "annotations": annotations}).encode())
+        metrics = {}
+        if settings is not None:
+            stage = "evaluate"
+            evaluation = _evaluate(task, staging, scratch, by_frame, size, settings, write_png)
+            write_video_metrics(fs.join(staging, metrics_rel(task.video_id)), evaluation)
+            stq = evaluation.stq.result()
+            metrics = {"stq": float(stq["STQ"]), "aq": float(stq["AQ"])}
+        if write_overlay:
+            stage = "overlay"
+            _write_overlay(task, staging, by_frame, size)
+        stage = "commit"
+        rows = [r for frame_rows in by_frame.values() for r in frame_rows]
+        counts = {"frames": task.frame_count, "segments": len(rows),
+                  "tracks": len({r.track_id for r in rows if r.isthing and not r.iscrowd})}
+        commit_video(layout, task.video_id, staging, CommitMarker(task.video_id, task.fingerprint, config_hash,
+                                                                  model_checksums, counts, [], run_id))
+        return VideoResult(task.video_id, "ok", counts["frames"], counts["segments"], counts["tracks"],
+                           metrics=metrics)
+    except Exception as exc:
+        from pipelines.label_stages import describe
+
+        remove_tree(staging)
+        return VideoResult(task.video_id, "failed", stage=stage, error=describe(exc))
+    finally:
+        remove_tree(scratch)
+
+
+def metrics_table(results: list[VideoResult]) -> pa.Table:
+    return pa.Table.from_pylist([{"video_id": r.video_id, **r.metrics} for r in results if r.metrics])

@@ -1,0 +1,98 @@
+"""Run-level outputs of a labelling run, rebuilt from the committed videos only:
+
+* ``runs/<run_id>.json`` and ``run_manifest.json`` — config, config hash, model checksums,
+  versions, per-video status and counts;
+* ``failures.parquet`` — one row (video_id, stage, error) per video that failed in this run;
+* ``pred.json`` — the submission layout's JSON over every committed video (with ``pan_pred/``);
+* ``metrics/`` — the evaluation report (:mod:`operators.metrics.report`) summed over the
+  committed videos' metric sums, exactly as ``tubeflow evaluate`` sums its per-video rows.
+
+Every file is written atomically and after the per-video outputs it describes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import platform
+from dataclasses import asdict
+from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import fs
+from operators.metrics.report import EvaluationReport, build_report, write_report
+from operators.metrics.video import EvaluationSettings
+from operators.metrics.vpq import VpqStats
+from pipelines.commit import CommitMarker, OutputLayout, committed_markers
+from pipelines.label_finalize import VideoResult, annotations_rel, metrics_rel, read_video_metrics
+
+FAILURE_SCHEMA = pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("error", pa.string())])
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("tubeflow", "ray", "torch", "numpy", "pyarrow", "opencv-python-headless", "fsspec"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def failure_table(results: list[VideoResult]) -> pa.Table:
+    return pa.Table.from_pylist([{"video_id": r.video_id, "stage": r.stage, "error": r.error}
+                                 for r in results if r.status == "failed"], schema=FAILURE_SCHEMA)
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    fs.write_bytes(uri, buf.getvalue())
+
+
+def write_run_manifest(layout: OutputLayout, run_id: str, document: dict, results: list[VideoResult]) -> dict:
+    """Write the run manifest (and the failure rows) of one run; returns the manifest."""
+    doc = dict(document)
+    doc.update({"run_id": run_id, "versions": versions(),
+                "videos": {r.video_id: asdict(r) for r in sorted(results, key=lambda r: r.video_id)},
+                "totals": {status: sum(r.status == status for r in results) for status in ("ok", "skipped", "failed")}})
+    failures = failure_table(results)
+    write_parquet(layout.uri(f"runs/{run_id}.failures.parquet"), failures)
+    write_parquet(layout.uri("failures.parquet"), failures)
+    data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
+    fs.write_bytes(layout.uri(f"runs/{run_id}.json"), data)
+    fs.write_bytes(layout.uri("run_manifest.json"), data)
+    return doc
+
+
+def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker] | None = None) -> int:
+    """``pred.json`` over every committed video (its PNGs are in ``pan_pred/``); returns the frame count."""
+    markers = committed_markers(layout) if markers is None else markers
+    annotations = []
+    for video_id, marker in markers.items():
+        if annotations_rel(video_id) in marker.files:
+            annotations.extend(json.loads(fs.read_bytes(layout.uri(annotations_rel(video_id))))["annotations"])
+    fs.write_bytes(layout.uri("pred.json"), json.dumps({"annotations": annotations}).encode())
+    return len(annotations)
+
+
+def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings,
+                      video_ids: list[str] | None = None) -> EvaluationReport | None:
+    """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``."""
+    from pipelines.evaluate import Totals
+
+    markers = committed_markers(layout)
+    videos = []
+    for video_id, marker in markers.items():
+        if video_ids is not None and video_id not in video_ids:
+            continue
+        if f"{metrics_rel(video_id)}/vpq.parquet" in marker.files:
+            videos.append(read_video_metrics(layout.uri(metrics_rel(video_id)), video_id,
+                                             int(marker.counts.get("frames", 0)), settings))
+    if not videos:
+        return None
+    totals = Totals.of(videos) if videos else Totals(VpqStats(), None)
+    report = build_report(settings, totals.vpq, totals.stq, videos)
+    write_report(layout.uri("metrics"), report)
+    return report

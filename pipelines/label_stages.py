@@ -1,0 +1,279 @@
+"""The stages of the labelling graph, as Ray Data row / batch functions and callable classes.
+
+Rows are video *chunks* until the association, then *frames*:
+
+* plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index, n_chunks,
+  frame_count, image_ids`` (JSON list), ``error``/``stage`` (empty when fine);
+* decode adds ``rgb (n, H, W, 3) uint8`` and ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
+  of the previous chunk, so flow at a chunk boundary is the same as inside a chunk);
+* segment adds ``panoptic (n, H, W) int32``, ``segments`` (JSON, per frame), ``embeddings
+  (Σ segments, D) float32`` (rows in segment order);
+* flow adds ``flow (n, H, W, 2) float32`` (current → previous; frame 0 of a video has none);
+* associate emits one row per tracked frame: ``frame_index, image_id, panoptic (H, W)
+  int32`` with track ids, ``segments``;
+* the sink writes them to the video's staging prefix and emits one small row per video and batch.
+
+A row that failed keeps flowing with ``error`` and ``stage`` set and empty arrays, so the
+driver learns about it from the sink's output like about any other row. Each stage adds its
+operator time to ``t_<stage>`` (seconds) for the benchmark's time shares.
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+import numpy as np
+
+from operators.errors import TubeflowError
+from operators.formats import segments_table
+from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
+from operators import fs
+from operators.video import open_video
+from pipelines.commit import OutputLayout
+from pipelines.plan import plan_chunks
+
+STAGES = ("plan", "decode", "segment", "flow", "associate", "sink")
+TIMED = ("decode", "segment", "flow", "associate", "sink")
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure row: tubeflow errors say where and what; anything else gets its type."""
+    if isinstance(exc, TubeflowError):
+        return str(exc)
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{at}"
+
+
+def _empty(*shape_tail: int, dtype=np.uint8) -> np.ndarray:
+    return np.zeros((0, *shape_tail), dtype)
+
+
+def rows_of(batch: dict) -> list[dict]:
+    """A numpy batch (dict of columns) as a list of row dicts."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{key: column[i] for key, column in batch.items()} for i in range(n)]
+
+
+def batch_of(rows: list[dict]) -> dict:
+    """Row dicts → a numpy batch; array columns whose shapes differ become object columns."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if isinstance(values[0], np.ndarray):
+            if all(v.shape == values[0].shape and v.dtype == values[0].dtype for v in values):
+                out[key] = np.stack(values)
+            else:
+                column = np.empty(len(values), dtype=object)
+                column[:] = values
+                out[key] = column
+        else:
+            out[key] = np.array(values, dtype=object if isinstance(values[0], str) else None)
+    return out
+
+
+def _failed(row: dict, stage: str, exc: BaseException) -> dict:
+    row["error"], row["stage"] = describe(exc), stage
+    return row
+
+
+# ---------------------------------------------------------------------------- plan, decode
+def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dict]:
+    """One video row (``video_id, uri, gt_image_ids`` JSON) → its chunk rows, or one error row."""
+    base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
+            "chunk_index": -1, "n_chunks": 0, "frame_count": 0, "image_ids": "[]", "error": "", "stage": ""}
+    try:
+        chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
+    except Exception as exc:  # an undecodable or empty video is a failure row, not a crash
+        return [_failed(base, "plan", exc)]
+    named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
+    count = chunks[-1].frame_end
+    rows = []
+    for chunk in chunks:
+        ids = [named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
+               for i in range(chunk.frame_start, chunk.frame_end)]
+        rows.append({**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "error": "", "stage": ""})
+    return rows
+
+
+def decode_chunk(row: dict) -> dict:
+    """Decode the chunk's frames plus the frame before it (for the boundary flow)."""
+    row = dict(row)
+    start = time.perf_counter()
+    row["rgb"], row["prev_rgb"] = _empty(1, 1, 3), _empty(1, 1, 3)
+    if not row["error"]:
+        try:
+            a, b = int(row["frame_start"]), int(row["frame_end"])
+            with open_video(row["uri"]) as source:
+                frames = source.read(max(a - 1, 0), b)
+            row["prev_rgb"], row["rgb"] = (frames[:1], frames[1:]) if a > 0 else (_empty(*frames.shape[1:]), frames)
+        except Exception as exc:
+            _failed(row, "decode", exc)
+    row["t_decode"] = time.perf_counter() - start
+    return row
+
+
+# ---------------------------------------------------------------------------- segment
+class SegmentChunks:
+    """Ray Data wrapper of :class:`operators.segmentation.host.SegmentationHost` for chunk rows.
+
+    The host is built once per actor; it chooses CUDA when Ray gave this actor a GPU.
+    """
+
+    def __init__(self, host_kwargs: dict):
+        from operators.segmentation.host import SegmentationHost
+
+        self.host = SegmentationHost(**host_kwargs)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = []
+        for row in rows_of(batch):
+            start = time.perf_counter()
+            row["panoptic"], row["segments"], row["embeddings"] = _empty(1, 1, dtype=np.int32), "[]", \
+                _empty(0, dtype=np.float32)
+            if not row["error"]:
+                try:
+                    results = self.host.segment(list(row["rgb"]), json.loads(row["image_ids"]))
+                    row["panoptic"] = np.stack([r.ids.astype(np.int32) for r in results])
+                    row["segments"] = json.dumps([[s.to_json() for s in r.segments] for r in results])
+                    row["embeddings"] = np.concatenate([r.embeddings.astype(np.float32) for r in results])
+                except Exception as exc:
+                    _failed(row, "segment", exc)
+            row["t_segment"] = time.perf_counter() - start
+            rows.append(row)
+        return batch_of(rows)
+
+
+# ---------------------------------------------------------------------------- flow
+class FlowChunks:
+    """Flow current → previous for every frame of a chunk; the first frame of a chunk uses the
+    previous chunk's last frame (``prev_rgb``), so chunking does not change the flow."""
+
+    def __init__(self, flow: str, options: dict):
+        from operators.flow import make_flow
+
+        self.estimate = make_flow(flow, **options)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = []
+        for row in rows_of(batch):
+            start = time.perf_counter()
+            rgb, prev = row.pop("rgb"), row.pop("prev_rgb")
+            row["rgb"], row["flow"] = rgb, _empty(1, 1, 2, dtype=np.float32)
+            if not row["error"]:
+                try:
+                    flows = np.zeros((*rgb.shape[:3], 2), np.float32)
+                    for i in range(len(rgb)):
+                        previous = rgb[i - 1] if i > 0 else (prev[0] if len(prev) else None)
+                        if previous is not None:
+                            flows[i] = self.estimate(rgb[i], previous)
+                    row["flow"] = flows
+                except Exception as exc:
+                    _failed(row, "flow", exc)
+            row["t_flow"] = time.perf_counter() - start
+            rows.append(row)
+        return batch_of(rows)
+
+
+# ---------------------------------------------------------------------------- associate
+def _frame_row(row: dict, frame_index: int, image_id: str, panoptic: np.ndarray, segments: str, error: str,
+               stage: str, failed: int, first: bool) -> dict:
+    return {"video_id": row["video_id"], "frame_index": int(frame_index), "image_id": str(image_id),
+            "frame_count": int(row["frame_count"]), "panoptic": panoptic, "segments": segments, "error": error,
+            "stage": stage, "failed_frames": int(failed),
+            **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) if first else 0.0 for s in TIMED if s != "sink"}}
+
+
+class AssociateChunks:
+    """Sends each chunk to the association actor that owns its video and emits the frames that
+    became trackable (possibly of earlier chunks it was holding), in frame order.
+
+    The chunk goes into the object store from this worker and only its reference travels to
+    the actor (:class:`pipelines.association_actor.AssociationPool`): no pixels pass through
+    the driver. ``pool`` is built by the driver and shared by every replica of this stage.
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __call__(self, batch: dict) -> dict:
+        import ray
+
+        from operators.association import TrackChunk, TrackerFrame
+
+        out = []
+        for row in rows_of(batch):
+            start = time.perf_counter()
+            n = int(row["frame_end"]) - int(row["frame_start"])
+            if row["error"]:
+                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", row["error"], row["stage"],
+                                      max(n, 1) if row["chunk_index"] >= 0 else int(row["frame_count"]) or 1, True))
+                continue
+            try:
+                ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
+                frames, offset = [], 0
+                for i, (image_id, segs) in enumerate(zip(json.loads(row["image_ids"]), segments)):
+                    infos = [SegmentInfo.from_json(s) for s in segs]
+                    vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
+                    offset += len(infos)
+                    index = int(row["frame_start"]) + i
+                    frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
+                                               row["flow"][i] if index > 0 else None,
+                                               {s.id: v for s, v in zip(infos, vectors)}
+                                               if vectors is not None and vectors.shape[1] else None, image_id))
+                chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
+                tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk)))
+            except Exception as exc:
+                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", describe(exc), "associate", n,
+                                      True))
+                continue
+            row["t_associate"] = time.perf_counter() - start
+            if not tracked:  # held until its predecessors arrive: report the time, no frames yet
+                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", "", "", 0, True))
+            for k, frame in enumerate(tracked):
+                if frame.error:
+                    out.append(_frame_row(row, frame.frame_index, frame.image_id, _empty(1, dtype=np.int32), "[]",
+                                          frame.error, "associate", 1, k == 0))
+                else:
+                    out.append(_frame_row(row, frame.frame_index, frame.image_id, frame.panoptic.ids.astype(np.int32),
+                                          json.dumps([s.to_json() for s in frame.panoptic.segments]), "", "", 0,
+                                          k == 0))
+        return batch_of(out)
+
+
+# ---------------------------------------------------------------------------- sink
+def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
+    """Write tracked frames to their video's staging prefix (segments table part, PNGs) and
+    return one summary row per video of the batch."""
+    layout = OutputLayout(root)
+    by_video: dict[str, list[dict]] = {}
+    for row in rows_of(batch):
+        by_video.setdefault(str(row["video_id"]), []).append(row)
+    summaries = []
+    for video_id, rows in by_video.items():
+        start = time.perf_counter()
+        good = [r for r in rows if not r["error"] and r["frame_index"] >= 0]
+        errors = [r for r in rows if r["error"]]
+        summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
+                   "frames_failed": sum(int(r["failed_frames"]) for r in errors), "segments": 0,
+                   "error": errors[0]["error"] if errors else "", "stage": errors[0]["stage"] if errors else "",
+                   **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
+        try:
+            staging = layout.staging(run_id, video_id)
+            tables = []
+            for r in good:
+                frame = PanopticFrame(r["panoptic"], [SegmentInfo.from_json(s) for s in json.loads(r["segments"])])
+                tables.append(segments_table.frame_to_batch(frame, video_id, r["frame_index"], r["image_id"]))
+                if write_png:
+                    write_panoptic_png(fs.join(staging, "pan_pred", f"{r['image_id']}.png"), frame.ids)
+            nonempty = [t for t in tables if t.num_rows]
+            if nonempty:
+                segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
+            summary["segments"] = sum(t.num_rows for t in tables)
+        except Exception as exc:
+            summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + len(good),
+                           frames_done=0)
+        summary["t_sink"] = time.perf_counter() - start
+        summaries.append(summary)
+    return batch_of(summaries)
