@@ -189,8 +189,14 @@ def test_damaged_masks_and_files_are_rejected(tmp_path):
         with pytest.raises(CorruptFileError, match=f"video v frame 1 track {row.track_id}: .*COCO RLE"):
             rows_to_frame(damaged)
     wrong_area = [type(row)(**{**row.__dict__, "area": row.area + 1})]
-    with pytest.raises(FormatMismatchError, match=f"track {row.track_id}: area {row.area + 1} but its mask has"):
+    with pytest.raises(FormatMismatchError, match=rf"track {row.track_id}: area {row.area + 1} and bbox .* but"):
         rows_to_frame(wrong_area)
+    wrong_bbox = [type(row)(**{**row.__dict__, "bbox": (0, 0, 1, 1)})]
+    with pytest.raises(FormatMismatchError, match=rf"bbox \[0, 0, 1, 1\] but its mask has {row.area} pixels in"):
+        rows_to_frame(wrong_bbox)
+    text_mask = {"size": row.mask["size"], "counts": row.mask["counts"].decode()}  # RLE from JSON: text counts
+    text_counts = [type(row)(**{**row.__dict__, "mask": text_mask})]
+    np.testing.assert_array_equal(rows_to_frame(text_counts).ids != 0, rows_to_frame([row]).ids != 0)
     bad = tmp_path / "t" / "video_id=x" / "part-00000000-00000000.parquet"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PAR1 not really")

@@ -94,13 +94,18 @@ def decode_mask(rle: Mapping, where: str = "mask") -> np.ndarray:
         counts = rle["counts"]
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"size must be [H, W] > 0, got {size}")
-        counts = counts.encode() if isinstance(counts, str) else bytes(counts)
+        counts = _counts_bytes(counts)
         mask = mask_utils.decode({"size": size, "counts": counts})
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(where, f"malformed COCO RLE: {exc}") from None
     if mask_utils.encode(mask)["counts"] != counts:
         raise CorruptFileError(where, f"COCO RLE counts do not describe a {size[1]}x{size[0]} (WxH) mask")
     return mask.astype(bool)
+
+
+def _counts_bytes(counts: bytes | str) -> bytes:
+    """RLE counts as bytes: Parquet gives binary, JSON-born RLEs carry text."""
+    return counts.encode() if isinstance(counts, str) else bytes(counts)
 
 
 def frame_to_rows(frame: PanopticFrame, video_id: str, frame_index: int, image_id: str,
@@ -154,7 +159,8 @@ def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
 
     A frame with no segments has no rows: pass its ``size`` (H, W) to rebuild it (all VOID).
     Raises :class:`FormatMismatchError` when rows disagree (two frames mixed, sizes that
-    differ, overlapping masks, a track id twice).
+    differ, overlapping masks, a track id twice, area or bbox that are not the mask's) and
+    :class:`CorruptFileError` for a mask that does not decode.
     """
     if isinstance(rows, (pa.Table, pa.RecordBatch)):
         rows = table_to_rows(rows)
@@ -178,13 +184,15 @@ def rows_to_frame(rows: Iterable[SegmentRow] | pa.Table | pa.RecordBatch,
             raise FormatMismatchError(where, f"track id {row.track_id} is VOID or appears twice")
         mask = decode_mask(row.mask, f"{where} track {row.track_id}")
         # Paint inside the mask's bounding box only: a segment is usually a small part of a frame.
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(row.mask))
+        rle = {"size": list(shape), "counts": _counts_bytes(row.mask["counts"])}
+        bbox = tuple(int(v) for v in mask_utils.toBbox(rle))
+        x, y, w, h = bbox
         box, inside = ids[y:y + h, x:x + w], mask[y:y + h, x:x + w]
         if np.any(box[inside] != VOID):
             raise FormatMismatchError(where, f"the mask of track {row.track_id} overlaps another segment")
-        if int(inside.sum()) != row.area:
-            raise FormatMismatchError(where, f"track {row.track_id}: area {row.area} but its mask has "
-                                             f"{int(inside.sum())} pixels")
+        if int(inside.sum()) != row.area or bbox != tuple(row.bbox):
+            raise FormatMismatchError(where, f"track {row.track_id}: area {row.area} and bbox {list(row.bbox)} but "
+                                             f"its mask has {int(inside.sum())} pixels in {list(bbox)}")
         box[inside] = row.track_id
         segments.append(SegmentInfo(int(row.track_id), int(row.category_id), int(row.area),
                                     tuple(int(v) for v in row.bbox), int(row.iscrowd),
