@@ -118,8 +118,9 @@ def _window_pairs(frames: Sequence[FrameTable]) -> tuple[np.ndarray, np.ndarray,
     gt = np.concatenate([t.pair_gt for t in frames])
     pred = np.concatenate([t.pair_pred for t in frames])
     keys, inverse = np.unique((gt << _PAIR_SHIFT) | pred, return_inverse=True)
-    pixels = np.bincount(inverse.ravel(), weights=np.concatenate([t.pair_pixels for t in frames]), minlength=len(keys))
-    return keys >> _PAIR_SHIFT, keys & ((1 << _PAIR_SHIFT) - 1), pixels.astype(np.int64)
+    pixels = np.zeros(len(keys), np.int64)
+    np.add.at(pixels, inverse.ravel(), np.concatenate([t.pair_pixels for t in frames]))
+    return keys >> _PAIR_SHIFT, keys & ((1 << _PAIR_SHIFT) - 1), pixels
 
 
 def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None = None, rule: GtAreaRule = "official",
