@@ -300,3 +300,15 @@ def test_remote_video_overwritten_is_not_served_from_a_stale_cache(scheme, frame
             assert source.meta.frame_count == count
     if scheme == "memory":
         fsspec.filesystem("memory").rm(base.split("://")[1], recursive=True)
+
+
+def test_file_uri(tmp_path, mp4, frames, sequential):
+    write_image_sequence(str(tmp_path / "seq"), frames[:3])
+    (tmp_path / "clip.mp4").write_bytes(open(mp4, "rb").read())
+    refs = list_videos(f"file://{tmp_path}")
+    assert [(r.uri, r.video_id) for r in refs] == [(f"file://{tmp_path}/clip.mp4", "clip"),
+                                                   (f"file://{tmp_path}/seq", "seq")]
+    with refs[0].open() as source:
+        np.testing.assert_array_equal(source.read(20, 24), sequential[20:24])
+    with refs[1].open() as source:
+        np.testing.assert_array_equal(source.read(0, 3), frames[:3])
