@@ -122,3 +122,26 @@ def test_allow_missing_scores_a_missing_frame_as_all_false_negatives(tmp_path, r
     assert report.vpq.vpq == pytest.approx(ref["all"], abs=1e-9)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["frames_missing_prediction"] == 1
+
+
+def test_inputs_and_outputs_on_s3(tmp_path, s3_bucket):
+    """The per-video operator and the report read and write object storage (moto S3)."""
+    import fsspec
+
+    from operators.formats.vps_layout import read_ground_truth, read_predictions
+    from operators.metrics.report import build_report, write_report
+    from operators.metrics.video import EvaluationSettings, evaluate_videos, plan_videos
+    from pipelines.evaluate import Totals
+
+    videos = corpus(4, n_videos=2, frames=3)
+    write_corpus(tmp_path, videos)
+    fsspec.filesystem("s3").put(str(tmp_path) + "/", f"{s3_bucket}/data/", recursive=True)
+    gt = read_ground_truth(f"{s3_bucket}/data/gt.json", f"{s3_bucket}/data/gt")
+    settings = EvaluationSettings(gt.categories)
+    results = evaluate_videos(plan_videos(gt, read_predictions(f"{s3_bucket}/data/pred")), settings)
+    assert [r.error for r in results] == [None, None]
+    totals = Totals.of(results)
+    write_report(f"{s3_bucket}/out", build_report(settings, totals.vpq, totals.stq, results))
+    metrics = json.loads(fsspec.open(f"{s3_bucket}/out/metrics.json").open().read())
+    ref, _ = expected_metrics(videos)
+    assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
