@@ -58,3 +58,49 @@ def _summary(stats: VpqStats, categories) -> dict:
 def evaluate_builtin(weights_uri: str, **options) -> dict:
     """:func:`evaluate_host` of the built-in model with the weights at ``weights_uri``."""
     return evaluate_host(SegmentationHost("builtin", weights_uri), **options)
+
+
+def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("occlusion", "similar"),
+                         videos: int = 2, frames: int = 20, height: int = 256, width: int = 512,
+                         annotate_every: int = 5, seed: int = HELD_OUT_SEED + 50_000) -> dict:
+    """VPQ of the tracker on the host's per-frame segments, with the host's learned
+    embeddings vs. the tracker's colour descriptors (no embeddings), per scenario.
+
+    Same segments, same DIS flow, same tracker settings: only the appearance cue differs.
+    Returns ``{scenario: {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over
+    k ∈ {0, 5, 10, 15}) and VPQ per k.
+    """
+    from operators.association.track import TrackerFrame
+    from operators.association.tracker import VideoTracker
+    from operators.flow.dis import DisFlow
+    from operators.metrics import DEFAULT_KS
+    from operators.synth import SynthConfig, generate_video
+
+    categories, flow = categories_by_id(), DisFlow("fast")
+    out = {}
+    for s, scenario in enumerate(scenarios):
+        synth = SynthConfig(videos=videos, frames=frames, height=height, width=width, seed=seed + 97 * s,
+                            annotate_every=annotate_every, scenario=scenario)
+        parts: dict[str, list[VpqStats]] = {"embeddings": [], "colour": []}
+        for v in range(videos):
+            video = list(generate_video(synth, v))
+            predictions = host.segment([f.rgb for f in video], [f.image_id for f in video])
+            flows = [None] + [flow(video[t].rgb, video[t - 1].rgb) for t in range(1, len(video))]
+            for mode in parts:
+                tracker = VideoTracker(f"{scenario}/{v}")
+                stats = VideoVpq(f"{scenario}/{v}", ks=DEFAULT_KS, stride=annotate_every)
+                for f, pred, fl in zip(video, predictions, flows):
+                    embeddings = ({seg.id: row for seg, row in zip(pred.segments, pred.embeddings)}
+                                  if mode == "embeddings" else None)
+                    tracked = tracker.update(TrackerFrame(f.frame_index, pred.to_panoptic_frame(), f.rgb, fl,
+                                                          embeddings, f.image_id))
+                    if f.frame_index % annotate_every == 0:
+                        stats.add(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, tracked.ids,
+                                              tracked.segments, gt_where=f.image_id))
+                parts[mode].append(stats.stats())
+        out[scenario] = {}
+        for mode, stats_list in parts.items():
+            result = vpq_result(VpqStats.merge(stats_list), categories, DEFAULT_KS)
+            out[scenario][mode] = {"vpq": 100 * result.vpq, "vpq_things": 100 * result.vpq_thing,
+                                   "per_k": {k: 100 * result.per_k[k]["all"]["pq"] for k in DEFAULT_KS}}
+    return out

@@ -33,7 +33,7 @@ class TrainConfig:
     width: int = 512
     seed: int = 1000  # held-out evaluation corpora use other seeds
     scenarios: tuple[str, ...] = TRAIN_SCENARIOS
-    steps: int = 1500
+    steps: int = 1000
     batch_pairs: int = 4
     crop: tuple[int, int] = (128, 256)
     lr: float = 3e-3

@@ -1,0 +1,53 @@
+"""Built-in segmentation model: frames per second of the host, and the post-processing share.
+
+Run with ``make bench`` (or ``.venv/bin/python -m pytest -q -s -m benchmark
+tests/benchmarks/bench_segmentation.py``). Synthetic frames (default scenario) at 256×512
+and 1024×2048 go through :class:`SegmentationHost` with the shipped weights, on this
+machine's device, at batch size 1 (the baseline) and 4; the network forward alone is timed
+too, so the post-processing share is visible.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from operators.segmentation.host import BUILTIN_WEIGHTS, SegmentationHost
+
+SIZES = ((256, 512), (1024, 2048))
+FRAMES = 8
+
+
+def _frames(height: int, width: int) -> list[np.ndarray]:
+    from operators.synth import SynthConfig, generate_video
+
+    return [f.rgb for f in generate_video(SynthConfig(videos=1, frames=FRAMES, height=height, width=width, seed=3), 0)]
+
+
+@pytest.mark.benchmark
+@pytest.mark.skipif(not Path(BUILTIN_WEIGHTS).exists(), reason="no shipped weights (run `tubeflow train`)")
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_segmentation_speed(size):
+    frames = _frames(*size)
+    print(f"\n{size[0]}x{size[1]}, {FRAMES} frames, torch threads {torch.get_num_threads()}")
+    rates = {}
+    for batch_size in (1, 4):
+        host = SegmentationHost("builtin", batch_size=batch_size)
+        host(frames[:batch_size])  # warm-up
+        started = time.perf_counter()
+        host(frames)
+        rates[batch_size] = FRAMES / (time.perf_counter() - started)
+    images = torch.from_numpy(np.stack(frames[:4])).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        host.model(images)
+        started = time.perf_counter()
+        host.model(images)
+        forward = 4 / (time.perf_counter() - started)
+    for batch_size, rate in rates.items():
+        print(f"  host, batch {batch_size}: {rate:6.2f} frames/s ({rate / rates[1]:4.2f}× batch 1; "
+              f"{host.placement.device.type})")
+    print(f"  network forward only, batch 4: {forward:6.2f} frames/s → post-processing ≈ "
+          f"{max(0.0, 1 - rates[4] / forward):.0%} of host time")
