@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError
@@ -116,13 +117,20 @@ def write_panoptic_png(uri: str, ids: np.ndarray) -> None:
 def segments_from_ids(ids: np.ndarray, category_of: Mapping[int, int], iscrowd_of: Mapping[int, int] | None = None,
                       score_of: Mapping[int, float] | None = None) -> list[SegmentInfo]:
     """Build segments_info (area, bbox) for every non-VOID id of ``ids``, in increasing id order."""
+    ids = np.asarray(ids)
+    # Ids are < 2**24: a bincount plus a lookup table labels the pixels 1..n without sorting
+    # them, then find_objects gets every bounding box in one pass over the pixels.
+    counts = np.bincount(ids.ravel())
+    present = np.flatnonzero(counts)
+    areas = counts[present]
+    lookup = np.zeros(len(counts), np.int32)
+    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    boxes = ndimage.find_objects(lookup[ids])
     segments = []
-    present, areas = np.unique(ids, return_counts=True)
-    for seg_id, area in zip(present.tolist(), areas.tolist()):
+    for seg_id, area, (rows, cols) in zip(present.tolist(), areas.tolist(), boxes):
         if seg_id == VOID:
             continue
-        ys, xs = np.nonzero(ids == seg_id)
-        bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+        bbox = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         segments.append(SegmentInfo(seg_id, int(category_of[seg_id]), int(area), bbox,
                                     int((iscrowd_of or {}).get(seg_id, 0)),
                                     None if score_of is None else float(score_of[seg_id])))
