@@ -15,7 +15,7 @@ import numpy as np
 
 from operators.formats.categories import CATEGORY_BY_NAME
 from operators.synth.config import ScenarioKnobs
-from operators.synth.layers import Body, Camera, Layer, as3x3
+from operators.synth.layers import Body, Camera, Layer
 from operators.synth.sprites import crowd_parts, extent, rasterise, thing_parts
 
 Z_VISIBLE = 1.5  # metres: closer than this a thing has passed the camera and is not drawn
@@ -122,7 +122,6 @@ class ThingFactory:
     def __init__(self, camera: Camera, knobs: ScenarioKnobs, frames: int, fps: float, height: int):
         self.camera, self.knobs, self.frames, self.fps, self.height = camera, knobs, frames, fps, height
         self.next_k: dict[int, int] = {}
-        self.appearance_seeds: dict[str, int] = {}
 
     def new_id(self, name: str) -> tuple[int, int]:
         category = CATEGORY_BY_NAME[name].id
