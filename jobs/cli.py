@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),
     "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
     "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
+    "label": ("jobs.label", "label a video corpus (panoptic segments + track ids) on Ray Data, committed per video"),
+    "nightly": ("jobs.nightly", "label only new or changed videos, then re-aggregate metrics over the whole output"),
 }
 
 

@@ -1,0 +1,100 @@
+"""``tubeflow label``: label a video corpus with video panoptic segmentation, on Ray Data.
+
+    tubeflow label --input URI --output URI [--address auto] [--segmenter builtin|artifact|precomputed]
+                   [--model URI] [--flow dis|raft] [--gt GT_JSON] [--chunk-frames N] [--png] [--overlay] [--force]
+
+``--input`` is a directory / bucket prefix of videos (mp4, avi, mkv, mov) and frame
+directories, or a manifest (Parquet/CSV: video_id, uri[, gt]). Outputs under ``--output``:
+``segments/`` (Parquet, hive-partitioned by video), ``pan_pred/`` + ``pred.json`` (--png),
+``overlays/<video>.mp4`` (--overlay), ``metrics/`` (with --gt), ``run_manifest.json``,
+``failures.parquet``. Videos already committed with the same input and config are skipped.
+Exit code 0 when every video was labelled (or skipped), 1 when some failed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="corpus: a prefix of videos/frame directories, or a manifest "
+                                                       "(.parquet/.csv with video_id, uri[, gt])")
+    parser.add_argument("--output", required=True, help="output root (any fsspec URI)")
+    add_common_arguments(parser)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``label`` and ``nightly``."""
+    from pipelines.label_config import DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
+
+    parser.add_argument("--address", default=None, help="Ray cluster ('auto' inside `ray job submit`, "
+                                                        "'ray://host:10001'); default: in-process local Ray")
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default="builtin", help="segmentation backend")
+    parser.add_argument("--model", default=None, help="weights (builtin; default: shipped), TorchScript/.pt2 "
+                                                      "artifact, or predictions dir pred.json+pan_pred (precomputed)")
+    parser.add_argument("--flow", choices=FLOWS, default="dis", help="optical flow backend (default dis, CPU)")
+    parser.add_argument("--flow-preset", default="medium", help="DIS preset: ultrafast, fast, medium")
+    parser.add_argument("--flow-checkpoint", default=None, help="RAFT checkpoint (with --flow raft)")
+    parser.add_argument("--gt", default=None, help="Cityscapes-VPS GT JSON: evaluate VPQ/STQ in the same pass")
+    parser.add_argument("--gt-dir", default=None, help="GT PNG directory (default: panoptic/ beside the JSON)")
+    parser.add_argument("--stride", type=int, default=5, help="GT annotation stride λ for VPQ windows (default 5)")
+    parser.add_argument("--image-id-format", default=DEFAULT_IMAGE_ID,
+                        help=f"image ids of frames the GT does not name (default {DEFAULT_IMAGE_ID!r})")
+    parser.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk (default 32)")
+    parser.add_argument("--batch-size", type=int, default=4, help="frames per model forward pass (default 4)")
+    parser.add_argument("--png", action="store_true", help="also write pan_pred/ + pred.json (submission layout)")
+    parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.mp4 (tracks coloured)")
+    parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")
+    parser.add_argument("--device", default="auto", help="model device: auto (GPU when Ray gives one), cpu, cuda")
+    parser.add_argument("--segment-actors", type=int, default=None, help="segmentation actors (default: #GPUs, "
+                                                                         "else CPUs/2)")
+    parser.add_argument("--flow-actors", type=int, default=None, help="flow actors (default CPUs/2)")
+    parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
+    parser.add_argument("--force", action="store_true", help="reprocess videos that are already committed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace):
+    from operators import fs
+    from operators.association import TrackerConfig
+    from pipelines.label_config import LabelConfig, StageResources
+
+    tracker = TrackerConfig()
+    if args.tracker_config:
+        text = args.tracker_config
+        tracker = TrackerConfig.from_json(text if text.lstrip().startswith("{") else fs.read_bytes(text).decode())
+    flow_options = {"checkpoint": args.flow_checkpoint} if args.flow == "raft" else {"preset": args.flow_preset}
+    resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
+                               association_actors=args.association_actors)
+    try:
+        return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
+                           tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
+                           image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,
+                           batch_size=args.batch_size, write_png=args.png, write_overlay=args.overlay,
+                           device=args.device, resources=resources)
+    except ValueError as exc:
+        from operators.errors import InputError
+
+        raise InputError("tubeflow label options", str(exc)) from None
+
+
+def report(run, command: str) -> int:
+    """Print the summary table and failures; the exit code."""
+    from pipelines.label import summary_table
+
+    print(summary_table(run))
+    for failed in run.failed:
+        print(f"tubeflow {command}: failed: video {failed.video_id} ({failed.stage}): {failed.error}", file=sys.stderr)
+    if run.failed:
+        print(f"tubeflow {command}: {len(run.failed)} of {len(run.results)} videos failed; the others are "
+              "committed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.label import label
+
+    result = label(args.input, args.output, config_from_args(args), address=args.address, force=args.force,
+                   progress=not args.no_progress)
+    return report(result, "label")

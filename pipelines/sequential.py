@@ -1,0 +1,71 @@
+"""The labelling operators in a plain loop, one video after the other, no Ray.
+
+This is the reference the pipeline must agree with (same segments, same track ids: chunking
+and scheduling must not change the result) and the baseline its speed is measured against
+(tests/benchmarks/bench_label.py). It runs the same operators in the same order: decode,
+segment, flow (current → previous), associate.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.flow import make_flow
+from operators.formats.panoptic import PanopticFrame
+from operators.video import open_video
+
+
+@dataclass
+class SequentialResult:
+    """Tracked frames per video and the seconds spent in each operator."""
+
+    frames: dict[str, list[PanopticFrame]] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
+                                                                     ("decode", "segment", "flow", "associate")})
+
+    @property
+    def frame_count(self) -> int:
+        return sum(len(v) for v in self.frames.values())
+
+
+def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", flow_options: dict | None = None,
+                       tracker: TrackerConfig | None = None,
+                       image_id: Callable[[str, int], str] = lambda v, i: f"{v}_{i:06d}",
+                       keep_frames: bool = True) -> SequentialResult:
+    """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame."""
+    estimate = make_flow(flow, **(flow_options or {"preset": "medium"}))
+    result = SequentialResult()
+    clock = time.perf_counter
+    for video_id, uri in videos:
+        tracked = []
+        video_tracker = VideoTracker(video_id, tracker or TrackerConfig())
+        previous = None
+        with open_video(uri) as source:
+            frames = source.iter_frames()
+            index = 0
+            while True:
+                t = clock()
+                rgb = next(frames, None)
+                result.stage_seconds["decode"] += clock() - t
+                if rgb is None:
+                    break
+                t = clock()
+                segments = host.segment([rgb], [image_id(video_id, index)])[0]
+                t2 = clock()
+                flow_field = estimate(rgb, previous) if previous is not None else None
+                t3 = clock()
+                embeddings = {s.id: v for s, v in zip(segments.segments, segments.embeddings)} \
+                    if segments.embeddings.ndim == 2 and segments.embeddings.shape[1] else None
+                out = video_tracker.update(TrackerFrame(index, segments.to_panoptic_frame(), rgb, flow_field, embeddings,
+                                                   image_id(video_id, index)))
+                t4 = clock()
+                result.stage_seconds["segment"] += t2 - t
+                result.stage_seconds["flow"] += t3 - t2
+                result.stage_seconds["associate"] += t4 - t3
+                if keep_frames:
+                    tracked.append(out)
+                previous, index = rgb, index + 1
+        result.frames[video_id] = tracked if keep_frames else [None] * index
+    return result

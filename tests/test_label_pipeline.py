@@ -1,0 +1,152 @@
+"""The labelling pipeline end to end on a small synthetic corpus with bad videos mixed in.
+
+One pipeline run (module fixture) is checked against: the plain sequential loop over the
+same operators (identical track ids, so chunking and scheduling change nothing), the
+``evaluate`` pipeline run on its submission-layout output (identical metrics), the commit
+markers, failure rows for each kind of bad input, the overlay video; then a rerun skips
+everything committed and a nightly run after a change reprocesses only the changed video.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from operators.formats import segments_table
+from operators.formats.vps_layout import PredictionWriter
+from operators.segmentation.host import SegmentationHost
+from operators.synth import SynthConfig, generate_video, write_corpus
+from operators.synth.perturb import scramble_ids
+from operators.video import open_video
+from pipelines.commit import OutputLayout, committed_markers
+from pipelines.label import label
+from pipelines.label_config import LabelConfig
+from pipelines.sequential import label_sequentially
+
+IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
+GOOD = ["0000", "0001"]
+
+
+def make_corpus(root, videos: int = 3, frames: int = 10, height: int = 128, width: int = 256) -> str:
+    """A synthetic corpus plus per-frame predictions (GT with scrambled ids) in ``root/perframe``."""
+    cfg = SynthConfig(videos=videos, frames=frames, height=height, width=width, seed=0, annotate_every=5)
+    write_corpus(str(root), cfg)
+    rng = np.random.default_rng(0)
+    with PredictionWriter(str(root / "perframe")) as writer:
+        for v in range(cfg.videos):
+            for frame in generate_video(cfg, v):
+                writer.add(frame.image_id, scramble_ids(frame.panoptic, rng))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("label")
+    corpus = make_corpus(root / "corpus")
+    videos = root / "corpus" / "videos"
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200)  # undecodable
+    (videos / "empty.mp4").write_bytes(b"")
+    gt_png = root / "corpus" / "gt" / "panoptic" / "0002_0005_synth_gtFine_panoptic.png"
+    os.remove(gt_png)  # video 0002: a GT file is missing
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", gt_json=f"{corpus}/gt/panoptic_gt.json",
+                         image_id_format=IMAGE_ID, chunk_frames=4, write_png=True, write_overlay=True)
+    out = str(root / "out")
+    run = label(str(videos), out, config, progress=False, log=lambda *_: None)
+    return {"root": root, "corpus": corpus, "videos": str(videos), "out": out, "config": config, "run": run,
+            "missing_gt": str(gt_png)}
+
+
+def test_good_videos_committed_and_bad_ones_get_failure_rows(labelled):
+    run, out = labelled["run"], labelled["out"]
+    status = {r.video_id: r.status for r in run.results}
+    assert status == {"0000": "ok", "0001": "ok", "0002": "failed", "broken": "failed", "empty": "failed"}
+    failures = {row["video_id"]: row for row in pq.read_table(f"{out}/failures.parquet").to_pylist()}
+    assert failures["broken"]["stage"] == "plan" and "broken.mp4" in failures["broken"]["error"]
+    assert failures["empty"]["stage"] == "plan" and "empty.mp4" in failures["empty"]["error"]
+    assert failures["0002"]["stage"] == "evaluate" and labelled["missing_gt"] in failures["0002"]["error"]
+    assert sorted(committed_markers(OutputLayout(out))) == GOOD  # nothing of a failed video is committed
+    assert not os.path.exists(f"{out}/_staging/{run.run_id}")
+    manifest = json.loads(open(f"{out}/run_manifest.json").read())
+    assert manifest["totals"] == {"ok": 2, "skipped": 0, "failed": 3}
+    assert manifest["model_checksums"]["segmenter"] and manifest["versions"]["ray"]
+    assert manifest["videos"]["0000"]["frames"] == 10
+
+
+def test_pipeline_equals_the_sequential_loop(labelled):
+    """Same operators frame by frame with no chunks and no Ray: the same ids, frame for frame."""
+    host = SegmentationHost("precomputed", f"{labelled['corpus']}/perframe")
+    videos = [(v, f"{labelled['videos']}/{v}.mp4") for v in GOOD]
+    reference = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))
+    table = segments_table.read_segments_table(f"{labelled['out']}/segments")
+    assert sorted(set(table["video_id"].to_pylist())) == GOOD
+    rebuilt = {(f.video_id, f.frame_index): f.frame for f in segments_table.iter_table_frames(table)}
+    checked = 0
+    for video_id, frames in reference.frames.items():
+        for index, expected in enumerate(frames):
+            got = rebuilt.get((video_id, index))
+            got_ids = got.ids if got is not None else np.zeros_like(expected.ids)
+            np.testing.assert_array_equal(got_ids, expected.ids, err_msg=f"video {video_id} frame {index}")
+            checked += 1
+    assert checked == 20
+
+
+def test_in_pass_metrics_equal_the_evaluate_pipeline(labelled, tmp_path):
+    from pipelines.evaluate import evaluate
+
+    corpus, out = labelled["corpus"], labelled["out"]
+    assert json.loads(open(f"{out}/pred.json").read())["annotations"]
+    # evaluate the submission-layout output against the GT of the committed videos only
+    gt = json.loads(open(f"{corpus}/gt/panoptic_gt.json").read())
+    keep = {im["id"] for im in gt["images"] if im["video_id"] in GOOD}
+    gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+          "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    report = evaluate(str(tmp_path / "gt.json"), f"{corpus}/gt/panoptic", out, str(tmp_path / "eval"), progress=False)
+    in_pass = labelled["run"].report
+    assert in_pass is not None and report.vpq.vpq == pytest.approx(in_pass.vpq.vpq, abs=1e-12)
+    assert report.stq["STQ"] == pytest.approx(in_pass.stq["STQ"], abs=1e-12)
+    assert 0.5 < in_pass.vpq.vpq <= 1.0
+    assert json.loads(open(f"{out}/metrics/metrics.json").read())
+
+
+def test_overlay_has_every_frame_with_consistent_colours(labelled):
+    uri = f"{labelled['out']}/overlays/0000.mp4"
+    with open_video(uri) as overlay, open_video(f"{labelled['videos']}/0000.mp4") as source:
+        assert overlay.meta.frame_count == source.meta.frame_count == 10
+        assert overlay.meta.size == source.meta.size
+
+
+def test_rerun_skips_committed_videos(labelled):
+    again = label(labelled["videos"], labelled["out"], labelled["config"], progress=False, only_videos=GOOD,
+                  log=lambda *_: None)
+    assert {r.video_id: r.status for r in again.results} == {"0000": "skipped", "0001": "skipped"}
+    assert again.frames == 0
+
+
+def test_nightly_reprocesses_only_the_changed_video(labelled):
+    from pipelines.nightly import nightly
+
+    before = committed_markers(OutputLayout(labelled["out"]))
+    columns = ["frame_index", "track_id", "category_id", "area"]
+    rows_before = segments_table.read_segments_table(f"{labelled['out']}/segments", ["0001"], columns).to_pylist()
+    changed = f"{labelled['videos']}/0001.mp4"
+    os.utime(changed, (2_000_000_000, 2_000_000_000))  # new mtime: a changed video for the fingerprint
+    for bad in ("broken.mp4", "empty.mp4"):
+        os.remove(f"{labelled['videos']}/{bad}")
+    shutil.move(f"{labelled['videos']}/0002.mp4", labelled["root"] / "0002.mp4")
+    run = nightly(labelled["videos"], labelled["out"], labelled["config"], progress=False, log=lambda *_: None)
+    assert {r.video_id: r.status for r in run.results} == {"0000": "skipped", "0001": "ok"}
+    after = committed_markers(OutputLayout(labelled["out"]))
+    assert after["0000"].run_id == before["0000"].run_id and after["0001"].run_id != before["0001"].run_id
+    assert after["0001"].input_fingerprint != before["0001"].input_fingerprint
+    # one complete output: the same rows as before, and no file the marker does not own
+    rows_after = segments_table.read_segments_table(f"{labelled['out']}/segments", ["0001"], columns).to_pylist()
+    assert rows_after == rows_before
+    partition = f"{labelled['out']}/segments/video_id=0001"
+    assert sorted(f"segments/video_id=0001/{f}" for f in os.listdir(partition)) == \
+        [f for f in after["0001"].files if f.startswith("segments/")]
+    assert run.report is not None and run.report.vpq.vpq == pytest.approx(labelled["run"].report.vpq.vpq)
