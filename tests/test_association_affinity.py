@@ -13,7 +13,7 @@ def random_index(rng, shape, k):
     return rng.integers(0, k + 1, size=shape).astype(np.uint16)
 
 
-@pytest.mark.parametrize("measure", ["dice", "iou"])
+@pytest.mark.parametrize("measure", ["dice", "iou", "dice_coverage"])
 def test_overlap_from_joint_histogram_equals_per_pair_masks(measure):
     rng = np.random.default_rng(0)
     prev, cur = random_index(rng, (40, 50), 7), random_index(rng, (40, 50), 5)
@@ -39,8 +39,21 @@ def test_dice_hand_case():
     cur[:2, :1] = 1             # 2 px, both inside prev
     dice = affinity.overlap_matrix(affinity.joint_histogram(prev, cur, 1, 1), "dice")
     iou = affinity.overlap_matrix(affinity.joint_histogram(prev, cur, 1, 1), "iou")
+    both = affinity.overlap_matrix(affinity.joint_histogram(prev, cur, 1, 1), "dice_coverage")
     assert dice[0, 0] == pytest.approx(2 * 2 / (4 + 2))
     assert iou[0, 0] == pytest.approx(2 / 4)
+    assert both[0, 0] == pytest.approx(0.5 * (4 / 6 + 1.0))  # all of the current segment is covered
+    with pytest.raises(ValueError):
+        affinity.overlap_matrix(affinity.joint_histogram(prev, cur, 1, 1), "jaccardish")
+
+
+@pytest.mark.parametrize("n", [3, 300])
+def test_relabel_equals_take_for_both_index_dtypes(n):
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, n + 1, size=(20, 30)).astype(affinity.index_dtype(n))
+    table = rng.integers(0, 1 << 24, size=n + 1).astype(np.int32)
+    np.testing.assert_array_equal(affinity.relabel(index, table), table[index])
+    assert affinity.index_dtype(254) == np.uint8 and affinity.index_dtype(255) == np.uint16
 
 
 def test_warp_moves_a_square_along_the_flow():

@@ -1,6 +1,6 @@
 """Pure functions that turn (previous tracks, current segments) into affinity matrices.
 
-Segments enter as *compact index maps*: ``(H, W) uint16`` arrays whose value ``k ∈ 1..K``
+Segments enter as *compact index maps*: ``(H, W)`` uint8 (K < 255) or uint16 arrays whose value ``k ∈ 1..K``
 is the k-th segment of the frame and 0 is VOID (or "not a tracked segment"). Keeping the
 values small is what lets one ``np.bincount`` over a combined key give the joint histogram of
 *all* pairs at once (HybridTracker's pixel tracker needs every warped-previous × current
@@ -15,8 +15,8 @@ import functools
 import cv2
 import numpy as np
 
-INDEX_DTYPE = np.uint16
-MAX_SEGMENTS = np.iinfo(INDEX_DTYPE).max - 1  # one value is kept free as an "unknown id" sentinel
+MAX_SEGMENTS = np.iinfo(np.uint16).max - 1
+_EXACT_FLOAT32_COUNT = 1 << 24
 
 
 @functools.lru_cache(maxsize=4)
@@ -31,11 +31,11 @@ def _pixel_grid(height: int, width: int) -> np.ndarray:
 def warp_segments(previous_index: np.ndarray, flow: np.ndarray | None) -> np.ndarray:
     """Move the previous frame's segments into the current frame (backward warping).
 
-    ``previous_index``: ``(H, W) uint16`` compact index map of frame t-1.
+    ``previous_index``: ``(H, W)`` uint8/uint16 compact index map of frame t-1.
     ``flow``: ``(H, W, 2) float32`` flow from frame t to frame t-1 (x, y displacements), or
     ``None`` for no motion. Pixel x of frame t takes the label at x + flow(x) of frame t-1
     (nearest neighbour: labels are not interpolated); pixels that come from outside the frame
-    get 0. Returns ``(H, W) uint16``. Backward warping leaves no holes, unlike forward splatting.
+    get 0. Returns the same dtype. Backward warping leaves no holes, unlike forward splatting.
     """
     if flow is None:
         return previous_index
@@ -54,29 +54,45 @@ def joint_histogram(warped_previous: np.ndarray, current: np.ndarray, n_previous
     """
     cols = n_current + 1
     size = (n_previous + 1) * cols
-    # The combined key fits in uint16 for the usual ≤ 255 segments, which halves memory traffic.
-    key_dtype = np.uint16 if size <= np.iinfo(np.uint16).max else np.int64
-    key = warped_previous.astype(key_dtype, copy=False) * key_dtype(cols)
-    key += current.astype(key_dtype, copy=False)
+    if size <= np.iinfo(np.uint16).max and current.size < _EXACT_FLOAT32_COUNT:
+        # The usual case (≤ 255 segments): a uint16 key and OpenCV's histogram, one bin per key
+        # value, ~5x faster than np.bincount (which first widens every key to int64). Its
+        # float32 bins count exactly below 2**24 pixels.
+        key = warped_previous.astype(np.uint16, copy=False) * np.uint16(cols)
+        key += current.astype(np.uint16, copy=False)
+        hist = cv2.calcHist([key], [0], None, [size], [0, size])
+        return hist.astype(np.int64).reshape(n_previous + 1, cols)
+    key = warped_previous.astype(np.int64) * cols + current
     return np.bincount(key.ravel(), minlength=size).reshape(n_previous + 1, cols)
 
 
 def overlap_matrix(joint: np.ndarray, measure: str = "dice") -> np.ndarray:
-    """Dice ``2|A∩B| / (|A| + |B|)`` or IoU ``|A∩B| / |A∪B|`` of every (warped previous,
-    current) pair, from a :func:`joint_histogram`. Returns ``(P, C) float64`` (VOID dropped);
-    pairs where both segments are empty get 0."""
+    """Overlap of every (warped previous A, current B) pair, from a :func:`joint_histogram`.
+
+    ``measure``: ``"dice"`` ``2|A∩B| / (|A| + |B|)`` (HybridTracker), ``"iou"`` ``|A∩B| / |A∪B|``,
+    or ``"dice_coverage"`` — the mean of dice and the coverage ``|A∩B| / |B|`` of the current
+    segment. Dice collapses when an object is suddenly half hidden (B ≪ A) although all of B
+    lies where A went; coverage keeps that evidence, dice keeps the full continuation of A
+    preferred over a small newcomer inside it. Returns ``(P, C) float64`` (VOID dropped);
+    empty pairs get 0.
+    """
     inter = joint[1:, 1:].astype(np.float64)
     area_prev = joint[1:, :].sum(axis=1, dtype=np.float64)[:, None]
     area_cur = joint[:, 1:].sum(axis=0, dtype=np.float64)[None, :]
+    return _overlap(inter, area_prev, area_cur, measure)
+
+
+def _overlap(inter, area_prev, area_cur, measure: str):
+    def ratio(numer, denom):
+        return np.where(denom > 0, numer / np.maximum(denom, 1.0), 0.0)
+
     if measure == "dice":
-        denom, numer = area_prev + area_cur, 2.0 * inter
-    elif measure == "iou":
-        denom, numer = area_prev + area_cur - inter, inter
-    else:
-        raise ValueError(f"unknown overlap measure {measure!r}")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(denom > 0, numer / np.maximum(denom, 1.0), 0.0)
-    return out
+        return ratio(2.0 * inter, area_prev + area_cur)
+    if measure == "iou":
+        return ratio(inter, area_prev + area_cur - inter)
+    if measure == "dice_coverage":
+        return 0.5 * (ratio(2.0 * inter, area_prev + area_cur) + ratio(inter, area_cur))
+    raise ValueError(f"unknown overlap measure {measure!r}")
 
 
 def overlap_matrix_per_pair(warped_previous: np.ndarray, current: np.ndarray, n_previous: int, n_current: int,
@@ -86,12 +102,10 @@ def overlap_matrix_per_pair(warped_previous: np.ndarray, current: np.ndarray, n_
     out = np.zeros((n_previous, n_current))
     for i in range(n_previous):
         a = warped_previous == i + 1
-        area_a = int(a.sum())
+        area_a = float(a.sum())
         for j in range(n_current):
             b = current == j + 1
-            inter, area_b = int(np.logical_and(a, b).sum()), int(b.sum())
-            denom = area_a + area_b if measure == "dice" else area_a + area_b - inter
-            out[i, j] = (2 * inter if measure == "dice" else inter) / denom if denom else 0.0
+            out[i, j] = _overlap(float(np.logical_and(a, b).sum()), area_a, float(b.sum()), measure)
     return out
 
 
@@ -116,16 +130,20 @@ def gaussian_log_likelihood(x: np.ndarray, mean: np.ndarray, var: np.ndarray) ->
     return -0.5 * (np.log(2.0 * np.pi * var) + (x - mean) ** 2 / var).sum(axis=2)
 
 
-def gaussian_affinity(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+def gaussian_affinity(x: np.ndarray, mean: np.ndarray, var: np.ndarray, obs_var: np.ndarray | None = None) -> np.ndarray:
     """The log-likelihood of :func:`gaussian_log_likelihood` made a [0, 1] affinity.
 
     ``exp((log p(x) − log p(μ)) / D)``: the likelihood relative to the Gaussian's mode, as a
     geometric mean over the D dimensions, so that it does not shrink with D and can be fused
-    with the dice overlap. Equals ``exp(−½ · mean_d (x_d − μ_d)² / σ²_d)``. ``(N, M)``.
+    with the overlap. Equals ``exp(−½ · mean_d (x_d − μ_d)² / σ²_d)``. ``x`` ``(M, D)``,
+    ``mean``/``var`` ``(N, D)``; ``obs_var`` ``(M,)`` adds each detection's own observation
+    variance (a small segment's pooled colour is noisier). Returns ``(N, M)``.
     """
     x = np.asarray(x, np.float64)[None, :, :]
     mean = np.asarray(mean, np.float64)[:, None, :]
     var = np.asarray(var, np.float64)[:, None, :]
+    if obs_var is not None:
+        var = var + np.asarray(obs_var, np.float64)[None, :, None]
     return np.exp(-0.5 * ((x - mean) ** 2 / var).mean(axis=2))
 
 
@@ -139,6 +157,21 @@ def category_gate(track_categories: np.ndarray, segment_categories: np.ndarray,
         members = np.asarray(group)
         gate |= np.isin(t, members) & np.isin(s, members)
     return gate
+
+
+def index_dtype(n_segments: int) -> type:
+    """uint8 while the K segments and VOID fit (less memory traffic, and ``cv2.LUT`` applies), else uint16."""
+    return np.uint8 if n_segments < 255 else np.uint16
+
+
+def relabel(index: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[index]`` for a compact index map: ``cv2.LUT`` when ``index`` is uint8 (one table
+    lookup per pixel, ~2x faster than ``np.take``), else ``np.take``. ``table``: ``(K+1,)``."""
+    if index.dtype == np.uint8 and table.dtype in (np.int32, np.uint8, np.uint16, np.float32):
+        full = np.zeros(256, table.dtype)
+        full[:len(table)] = table
+        return cv2.LUT(index, full)
+    return np.take(table, index)
 
 
 def fuse_affinities(pixel: np.ndarray | None, instance: np.ndarray | None, pixel_weight: float,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators.association.affinity import relabel
+
 COLOUR_DESCRIPTOR_DIM = 6
 
 
@@ -27,7 +29,7 @@ def sample_stride(height: int, width: int, sample_pixels: int) -> int:
 
 
 def segment_statistics(rgb: np.ndarray | None, index: np.ndarray, n_segments: int,
-                       sample_pixels: int = 1 << 17) -> tuple[np.ndarray | None, np.ndarray]:
+                       sample_pixels: int = 1 << 15) -> tuple[np.ndarray | None, np.ndarray]:
     """Colour descriptors and centroids of the segments of a compact index map.
 
     ``rgb``: ``(H, W, 3) uint8`` frame, or ``None`` (then no descriptors are computed).
@@ -44,12 +46,13 @@ def segment_statistics(rgb: np.ndarray | None, index: np.ndarray, n_segments: in
     colours = None if rgb is None else rgb[::stride, ::stride].reshape(-1, 3)
     moments = _moments(sampled, rows.ravel(), cols.ravel(), colours, n_segments)
 
-    counts = moments[0]
-    for k in np.flatnonzero(counts[1:] == 0) + 1:  # small segments the subsample missed
-        ys, xs = np.nonzero(index == k)
-        if ys.size:
-            full = _moments(np.ones(ys.size, np.intp), ys, xs, None if rgb is None else rgb[ys, xs], 1)
-            moments[:, k] = full[:, 1]
+    missed = moments[0] == 0
+    missed[0] = False
+    if missed.any():  # small segments the subsample did not hit: one full-resolution pass for all
+        ys, xs = np.nonzero(relabel(index, missed.astype(np.uint8)))
+        labels = index[ys, xs]
+        full = _moments(labels, ys, xs, None if rgb is None else rgb[ys, xs], n_segments)
+        moments[:, missed] = full[:, missed]
     counts = np.maximum(moments[0, 1:], 1.0)
     centroids = np.stack([moments[2, 1:], moments[1, 1:]], axis=1) / counts[:, None]
     if rgb is None:
@@ -99,9 +102,6 @@ class GaussianAppearance:
     def from_first(cls, x: np.ndarray, prior_std: float, obs_std: float) -> "GaussianAppearance":
         prior = cls(np.asarray(x, np.float64).copy(), np.full(len(x), prior_std ** 2))
         return prior.updated(x, obs_std, process_std=0.0)
-
-    def predictive_var(self, obs_std: float) -> np.ndarray:
-        return self.var + obs_std ** 2
 
     def updated(self, x: np.ndarray, obs_std: float, process_std: float) -> "GaussianAppearance":
         """The posterior after observing ``x`` (a new object; ``self`` is not changed)."""

@@ -48,8 +48,8 @@ class TrackerFrame:
 
 @dataclass
 class Track:
-    """One identity. ``history`` holds the last few ``(frame_index, x, y)`` centroids (pixels),
-    ``size`` is sqrt of its last area (pixels), ``appearance`` its Gaussian appearance belief."""
+    """One identity. ``history`` holds its last few matches as ``(frame_index, x, y, size)``:
+    centroid and sqrt(area) in pixels; ``appearance`` is its Gaussian appearance belief."""
 
     track_id: int
     category_id: int
@@ -57,9 +57,14 @@ class Track:
     first_frame: int
     last_frame: int
     appearance: GaussianAppearance | None
-    history: list[tuple[int, float, float]] = field(default_factory=list)
-    size: float = 1.0
+    history: list[tuple[int, float, float, float]] = field(default_factory=list)
     score: float = 1.0
+
+    @property
+    def size(self) -> float:
+        """sqrt of the largest recent area: an object that is leaving or being occluded shrinks,
+        and its full size is the better scale for where it may reappear."""
+        return max((h[3] for h in self.history), default=1.0)
 
     def frames_unseen(self, frame_index: int) -> int:
         return frame_index - self.last_frame
@@ -68,12 +73,12 @@ class Track:
         """Pixels per frame from the oldest to the newest centroid of ``history`` (0 with one)."""
         if len(self.history) < 2:
             return 0.0, 0.0
-        (f0, x0, y0), (f1, x1, y1) = self.history[0], self.history[-1]
+        (f0, x0, y0, _), (f1, x1, y1, _) = self.history[0], self.history[-1]
         return (x1 - x0) / (f1 - f0), (y1 - y0) / (f1 - f0)
 
     def predicted_centroid(self, frame_index: int) -> tuple[float, float]:
         """Constant-velocity prediction of the centroid at ``frame_index``."""
-        _, x, y = self.history[-1]
+        _, x, y, _ = self.history[-1]
         vx, vy = self.velocity()
         gap = frame_index - self.last_frame
         return x + vx * gap, y + vy * gap
@@ -81,7 +86,7 @@ class Track:
     def to_json(self) -> dict:
         return {"track_id": self.track_id, "category_id": self.category_id, "state": self.state.value,
                 "first_frame": self.first_frame, "last_frame": self.last_frame,
-                "history": [list(h) for h in self.history], "size": self.size, "score": self.score,
+                "history": [list(h) for h in self.history], "score": self.score,
                 "appearance": None if self.appearance is None else
                 {"mean": self.appearance.mean.tolist(), "var": self.appearance.var.tolist()}}
 
@@ -92,5 +97,5 @@ class Track:
                                                                  np.asarray(app["var"], np.float64))
         return cls(int(record["track_id"]), int(record["category_id"]), TrackState(record["state"]),
                    int(record["first_frame"]), int(record["last_frame"]), appearance,
-                   [(int(f), float(x), float(y)) for f, x, y in record["history"]],
-                   float(record["size"]), float(record["score"]))
+                   [(int(f), float(x), float(y), float(z)) for f, x, y, z in record["history"]],
+                   float(record["score"]))

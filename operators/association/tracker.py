@@ -44,7 +44,7 @@ class _Observation:
     frame_index: int
     size: tuple[int, int]
     segments: list[SegmentInfo]
-    index: np.ndarray              # (H, W) uint16 compact index map, 0..K
+    index: np.ndarray              # (H, W) uint8/uint16 compact index map, 0..K
     areas: np.ndarray              # (K,) int64
     overlap: np.ndarray | None     # (K_prev, K) dice/IoU with the warped previous frame
     descriptors: np.ndarray | None  # (K, D) appearance (embedding or colour descriptor)
@@ -65,7 +65,7 @@ class VideoTracker:
         self.last_frame_index: int | None = None
         self.size: tuple[int, int] | None = None
         self.embedding_dim: int | None = None
-        self.previous_index: np.ndarray | None = None            # (H, W) uint16 of the last frame
+        self.previous_index: np.ndarray | None = None            # (H, W) compact index of the last frame
         self.previous_track_of_index = np.zeros(1, np.int64)     # compact index → track id (0 = none)
         self._things = frozenset(self.config.thing_category_ids)
 
@@ -145,7 +145,7 @@ class VideoTracker:
 
     @staticmethod
     def _compact_index(ids: np.ndarray, segments: list[SegmentInfo], where: str) -> tuple[np.ndarray, int]:
-        """``(H, W) uint16`` map: pixel → 1 + position of its segment in ``segments`` (0 = VOID or
+        """``(H, W)`` uint8/uint16 map: pixel → 1 + position of its segment in ``segments`` (0 = VOID or
         an id not in ``segments``, which the caller detects from the VOID count)."""
         n = len(segments)
         if n > affinity.MAX_SEGMENTS:
@@ -160,8 +160,9 @@ class VideoTracker:
         if low < 0:
             raise FormatMismatchError(where, f"negative id {low} in the id map")
         # np.zeros is lazily zero-mapped by the OS, so a table as large as the largest id is cheap.
-        lut = np.zeros(max(high, int(seg_ids.max()) if n else 0) + 1, affinity.INDEX_DTYPE)
-        lut[seg_ids] = np.arange(1, n + 1, dtype=affinity.INDEX_DTYPE)
+        dtype = affinity.index_dtype(n)
+        lut = np.zeros(max(high, int(seg_ids.max()) if n else 0) + 1, dtype)
+        lut[seg_ids] = np.arange(1, n + 1, dtype=dtype)
         return np.take(lut, ids), n
 
     def _embeddings(self, frame: TrackerFrame, segments: list[SegmentInfo], thing: np.ndarray,
@@ -191,8 +192,13 @@ class VideoTracker:
         means = np.array([t.appearance.mean for t in tracks])
         if obs.uses_embeddings:
             return np.clip(affinity.cosine_similarity(means, x), 0.0, 1.0)
-        pred_var = np.array([t.appearance.predictive_var(cfg.appearance_obs_std) for t in tracks])
-        return affinity.gaussian_affinity(x, means, pred_var)
+        var = np.array([t.appearance.var for t in tracks])
+        return affinity.gaussian_affinity(x, means, var, self._obs_std(obs.areas[cols]) ** 2)
+
+    def _obs_std(self, areas: np.ndarray) -> np.ndarray:
+        """Observation noise of pooled descriptors over segments of ``areas`` pixels."""
+        cfg = self.config
+        return cfg.appearance_obs_std * np.sqrt(np.maximum(1.0, cfg.appearance_full_area / np.maximum(areas, 1)))
 
     def _gate(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
         categories = np.array([obs.segments[c].category_id for c in cols], np.int64)
@@ -221,23 +227,31 @@ class VideoTracker:
 
     # ------------------------------------------------------------------ 3. memory
     def _reidentify(self, obs: _Observation, matched: dict[int, int]) -> dict[int, int]:
-        """Stage 3: unmatched thing segments ↔ lost tracks (and tracks step 2 left unmatched)."""
+        """Stage 3: unmatched thing segments ↔ lost tracks (and tracks step 2 left unmatched).
+
+        A matching cascade (DeepSORT, Wojke et al. 2017, Sec. 2.3): tracks unseen for 1 frame
+        choose first, then 2, … — the position spread grows with the gap, so one global
+        assignment would let an old, vague track take a segment from a recent, sharp one.
+        """
         cfg = self.config
         if cfg.max_lost_frames == 0:
             return {}
         taken = set(matched.values())
-        tracks = [t for t in self.tracks.values() if t.track_id not in taken and t.appearance is not None
-                  and t.frames_unseen(obs.frame_index) <= cfg.max_lost_frames + 1]
-        cols = np.array([c for c in np.flatnonzero(obs.thing) if int(c) not in matched], np.int64)
-        if not tracks or not cols.size:
-            return {}
-        predicted = np.array([t.predicted_centroid(obs.frame_index) for t in tracks])
-        sigma = np.array([cfg.reid_position_sigma * max(t.size, 1.0) * np.sqrt(t.frames_unseen(obs.frame_index))
-                          for t in tracks])
-        score = self._instance_affinity(tracks, obs, cols) * affinity.position_likelihood(
-            predicted, sigma, obs.centroids[cols])
-        pairs = assign(score, self._gate(tracks, obs, cols), cfg.assignment, cfg.reid_threshold)
-        return {int(cols[j]): tracks[i].track_id for i, j in pairs}
+        candidates = [t for t in self.tracks.values() if t.track_id not in taken and t.appearance is not None]
+        found: dict[int, int] = {}
+        for gap in sorted({t.frames_unseen(obs.frame_index) for t in candidates}):
+            tracks = [t for t in candidates if t.frames_unseen(obs.frame_index) == gap]
+            cols = np.array([c for c in np.flatnonzero(obs.thing) if int(c) not in matched and int(c) not in found],
+                            np.int64)
+            if not cols.size:
+                break
+            predicted = np.array([t.predicted_centroid(obs.frame_index) for t in tracks])
+            sigma = np.array([cfg.reid_position_sigma * max(t.size, cfg.reid_min_size) * np.sqrt(gap) for t in tracks])
+            score = self._instance_affinity(tracks, obs, cols) * affinity.position_likelihood(
+                predicted, sigma, obs.centroids[cols])
+            pairs = assign(score, self._gate(tracks, obs, cols), cfg.assignment, cfg.reid_threshold)
+            found.update({int(cols[j]): tracks[i].track_id for i, j in pairs})
+        return found
 
     # ------------------------------------------------------------------ 4. commit
     def _commit(self, obs: _Observation, matches: dict[int, int]) -> PanopticFrame:
@@ -253,19 +267,21 @@ class VideoTracker:
             seg = obs.segments[col]
             x, y = obs.centroids[col]
             descriptor = None if obs.descriptors is None else obs.descriptors[col]
+            obs_std = float(self._obs_std(obs.areas[col]))
             track = self.tracks.get(tid)
             if track is None:
                 appearance = None if descriptor is None else GaussianAppearance.from_first(
-                    descriptor, cfg.appearance_prior_std, cfg.appearance_obs_std)
+                    descriptor, cfg.appearance_prior_std, obs_std)
                 track = Track(tid, seg.category_id, TrackState.TRACKED, obs.frame_index, obs.frame_index, appearance)
                 self.tracks[tid] = track
             elif descriptor is not None:
-                track.appearance = (track.appearance.updated(descriptor, cfg.appearance_obs_std, cfg.appearance_process_std)
+                track.appearance = (track.appearance.updated(descriptor, obs_std, cfg.appearance_process_std)
                                     if track.appearance is not None else GaussianAppearance.from_first(
-                                        descriptor, cfg.appearance_prior_std, cfg.appearance_obs_std))
+                                        descriptor, cfg.appearance_prior_std, obs_std))
             track.state, track.last_frame, track.category_id = TrackState.TRACKED, obs.frame_index, seg.category_id
-            track.history = (track.history + [(obs.frame_index, float(x), float(y))])[-cfg.motion_history:]
-            track.size, track.score = float(np.sqrt(obs.areas[col])), scores[col]
+            track.history = (track.history + [(obs.frame_index, float(x), float(y),
+                                               float(np.sqrt(obs.areas[col])))])[-cfg.motion_history:]
+            track.score = scores[col]
         for tid in list(self.tracks):
             track = self.tracks[tid]
             if track.last_frame == obs.frame_index:
@@ -302,7 +318,7 @@ class VideoTracker:
                 bbox, area = _union_bbox(prev.bbox, bbox), prev.area + area
                 score = prev.score if score is None else max(score, prev.score or 0.0)
             merged[out_id] = SegmentInfo(out_id, seg.category_id, area, tuple(bbox), int(seg.iscrowd), score)
-        ids = np.take(out_of_col, obs.index)
+        ids = affinity.relabel(obs.index, out_of_col)
         return PanopticFrame(ids, [merged[k] for k in sorted(merged)])
 
     # ------------------------------------------------------------------ checkpoint
