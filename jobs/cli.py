@@ -12,15 +12,16 @@ import argparse
 import importlib
 import sys
 
-# name → (module, one-line help). Add a command by adding a module and a line here.
+# name → (module, one-line help), in the order of `tubeflow --help`. Add a command by adding
+# a module and a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
-    "demo": ("jobs.demo", "run the main job end to end on a synthetic corpus"),
-    "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),
-    "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
-    "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
     "label": ("jobs.label", "label a video corpus (panoptic segments + track ids) on Ray Data, committed per video"),
     "nightly": ("jobs.nightly", "label only new or changed videos, then re-aggregate metrics over the whole output"),
+    "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
+    "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
+    "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
+    "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),
+    "demo": ("jobs.demo", "run the main job end to end on a synthetic corpus"),
 }
 
 
