@@ -82,7 +82,7 @@ def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
     return evaluation_settings(config, gt.categories), annotated, named
 
 
-def _resources(config: LabelConfig, n_videos: int) -> dict:
+def stage_plan(config: LabelConfig, n_videos: int) -> dict:
     """Actor counts and GPU use from what the cluster offers."""
     import ray
 
@@ -95,6 +95,16 @@ def _resources(config: LabelConfig, n_videos: int) -> dict:
             "association_actors": r.association_actors or max(1, min(n_videos, max(1, cpus // 2)))}
 
 
+def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
+    """``map_batches`` arguments of the segmentation stage: an actor pool, one GPU per actor
+    when the cluster has GPUs (Ray then sets each actor's CUDA_VISIBLE_DEVICES to its own id)."""
+    import ray
+
+    return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
+            "compute": ray.data.ActorPoolStrategy(size=plan["segment_actors"]),
+            "num_cpus": config.resources.segment_cpus, "num_gpus": 1 if plan["gpus"] else 0}
+
+
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
     import ray
@@ -104,11 +114,10 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
                                             "image_id_format": config.image_id_format}, num_cpus=r.decode_cpus)
     ds = ds.map(decode_chunk, num_cpus=r.decode_cpus)
-    ds = ds.map_batches(SegmentChunks, fn_constructor_kwargs={"host_kwargs": config.host_kwargs()}, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=plan["segment_actors"]), num_cpus=r.segment_cpus,
-                        num_gpus=1 if plan["gpus"] else 0)
+    ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
-                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]), num_cpus=r.flow_cpus)
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
+                        num_cpus=r.flow_cpus)
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=0.1)
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
@@ -144,7 +153,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     frames = 0
     with ray_session(address):
         if todo:
-            plan = _resources(config, len(todo))
+            plan = stage_plan(config, len(todo))
             ray.data.DataContext.get_current().enable_progress_bars = progress
             pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
                                    actor_options={"num_cpus": config.resources.associate_cpus})
