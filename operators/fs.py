@@ -49,27 +49,13 @@ def makedirs(uri: str) -> None:
 def atomic_write(uri: str, mode: str = "wb") -> Iterator:
     """Open ``uri`` for writing; the file appears under its name only if the block succeeds.
 
-    On local filesystems this is write-to-temp + ``os.replace`` (atomic). Object stores
-    (s3, memory) only make an object visible when its upload completes, which gives the
-    same guarantee, so there we write directly.
+    The bytes go to a local staging file (:func:`atomic_local_path`): moved into place with
+    ``os.replace`` on a local filesystem, uploaded after the block on an object store. An
+    fsspec file opened on the store directly would not do: closing it uploads what was
+    written even when the block raised, leaving half a file (or replacing a good one).
     """
-    fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if _is_local(fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, mode) as f:
-                yield f
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-    else:
-        with fs.open(path, mode) as f:
-            yield f
+    with atomic_local_path(uri) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 @contextlib.contextmanager
