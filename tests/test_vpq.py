@@ -228,3 +228,27 @@ def test_fast_decoder_equals_the_shared_decoder():
     data = encode_panoptic_png(ids)
     assert np.array_equal(decode_ids(data, "x.png"), decode_panoptic_png(data, "x.png"))
     assert np.array_equal(decode_ids(data, "x.png"), ids)
+
+
+def test_contingency_tables_from_concurrent_threads_are_exact():
+    """frame_table reuses one scratch id table per process; threads that share a worker
+    (a threaded actor, a thread pool over frames) must not see each other's entries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    inputs = []
+    for _ in range(8):  # the same ids in every frame, listed in another order: other dense indices
+        gt = rng.integers(1, 40, size=(512, 1024)).astype(np.int32)
+        pred = rng.integers(100, 140, size=(512, 1024)).astype(np.int32)
+        gt_segs = segments(gt, dict.fromkeys(range(1, 40), CAR))
+        pred_segs = segments(pred, dict.fromkeys(range(100, 140), CAR))
+        inputs.append((gt, list(rng.permutation(gt_segs)), pred, list(rng.permutation(pred_segs))))
+
+    def pairs(args):
+        t = frame_table(0, *args)
+        return sorted(zip(t.pair_gt.tolist(), t.pair_pred.tolist(), t.pair_pixels.tolist()))
+
+    expected = [pairs(a) for a in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(pairs, inputs)) == expected

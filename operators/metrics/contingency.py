@@ -15,6 +15,7 @@ not list hit a sentinel and raise a clear error (the benchmark treats them as er
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -96,10 +97,12 @@ def decode_ids(data: bytes, where: str) -> np.ndarray:
 
 
 class _IdLookup:
-    """A reusable 2**24-entry table id → value (64 MiB, allocated once per process).
+    """A reusable 2**24-entry table id → value (64 MiB, allocated once per thread).
 
     Entries are set for the ids of one frame, used for one gather and reset, so no
-    per-frame allocation of the table is needed.
+    per-frame allocation of the table is needed. The table is scratch state: one per
+    thread (:func:`_id_lookup`), since a thread that shared it would gather another
+    frame's indices or find its own ids reset to "unlisted".
     """
 
     def __init__(self) -> None:
@@ -113,14 +116,15 @@ class _IdLookup:
             self.values[ids] = _UNLISTED
 
 
-_lookup: _IdLookup | None = None
+_per_thread = threading.local()
 
 
 def _id_lookup() -> _IdLookup:
-    global _lookup
-    if _lookup is None:
-        _lookup = _IdLookup()
-    return _lookup
+    """This thread's scratch table, allocated on its first frame."""
+    lookup = getattr(_per_thread, "lookup", None)
+    if lookup is None:
+        lookup = _per_thread.lookup = _IdLookup()
+    return lookup
 
 
 def _listed_ids(segments: Sequence[SegmentInfo], where: str) -> np.ndarray:
