@@ -149,12 +149,13 @@ def run(args: argparse.Namespace) -> int:
     keep = annotated_image_ids(args.only_annotated) if args.only_annotated else None
     flow = DisFlow(args.flow_preset)
     errors: list[str] = []
-    written = 0
+    tracked_count = written = 0
     with PredictionWriter(args.out) as writer:
         for video_id, frames in videos.items():
             tracker = VideoTracker(video_id, config)
             batches = []
             for item, tracked in track_video(frames, images, args.perframe_dir, tracker, flow, known, errors):
+                tracked_count += 1
                 if keep is None or str(item.image_id) in keep:
                     writer.add(item.image_id, tracked)
                     batches.append(segments_table.frame_to_batch(tracked, video_id, item.frame_index,
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 written += len(batches)
     for line in errors:
         print(f"tubeflow track: error: {line}", file=sys.stderr)
-    print(f"tracked {written} frames of {len(videos)} videos into {args.out}"
+    print(f"tracked {tracked_count} frames of {len(videos)} videos, wrote {written} into {args.out}"
           + (f" ({len(errors)} frames skipped)" if errors else ""))
     return 1 if errors else 0
 

@@ -73,3 +73,42 @@ def test_only_annotated_and_bad_frames(tmp_path, capsys):
     assert "video 0001 frame 3" in err and "0001_0003_synth.png" in err
     preds = read_predictions(str(tmp_path / "out"))
     assert sorted(preds.annotations) == ["0000_0000_synth", "0000_0005_synth", "0001_0005_synth"]
+
+
+def test_track_a_synthetic_corpus_end_to_end(tmp_path):
+    """synth corpus → per-frame predictions with scrambled ids (written as COCO panoptic) →
+    ``tubeflow track --only-annotated`` → VPQ against the corpus GT."""
+    from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
+    from operators.synth import SynthConfig, write_corpus
+    from operators.synth.perturb import scramble_ids
+    from operators.formats.categories import categories_by_id
+    from operators.formats.vps_layout import read_ground_truth
+
+    corpus = tmp_path / "corpus"
+    write_corpus(str(corpus), SynthConfig(videos=1, frames=11, height=64, width=128, seed=4, annotate_every=5))
+    gt_all = read_ground_truth(str(corpus / "gt_all" / "panoptic_gt.json"), str(corpus / "gt_all" / "panoptic"))
+    rng = np.random.default_rng(0)
+    (tmp_path / "perframe").mkdir()
+    annotations = []
+    for image in gt_all.images:
+        pred = scramble_ids(gt_all.read_frame(image), rng)
+        write_panoptic_png(str(tmp_path / "perframe" / f"{image.id}.png"), pred.ids)
+        annotations.append({"image_id": image.id, "file_name": f"{image.id}.png",
+                            "segments_info": [s.to_json() for s in pred.segments]})
+    (tmp_path / "perframe.json").write_text(json.dumps({"annotations": annotations,
+                                                        "images": [im.to_json() for im in gt_all.images]}))
+    gt_json = corpus / "gt" / "panoptic_gt.json"
+    assert main(["track", "--images", str(corpus / "frames"), "--perframe-json", str(tmp_path / "perframe.json"),
+                 "--perframe-dir", str(tmp_path / "perframe"), "--out", str(tmp_path / "out"),
+                 "--only-annotated", str(gt_json)]) == 0
+
+    gt = read_ground_truth(str(gt_json), str(corpus / "gt" / "panoptic"))
+    preds = read_predictions(str(tmp_path / "out"))
+    assert sorted(preds.annotations) == sorted(im.key for im in gt.images)
+    video = VideoVpq("0000")
+    for image in gt.videos()["0000"]:
+        g, p = gt.read_frame(image), preds.read_frame(image)
+        video.add(frame_table(image.frame_index, g.ids, g.segments, p.ids, p.segments))
+    result = vpq_result(VpqStats.merge([video.stats()]), categories_by_id())
+    assert result.per_k[10]["things"]["n"] > 0
+    assert result.vpq > 0.95 and result.vpq_thing > 0.9, result.per_k
