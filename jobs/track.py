@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -172,8 +172,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _with_things(config: TrackerConfig, categories: list[Category]) -> TrackerConfig:
     """Thing categories come from the predictions' JSON when it lists categories."""
-    from dataclasses import replace
-
     things = tuple(c.id for c in categories if c.isthing)
     return config if things == config.thing_category_ids else replace(config, thing_category_ids=things)
 

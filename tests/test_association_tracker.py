@@ -191,3 +191,18 @@ def test_config_rejects_nonsense_and_round_trips():
         TrackerConfig(pixel_weight=0, instance_weight=0)
     cfg = TrackerConfig(confusable_categories=((11, 12),), max_lost_frames=3)
     assert TrackerConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_frames_from_overlapping_masks():
+    masks = np.zeros((3, 10, 12), bool)
+    masks[0, 2:8, 2:8] = True      # score 0.5, partly under segment 1
+    masks[1, 4:9, 5:11] = True     # score 0.9: wins the overlap
+    masks[2, 5:7, 6:8] = True      # score 0.3, entirely under segment 1 → left out
+    frame = TrackerFrame.from_masks(0, masks, [CAR, CAR, PERSON], [0.5, 0.9, 0.3], rgb=np.zeros((10, 12, 3), np.uint8))
+    assert [s.id for s in frame.panoptic.segments] == [1, 2]
+    assert (frame.panoptic.ids == 2).sum() == masks[1].sum()
+    validate_frame(frame.panoptic, "masks")
+    out = VideoTracker("v").update(frame)
+    assert sorted(s.id for s in out.segments) == [1000, 1001]
+    with pytest.raises(ValueError, match="empty"):
+        TrackerFrame.from_masks(0, np.zeros((1, 4, 4), bool), [CAR])

@@ -7,7 +7,7 @@ table is measured on another corpus (seed 7), by ``tests/test_association_qualit
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from operators.formats.categories import CITYSCAPES_CATEGORIES
 
@@ -86,9 +86,6 @@ class TrackerConfig:
     first_track_id: int = 1000
     """Thing track ids are ``first_track_id, first_track_id + 1, …``; stuff (and crowd) segments
     get ``category_id + 1``, so categories must be below ``first_track_id - 1``."""
-
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
-    """Free-form notes carried through checkpoints (e.g. the name of the segmenter)."""
 
     def __post_init__(self) -> None:
         if self.assignment not in ASSIGNMENT_METHODS:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators.association.appearance import GaussianAppearance
-from operators.formats.panoptic import PanopticFrame
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
 
 
 class TrackState(str, enum.Enum):
@@ -44,6 +44,33 @@ class TrackerFrame:
     flow: np.ndarray | None = None
     embeddings: dict[int, np.ndarray] | None = None
     image_id: object = None
+
+    @classmethod
+    def from_masks(cls, frame_index: int, masks: np.ndarray, category_ids, scores=None, iscrowd=None,
+                   embeddings: np.ndarray | None = None, **kwargs) -> "TrackerFrame":
+        """A frame from per-segment masks (what instance segmenters give) instead of an id map.
+
+        ``masks``: ``(K, H, W) bool``; ``category_ids``, ``scores``, ``iscrowd``: length K;
+        ``embeddings``: ``(K, D)``. Where masks overlap, the higher score wins; a segment
+        entirely covered by higher-scored ones is left out. Segment k gets id k + 1.
+        Raises :class:`ValueError` for an empty mask.
+        """
+        masks = np.asarray(masks, bool)
+        k = masks.shape[0]
+        scores = np.ones(k) if scores is None else np.asarray(scores, np.float64)
+        empty = [i for i in range(k) if not masks[i].any()]
+        if empty:
+            raise ValueError(f"frame {frame_index}: masks {empty[:10]} are empty")
+        ids = np.zeros(masks.shape[1:], np.int32)
+        for i in np.argsort(scores, kind="stable"):  # ascending: the highest score is painted last
+            ids[masks[i]] = i + 1
+        present = set(np.unique(ids).tolist())
+        segments = [SegmentInfo(i + 1, int(category_ids[i]), iscrowd=int(iscrowd[i]) if iscrowd is not None else 0,
+                                score=float(scores[i])) for i in range(k) if i + 1 in present]
+        for seg in segments:
+            seg.area = int(np.count_nonzero(ids == seg.id))
+        emb = None if embeddings is None else {s.id: np.asarray(embeddings[s.id - 1]) for s in segments}
+        return cls(frame_index, PanopticFrame(ids, segments), embeddings=emb, **kwargs)
 
 
 @dataclass
