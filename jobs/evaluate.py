@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=5, help="annotation stride λ: windows have k/λ + 1 annotated "
                                                               "frames (default 5, as Cityscapes-VPS)")
     parser.add_argument("--ks", default="0,5,10,15", help="window sizes k, comma separated (default 0,5,10,15)")
-    parser.add_argument("--gt-area", choices=("official", "summed"), default="official",
-                        help="GT tube area arithmetic: 'official' equals the benchmark evaluator (default), "
-                             "'summed' the paper's plain sum over the window (see README)")
+    parser.add_argument("--gt-area", choices=("summed", "legacy"), default="summed",
+                        help="GT tube area: 'summed' over the window, as the paper and the benchmark evaluator "
+                             "(default); 'legacy' re-adds areas across windows as the evaluator's first release "
+                             "did (see README)")
     parser.add_argument("--stq-ignore-label", type=int, default=255,
                         help="STQ semantic label of VOID pixels (default 255, outside the classes)")
     parser.add_argument("--videos-per-task", type=int, default=1, help="videos per Ray task (default 1)")

@@ -67,7 +67,7 @@ def tree_reduce(refs: list, merge, fanout: int = REDUCE_FANOUT):
 
 def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str | None = None,
              allow_missing: bool = False, stride: int = 5, ks: Sequence[int] = (0, 5, 10, 15),
-             gt_area: str = "official", stq_ignore_label: int = 255, videos_per_task: int = 1,
+             gt_area: str = "summed", stq_ignore_label: int = 255, videos_per_task: int = 1,
              progress: bool = True) -> EvaluationReport:
     """Evaluate ``pred_dir`` (``pred.json`` + ``pan_pred/``) against a Cityscapes-VPS style
     GT and write the report under ``out``. Bad videos are listed in the report, not raised."""

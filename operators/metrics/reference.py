@@ -90,12 +90,12 @@ def reference_window(frames: Sequence[ReferenceFrame], gt_records: Sequence[dict
 
 
 def reference_vpq_sums(videos: Sequence[Sequence[ReferenceFrame]], ks: Sequence[int] = (0, 5, 10, 15),
-                       stride: int = 5, gt_area: str = "official") -> dict[tuple[int, int], tuple]:
+                       stride: int = 5, gt_area: str = "summed") -> dict[tuple[int, int], tuple]:
     """(k, category) → (iou_sum, tp, fp, fn) over all windows of all videos.
 
-    ``gt_area="official"``: one record per (frame, id) for the whole video and k, mutated
-    by the windows as the evaluator's JSON dicts are. ``"summed"``: fresh records per
-    window, i.e. the area is the plain sum over the window.
+    ``gt_area="summed"``: fresh records per window (the evaluator deep-copies them), i.e.
+    the area is the plain sum over the window. ``"legacy"``: one record per (frame, id) for
+    the whole video and k, mutated by the windows as the first release's JSON dicts were.
     """
     out: dict[tuple[int, int], tuple] = {}
     for k in ks:

@@ -22,14 +22,15 @@ from operators.metrics.vpq import DEFAULT_KS, DEFAULT_STRIDE, GtAreaRule, VideoV
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """What to compute. ``gt_area``: "official" (the benchmark evaluator's arithmetic) or
-    "summed" (the paper's plain window sums), see :func:`operators.metrics.vpq._gt_tubes`."""
+    """What to compute. ``gt_area``: "summed" (the paper's and the benchmark evaluator's
+    window sums) or "legacy" (the evaluator's first release, which re-added areas across
+    windows), see :func:`operators.metrics.vpq._gt_tubes`."""
 
     categories: Mapping[int, Category]
     ks: tuple[int, ...] = DEFAULT_KS
     stride: int = DEFAULT_STRIDE
     allow_missing: bool = False
-    gt_area: GtAreaRule = "official"
+    gt_area: GtAreaRule = "summed"
     ignore_label: int = 255
     label_divisor: int = 65536
 

@@ -32,7 +32,8 @@ from operators.metrics.contingency import FrameTable
 
 DEFAULT_KS: tuple[int, ...] = (0, 5, 10, 15)
 DEFAULT_STRIDE = 5
-GtAreaRule = Literal["official", "summed"]
+GtAreaRule = Literal["summed", "legacy"]
+GT_AREA_RULES: tuple[str, ...] = ("summed", "legacy")
 
 VPQ_SCHEMA = pa.schema([("video_id", pa.string()), ("k", pa.int64()), ("category_id", pa.int64()),
                         ("iou_sum", pa.float64()), ("tp", pa.int64()), ("fp", pa.int64()), ("fn", pa.int64())])
@@ -77,12 +78,15 @@ def _gt_tubes(frames: Sequence[FrameTable], positions: Sequence[int], rule: GtAr
               stored: dict[tuple[int, int], int]) -> _Tubes:
     """GT tubes; areas from the JSON ``area`` fields.
 
-    ``rule="summed"``: area = Σ of the JSON areas over the window (the paper's definition).
-    ``rule="official"``: the evaluator adds the later frames' areas *into the record of the
-    first frame* and keeps that record for the next windows, so when a tube's first frame
-    is the same in several windows (the object enters after the window start) its area
-    is accumulated again. ``stored`` is that record, keyed (video frame position, id), kept
-    by the caller across the windows of one k.
+    ``rule="summed"``: area = Σ of the JSON areas over the window: the paper's definition,
+    and the benchmark evaluator's (mcahny/vps ``eval_vpq.py`` deep-copies each frame's
+    ``segments_info`` record per window).
+    ``rule="legacy"``: the evaluator's first release, whose records were shared between
+    windows: it added the later frames' areas *into the record of the first frame* and kept
+    that record for the next windows, so when a tube's first frame is the same in several
+    windows (the object enters after the window start) its area is accumulated again.
+    ``stored`` is that record, keyed (video frame position, id), kept by the caller across
+    the windows of one k.
     """
     first = _first_appearance(frames, "gt")
     area_of = [dict(zip(t.gt.ids.tolist(), t.gt.json_area.tolist())) for t in frames]
@@ -123,7 +127,7 @@ def _window_pairs(frames: Sequence[FrameTable]) -> tuple[np.ndarray, np.ndarray,
     return keys >> _PAIR_SHIFT, keys & ((1 << _PAIR_SHIFT) - 1), pixels
 
 
-def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None = None, rule: GtAreaRule = "official",
+def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None = None, rule: GtAreaRule = "summed",
                   stored: dict[tuple[int, int], int] | None = None, where: str = "window"
                   ) -> dict[int, tuple[float, int, int, int]]:
     """Per category (iou_sum, tp, fp, fn) of one window of consecutive annotated frames.
@@ -188,7 +192,9 @@ class VideoVpq:
     """
 
     def __init__(self, video_id: str, ks: Sequence[int] = DEFAULT_KS, stride: int = DEFAULT_STRIDE,
-                 gt_area: GtAreaRule = "official"):
+                 gt_area: GtAreaRule = "summed"):
+        if gt_area not in GT_AREA_RULES:
+            raise ValueError(f"gt_area must be one of {GT_AREA_RULES}, got {gt_area!r}")
         self.video_id = str(video_id)
         self.nframes = {int(k): window_frames(int(k), stride) for k in ks}
         self.gt_area = gt_area
