@@ -15,6 +15,8 @@ from typing import Iterator
 import fsspec
 from fsspec.core import url_to_fs
 
+from operators.errors import CorruptFileError
+
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URI or a plain local path."""
@@ -33,6 +35,18 @@ def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+def read_input(uri: str) -> bytes:
+    """:func:`read_bytes` for input data: a file that is missing or cannot be read (a
+    directory, no permission) is a :class:`CorruptFileError` naming it, which a job
+    reports for that input and goes on, unlike a bare ``OSError``."""
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        raise CorruptFileError(uri, "file not found") from None
+    except OSError as exc:
+        raise CorruptFileError(uri, f"cannot read the file: {exc.strerror or exc}") from None
 
 
 def exists(uri: str) -> bool:

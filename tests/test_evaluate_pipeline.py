@@ -145,3 +145,20 @@ def test_inputs_and_outputs_on_s3(tmp_path, s3_bucket):
     metrics = json.loads(fsspec.open(f"{s3_bucket}/out/metrics.json").open().read())
     ref, _ = expected_metrics(videos)
     assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
+
+
+def test_an_unreadable_file_fails_its_video_only(tmp_path):
+    """A path that exists but cannot be read (here a directory where a prediction PNG
+    should be) is that video's error naming the file, not an exception that would fail
+    the Ray task holding the other videos."""
+    from operators.formats.vps_layout import read_ground_truth, read_predictions
+    from operators.metrics.video import EvaluationSettings, evaluate_videos, plan_videos
+
+    paths = write_corpus(tmp_path, corpus(5, n_videos=2, frames=2))
+    bad = tmp_path / "pred" / "pan_pred" / "0000_0001_x.png"
+    bad.unlink()
+    bad.mkdir()
+    gt = read_ground_truth(paths["gt_json"], paths["gt_dir"])
+    results = evaluate_videos(plan_videos(gt, read_predictions(paths["pred_dir"])), EvaluationSettings(gt.categories))
+    assert results[0].error.startswith("video 0000 frame 5") and str(bad) in results[0].error
+    assert results[1].error is None

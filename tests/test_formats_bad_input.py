@@ -297,6 +297,20 @@ def test_missing_files(gt_layout, tmp_path):
         read_flo(str(tmp_path / "f.flo"))
 
 
+def test_unreadable_files(gt_layout, tmp_path):
+    """A path that exists but is not a readable file: our error naming it, not an OSError."""
+    json_uri, png_dir, images = gt_layout
+    png = os.path.join(png_dir, f"{images[0].id}_gtFine_panoptic.png")
+    os.remove(png)
+    os.mkdir(png)
+    with expect(CorruptFileError, png, "cannot read the file"):
+        read_ground_truth(json_uri, png_dir).read_frame(images[0])
+    with expect(CorruptFileError, str(tmp_path), "cannot read the file"):
+        read_ground_truth(str(tmp_path), png_dir)
+    with expect(CorruptFileError, str(tmp_path), "cannot read the file"):
+        read_flo(str(tmp_path))
+
+
 def test_prediction_disagrees_with_its_png(tmp_path):
     image = _images("0000", 1)[0]
     frame = make_frame()

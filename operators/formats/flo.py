@@ -38,7 +38,4 @@ def write_flo(uri: str, flow: np.ndarray) -> None:
 
 def read_flo(uri: str) -> np.ndarray:
     """``(H, W, 2) float32`` flow from a ``.flo`` file at any fsspec URI."""
-    try:
-        return decode_flo(fs.read_bytes(uri), uri)
-    except FileNotFoundError:
-        raise CorruptFileError(uri, "file not found") from None
+    return decode_flo(fs.read_input(uri), uri)

@@ -95,11 +95,7 @@ def decode_panoptic_png(data: bytes, where: str) -> np.ndarray:
 
 def read_panoptic_png(uri: str) -> np.ndarray:
     """Read a COCO-panoptic PNG from any fsspec URI as ``(H, W) int32`` ids."""
-    try:
-        data = fs.read_bytes(uri)
-    except FileNotFoundError:
-        raise CorruptFileError(uri, "file not found") from None
-    return decode_panoptic_png(data, uri)
+    return decode_panoptic_png(fs.read_input(uri), uri)
 
 
 def encode_panoptic_png(ids: np.ndarray) -> bytes:

@@ -70,10 +70,9 @@ def video_identity(record: dict, where: str) -> tuple[str, int]:
 
 
 def load_json(uri: str) -> dict:
+    data = fs.read_input(uri)
     try:
-        doc = json.loads(fs.read_bytes(uri))
-    except FileNotFoundError:
-        raise CorruptFileError(uri, "file not found") from None
+        doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(uri, f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from operators import fs
-from operators.errors import CorruptFileError, InputError, TubeflowError
+from operators.errors import InputError, TubeflowError
 from operators.formats.categories import Category
 from operators.formats.panoptic import SegmentInfo
 from operators.formats.vps_layout import VpsGroundTruth, VpsImage, VpsPredictions
@@ -94,13 +94,6 @@ def plan_videos(gt: VpsGroundTruth, predictions: VpsPredictions) -> list[VideoIn
     return plans
 
 
-def _read(uri: str) -> bytes:
-    try:
-        return fs.read_bytes(uri)
-    except FileNotFoundError:
-        raise CorruptFileError(uri, "file not found") from None
-
-
 def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEvaluation:
     """VPQ and STQ sums of one video; on bad input, a result with ``error`` set."""
     vpq = VideoVpq(video.video_id, settings.ks, settings.stride, settings.gt_area)
@@ -112,7 +105,7 @@ def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEva
             where = f"video {video.video_id} frame {frame.image.frame_index}"
             if not frame.gt_uri:
                 raise InputError(where, f"image {frame.image.id!r} has no GT annotation")
-            gt_ids = decode_ids(_read(frame.gt_uri), frame.gt_uri)
+            gt_ids = decode_ids(fs.read_input(frame.gt_uri), frame.gt_uri)
             if frame.image.height and frame.image.width and gt_ids.shape != (frame.image.height, frame.image.width):
                 raise InputError(frame.gt_uri, f"GT size {gt_ids.shape[1]}x{gt_ids.shape[0]} (WxH) differs from the "
                                                f"JSON's {frame.image.width}x{frame.image.height}")
@@ -123,7 +116,7 @@ def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEva
                 missing += 1
                 pred_ids = None
             else:
-                pred_ids = decode_ids(_read(frame.pred_uri), frame.pred_uri)
+                pred_ids = decode_ids(fs.read_input(frame.pred_uri), frame.pred_uri)
             table = frame_table(frame.image.frame_index, gt_ids, frame.gt_segments, pred_ids, frame.pred_segments,
                                 frame.gt_uri, frame.pred_uri or "prediction", settings.categories.keys())
             vpq.add(table)
