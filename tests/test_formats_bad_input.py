@@ -331,6 +331,20 @@ def test_malformed_segment_record(gt_layout):
         read_ground_truth(json_uri, png_dir)
 
 
+@pytest.mark.parametrize("edit,problem", [
+    (lambda doc: doc.update(annotations={"a": 1}), "'annotations' must be a list"),
+    (lambda doc: doc["annotations"].__setitem__(0, [1, 2]), "malformed annotation record"),
+    (lambda doc: doc["annotations"][0].update(segments_info=7), "malformed annotation record"),
+    (lambda doc: doc["annotations"][0]["segments_info"].__setitem__(0, "car"), "malformed segment record"),
+    (lambda doc: doc["annotations"].append(dict(doc["annotations"][0])), "two annotations for image"),
+])
+def test_malformed_annotation_records(gt_layout, edit, problem):
+    json_uri, png_dir, _ = gt_layout
+    _edit_json(json_uri, edit)
+    with expect(FormatMismatchError, json_uri, problem):
+        read_ground_truth(json_uri, png_dir)
+
+
 def test_corrupt_flo(tmp_path):
     uri = str(tmp_path / "f.flo")
     write_flo(uri, np.zeros((H, W, 2), np.float32))

@@ -44,8 +44,8 @@ class SegmentInfo:
             return cls(id=int(record["id"]), category_id=int(record["category_id"]),
                        area=int(record.get("area", 0)), bbox=tuple(int(v) for v in record.get("bbox", (0, 0, 0, 0))),
                        iscrowd=int(record.get("iscrowd", 0)), score=None if score is None else float(score))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatMismatchError(where, f"malformed segment record {dict(record)!r}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FormatMismatchError(where, f"malformed segment record {record!r}: {exc}") from None
 
 
 @dataclass

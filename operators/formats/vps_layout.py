@@ -80,15 +80,26 @@ def load_json(uri: str) -> dict:
     return doc
 
 
-def _annotations(records: Iterable[dict], where: str) -> dict[str, VpsAnnotation]:
+def _annotations(records: object, where: str) -> dict[str, VpsAnnotation]:
+    """image id (as a string) → its annotation. One annotation per image: a second one
+    would silently replace the first (and its PNG) otherwise."""
+    if not isinstance(records, list):
+        raise FormatMismatchError(where, f"'annotations' must be a list, got {type(records).__name__}")
     out = {}
     for rec in records:
         try:
             image_id, file_name = rec["image_id"], rec["file_name"]
+            segments_info = rec.get("segments_info", [])
+            if not isinstance(segments_info, list):
+                raise TypeError(f"segments_info is a {type(segments_info).__name__}, not a list")
         except KeyError as exc:
             raise FormatMismatchError(where, f"annotation without {exc}") from None
-        segs = [SegmentInfo.from_json(s, f"{where} (image {image_id})") for s in rec.get("segments_info", [])]
-        out[str(image_id)] = VpsAnnotation(image_id, file_name, segs)
+        except (TypeError, AttributeError) as exc:
+            raise FormatMismatchError(where, f"malformed annotation record {rec!r}: {exc}") from None
+        if str(image_id) in out:
+            raise FormatMismatchError(where, f"two annotations for image {image_id!r}")
+        segments = [SegmentInfo.from_json(s, f"{where} (image {image_id})") for s in segments_info]
+        out[str(image_id)] = VpsAnnotation(image_id, file_name, segments)
     return out
 
 
