@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the SiamTrack segment contrastive loss (0 disables it)")
     parser.add_argument("--dice-weight", type=float, default=d.losses.tube_dice,
                         help="weight of the SiamTrack tube-matching dice loss (0 disables it)")
+    parser.add_argument("--offset-weight", type=float, default=d.losses.offset, help="weight of the offset L1 loss")
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
@@ -58,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    losses = replace(LossWeights(), contrastive=args.contrastive_weight, tube_dice=args.dice_weight)
+    losses = replace(LossWeights(), contrastive=args.contrastive_weight, tube_dice=args.dice_weight,
+                     offset=args.offset_weight)
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, log_every=args.log_every,

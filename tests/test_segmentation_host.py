@@ -189,3 +189,33 @@ def test_device_selection_follows_ray_gpu_assignment():
     cpu = select_placement("cpu")
     tensor = cpu.to_device(np.ones((2, 2), np.uint8))
     assert tensor.device.type == "cpu" and not tensor.is_pinned()
+
+
+class _NoEmbedding(torch.nn.Module):
+    """An artifact with the three Panoptic-DeepLab heads and no embedding head."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        semantic = torch.zeros(b, 19, h // 4, w // 4)
+        semantic[:, 13] = 5.0  # everything "car"
+        center = torch.zeros(b, 1, h // 4, w // 4)
+        center[:, :, h // 8, w // 8] = 1.0
+        return {"semantic": semantic, "center": center, "offset": torch.zeros(b, 2, h // 4, w // 4)}
+
+
+def test_artifact_without_embeddings_gives_zero_width_embeddings(tmp_path):
+    path = tmp_path / "three_heads.ts"
+    torch.jit.save(torch.jit.trace(_NoEmbedding(), torch.rand(1, 3, 64, 96), strict=False), str(path))
+    (result,) = SegmentationHost("artifact", str(path))(_frames(1, 64, 96))
+    assert [(s.id, s.category_id, s.area) for s in result.segments] == [(14001, 13, 64 * 96)]
+    assert result.embeddings.shape == (1, 0)
+
+
+def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
+    from operators.segmentation.evaluation import evaluate_builtin
+
+    result = evaluate_builtin(tiny_weights, videos_per_scenario=1, frames=6, height=64, width=128,
+                              scenarios=("default",))
+    assert result["frames"] == 2 and 0.0 <= result["pq"] <= 100.0
+    assert set(result["per_scenario"]) == {"default"}
+    assert result["model_sha256"] == hashlib.sha256(open(tiny_weights, "rb").read()).hexdigest()

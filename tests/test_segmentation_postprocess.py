@@ -146,3 +146,13 @@ def test_model_output_contract():
     assert out["semantic"].shape == (2, 19, 16, 32) and out["center"].shape == (2, 1, 16, 32)
     assert out["offset"].shape == (2, 2, 16, 32) and out["embedding"].shape == (2, 5, 16, 32)
     assert PanopticNetConfig.from_json(config.to_json()) == config
+
+
+def test_a_plateau_gives_one_center():
+    """A coarse peak upsampled ×4 bilinearly is a 2×2 plateau of equal maxima: one center."""
+    coarse = torch.zeros(1, 1, 8, 8)
+    coarse[0, 0, 3, 4] = 1.0
+    fine = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear", align_corners=False)
+    assert int((fine == fine.max()).sum()) == 4
+    scores, ys, xs, valid = find_centers(fine, threshold=0.1, nms_kernel=7, top_k=10)
+    assert int(valid.sum()) == 1 and (int(ys[0, 0]), int(xs[0, 0])) == (13, 17)

@@ -70,11 +70,16 @@ def mask_pool(embedding: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -
 def find_centers(center: torch.Tensor, threshold: float, nms_kernel: int, top_k: int):
     """Keyed NMS by max-pooling. ``center (B, 1, H, W)`` →
     ``scores (B, K)``, ``ys (B, K)``, ``xs (B, K)`` (long), ``valid (B, K)`` bool, K = min(top_k, H·W)."""
-    pooled = F.max_pool2d(center, nms_kernel, stride=1, padding=nms_kernel // 2)
-    peaks = torch.where((center == pooled) & (center > threshold), center, torch.zeros_like(center))
+    height, width = center.shape[-2:]
+    # A plateau (e.g. a peak upsampled bilinearly from stride 4 is a 2×2 tie) would give one
+    # center per tied pixel; a tiny raster-order key makes the first pixel the only maximum.
+    # (float64: steps of 1e-12 are exact there; at most 1e-12 · H·W ≈ 2e-6 at 1024×2048.)
+    key = center.double() - torch.arange(height * width, device=center.device, dtype=torch.float64).view(
+        1, 1, height, width) * 1e-12
+    pooled = F.max_pool2d(key, nms_kernel, stride=1, padding=nms_kernel // 2)
+    peaks = torch.where((key == pooled) & (center > threshold), center, torch.zeros_like(center))
     flat = peaks.flatten(1)
     scores, index = flat.topk(min(top_k, flat.shape[1]), dim=1)
-    width = center.shape[-1]
     return scores, index // width, index % width, scores > threshold
 
 
