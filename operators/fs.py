@@ -6,6 +6,7 @@ file under its final name: the bytes land under a temporary name and are moved l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -113,15 +114,27 @@ def write_bytes(uri: str, data: bytes) -> None:
 def local_copy(uri: str) -> str:
     """A local filesystem path holding the bytes of ``uri``.
 
-    OpenCV opens containers (mp4, avi, mkv) by path only; remote files go through
-    fsspec's whole-file local cache (``filecache``), local files are used in place.
+    OpenCV opens containers (mp4, avi, mkv) by path only. Local files are used in place;
+    remote ones are downloaded whole into the cache directory (``TUBEFLOW_CACHE``), named
+    by the URI and the remote file's identity (``ukey``: ETag / mtime and size), so a file
+    overwritten remotely is fetched again, never served stale. The workers of a node share
+    the cache, so a download lands under a temporary name and is renamed into place: a
+    copy already handed out is never truncated by another worker fetching the same file.
     """
-    fs, path = filesystem(uri)
-    if _is_local(fs):
+    filesystem_, path = filesystem(uri)
+    if _is_local(filesystem_):
         return path
-    # check_files: compare the remote file's identity (ETag / mtime+size) with the cached
-    # copy's on every open, so a file overwritten remotely is fetched again, not served stale.
-    cached = fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": _cache_dir(), "check_files": True})
+    key = hashlib.sha256(f"{uri}\0{filesystem_.ukey(path)}".encode()).hexdigest()
+    cached = os.path.join(_cache_dir(), key + os.path.splitext(path)[1])  # the extension tells FFmpeg the format
+    if not os.path.exists(cached):
+        os.makedirs(_cache_dir(), exist_ok=True)
+        tmp = os.path.join(_cache_dir(), f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            filesystem_.get_file(path, tmp)
+            os.replace(tmp, cached)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
     return cached
 
 

@@ -312,3 +312,37 @@ def test_file_uri(tmp_path, mp4, frames, sequential):
         np.testing.assert_array_equal(source.read(20, 24), sequential[20:24])
     with refs[1].open() as source:
         np.testing.assert_array_equal(source.read(0, 3), frames[:3])
+
+
+def test_remote_copies_are_published_whole(tmp_path, monkeypatch):
+    """Workers of one node share the local cache of remote videos. A download must land
+    under a temporary name and be renamed into place: written straight to the cached name,
+    a second worker fetching the same video at the same time truncates the copy the first
+    one is already decoding. Threads fetching at once all get the complete bytes."""
+    import threading
+
+    monkeypatch.setenv("TUBEFLOW_CACHE", str(tmp_path / "cache"))
+    memory = fsspec.filesystem("memory")
+    base = f"memory://tubeflow-test-{uuid.uuid4().hex[:8]}"
+    data = bytes(range(256)) * 4096
+    fs.write_bytes(fs.join(base, "v.mp4"), data)
+    targets, get_file, one_reader = [], type(memory).get_file, threading.Lock()
+
+    def recording_get_file(self, rpath, lpath, **kwargs):
+        targets.append(str(lpath))
+        with one_reader:  # memory:// hands every reader the same BytesIO: one download at a time
+            return get_file(self, rpath, lpath, **kwargs)
+
+    monkeypatch.setattr(type(memory), "get_file", recording_get_file)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(open(fs.local_copy(fs.join(base, "v.mp4")), "rb").read()))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    path = fs.local_copy(fs.join(base, "v.mp4"))
+    assert targets and path not in targets
+    assert results == [data] * 4 and open(path, "rb").read() == data
+    assert sorted(os.listdir(tmp_path / "cache")) == [os.path.basename(path)]  # no staging file left
+    memory.rm(base.split("://")[1], recursive=True)

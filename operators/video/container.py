@@ -1,7 +1,7 @@
 """Video containers (mp4, avi, mkv, mov) decoded by OpenCV's FFmpeg backend.
 
 OpenCV opens containers by local path only, so a remote URI (``s3://``, ``memory://``)
-is first copied whole into fsspec's local file cache (:func:`operators.fs.local_copy`).
+is first copied whole into a local cache (:func:`operators.fs.local_copy`).
 
 Two things OpenCV reports are not trusted as is:
 
