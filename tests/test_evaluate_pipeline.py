@@ -162,3 +162,24 @@ def test_an_unreadable_file_fails_its_video_only(tmp_path):
     results = evaluate_videos(plan_videos(gt, read_predictions(paths["pred_dir"])), EvaluationSettings(gt.categories))
     assert results[0].error.startswith("video 0000 frame 5") and str(bad) in results[0].error
     assert results[1].error is None
+
+
+def test_report_figures_leave_matplotlib_as_they_found_it(tmp_path):
+    """The report is drawn inside user processes (notebooks, workers): it must not switch
+    their matplotlib backend nor leave figures open in pyplot's registry."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from operators.metrics.report import build_report, per_class_png, vpq_vs_k_png
+    from operators.metrics.video import EvaluationSettings
+    from operators.metrics.vpq import VpqStats
+
+    report = build_report(EvaluationSettings(CATEGORIES), VpqStats(), None, [])
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        open_figures = plt.get_fignums()
+        assert vpq_vs_k_png(report)[:4] == per_class_png(report)[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
+    finally:
+        matplotlib.use(backend)

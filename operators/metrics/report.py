@@ -108,13 +108,18 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def vpq_vs_k_png(report: EvaluationReport) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _axes(width: float, height: float):
+    """A figure and its axes, made without pyplot: no backend switch in the caller's
+    process and no entry in pyplot's global figure registry (nothing to close or leak)."""
+    from matplotlib.figure import Figure
 
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
+
+
+def vpq_vs_k_png(report: EvaluationReport) -> bytes:
     ks = list(report.settings.ks)
-    figure, axes = plt.subplots(figsize=(5, 3.4))
+    figure, axes = _axes(5, 3.4)
     for group, label in (("all", "VPQ"), ("things", "VPQ-Th"), ("stuff", "VPQ-St")):
         axes.plot(ks, [100 * report.vpq.per_k[k][group]["pq"] for k in ks], marker="o", label=label)
     axes.set_xlabel("temporal window k (frames)")
@@ -122,20 +127,14 @@ def vpq_vs_k_png(report: EvaluationReport) -> bytes:
     axes.set_xticks(ks)
     axes.grid(alpha=0.3)
     axes.legend()
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    return _png(figure)
 
 
 def per_class_png(report: EvaluationReport) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     categories = list(report.settings.categories.values())
     ks = list(report.settings.ks)
     by_key = {(c.k, c.category_id): c for c in report.vpq.per_class}
-    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(categories)), 3.6))
+    figure, axes = _axes(max(6, 0.5 * len(categories)), 3.6)
     width = 0.8 / len(ks)
     x = np.arange(len(categories))
     for j, k in enumerate(ks):
@@ -143,9 +142,7 @@ def per_class_png(report: EvaluationReport) -> bytes:
     axes.set_xticks(x + 0.4 - width / 2, [c.name for c in categories], rotation=60, ha="right")
     axes.set_ylabel("VPQ^k (%)")
     axes.legend(ncol=len(ks), fontsize="small")
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    return _png(figure)
 
 
 def _pct(value: float) -> str:
