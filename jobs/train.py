@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the SiamTrack tube-matching dice loss (0 disables it)")
     parser.add_argument("--offset-weight", type=float, default=d.losses.offset, help="weight of the offset L1 loss")
     parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--init", default=None, help="continue from these built-in weights (a second stage)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -64,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, log_every=args.log_every,
-                       losses=losses)
+                       losses=losses, init=args.init)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

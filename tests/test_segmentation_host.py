@@ -219,3 +219,33 @@ def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
     assert result["frames"] == 2 and 0.0 <= result["pq"] <= 100.0
     assert set(result["per_scenario"]) == {"default"}
     assert result["model_sha256"] == hashlib.sha256(open(tiny_weights, "rb").read()).hexdigest()
+
+
+def test_embed_given_segments_equals_maskpool_of_the_embedding_head(tiny_weights):
+    host = SegmentationHost("builtin", tiny_weights)
+    frame = _frames(1, 64, 96)[0]
+    ids = np.zeros((64, 96), np.int32)
+    ids[:, :40], ids[10:30, 50:80] = 1000, 14001
+    target = PanopticFrame(ids, [SegmentInfo(1000, 0), SegmentInfo(14001, 13)])
+    (embedded,) = host.embed_segments([frame], [target])
+    with torch.no_grad():
+        head = host.model(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255)["embedding"]
+        full = torch.nn.functional.interpolate(head, size=(64, 96), mode="bilinear", align_corners=False)[0].numpy()
+    for row, seg_id in zip(embedded, (1000, 14001)):
+        mean = full[:, ids == seg_id].mean(axis=1)
+        np.testing.assert_allclose(row, mean / np.linalg.norm(mean), rtol=1e-4, atol=1e-6)
+
+
+def test_association_evaluation_compares_embeddings_with_colour(tiny_weights):
+    from operators.segmentation.evaluation import _without_identities, evaluate_association
+    from operators.synth import SynthConfig, generate_video
+
+    frame = next(iter(generate_video(SynthConfig(videos=1, frames=1, height=64, width=128), 0))).panoptic
+    stripped = _without_identities(frame, salt=3)
+    assert sorted(s.area for s in stripped.segments) == sorted(s.area for s in frame.segments)
+    for s in stripped.segments:  # same masks, ids renumbered within their category
+        assert (stripped.ids == s.id).sum() == s.area and s.id // 1000 == s.category_id + 1
+    result = evaluate_association(SegmentationHost("builtin", tiny_weights), scenarios=("similar",), videos=1,
+                                  frames=6, height=64, width=128)
+    assert set(result["similar"]) == {"embeddings", "colour"}
+    assert all(0 <= arm["vpq"] <= 100 for arm in result["similar"].values())

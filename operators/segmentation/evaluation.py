@@ -8,11 +8,16 @@ seeds the training corpus never uses (``HELD_OUT_SEED``), and the statistics are
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Sequence
 
+import numpy as np
+
 from operators.formats.categories import categories_by_id
+from operators.formats.panoptic import PanopticFrame
 from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
 from operators.segmentation.host import SegmentationHost
+from operators.segmentation.postprocess import LABEL_DIVISOR, FrameSegments
 from operators.segmentation.training import TRAIN_SCENARIOS
 
 HELD_OUT_SEED = 777_000
@@ -62,13 +67,19 @@ def evaluate_builtin(weights_uri: str, **options) -> dict:
 
 def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("occlusion", "similar"),
                          videos: int = 2, frames: int = 20, height: int = 256, width: int = 512,
-                         annotate_every: int = 5, seed: int = HELD_OUT_SEED + 50_000) -> dict:
-    """VPQ of the tracker on the host's per-frame segments, with the host's learned
-    embeddings vs. the tracker's colour descriptors (no embeddings), per scenario.
+                         annotate_every: int = 5, seed: int = HELD_OUT_SEED + 50_000, segments: str = "gt",
+                         tracker_config=None) -> dict:
+    """VPQ of the tracker with the host's learned embeddings vs. the tracker's colour
+    descriptors (no embeddings), per scenario.
 
-    Same segments, same DIS flow, same tracker settings: only the appearance cue differs.
-    Returns ``{scenario: {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over
-    k ∈ {0, 5, 10, 15}) and VPQ per k.
+    ``segments="gt"``: the tracker gets the GT segments of every frame with per-frame ids
+    (identities removed), and the learned embeddings are the network's MaskPool over those
+    masks — this isolates association from segmentation quality. ``segments="model"``: the
+    host's own per-frame segments and embeddings. Same segments, same DIS flow, same tracker
+    settings in both arms (``tracker_config``, default :class:`TrackerConfig`; with
+    ``pixel_weight=0`` appearance alone decides): only the appearance cue differs. Returns ``{scenario:
+    {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over k ∈ {0, 5, 10, 15}),
+    VPQ-things and VPQ per k.
     """
     from operators.association.track import TrackerFrame
     from operators.association.tracker import VideoTracker
@@ -84,10 +95,15 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
         parts: dict[str, list[VpqStats]] = {"embeddings": [], "colour": []}
         for v in range(videos):
             video = list(generate_video(synth, v))
-            predictions = host.segment([f.rgb for f in video], [f.image_id for f in video])
+            if segments == "gt":
+                panoptic = [_without_identities(f.panoptic, f.frame_index) for f in video]
+                predictions = [FrameSegments(p.ids, p.segments, e) for p, e in
+                               zip(panoptic, host.embed_segments([f.rgb for f in video], panoptic))]
+            else:
+                predictions = host.segment([f.rgb for f in video], [f.image_id for f in video])
             flows = [None] + [flow(video[t].rgb, video[t - 1].rgb) for t in range(1, len(video))]
             for mode in parts:
-                tracker = VideoTracker(f"{scenario}/{v}")
+                tracker = VideoTracker(f"{scenario}/{v}", tracker_config)
                 stats = VideoVpq(f"{scenario}/{v}", ks=DEFAULT_KS, stride=annotate_every)
                 for f, pred, fl in zip(video, predictions, flows):
                     embeddings = ({seg.id: row for seg, row in zip(pred.segments, pred.embeddings)}
@@ -104,3 +120,20 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
             out[scenario][mode] = {"vpq": 100 * result.vpq, "vpq_things": 100 * result.vpq_thing,
                                    "per_k": {k: 100 * result.per_k[k]["all"]["pq"] for k in DEFAULT_KS}}
     return out
+
+
+def _without_identities(frame: PanopticFrame, salt: int) -> PanopticFrame:
+    """The same segments with ids that carry no identity: things renumbered per frame in a
+    shuffled order (``1000 · (category + 1) + k``), stuff and crowd ids unchanged."""
+    rng = np.random.default_rng(salt)
+    things = [s for s in frame.segments if s.id % LABEL_DIVISOR != 0]
+    order = rng.permutation(len(things))
+    new_id = {s.id: s.id for s in frame.segments}
+    for rank, index in enumerate(order):
+        s = things[index]
+        new_id[s.id] = LABEL_DIVISOR * (s.category_id + 1) + 1 + rank
+    lut_keys = np.array(list(new_id), np.int64)
+    ids = frame.ids.copy()
+    for old_id in lut_keys[np.argsort(lut_keys)]:
+        ids[frame.ids == old_id] = new_id[int(old_id)]
+    return PanopticFrame(ids, [replace(s, id=new_id[s.id]) for s in frame.segments])

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 
 from operators.errors import FormatMismatchError, InputError
 from operators.formats.categories import CITYSCAPES_CATEGORIES
-from operators.formats.panoptic import SegmentInfo
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import read_predictions, VpsImage
 from operators.segmentation.device import Placement, select_placement
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
 from operators.segmentation.model import SIZE_DIVISOR
-from operators.segmentation.postprocess import FrameSegments, PostprocessConfig, panoptic_postprocess, upsample_outputs
+from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, mask_pool, panoptic_postprocess,
+                                                upsample_outputs)
 
 BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
 BACKENDS = ("builtin", "artifact", "precomputed")
@@ -109,7 +110,38 @@ class SegmentationHost:
                     results[i] = result
         return results
 
+    @torch.inference_mode()
+    def embed_segments(self, frames: list[np.ndarray], panoptic: list[PanopticFrame]) -> list[np.ndarray]:
+        """The network's MaskPool embeddings of *given* segments (e.g. another segmenter's, or
+        GT): per frame ``(N, D) float32``, row i for ``panoptic[i].segments[i]``."""
+        if self.backend == "precomputed":
+            raise InputError(self.model_uri, "the precomputed backend has no network to embed segments with")
+        out = []
+        for index, (frame, target) in enumerate(zip(frames, panoptic)):
+            self._check_frame(frame, f"frame {index}")
+            height, width = frame.shape[:2]
+            images = self._padded_images(frame[None])
+            with self.placement.autocast():
+                raw = self.model(images)
+            heads = validate_outputs(raw, images, self.num_classes, True, f"model {self.model_uri} on frame {index}")
+            embedding = upsample_outputs({"embedding": heads["embedding"]}, tuple(images.shape[-2:]))["embedding"]
+            ids = torch.from_numpy(target.ids).to(embedding.device)
+            seg_ids = torch.tensor([s.id for s in target.segments], device=embedding.device)
+            masks = (ids[None] == seg_ids[:, None, None]).float()
+            out.append(mask_pool(embedding[:, :, :height, :width], masks[None])[0].float().cpu().numpy())
+        return out
+
     # ---- internals ----------------------------------------------------------------------
+
+    def _padded_images(self, frames: np.ndarray) -> torch.Tensor:
+        """``(B, H, W, 3) uint8`` → ``(B, 3, H', W')`` float in [0, 1] on the device, H' and W'
+        padded (bottom/right, by replication) to multiples of 32 as the network needs."""
+        height, width = frames.shape[1:3]
+        images = self.placement.to_device(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        padded = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
+        if padded != (height, width):
+            images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        return images
 
     def _check_frame(self, frame: object, name: str) -> None:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
@@ -123,11 +155,8 @@ class SegmentationHost:
     def _forward(self, frames: np.ndarray, names: list[str]) -> list[FrameSegments]:
         """``frames (B, H, W, 3) uint8`` → post-processed segments, on the host's device."""
         height, width = frames.shape[1:3]
-        images = self.placement.to_device(frames).permute(0, 3, 1, 2).float().div_(255.0)
-        # The network needs multiples of 32: pad bottom/right by replication, crop the heads back.
-        padded = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
-        if padded != (height, width):
-            images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        images = self._padded_images(frames)
+        padded = tuple(images.shape[-2:])
         with self.placement.autocast():
             raw = self.model(images)
         where = f"model {self.model_uri} on input {names[0]}" + (f" … {names[-1]}" if len(names) > 1 else "") + \

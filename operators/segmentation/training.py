@@ -41,6 +41,7 @@ class TrainConfig:
     max_gap: int = 3
     sigma: float = 4.0
     log_every: int = 25
+    init: str | None = None  # weights URI to continue from (a second stage); None = random init
     model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
     losses: LossWeights = field(default_factory=LossWeights)
 
@@ -167,5 +168,13 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
 
 
 def new_model(config: TrainConfig, seed: int) -> PanopticNet:
+    """A fresh network (seeded), or the network of ``config.init`` to continue training."""
     torch.manual_seed(seed)
-    return PanopticNet(config.model)
+    if config.init is None:
+        return PanopticNet(config.model)
+    from operators.segmentation.loading import load_builtin
+
+    model, _ = load_builtin(config.init)
+    if model.config != config.model:
+        raise ValueError(f"{config.init}: its architecture differs from the training config's")
+    return model.float()
