@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 
 from metrics_cases import case_frame, draw, random_corpus, segments, tables
-from operators.errors import FormatMismatchError
+from operators.errors import CorruptFileError, FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.panoptic import encode_panoptic_png, decode_panoptic_png
 from operators.metrics.contingency import decode_ids, frame_table
@@ -239,6 +240,14 @@ def test_fast_decoder_equals_the_shared_decoder():
     data = encode_panoptic_png(ids)
     assert np.array_equal(decode_ids(data, "x.png"), decode_panoptic_png(data, "x.png"))
     assert np.array_equal(decode_ids(data, "x.png"), ids)
+    grey = cv2.imencode(".png", (ids % 256).astype(np.uint8))[1].tobytes()  # ids < 256 as one channel
+    assert np.array_equal(decode_ids(grey, "g.png"), ids % 256)
+    deep = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint16))[1].tobytes()
+    for decode in (decode_ids, decode_panoptic_png):
+        with pytest.raises(CorruptFileError, match="d.png: panoptic PNG must be 8-bit RGB"):
+            decode(deep, "d.png")
+        with pytest.raises(CorruptFileError, match="c.png: cannot decode PNG"):
+            decode(data[:20], "c.png")
 
 
 def test_contingency_tables_from_concurrent_threads_are_exact():

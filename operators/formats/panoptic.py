@@ -80,12 +80,23 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids & 0xFF, (ids >> 8) & 0xFF, (ids >> 16) & 0xFF], axis=-1).astype(np.uint8)
 
 
+def imdecode_png(data: bytes, where: str) -> np.ndarray:
+    """PNG bytes → the array OpenCV decodes, unchanged: ``(H, W, 3|4)`` BGR(A) or
+    ``(H, W)`` grey, of the file's bit depth. Raises :class:`CorruptFileError` naming ``where``."""
+    buf = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if image is None:
+        raise CorruptFileError(where, "cannot decode PNG (corrupt or not an image)")
+    return image
+
+
 def decode_panoptic_png(data: bytes, where: str) -> np.ndarray:
     """PNG bytes → ``(H, W) int32`` ids. Raises :class:`CorruptFileError` naming ``where``."""
-    buf = np.frombuffer(data, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if bgr is None:
-        raise CorruptFileError(where, "cannot decode PNG (corrupt or not an image)")
+    return ids_from_decoded(imdecode_png(data, where), where)
+
+
+def ids_from_decoded(bgr: np.ndarray, where: str) -> np.ndarray:
+    """An :func:`imdecode_png` array → ``(H, W) int32`` ids."""
     if bgr.ndim == 2:  # a single-channel PNG holds ids < 256 directly
         return bgr.astype(np.int32)
     if bgr.dtype != np.uint8 or bgr.shape[2] not in (3, 4):

@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from operators.errors import CorruptFileError, FormatMismatchError
-from operators.formats.panoptic import VOID, SegmentInfo, decode_panoptic_png
+from operators.errors import FormatMismatchError
+from operators.formats.panoptic import VOID, SegmentInfo, ids_from_decoded, imdecode_png
 
 _ID_SPACE = 1 << 24          # COCO-panoptic ids are R + 256·G + 65536·B < 2**24
 _UNLISTED = -(1 << 30)        # lookup value of an id the JSON does not list: makes the pair key negative
@@ -84,16 +84,13 @@ def decode_ids(data: bytes, where: str) -> np.ndarray:
     as one little-endian uint32 and the alpha byte masked off (no int32 widening of three
     planes).
     """
-    buf = np.frombuffer(data, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if bgr is None:
-        raise CorruptFileError(where, "cannot decode PNG (corrupt or not an image)")
+    bgr = imdecode_png(data, where)
     if bgr.ndim == 3 and bgr.dtype == np.uint8 and bgr.shape[2] in (3, 4) and sys.byteorder == "little":
         rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
         ids = rgba.view(np.uint32)[..., 0]
         np.bitwise_and(ids, 0x00FFFFFF, out=ids)
         return ids
-    return decode_panoptic_png(data, where).astype(np.uint32)  # grey or unusual PNGs: the shared decoder decides
+    return ids_from_decoded(bgr, where).astype(np.uint32)  # grey or unusual PNGs: the shared rules decide
 
 
 class _IdLookup:
