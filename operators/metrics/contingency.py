@@ -49,11 +49,6 @@ class SegmentTable:
                    np.array([s.iscrowd for s in segments], np.int64), np.array([s.area for s in segments], np.int64),
                    np.asarray(pixels, np.int64))
 
-    @classmethod
-    def empty(cls) -> "SegmentTable":
-        z = np.zeros(0, np.int64)
-        return cls(z, z, z, z, z)
-
 
 @dataclass
 class FrameTable:
@@ -70,10 +65,6 @@ class FrameTable:
     pair_gt: np.ndarray
     pair_pred: np.ndarray
     pair_pixels: np.ndarray
-
-    @property
-    def pixels(self) -> int:
-        return int(self.pair_pixels.sum())
 
 
 def decode_ids(data: bytes, where: str) -> np.ndarray:
