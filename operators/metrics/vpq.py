@@ -275,6 +275,9 @@ def quality(iou_sum, tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @dataclass
 class ClassQuality:
+    """One category at one window size k: its sums over all windows of all videos and the
+    ratios derived from them (:func:`quality`; fractions, 0 where undefined)."""
+
     k: int
     category_id: int
     name: str
