@@ -195,6 +195,18 @@ def test_image_sequence_reads_exact_frames_in_name_order(tmp_path, frames):
         assert source.meta.fps is None
 
 
+def test_image_sequence_skips_writers_staging_files(tmp_path, frames):
+    """Writers stage a file under a hidden name with its extension (".name.tmp-….png")
+    until it is complete; a sequence listed meanwhile (or after a killed writer) must not
+    take it for a frame."""
+    directory = str(tmp_path / "seq")
+    write_image_sequence(directory, frames[:3])
+    (tmp_path / "seq" / ".frame_0003.tmp-1234abcd.png").write_bytes(b"half a png")
+    with open_video(directory) as source:
+        assert source.meta.frame_count == 3
+        np.testing.assert_array_equal(source.read(0, 3), frames[:3])
+
+
 def test_image_sequence_of_jpegs(tmp_path, frames):
     directory = str(tmp_path / "jpg")
     write_image_sequence(directory, frames[:3], ext=".jpg")

@@ -17,14 +17,15 @@ from operators.video.source import IMAGE_EXTENSIONS, VideoMeta, VideoSource
 
 
 def image_files(uri: str) -> list[str]:
-    """URIs of the image files directly inside directory ``uri``, sorted by name."""
+    """URIs of the image files directly inside directory ``uri``, sorted by name. Hidden
+    names are not frames: writers stage files as ``.name.tmp-….png`` until complete."""
     filesystem, path = fs.filesystem(uri)
     try:
         entries = filesystem.ls(path, detail=True)
     except FileNotFoundError:
         raise CorruptFileError(uri, "directory not found") from None
-    names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
-                   if e.get("type") == "file" and e["name"].lower().endswith(IMAGE_EXTENSIONS))
+    files = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+    names = sorted(name for name in files if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
     return [fs.join(uri, name) for name in names]
 
 
