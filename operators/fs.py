@@ -69,23 +69,25 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator:
     fsspec file opened on the store directly would not do: closing it uploads what was
     written even when the block raised, leaving half a file (or replacing a good one).
     """
-    with atomic_local_path(uri) as tmp, open(tmp, mode) as f:
+    with atomic_local_path(uri, keep_extension=False) as tmp, open(tmp, mode) as f:
         yield f
 
 
 @contextlib.contextmanager
-def atomic_local_path(uri: str) -> Iterator[str]:
+def atomic_local_path(uri: str, *, keep_extension: bool = True) -> Iterator[str]:
     """A local path to write ``uri`` through, for writers that only take a path (OpenCV's
     VideoWriter); the file appears under ``uri`` only if the block succeeds.
 
     The temporary name is hidden (leading ``.``) and keeps the extension, which such writers
-    use to pick the format. Local targets are moved into place with ``os.replace``; remote
+    use to pick the format; ``keep_extension=False`` (writers that do not need it) ends it
+    in the random suffix, so no reader selecting files by suffix takes it for one. Local targets are moved into place with ``os.replace``; remote
     ones are uploaded from a local temporary directory after the block.
     """
     fs, path = filesystem(uri)
     parent, _, name = path.rpartition("/")
     stem, dot, ext = name.rpartition(".")
-    hidden = f".{stem or name}.tmp-{uuid.uuid4().hex[:8]}{dot}{ext if stem else ''}"
+    token = uuid.uuid4().hex[:8]
+    hidden = f".{stem}.tmp-{token}.{ext}" if stem and keep_extension else f".{name}.tmp-{token}"
     local = _is_local(fs)
     workdir = parent if local else tempfile.mkdtemp(prefix="tubeflow-")
     if local and parent:

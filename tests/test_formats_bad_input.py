@@ -131,6 +131,17 @@ def test_flo_round_trip(tmp_path):
     assert np.frombuffer(data[4:12], np.int32).tolist() == [W, H]
 
 
+def test_atomic_write_stages_under_a_name_no_reader_takes_for_the_file(tmp_path):
+    """Readers select files by suffix (markers `*.json`, frames `*.png`): while a file is
+    being written, its staging name is hidden and does not end like the file."""
+    target = tmp_path / "out" / "video.json"
+    with fs.atomic_write(str(target)) as f:
+        f.write(b"{}")
+        staged = os.listdir(target.parent)
+    assert len(staged) == 1 and staged[0].startswith(".") and not staged[0].endswith(".json"), staged
+    assert os.listdir(target.parent) == ["video.json"]
+
+
 @pytest.mark.parametrize("where", ["local", "memory", "s3"])
 def test_atomic_write_leaves_nothing_when_the_block_fails(where, tmp_path, request):
     """A writer that fails half-way must not leave the half under the final name, nor an
