@@ -328,3 +328,12 @@ def test_full_resolution_frames_render(capsys):
         print(f"\nsynth 1024x2048: {seconds:.3f} s/frame (render + GT + flow)")
     assert all(shape == (1024, 2048, 3) for shape, _, _ in frames)
     assert all(n >= 10 for _, _, n in frames)
+
+
+@pytest.mark.parametrize("things", [-1, 1000, True])
+def test_thing_count_must_fit_the_id_scheme(things):
+    """GT ids are 1000 · (category + 1) + k: a class with 1000 instances would reuse the
+    next class's ids (its stuff id first), so the count is bounded by the id scheme."""
+    with pytest.raises(InputError, match="things"):
+        SynthConfig(things=things)
+    assert SynthConfig(things=999).knobs.things == 999

@@ -15,6 +15,8 @@ from operators.errors import InputError
 MAX_VIDEOS = 9999
 MAX_FRAMES = 9999
 MIN_HEIGHT, MIN_WIDTH = 32, 64
+#: GT ids are 1000 · (category + 1) + k: the 1000th instance of a class would take the next class's ids
+MAX_THINGS = 999
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,9 @@ class SynthConfig:
             raise bad("scenario", f"unknown scenario {self.scenario!r}; choose one of {sorted(SCENARIOS)}")
         if not self.fps > 0:
             raise bad("fps", f"must be positive, got {self.fps}")
-        if self.things is not None and (not isinstance(self.things, int) or self.things < 0):
-            raise bad("things", f"must be a non-negative integer, got {self.things!r}")
+        if self.things is not None and (isinstance(self.things, bool) or not isinstance(self.things, int)
+                                        or not 0 <= self.things <= MAX_THINGS):
+            raise bad("things", f"must be an integer between 0 and {MAX_THINGS}, got {self.things!r}")
 
     @property
     def knobs(self) -> ScenarioKnobs:
