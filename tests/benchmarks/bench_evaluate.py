@@ -81,7 +81,7 @@ def test_evaluation_speed(corpus):
                  for f in corpus.frames]
         return reference_vpq_sums([video])
 
-    evaluate_video(corpus, settings)  # warm-up: allocates the id lookup table once per process
+    evaluate_video(corpus, settings)  # warm-up: allocates the id lookup table once per thread
     t_decode, _ = _best_of(decode_only, 3)
     t_ours, result = _best_of(lambda: evaluate_video(corpus, settings), 3)
     t_reference, expected = _best_of(reference, 1)
