@@ -169,3 +169,12 @@ def test_segment_statistics_match_direct_masks_including_tiny_segments():
     np.testing.assert_allclose(exact[0], np.concatenate([pix.mean(0), pix.std(0)]), atol=1e-9)
     none, _ = segment_statistics(None, index, 3)
     assert none is None
+
+
+def test_carry_lost_segments_fills_only_free_pixels():
+    current = np.array([[0, 1, 1, 2]], np.uint8)          # 1 = a thing, 2 = stuff
+    warped = np.array([[3, 3, 0, 3]], np.uint8)           # previous value 3 = a lost track
+    out = affinity.carry_lost_segments(current, warped, 3, np.array([3]), np.array([True, False, True]))
+    np.testing.assert_array_equal(out, [[3, 1, 1, 3]])     # carried as value K + 1 = 3, not over the thing
+    np.testing.assert_array_equal(affinity.carry_lost_segments(current, warped, 3, np.array([], int),
+                                                               np.ones(3, bool)), current)

@@ -206,3 +206,18 @@ def test_frames_from_overlapping_masks():
     assert sorted(s.id for s in out.segments) == [1000, 1001]
     with pytest.raises(ValueError, match="empty"):
         TrackerFrame.from_masks(0, np.zeros((1, 4, 4), bool), [CAR])
+
+
+@pytest.mark.parametrize("carry, expected_ids", [(2, 1), (0, 2)])
+def test_a_missed_detection_is_bridged_by_the_carried_mask(carry, expected_ids):
+    """Re-identification off (threshold above any score): only the lost track's mask, carried
+    along the flow, lets the pixel tracker take the car up again after a one-frame miss."""
+    boxes = [Box(14001, CAR, 5, 30, 12, 10, 2, 0, (200, 40, 40), hidden=frozenset({4}))]
+    video = scrambled_video(boxes, 8)
+    for t in (4, 5):  # flow is given for the frames after the miss, as a flow estimator would
+        _, _, flow = render([dataclasses.replace(boxes[0], hidden=frozenset())], t)
+        video[t] = (dataclasses.replace(video[t][0], flow=flow), video[t][1], video[t][2])
+    cfg = TrackerConfig(max_lost_frames=5, carry_lost_frames=carry, reid_threshold=1.01)
+    outputs = run(VideoTracker("v", cfg), video)
+    _, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert len(seen[14001]) == expected_ids

@@ -174,6 +174,29 @@ def relabel(index: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.take(table, index)
 
 
+def carry_lost_segments(current: np.ndarray, warped_previous: np.ndarray, n_previous: int,
+                        carried_rows: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The index map the next frame will warp: this frame's segments plus lost tracks' masks.
+
+    ``current``: ``(H, W)`` compact index map (values ``0..K``); ``warped_previous``: the
+    previous map (values ``0..n_previous``) warped into this frame; ``carried_rows``: ``(L,)`` its values (lost tracks)
+    to carry on; ``free``: ``(K + 1,) bool``, which current values (VOID, stuff…) a carried
+    mask may cover. Carried row ``carried_rows[l]`` becomes value ``K + 1 + l``. A track whose
+    detection was missed keeps moving with the flow, so the pixel tracker can take it up
+    again when the segment comes back. Returns ``(H, W)`` uint8/uint16.
+    """
+    n, n_carried = len(free) - 1, len(carried_rows)
+    dtype = index_dtype(n + n_carried)
+    out = current.astype(dtype, copy=False)
+    if not n_carried:
+        return out
+    table = np.zeros(n_previous + 1, dtype)
+    table[np.asarray(carried_rows, np.int64)] = np.arange(n + 1, n + n_carried + 1, dtype=dtype)
+    carried = relabel(warped_previous, table)
+    is_free = relabel(current, np.asarray(free, np.uint8)).astype(bool)
+    return np.where(is_free & (carried > 0), carried, out).astype(dtype, copy=False)
+
+
 def fuse_affinities(pixel: np.ndarray | None, instance: np.ndarray | None, pixel_weight: float,
                     instance_weight: float) -> np.ndarray:
     """Weighted mean of the pixel and instance affinities (``(N, M)`` each, in [0, 1]).

@@ -71,6 +71,10 @@ class TrackerConfig:
     # --- temporal-consistency memory (lost tracks, re-identification) -----------------------
     max_lost_frames: int = 30
     """A track without a match stays "lost" for up to this many frames, then is removed; 0 = no memory."""
+    carry_lost_frames: int = 2
+    """A lost track's mask keeps moving with the flow (into pixels no current thing claims) for
+    up to this many frames, so the pixel tracker can take it up again after a missed detection;
+    0 = off. Needs the memory (``max_lost_frames`` ≥ this)."""
     reid_threshold: float = 0.2
     """Minimum re-identification score (appearance × position likelihood) to revive a lost track."""
     reid_position_sigma: float = 1.5

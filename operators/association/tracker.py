@@ -47,6 +47,7 @@ class _Observation:
     index: np.ndarray              # (H, W) uint8/uint16 compact index map, 0..K
     areas: np.ndarray              # (K,) int64
     overlap: np.ndarray | None     # (K_prev, K) dice/IoU with the warped previous frame
+    warped: np.ndarray | None      # (H, W) previous index map warped into this frame
     descriptors: np.ndarray | None  # (K, D) appearance (embedding or colour descriptor)
     centroids: np.ndarray          # (K, 2) float64 (x, y)
     thing: np.ndarray              # (K,) bool: gets a track id
@@ -118,7 +119,7 @@ class VideoTracker:
             overlap = affinity.overlap_matrix(joint, cfg.overlap)
             areas = joint.sum(axis=0)
         else:
-            joint, overlap = None, None
+            warped, overlap = None, None
             areas = np.bincount(index.ravel(), minlength=n + 1)
         if areas[0] != np.count_nonzero(ids == VOID):
             unknown = sorted(set(np.unique(ids).tolist()) - {s.id for s in segments} - {VOID})
@@ -139,7 +140,7 @@ class VideoTracker:
         if need_colour and frame.rgb is None:
             raise InputError(where, "the instance tracker needs the RGB frame (or segment embeddings)")
         colours, centroids = segment_statistics(frame.rgb if need_colour else None, index, n, cfg.colour_sample_pixels)
-        return _Observation(frame.frame_index, size, segments, index, areas[1:].astype(np.int64), overlap,
+        return _Observation(frame.frame_index, size, segments, index, areas[1:].astype(np.int64), overlap, warped,
                             embeddings if embeddings is not None else colours, centroids, thing, dropped,
                             embeddings is not None)
 
@@ -206,15 +207,16 @@ class VideoTracker:
                                       self.config.confusable_categories)
 
     def _match_tracked(self, obs: _Observation) -> dict[int, int]:
-        """Stage 2: tracks of the previous frame ↔ thing segments. Returns {column: track_id}."""
+        """Stage 2: tracks in the previous index map (tracked, or lost with a carried mask) ↔
+        thing segments. Returns {column: track_id}."""
         cfg = self.config
-        tracks = [t for t in self.tracks.values() if t.state is TrackState.TRACKED]
+        row_of = {int(tid): r for r, tid in enumerate(self.previous_track_of_index[1:]) if tid}
+        tracks = [t for t in self.tracks.values() if t.state is TrackState.TRACKED or t.track_id in row_of]
         cols = np.flatnonzero(obs.thing)
         if not tracks or not cols.size:
             return {}
         pixel = instance = None
         if cfg.pixel_weight > 0:
-            row_of = {int(tid): r for r, tid in enumerate(self.previous_track_of_index[1:]) if tid}
             pixel = np.zeros((len(tracks), cols.size))
             for i, t in enumerate(tracks):
                 if t.track_id in row_of:
@@ -256,7 +258,6 @@ class VideoTracker:
     # ------------------------------------------------------------------ 4. commit
     def _commit(self, obs: _Observation, matches: dict[int, int]) -> PanopticFrame:
         cfg = self.config
-        n = len(obs.segments)
         scores = [1.0 if s.score is None else float(s.score) for s in obs.segments]
         # New identities: highest score first, ties by position in segments_info.
         for col in sorted((c for c in np.flatnonzero(obs.thing) if int(c) not in matches), key=lambda c: -scores[c]):
@@ -296,11 +297,28 @@ class VideoTracker:
         if obs.uses_embeddings and self.embedding_dim is None:
             self.embedding_dim = obs.descriptors.shape[1]
         self.size, self.last_frame_index = obs.size, obs.frame_index
-        self.previous_index = obs.index
-        self.previous_track_of_index = np.zeros(n + 1, np.int64)
+        self._carry_index(obs, matches)
+        return self._output_frame(obs, matches, scores)
+
+    def _carry_index(self, obs: _Observation, matches: dict[int, int]) -> None:
+        """The next frame's previous index map: matched segments, plus the warped masks of lost
+        tracks unseen for at most ``carry_lost_frames`` frames."""
+        carried = []
+        if obs.warped is not None and self.config.carry_lost_frames > 0:
+            for row, tid in enumerate(self.previous_track_of_index.tolist()):
+                track = self.tracks.get(tid)
+                if tid and track is not None and track.state is TrackState.LOST \
+                        and track.frames_unseen(obs.frame_index) <= self.config.carry_lost_frames:
+                    carried.append((row, tid))
+        free = np.concatenate([[True], ~obs.thing])
+        self.previous_index = affinity.carry_lost_segments(
+            obs.index, obs.warped, len(self.previous_track_of_index) - 1, np.array([r for r, _ in carried]), free) \
+            if carried else obs.index
+        self.previous_track_of_index = np.zeros(len(obs.segments) + 1 + len(carried), np.int64)
         for col, tid in matches.items():
             self.previous_track_of_index[col + 1] = tid
-        return self._output_frame(obs, matches, scores)
+        for k, (_, tid) in enumerate(carried):
+            self.previous_track_of_index[len(obs.segments) + 1 + k] = tid
 
     def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float]) -> PanopticFrame:
         out_of_col = np.zeros(len(obs.segments) + 1, np.int32)
