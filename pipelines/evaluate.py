@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from operators.errors import InputError
 from operators.formats.vps_layout import read_ground_truth, read_predictions
 from operators.metrics.report import EvaluationReport, build_report, write_report
 from operators.metrics.stq import StqStats
@@ -74,12 +75,14 @@ def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str
     import ray
     from tqdm import tqdm
 
+    if videos_per_task < 1:
+        raise InputError("--videos-per-task", f"videos per task must be at least 1, got {videos_per_task}")
     gt = read_ground_truth(gt_json, gt_dir)
     predictions = read_predictions(pred_dir)
     settings = EvaluationSettings(gt.categories, tuple(int(k) for k in ks), int(stride), allow_missing, gt_area,
                                   ignore_label=int(stq_ignore_label))
     plans = plan_videos(gt, predictions)
-    shards = [plans[i:i + videos_per_task] for i in range(0, len(plans), max(1, videos_per_task))]
+    shards = [plans[i:i + videos_per_task] for i in range(0, len(plans), videos_per_task)]
 
     started_here = not ray.is_initialized()
     if started_here and address:

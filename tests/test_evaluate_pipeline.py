@@ -183,3 +183,19 @@ def test_report_figures_leave_matplotlib_as_they_found_it(tmp_path):
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
     finally:
         matplotlib.use(backend)
+
+
+@pytest.mark.parametrize("videos_per_task", [0, -2])
+def test_videos_per_task_below_one_is_refused(tmp_path, videos_per_task):
+    """Shards of 0 videos used to drop every video silently (metrics of nothing, exit 0)."""
+    from jobs.cli import main
+    from operators.errors import InputError
+    from pipelines.evaluate import evaluate
+
+    paths = write_corpus(tmp_path, corpus(6, n_videos=1, frames=1))
+    with pytest.raises(InputError, match="videos per task"):
+        evaluate(**paths, out=str(tmp_path / "out"), videos_per_task=videos_per_task, progress=False)
+    assert main(["evaluate", "--gt-json", paths["gt_json"], "--gt-dir", paths["gt_dir"], "--pred-dir",
+                 paths["pred_dir"], "--out", str(tmp_path / "out"), "--videos-per-task", str(videos_per_task),
+                 "--no-progress"]) != 0
+    assert not (tmp_path / "out").exists()
