@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stride < 1 or not ks or any(k < 0 or k % args.stride for k in ks):
         raise InputError("--ks", f"every window k must be a multiple of --stride {args.stride} (k/λ + 1 annotated "
                                  f"frames), got {ks}")
+    if args.stq_ignore_label < 0:
+        raise InputError("--stq-ignore-label", f"must be a non-negative semantic label, got {args.stq_ignore_label}")
     report = evaluate(args.gt_json, args.gt_dir, args.pred_dir, args.out, address=args.address,
                       allow_missing=args.allow_missing, stride=args.stride, ks=ks, gt_area=args.gt_area,
                       stq_ignore_label=args.stq_ignore_label, videos_per_task=args.videos_per_task,

@@ -199,3 +199,16 @@ def test_videos_per_task_below_one_is_refused(tmp_path, videos_per_task):
                  paths["pred_dir"], "--out", str(tmp_path / "out"), "--videos-per-task", str(videos_per_task),
                  "--no-progress"]) != 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_stq_ignore_label_is_refused_up_front(tmp_path, capsys):
+    """A negative ignore label is no deeplab2 label: every video's STQ raised a ValueError
+    inside its Ray task, failing the whole evaluation with a traceback."""
+    from jobs.cli import main
+
+    paths = write_corpus(tmp_path, corpus(7, n_videos=1, frames=1))
+    code = main(["evaluate", "--gt-json", paths["gt_json"], "--gt-dir", paths["gt_dir"], "--pred-dir",
+                 paths["pred_dir"], "--out", str(tmp_path / "out"), "--stq-ignore-label", "-1", "--no-progress"])
+    assert code != 0 and "--stq-ignore-label" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="ignore_label"):
+        STQuality(19, [11], ignore_label=-1)

@@ -64,6 +64,8 @@ class STQuality:
     """
 
     def __init__(self, num_classes: int, things: Sequence[int], ignore_label: int = 255, label_divisor: int = 65536):
+        if ignore_label < 0 or label_divisor < 1:  # labels are semantic · divisor + instance, all >= 0
+            raise ValueError(f"ignore_label must be >= 0 and label_divisor >= 1, got {ignore_label} and {label_divisor}")
         self.num_classes = int(num_classes)
         self.things = np.array(sorted(int(t) for t in things), np.int64)
         self.ignore_label = int(ignore_label)
