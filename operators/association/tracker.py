@@ -14,7 +14,9 @@ affinity functions, one assignment call per stage):
 3. **Re-identify** — the temporal-consistency memory: segments still unmatched are compared
    with lost tracks (and tracks that just missed step 2) by appearance × likelihood of the
    position predicted from the track's recent motion (HybridTracker's temporal consistency;
-   HVPS's short-term retrieval and long-term re-ID, Woo et al., 2021).
+   HVPS's short-term retrieval and long-term re-ID, Woo et al., 2021). Recently lost tracks
+   also keep their mask moving with the flow (``carry_lost_frames``), so step 2's pixel
+   tracker can take them up again after a missed detection.
 4. **Commit** — new tracks for the rest (ids in order of score), state transitions,
    appearance updates, output frame.
 
