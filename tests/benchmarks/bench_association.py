@@ -19,6 +19,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
 from operators.association import TrackerFrame, VideoTracker, affinity
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
@@ -109,6 +110,12 @@ def main(argv=None) -> None:
     print(f"  pixel affinity, per pair    median {statistics.median(pair_times) * ms:8.2f} ms/frame (baseline)")
     print(f"  ratio per-pair / joint histogram: {statistics.median(pair_times) / statistics.median(joint_times):.1f}x; "
           f"per-pair matrix / whole update: {statistics.median(pair_times) / statistics.median(steady):.1f}x")
+
+
+@pytest.mark.benchmark
+def test_association_speed():
+    """Collected by ``make bench``; the same run as ``python tests/benchmarks/bench_association.py``."""
+    main([])
 
 
 if __name__ == "__main__":
