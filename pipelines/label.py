@@ -82,17 +82,37 @@ def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
     return evaluation_settings(config, gt.categories), annotated, named
 
 
+FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
+
+
 def stage_plan(config: LabelConfig, n_videos: int) -> dict:
-    """Actor counts and GPU use from what the cluster offers."""
+    """Actor counts, GPU use and logical CPUs per stage from what the cluster offers.
+
+    The actors hold their CPUs for the whole run; if they and one decode and one sink task
+    would not fit in the cluster's CPUs, every stage's share is scaled down to fit (else an
+    actor never starts and the run waits forever). Logical CPUs only order the scheduling;
+    the processes still share the physical cores.
+    """
     import ray
 
     total = ray.cluster_resources()
-    cpus, gpus = int(total.get("CPU", 1)), int(total.get("GPU", 0))
+    cpus, gpus = float(total.get("CPU", 1)), int(total.get("GPU", 0))
     r = config.resources
-    return {"gpus": gpus,
-            "segment_actors": r.segment_actors or (gpus if gpus else max(1, cpus // 2)),
-            "flow_actors": r.flow_actors or max(1, cpus // 2),
-            "association_actors": r.association_actors or max(1, min(n_videos, max(1, cpus // 2)))}
+    plan = {"gpus": gpus,
+            # without GPUs the model dominates: ~3/4 of the cores segment, the rest compute flow
+            "segment_actors": r.segment_actors or (gpus if gpus else max(1, int(cpus) - int(cpus) // 4)),
+            "flow_actors": r.flow_actors or max(1, int(cpus) // 4),
+            "association_actors": r.association_actors or max(1, min(n_videos, max(1, int(cpus) // 2)))}
+    shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
+              "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
+    held = (plan["segment_actors"] * (0 if gpus else shares["segment"]) + plan["flow_actors"] * shares["flow"]
+            + plan["association_actors"] * (shares["associate"] + shares["feeder"]) + shares["decode"]
+            + 2 * shares["sink"])
+    scale = min(1.0, 0.95 * cpus / held)
+    plan["cpus"] = {stage: round(share * scale, 4) for stage, share in shares.items()}
+    if gpus:  # a GPU actor needs little CPU; never let it crowd out the CPU stages
+        plan["cpus"]["segment"] = min(plan["cpus"]["segment"], 0.1 * cpus / max(1, plan["segment_actors"]))
+    return plan
 
 
 def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
@@ -102,26 +122,26 @@ def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
 
     return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
             "compute": ray.data.ActorPoolStrategy(size=plan["segment_actors"]),
-            "num_cpus": config.resources.segment_cpus, "num_gpus": 1 if plan["gpus"] else 0}
+            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0}
 
 
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
     import ray
 
-    r = config.resources
+    cpus = plan["cpus"]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
-                                            "image_id_format": config.image_id_format}, num_cpus=r.decode_cpus)
-    ds = ds.map(decode_chunk, num_cpus=r.decode_cpus)
+                                            "image_id_format": config.image_id_format}, num_cpus=cpus["decode"])
+    ds = ds.map(decode_chunk, num_cpus=cpus["decode"])
     ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
-                        num_cpus=r.flow_cpus)
+                        num_cpus=cpus["flow"])
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=0.1)
+                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"])
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
-                          batch_size=config.chunk_frames, num_cpus=r.sink_cpus)
+                          batch_size=config.chunk_frames, num_cpus=cpus["sink"])
 
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
@@ -154,14 +174,18 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     with ray_session(address):
         if todo:
             plan = stage_plan(config, len(todo))
-            ray.data.DataContext.get_current().enable_progress_bars = progress
+            context = ray.data.DataContext.get_current()
+            saved = context.enable_progress_bars, context.target_max_block_size
+            # One chunk per block: actor pools receive work by block, so a block holding all of
+            # a video's chunks would go to one model actor while the others wait.
+            context.enable_progress_bars, context.target_max_block_size = progress, 1
             pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
-                                   actor_options={"num_cpus": config.resources.associate_cpus})
+                                   actor_options={"num_cpus": plan["cpus"]["associate"]})
             rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
                     for e in todo]
             by_id = {e.video_id: e for e in todo}
             state = {e.video_id: _Progress() for e in todo}
-            finalize = ray.remote(finalize_video).options(num_cpus=config.resources.sink_cpus)
+            finalize = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"])
             pending: dict = {}
 
             def close(video_id: str) -> None:
@@ -216,9 +240,10 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     close(video_id)
                 while pending:
                     collect(1.0)
+            context.enable_progress_bars, context.target_max_block_size = saved
             for actor in pool.actors:
                 ray.kill(actor)
-            remove_tree(layout.uri(f"{STAGING_DIR}/{run_id}"))  # rows of failed videos that came late
+            remove_tree(layout.uri(STAGING_DIR))  # rows of failed videos that came late; one run at a time
     report = None
     if settings is not None:
         report = aggregate_metrics(layout, settings, [e.video_id for e in entries])

@@ -105,7 +105,7 @@ class LabelConfig:
         if self.segmenter == "precomputed":
             out["segmenter"] = _sha256_of(fs.join(self.model, "pred.json"))
         else:
-            out["segmenter"] = read_model_file(self.model or BUILTIN_WEIGHTS).sha256()
+            out["segmenter"] = read_model_file(self.model or BUILTIN_WEIGHTS).sha256
         if self.flow == "raft":
             out["flow"] = _sha256_of(str(self.flow_options.get("checkpoint", "")))
         else:

@@ -84,8 +84,11 @@ def test_segmentation_actors_get_one_fake_gpu_each_and_run_on_cpu(tmp_path):
 def test_without_gpus_the_segmentation_stage_asks_for_none(ray_local, tmp_path):
     config = LabelConfig(segmenter="precomputed", model=str(tmp_path))
     plan = stage_plan(config, n_videos=3)
-    assert plan["gpus"] == 0 and plan["segment_actors"] == 1  # 2 CPUs: CPUs // 2 actors
+    assert plan["gpus"] == 0 and plan["segment_actors"] == 2 and plan["flow_actors"] == 1
     assert segment_stage_options(config, plan)["num_gpus"] == 0
+    held = (plan["segment_actors"] * plan["cpus"]["segment"] + plan["flow_actors"] * plan["cpus"]["flow"]
+            + plan["association_actors"] * (plan["cpus"]["associate"] + plan["cpus"]["feeder"]))
+    assert held + plan["cpus"]["decode"] + plan["cpus"]["sink"] <= 2  # actors leave room for the tasks
 
 
 def test_placement_falls_back_to_cpu_when_ray_assigns_a_gpu_but_cuda_is_absent():

@@ -69,7 +69,7 @@ def test_good_videos_committed_and_bad_ones_get_failure_rows(labelled):
     assert failures["empty"]["stage"] == "plan" and "empty.mp4" in failures["empty"]["error"]
     assert failures["0002"]["stage"] == "evaluate" and labelled["missing_gt"] in failures["0002"]["error"]
     assert sorted(committed_markers(OutputLayout(out))) == GOOD  # nothing of a failed video is committed
-    assert not os.path.exists(f"{out}/_staging/{run.run_id}")
+    assert not os.path.exists(f"{out}/_staging")
     manifest = json.loads(open(f"{out}/run_manifest.json").read())
     assert manifest["totals"] == {"ok": 2, "skipped": 0, "failed": 3}
     assert manifest["model_checksums"]["segmenter"] and manifest["versions"]["ray"]
@@ -150,3 +150,64 @@ def test_nightly_reprocesses_only_the_changed_video(labelled):
     assert sorted(f"segments/video_id=0001/{f}" for f in os.listdir(partition)) == \
         [f for f in after["0001"].files if f.startswith("segments/")]
     assert run.report is not None and run.report.vpq.vpq == pytest.approx(labelled["run"].report.vpq.vpq)
+
+
+def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path):
+    import hashlib
+
+    from operators.segmentation.host import BUILTIN_WEIGHTS
+
+    builtin = LabelConfig()
+    checksums = builtin.model_checksums()
+    assert checksums["segmenter"] == hashlib.sha256(open(BUILTIN_WEIGHTS, "rb").read()).hexdigest()
+    base = builtin.config_hash(checksums)
+    assert LabelConfig(chunk_frames=7, batch_size=2).config_hash(checksums) == base
+    assert builtin.config_hash({**checksums, "segmenter": "other weights"}) != base
+    assert LabelConfig(flow_options={"preset": "fast"}).config_hash(checksums) != base
+
+
+@pytest.mark.slow
+def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path, ray_local):
+    """SIGKILL a real ``tubeflow label`` (and its in-process Ray) once some videos are committed
+    and others are in flight; the rerun must leave exactly one complete, correct output each."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = make_corpus(tmp_path / "corpus", videos=6)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{corpus}/videos", "--output", str(out),
+            "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
+            "--chunk-frames", "4", "--no-progress"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(argv, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "_commits").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    killed_with = sorted(committed_markers(OutputLayout(str(out))))
+    assert len(killed_with) < 6, "the run finished before it could be killed; use a larger corpus"
+
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID,
+                         chunk_frames=4)
+    rerun = label(f"{corpus}/videos", str(out), config, progress=False, log=lambda *_: None)
+    assert not rerun.failed
+    assert {r.video_id for r in rerun.results if r.status == "skipped"} == set(killed_with)
+    markers = committed_markers(OutputLayout(str(out)))
+    assert sorted(markers) == [f"{v:04d}" for v in range(6)]
+    assert not (out / "_staging").exists()
+    host = SegmentationHost("precomputed", f"{corpus}/perframe")
+    videos = [(v, f"{corpus}/videos/{v}.mp4") for v in markers]
+    reference = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))
+    table = segments_table.read_segments_table(str(out / "segments"))
+    rebuilt = {(f.video_id, f.frame_index): f.frame.ids for f in segments_table.iter_table_frames(table)}
+    for video_id, marker in markers.items():
+        partition = out / "segments" / f"video_id={video_id}"
+        assert sorted(f"segments/video_id={video_id}/{f}" for f in os.listdir(partition)) == \
+            [f for f in marker.files if f.startswith("segments/")]  # no stray part of the killed attempt
+        for index, expected in enumerate(reference.frames[video_id]):
+            got = rebuilt.get((video_id, index), np.zeros_like(expected.ids))
+            np.testing.assert_array_equal(got, expected.ids, err_msg=f"video {video_id} frame {index}")

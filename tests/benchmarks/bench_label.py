@@ -1,0 +1,237 @@
+"""Speed and memory of ``tubeflow label`` on the synthetic corpus.
+
+Run::
+
+    .venv/bin/python tests/benchmarks/bench_label.py speed  [--videos 4 --frames 16 --height 512 --width 1024]
+    .venv/bin/python tests/benchmarks/bench_label.py memory [--counts 10,100 --frames 10 --height 128 --width 256]
+
+``speed`` measures, in one run and on the same corpus, end-to-end frames/s of
+
+* the plain sequential loop over the same operators (:mod:`pipelines.sequential`) on 1 core
+  and on 2 cores (torch may use both for the model);
+* the Ray Data pipeline (:func:`pipelines.label.label`) with Ray given 1 and 2 CPUs,
+
+each in its own process pinned to that many cores (``sched_setaffinity``; Ray's workers
+inherit it), and prints the ratio pipeline / sequential on 2 cores, the scaling 1 → 2 CPUs,
+each stage's share of operator time, and the pipeline's overhead: the share of
+``cores × wall`` not spent inside an operator (scheduling, serialisation, actor start-up,
+commit, idle cores). The pipeline's wall time is what a user waits for: it includes starting
+the actors and committing the outputs, not starting Ray itself.
+
+``memory`` runs the pipeline on corpora of 10 and 100 videos and prints the peak proportional
+set size (PSS: shared pages such as the object store counted once) summed over the driver
+and every Ray process, sampled every 0.2 s.
+
+The default operators are the built-in segmentation model, OpenCV DIS (medium) and the
+tracker. Without the built-in weights the ``precomputed`` backend (scrambled GT) stands in,
+and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
+
+
+def make_corpus(out: str, videos: int, frames: int, height: int, width: int) -> str:
+    import numpy as np
+
+    from operators.formats.vps_layout import PredictionWriter
+    from operators.synth import SynthConfig, generate_video, write_corpus
+    from operators.synth.perturb import scramble_ids
+
+    cfg = SynthConfig(videos=videos, frames=frames, height=height, width=width, seed=0, annotate_every=5)
+    write_corpus(out, cfg)
+    rng = np.random.default_rng(0)
+    with PredictionWriter(f"{out}/perframe") as writer:
+        for v in range(videos):
+            for frame in generate_video(cfg, v):
+                writer.add(frame.image_id, scramble_ids(frame.panoptic, rng))
+    return out
+
+
+def default_config(corpus: str, chunk_frames: int):
+    from operators.segmentation.host import BUILTIN_WEIGHTS
+    from pipelines.label_config import LabelConfig
+
+    if os.path.exists(BUILTIN_WEIGHTS):
+        return LabelConfig(chunk_frames=chunk_frames, image_id_format=IMAGE_ID), "builtin"
+    return LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", chunk_frames=chunk_frames,
+                       image_id_format=IMAGE_ID), "precomputed (built-in weights absent)"
+
+
+# ------------------------------------------------------------------ measured in child processes
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children") if Path(f"/proc/{p}/task").exists() else []:
+            try:
+                stack.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+class PeakMemory:
+    """Samples the PSS of this process and all its descendants (Ray's raylet, workers, store)."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.peak_kib, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(p) for p in _descendants(os.getpid())))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child_pipeline(corpus: str, out: str, cores: int, chunk_frames: int, memory: bool) -> dict:
+    import ray
+
+    from pipelines.label import label
+
+    config, name = default_config(corpus, chunk_frames)
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    with PeakMemory() as peak:
+        run = label(f"{corpus}/videos", out, config, progress=False, log=lambda *_: None)
+    ray.shutdown()
+    return {"segmenter": name, "seconds": run.seconds, "frames": run.frames, "stage_seconds": run.stage_seconds,
+            "failed": len(run.failed), "peak_pss_mib": peak.peak_kib / 1024 if memory else None}
+
+
+def child_sequential(corpus: str, cores: int) -> dict:
+    import torch
+
+    from operators.segmentation.host import SegmentationHost
+    from pipelines.sequential import label_sequentially
+    from pipelines.plan import discover
+
+    torch.set_num_threads(cores)
+    config, name = default_config(corpus, 32)
+    host = SegmentationHost(**config.host_kwargs())
+    videos = [(e.video_id, e.uri) for e in discover(f"{corpus}/videos")]
+    start = time.perf_counter()
+    result = label_sequentially(videos, host, config.flow, config.flow_options, config.tracker,
+                                image_id=config.image_id, keep_frames=False)
+    return {"segmenter": name, "seconds": time.perf_counter() - start, "frames": result.frame_count,
+            "stage_seconds": result.stage_seconds}
+
+
+def run_child(kind: str, cores: int, **kwargs) -> dict:
+    """Run one measurement in a fresh process pinned to ``cores`` cores."""
+    argv = [sys.executable, __file__, f"_{kind}", "--cores", str(cores)] + \
+        [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} on {cores} core(s) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ reports
+def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-label-") as tmp:
+        corpus = make_corpus(f"{tmp}/corpus", videos, frames, height, width)
+        results = {}
+        for cores in (1, 2):
+            results[f"sequential_{cores}"] = run_child("sequential", cores, corpus=corpus)
+            results[f"pipeline_{cores}"] = run_child("pipeline", cores, corpus=corpus, out=f"{tmp}/out{cores}",
+                                                     chunk_frames=chunk_frames)
+    fps = {k: v["frames"] / v["seconds"] for k, v in results.items()}
+    print(f"\nlabel speed: {videos} videos × {frames} frames at {height}×{width}, segmenter "
+          f"{results['pipeline_2']['segmenter']}, DIS medium, tracker; chunk {chunk_frames} frames")
+    print(f"{'run':<16} {'frames/s':>9} {'seconds':>8}")
+    for key in ("sequential_1", "sequential_2", "pipeline_1", "pipeline_2"):
+        print(f"{key:<16} {fps[key]:>9.2f} {results[key]['seconds']:>8.1f}")
+    print(f"pipeline / sequential on 2 cores: {fps['pipeline_2'] / fps['sequential_2']:.2f}x "
+          f"(target >= 1.6x); vs sequential on 1 core: {fps['pipeline_2'] / fps['sequential_1']:.2f}x")
+    print(f"pipeline scaling 1 -> 2 CPUs: {fps['pipeline_2'] / fps['pipeline_1']:.2f}x")
+    for key in ("sequential_2", "pipeline_2"):
+        stages = results[key]["stage_seconds"]
+        total = sum(stages.values())
+        print(f"{key} share of operator time: " + ", ".join(f"{s} {100 * t / total:.0f}%" for s, t in stages.items()))
+    for cores in (1, 2):
+        r = results[f"pipeline_{cores}"]
+        overhead = 1 - sum(r["stage_seconds"].values()) / (cores * r["seconds"])
+        print(f"pipeline_{cores} overhead (cores × wall not inside an operator): {100 * overhead:.0f}% (target < 15%)")
+    return results
+
+
+def memory(counts: list[int], frames: int, height: int, width: int, chunk_frames: int) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-label-mem-") as tmp:
+        for n in counts:
+            corpus = make_corpus(f"{tmp}/corpus{n}", n, frames, height, width)
+            results[n] = run_child("pipeline", 2, corpus=corpus, out=f"{tmp}/out{n}", chunk_frames=chunk_frames,
+                                   memory=1)
+    print(f"\nlabel peak memory (PSS of driver + all Ray processes), {frames} frames/video at {height}×{width}, "
+          f"segmenter {results[counts[0]]['segmenter']}:")
+    for n, r in results.items():
+        print(f"{n:>5} videos: peak {r['peak_pss_mib']:.0f} MiB, {r['frames']} frames in {r['seconds']:.1f} s")
+    return results
+
+
+@pytest.mark.benchmark
+def test_label_speed_and_memory():
+    speed(videos=2, frames=16, height=512, width=1024, chunk_frames=8)
+    memory([10, 100], frames=10, height=128, width=256, chunk_frames=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("speed", "memory", "_pipeline", "_sequential"))
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--chunk-frames", type=int, default=8)
+    parser.add_argument("--counts", default="10,100")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--corpus")
+    parser.add_argument("--out")
+    parser.add_argument("--memory", type=int, default=0)
+    args = parser.parse_args()
+    if args.mode == "speed":
+        speed(args.videos, args.frames, args.height, args.width, args.chunk_frames)
+    elif args.mode == "memory":
+        memory([int(c) for c in args.counts.split(",")], args.frames, args.height, args.width, args.chunk_frames)
+    else:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+        if args.mode == "_pipeline":
+            print(json.dumps(child_pipeline(args.corpus, args.out, args.cores, args.chunk_frames, bool(args.memory))))
+        else:
+            print(json.dumps(child_sequential(args.corpus, args.cores)))
+
+
+if __name__ == "__main__":
+    main()
