@@ -22,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from operators import fs
+from operators.errors import InputError
 from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
@@ -70,16 +72,34 @@ def evaluation_settings(config: LabelConfig, categories) -> EvaluationSettings:
 
 
 def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
-    """(settings, video_id → annotated GtFrames, video_id → {frame_index: image_id}) from the GT."""
-    if not config.gt_json:
-        return None, {}, {}
-    gt = read_ground_truth(config.gt_json, config.gt_dir)
+    """The ground truth of the run: ``--gt`` for every video, and a manifest's per-video ``gt``
+    (a GT JSON beside its ``panoptic/`` PNG dir) for its video.
+
+    Returns (settings or None, video_id → annotated GtFrames, video_id → {frame_index:
+    image_id}, video_id → error for a per-video GT that cannot be read).
+    """
+    sources, errors = [], {}
+    if config.gt_json:
+        sources.append((read_ground_truth(config.gt_json, config.gt_dir), None))
+    for entry in entries:
+        if entry.gt:
+            try:
+                sources.append((read_ground_truth(entry.gt, fs.join(entry.gt.rsplit("/", 1)[0], "panoptic")),
+                                entry.video_id))
+            except InputError as exc:
+                errors[entry.video_id] = str(exc)
+    if not sources:
+        return None, {}, {}, errors
     annotated, named = {}, {}
-    for video_id, images in gt.videos().items():
-        named[video_id] = {image.frame_index: str(image.id) for image in images}
-        annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
-                               for image in images if image.key in gt.annotations]
-    return evaluation_settings(config, gt.categories), annotated, named
+    for gt, only in sources:
+        videos = gt.videos()
+        if only is not None:  # a per-video GT: that video's images, or all of a one-video GT
+            videos = {only: videos.get(only) or (next(iter(videos.values())) if len(videos) == 1 else [])}
+        for video_id, images in videos.items():
+            named[video_id] = {image.frame_index: str(image.id) for image in images}
+            annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
+                                   for image in images if image.key in gt.annotations]
+    return evaluation_settings(config, sources[0][0].categories), annotated, named, errors
 
 
 FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
@@ -164,11 +184,14 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
         log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")
     checksums = config.model_checksums()
     config_hash = config.config_hash(checksums)
-    settings, gt_frames, gt_names = _gt_index(config, entries)
+    settings, gt_frames, gt_names, gt_errors = _gt_index(config, entries)
     markers = committed_markers(layout)
     todo = [e for e in entries if force or not is_current(markers.get(e.video_id), e.fingerprint.digest, config_hash)]
     results = [VideoResult(e.video_id, "skipped", int(markers[e.video_id].counts.get("frames", 0)))
                for e in entries if e not in todo]
+    results += [VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id])
+                for e in todo if e.video_id in gt_errors]
+    todo = [e for e in todo if e.video_id not in gt_errors]
     stage_seconds = {s: 0.0 for s in TIMED}
     frames = 0
     with ray_session(address):

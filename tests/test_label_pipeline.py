@@ -127,6 +127,49 @@ def test_rerun_skips_committed_videos(labelled):
     assert again.frames == 0
 
 
+def test_cli_with_a_manifest_per_video_gt_and_a_missing_gt_file(labelled, tmp_path, capsys):
+    """``tubeflow label`` on a manifest: one video with its GT, one whose GT file is missing
+    (a failure row naming it, nothing committed, exit code 1)."""
+    from jobs import cli
+
+    corpus = labelled["corpus"]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("video_id,uri,gt\n"
+                        f"0000,{labelled['videos']}/0000.mp4,{corpus}/gt/panoptic_gt.json\n"
+                        f"0001,{labelled['videos']}/0001.mp4,{tmp_path}/nowhere/gt.json\n")
+    out = tmp_path / "out"
+    code = cli.main(["label", "--input", str(manifest), "--output", str(out), "--segmenter", "precomputed",
+                     "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID, "--chunk-frames", "5",
+                     "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "0001" in captured.err and "nowhere/gt.json" in captured.err
+    failures = pq.read_table(out / "failures.parquet").to_pylist()
+    assert [(f["video_id"], f["stage"]) for f in failures] == [("0001", "gt")]
+    assert sorted(committed_markers(OutputLayout(str(out)))) == ["0000"]
+    per_video = pq.read_table(out / "metrics" / "per_video.parquet").to_pylist()
+    assert [v["video_id"] for v in per_video] == ["0000"] and per_video[0]["status"] == "ok"
+    assert "1 labelled" in captured.out  # the summary table
+
+
+def test_cli_exit_code_is_0_when_everything_is_committed(labelled, capsys):
+    from jobs import cli
+
+    code = cli.main(["label", "--input", f"{labelled['videos']}/0000.mp4", "--output", labelled["out"],
+                     "--segmenter", "precomputed", "--model", f"{labelled['corpus']}/perframe",
+                     "--gt", f"{labelled['corpus']}/gt/panoptic_gt.json", "--image-id-format", IMAGE_ID,
+                     "--chunk-frames", "4", "--png", "--overlay", "--no-progress"])
+    assert code == 0 and "1 skipped" in capsys.readouterr().out
+
+
+def test_cli_names_a_missing_input(tmp_path, capsys):
+    from jobs import cli
+
+    code = cli.main(["label", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"),
+                     "--no-progress"])
+    assert code == 1 and "nothing" in capsys.readouterr().err
+
+
 def test_nightly_reprocesses_only_the_changed_video(labelled):
     from pipelines.nightly import nightly
 
