@@ -65,7 +65,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, log_every=args.log_every,
-                       losses=losses, init=args.init)
+                       losses=losses, init=_absolute(args.init))
+
+
+def _absolute(uri: str | None) -> str | None:
+    """Ray workers run in another directory: make a local path absolute, leave URIs alone."""
+    return uri if uri is None or "://" in uri else os.path.abspath(uri)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -136,12 +141,13 @@ def run(args: argparse.Namespace) -> int:
     log = {"weights": args.out, "sha256": hashlib.sha256(weights).hexdigest(), "config": config.to_json(),
            "workers": args.workers, "gpu": args.gpu, "train_seconds": round(train_seconds, 1),
            "wall_seconds": round(time.time() - started, 1), "history": history}
+    fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())  # kept even if evaluation fails
     if args.eval_videos:
         from operators.segmentation.evaluation import evaluate_builtin
 
         log["evaluation"] = evaluate_builtin(args.out, videos_per_scenario=args.eval_videos, height=config.height,
                                              width=config.width)
-    fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())
+        fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())
     print(f"wrote {args.out} (sha256 {log['sha256'][:12]}…) after {log['wall_seconds']} s; "
           f"final loss {history[-1]['loss']:.4f}")
     if "evaluation" in log:
