@@ -46,3 +46,18 @@ def test_train_command_on_ray_writes_loadable_weights(tmp_path, ray_local):
     assert host.model_sha256 == log["sha256"]
     (result,) = host([np.zeros((64, 128, 3), np.uint8)])
     assert result.ids.shape == (64, 128)
+
+
+def test_training_is_deterministic_for_a_seed():
+    """Same config and seeds → bit-identical weights (what makes the shipped weights reproducible)."""
+    torch.set_num_threads(2)
+    config = TrainConfig(videos_per_scenario=1, frames=3, height=64, width=128, scenarios=("default",), steps=3,
+                         batch_pairs=1, crop=(64, 128), log_every=1, model=TINY_MODEL)
+    videos = load_training_videos(config)
+    states = []
+    for _ in range(2):
+        model = new_model(config, seed=0)
+        train_model(model, PairSampler(videos, config, seed=0), config, torch.device("cpu"))
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
