@@ -46,6 +46,9 @@ class LabelRun:
     frames: int
     stage_seconds: dict[str, float] = field(default_factory=dict)
     report: EvaluationReport | None = None
+    first_output_seconds: float = 0.0
+    """From the start of the run to the first row out of the sink: planning, Ray Data start-up,
+    actor construction (model loading) and the first chunk's trip through every stage."""
 
     @property
     def failed(self) -> list[VideoResult]:
@@ -193,7 +196,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                 for e in todo if e.video_id in gt_errors]
     todo = [e for e in todo if e.video_id not in gt_errors]
     stage_seconds = {s: 0.0 for s in TIMED}
-    frames = 0
+    frames, first_output = 0, 0.0
     with ray_session(address):
         if todo:
             plan = stage_plan(config, len(todo))
@@ -239,6 +242,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
             with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
                 dataset = build_dataset(rows, config, layout.root, run_id, pool, plan)
                 for summary in dataset.iter_rows():
+                    first_output = first_output or time.perf_counter() - started
                     video_id = str(summary["video_id"])
                     p = state.get(video_id)
                     for s in TIMED:
@@ -273,7 +277,8 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     if config.write_png:
         write_predictions_json(layout)
     seconds = time.perf_counter() - started
-    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_seconds, report)
+    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_seconds, report,
+                   first_output)
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
                                         "seconds": seconds, "frames": frames, "stage_seconds": stage_seconds},
