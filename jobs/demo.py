@@ -4,12 +4,14 @@ The demo is a script of the same ``tubeflow`` commands a user runs, each printed
 runs, so the output doubles as a tutorial:
 
 1. ``tubeflow synth`` writes a small synthetic corpus (frames, mp4s, GT panoptic, GT flow).
-2. Per-frame panoptic predictions whose ids change every frame — what a per-frame
-   segmenter gives — are made from the GT with realistic noise (eroded/dilated masks,
-   missed and spurious segments; :mod:`operators.synth.perturb`).
-3. ``tubeflow track`` turns them into identities that hold through each video.
-4. ``tubeflow evaluate`` scores both, per frame and tracked, on the local Ray: VPQ at
-   k > 0 counts identities over time, so it shows what association is worth.
+2. ``tubeflow label`` — the main job — labels the corpus's mp4s with the built-in panoptic
+   model, DIS flow and the tracker on Ray Data, writes the segments table, PNGs and overlay
+   videos, and scores VPQ/STQ against the GT in the same pass.
+3. The tracker on its own: per-frame panoptic predictions whose ids change every frame are
+   made from the GT with realistic noise (eroded/dilated masks, missed and spurious
+   segments; :mod:`operators.synth.perturb`), ``tubeflow track`` gives them identities, and
+   ``tubeflow evaluate`` scores both: VPQ at k > 0 counts identities over time, so it shows
+   what association is worth, apart from the segmenter's quality.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from operators import fs
 from operators.formats.vps_layout import PredictionWriter, read_ground_truth
 from operators.synth.perturb import NoiseConfig, perturb_frame
 
-DEMO_CORPUS = dict(videos=3, frames=20, height=192, width=384, seed=0)
+# 256x512 is the resolution the built-in model was trained at.
+SYNTH_IMAGE_ID = "{video_id}_{frame_index:04d}_synth"  # image ids of the synthetic corpus's GT
+DEMO_CORPUS = dict(videos=3, frames=20, height=256, width=512, seed=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from jobs.cli import main as tubeflow
 
     out = str(args.out).rstrip("/")
-    corpus, perframe, tracked = fs.join(out, "corpus"), fs.join(out, "perframe"), fs.join(out, "tracked")
+    corpus, labels = fs.join(out, "corpus"), fs.join(out, "labels")
+    perframe, tracked = fs.join(out, "perframe"), fs.join(out, "tracked")
 
     def step(*argv: str) -> None:
         print(f"\n$ tubeflow {shlex.join(argv)}", flush=True)
@@ -50,28 +55,36 @@ def run(args: argparse.Namespace) -> int:
     step("synth", "--out", corpus, "--videos", str(args.videos), "--frames", str(args.frames),
          "--height", str(args.height), "--width", str(args.width), "--seed", str(args.seed))
 
+    gt_json = fs.join(corpus, "gt", "panoptic_gt.json")
+    started_here = _start_local_ray()  # one local Ray for every job of the demo (a start costs seconds)
+    try:
+        step("label", "--input", fs.join(corpus, "videos"), "--output", labels, "--gt", gt_json,
+             "--image-id-format", SYNTH_IMAGE_ID, "--png", "--overlay", "--force", "--no-progress")
+        _track_and_compare(corpus, perframe, tracked, out, args.seed, step)
+    finally:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+    print_comparison({"label (built-in model)": fs.join(labels, "metrics"),
+                      "per-frame ids": fs.join(out, "eval_perframe"), "tracked": fs.join(out, "eval_tracked")})
+    print(f"\nreports: {fs.join(labels, 'metrics', 'report.html')}, {fs.join(out, 'eval_tracked', 'report.html')}")
+    print(f"overlay videos: {fs.join(labels, 'overlays')}")
+    return 0
+
+
+def _track_and_compare(corpus: str, perframe: str, tracked: str, out: str, seed: int, step) -> None:
     print(f"\n# per-frame predictions (ids change every frame, noisy masks) -> {perframe}", flush=True)
     write_perframe_predictions(fs.join(corpus, "gt_all", "panoptic_gt.json"), fs.join(corpus, "gt_all", "panoptic"),
-                               perframe, seed=args.seed)
+                               perframe, seed=seed)
 
     step("track", "--images", fs.join(corpus, "frames"), "--perframe-json", fs.join(perframe, "pred.json"),
          "--perframe-dir", fs.join(perframe, "pan_pred"), "--out", tracked,
          "--only-annotated", fs.join(corpus, "gt", "panoptic_gt.json"))
 
     gt = ["--gt-json", fs.join(corpus, "gt", "panoptic_gt.json"), "--gt-dir", fs.join(corpus, "gt", "panoptic")]
-    started_here = _start_local_ray()  # one local Ray for both evaluations (a start costs seconds)
-    try:
-        step("evaluate", *gt, "--pred-dir", perframe, "--out", fs.join(out, "eval_perframe"), "--no-progress")
-        step("evaluate", *gt, "--pred-dir", tracked, "--out", fs.join(out, "eval_tracked"))
-    finally:
-        if started_here:
-            import ray
-
-            ray.shutdown()
-
-    print_comparison({"per-frame ids": fs.join(out, "eval_perframe"), "tracked": fs.join(out, "eval_tracked")})
-    print(f"\nreport: {fs.join(out, 'eval_tracked', 'report.html')}")
-    return 0
+    step("evaluate", *gt, "--pred-dir", perframe, "--out", fs.join(out, "eval_perframe"), "--no-progress")
+    step("evaluate", *gt, "--pred-dir", tracked, "--out", fs.join(out, "eval_tracked"), "--no-progress")
 
 
 def _start_local_ray() -> bool:
@@ -104,9 +117,9 @@ def print_comparison(reports: dict[str, str]) -> None:
     rows = {name: json.loads(fs.read_bytes(fs.join(uri, "metrics.json"))) for name, uri in reports.items()}
     first = next(iter(rows.values()))
     ks = sorted(int(k) for k in first["per_k"])
-    header = f"{'':16}" + "".join(f"  VPQ k={k:<3}" for k in ks) + "      VPQ   VPQ-Th   VPQ-St      STQ"
+    header = f"{'':24}" + "".join(f"  VPQ k={k:<3}" for k in ks) + "      VPQ   VPQ-Th   VPQ-St      STQ"
     print("\n" + header)
     for name, m in rows.items():
         per_k = "".join(f"  {100 * m['per_k'][str(k)]['vpq']:9.1f}" for k in ks)
-        print(f"{name:16}{per_k}  {100 * m['vpq']:7.1f}  {100 * m['vpq_thing']:7.1f}  "
+        print(f"{name:24}{per_k}  {100 * m['vpq']:7.1f}  {100 * m['vpq_thing']:7.1f}  "
               f"{100 * m['vpq_stuff']:7.1f}  {100 * m['stq']:7.1f}")

@@ -8,8 +8,12 @@ def test_demo_runs_end_to_end_and_tracking_beats_per_frame_ids(tmp_path, ray_loc
     assert main(["demo", "--out", str(tmp_path), "--videos", "2", "--frames", "16", "--height", "96",
                  "--width", "192"]) == 0
     out = capsys.readouterr().out
-    for command in ("$ tubeflow synth", "$ tubeflow track", "$ tubeflow evaluate"):
+    for command in ("$ tubeflow synth", "$ tubeflow label", "$ tubeflow track", "$ tubeflow evaluate"):
         assert command in out
+    labelled = json.loads((tmp_path / "labels" / "metrics" / "metrics.json").read_text())
+    assert labelled["videos"] == 2 and not labelled["failures"]
+    assert len(list((tmp_path / "labels" / "overlays").glob("*.mp4"))) == 2
+    assert len(list((tmp_path / "labels" / "_commits").glob("*.json"))) == 2
     perframe = json.loads((tmp_path / "eval_perframe" / "metrics.json").read_text())
     tracked = json.loads((tmp_path / "eval_tracked" / "metrics.json").read_text())
     # Identical masks per frame, so k=0 agrees; over time only tracked ids survive.
