@@ -114,6 +114,26 @@ def decode_chunk(row: dict) -> dict:
     return row
 
 
+def match_threads_to_cpus() -> int:
+    """Limit torch and OpenCV to the whole CPUs Ray gave this actor (at least one).
+
+    Ray sets OMP_NUM_THREADS for torch, but OpenCV (DIS flow, video decoding helpers) still
+    starts one thread per core; several actors sharing the cores then oversubscribe them.
+    """
+    import cv2
+    import ray
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    cv2.setNumThreads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    return threads
+
+
 # ---------------------------------------------------------------------------- segment
 class SegmentChunks:
     """Ray Data wrapper of :class:`operators.segmentation.host.SegmentationHost` for chunk rows.
@@ -124,6 +144,7 @@ class SegmentChunks:
     def __init__(self, host_kwargs: dict):
         from operators.segmentation.host import SegmentationHost
 
+        match_threads_to_cpus()
         self.host = SegmentationHost(**host_kwargs)
 
     def __call__(self, batch: dict) -> dict:
@@ -153,6 +174,7 @@ class FlowChunks:
     def __init__(self, flow: str, options: dict):
         from operators.flow import make_flow
 
+        match_threads_to_cpus()
         self.estimate = make_flow(flow, **options)
 
     def __call__(self, batch: dict) -> dict:

@@ -47,6 +47,8 @@ PROBE = textwrap.dedent("""
                 json.dump(note, f)
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    # start the work only once the whole pool is up, so every actor is constructed (and noted)
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 240
     config = LabelConfig(segmenter="precomputed", model=preds)
     plan = stage_plan(config, n_videos=4)
     rgb = np.zeros((1, 64, 64, 3), np.uint8)
