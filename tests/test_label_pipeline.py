@@ -170,6 +170,34 @@ def test_cli_names_a_missing_input(tmp_path, capsys):
     assert code == 1 and "nothing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a second Ray in its own process
+def test_input_and_output_on_s3(labelled, s3_bucket):
+    """The same job with the corpus and the outputs in object storage (moto S3)."""
+    from operators import fs
+
+    import subprocess
+    import sys
+
+    fs.write_bytes(f"{s3_bucket}/logs/0000.mp4", open(f"{labelled['videos']}/0000.mp4", "rb").read())
+    out = f"{s3_bucket}/labels"
+    corpus = labelled["corpus"]
+    # a process of its own: its Ray workers must inherit the moto endpoint set by the fixture
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "label", "--input", f"{s3_bucket}/logs", "--output", out,
+                           "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--gt",
+                           f"{corpus}/gt/panoptic_gt.json", "--image-id-format", IMAGE_ID, "--chunk-frames", "4",
+                           "--png", "--overlay", "--no-progress"], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 labelled" in done.stdout
+    (marker,) = committed_markers(OutputLayout(out)).values()
+    assert all(fs.exists(f"{out}/{f}") for f in marker.files) and "overlays/0000.mp4" in marker.files
+    table = segments_table.read_segments_table(f"{out}/segments")
+    local = segments_table.read_segments_table(f"{labelled['out']}/segments", ["0000"])
+    assert table.select(["frame_index", "track_id", "area"]).to_pylist() == \
+        local.select(["frame_index", "track_id", "area"]).to_pylist()
+    assert not fs.exists(f"{out}/_staging")
+
+
 def test_nightly_reprocesses_only_the_changed_video(labelled):
     from pipelines.nightly import nightly
 
