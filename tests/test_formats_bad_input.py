@@ -180,7 +180,13 @@ def _edit_json(json_uri: str, edit) -> None:
     open(json_uri, "w").write(json.dumps(doc))
 
 
-def test_corrupt_png(gt_layout):
+@pytest.mark.parametrize("decoder", ["libspng", "opencv"])
+def test_corrupt_png(gt_layout, decoder, monkeypatch):
+    """Both PNG decoders (libspng when pyspng is installed, OpenCV without it) name the file."""
+    from operators.formats import panoptic
+
+    if decoder == "opencv":
+        monkeypatch.setattr(panoptic, "pyspng", None)
     json_uri, png_dir, images = gt_layout
     png = os.path.join(png_dir, f"{images[0].id}_gtFine_panoptic.png")
     data = open(png, "rb").read()
@@ -188,6 +194,13 @@ def test_corrupt_png(gt_layout):
     gt = read_ground_truth(json_uri, png_dir)
     with expect(CorruptFileError, png, "cannot decode PNG"):
         gt.read_frame(gt.images[0])
+    open(png, "wb").write(data[:-12])  # the image data complete, IEND missing
+    with expect(CorruptFileError, png, "cannot decode PNG"):
+        read_panoptic_png(png)
+    crc = data.index(b"IDAT") + 4 + int.from_bytes(data[data.index(b"IDAT") - 4:data.index(b"IDAT")], "big")
+    open(png, "wb").write(data[:crc] + bytes([data[crc] ^ 0xFF]) + data[crc + 1:])  # pixels intact, IDAT CRC wrong
+    with expect(CorruptFileError, png, "cannot decode PNG"):
+        read_panoptic_png(png)
     open(png, "wb").write(b"not a png at all")
     with expect(CorruptFileError, png, "cannot decode PNG"):
         read_panoptic_png(png)

@@ -6,6 +6,9 @@ int32`` id map and the list of its :class:`SegmentInfo`.
 """
 from __future__ import annotations
 
+import struct
+import sys
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -16,7 +19,14 @@ from scipy import ndimage
 from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError
 
+try:  # libspng: about twice as fast as OpenCV on 8-bit RGB PNGs; OpenCV decodes everything else
+    import pyspng
+except ImportError:  # pragma: no cover - pyspng is a dependency; the OpenCV path is the fallback
+    pyspng = None
+
 VOID = 0
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_RGB, _RGBA = 2, 6  # PNG colour types (IHDR)
 
 
 @dataclass
@@ -91,8 +101,58 @@ def imdecode_png(data: bytes, where: str) -> np.ndarray:
 
 
 def decode_panoptic_png(data: bytes, where: str) -> np.ndarray:
-    """PNG bytes → ``(H, W) int32`` ids. Raises :class:`CorruptFileError` naming ``where``."""
+    """PNG bytes → ``(H, W) int32`` ids. Raises :class:`CorruptFileError` naming ``where``.
+
+    An intact 8-bit RGB(A) PNG is decoded by libspng (``pyspng``) straight into RGBA whose
+    4 bytes per pixel are one little-endian uint32, id = that & 0xFFFFFF: no per-channel
+    arithmetic. Every other PNG — grey, palette, 16-bit, a bad checksum, a truncated file,
+    anything libspng rejects — goes to OpenCV, so results and errors are OpenCV's.
+    """
+    if pyspng is not None and sys.byteorder == "little" and _is_intact_8bit_rgb_png(data):
+        try:
+            rgba = pyspng.load(data, "RGBA")
+        except RuntimeError:  # libspng's errors (e.g. a bad zlib stream): OpenCV gives the verdict
+            pass
+        else:
+            return _ids_from_rgba(rgba)
     return ids_from_decoded(imdecode_png(data, where), where)
+
+
+def _is_intact_8bit_rgb_png(data: bytes) -> bool:
+    """True when ``data`` is a PNG with an 8-bit RGB or RGBA IHDR whose chunks all fit in
+    the file with matching CRCs, ending with IEND at the file's end.
+
+    pyspng tells libspng to ignore chunk CRCs and stops reading after the image data; libpng
+    (OpenCV) rejects a bad CRC of a critical chunk and a file cut before IEND. Checking the
+    chunks here (≈ 0.01 ms for a 2-Mpx panoptic PNG) sends such files to OpenCV, so both
+    decoders accept the same files.
+    """
+    if len(data) < 45 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return False
+    bit_depth, colour_type = data[24], data[25]
+    if bit_depth != 8 or colour_type not in (_RGB, _RGBA):
+        return False
+    view, pos, end_of_file = memoryview(data), 8, len(data)
+    while pos + 12 <= end_of_file:
+        (length,) = struct.unpack_from(">I", data, pos)
+        chunk_end = pos + 12 + length
+        if chunk_end > end_of_file:
+            return False
+        (crc,) = struct.unpack_from(">I", data, chunk_end - 4)
+        if zlib.crc32(view[pos + 4:chunk_end - 4]) != crc:  # CRC covers chunk type + data
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return chunk_end == end_of_file
+        pos = chunk_end
+    return False
+
+
+def _ids_from_rgba(rgba: np.ndarray) -> np.ndarray:
+    """``(H, W, 4) uint8`` C-contiguous RGBA → ``(H, W) int32`` ids, in place (little-endian:
+    R is the low byte of the uint32 view, alpha the high byte, masked off)."""
+    ids = rgba.view(np.uint32)[..., 0]
+    np.bitwise_and(ids, 0x00FFFFFF, out=ids)
+    return ids.view(np.int32)  # < 2**24: the same values as int32
 
 
 def ids_from_decoded(bgr: np.ndarray, where: str) -> np.ndarray:
@@ -101,6 +161,8 @@ def ids_from_decoded(bgr: np.ndarray, where: str) -> np.ndarray:
         return bgr.astype(np.int32)
     if bgr.dtype != np.uint8 or bgr.shape[2] not in (3, 4):
         raise CorruptFileError(where, f"panoptic PNG must be 8-bit RGB, got {bgr.dtype} with {bgr.shape[2]} channels")
+    if sys.byteorder == "little":  # one cvtColor to RGBA, then the uint32 view (faster than 3 int32 planes)
+        return _ids_from_rgba(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA))
     return rgb_to_id(bgr[..., 2::-1])  # OpenCV decodes BGR(A); ids are defined on RGB
 
 

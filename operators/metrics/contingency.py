@@ -14,16 +14,14 @@ not list hit a sentinel and raise a clear error (the benchmark treats them as er
 """
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from operators.errors import FormatMismatchError
-from operators.formats.panoptic import VOID, SegmentInfo, ids_from_decoded, imdecode_png
+from operators.formats.panoptic import VOID, SegmentInfo, decode_panoptic_png
 
 _ID_SPACE = 1 << 24          # COCO-panoptic ids are R + 256·G + 65536·B < 2**24
 _UNLISTED = -(1 << 30)        # lookup value of an id the JSON does not list: makes the pair key negative
@@ -70,18 +68,10 @@ class FrameTable:
 def decode_ids(data: bytes, where: str) -> np.ndarray:
     """COCO-panoptic PNG bytes → ``(H, W) uint32`` ids (R + 256·G + 65536·B).
 
-    Same result as :func:`operators.formats.panoptic.decode_panoptic_png`, faster for the
-    common 8-bit RGB case: OpenCV appends an alpha byte, the 4 bytes of a pixel are read
-    as one little-endian uint32 and the alpha byte masked off (no int32 widening of three
-    planes).
+    :func:`operators.formats.panoptic.decode_panoptic_png` (libspng for 8-bit RGB, OpenCV
+    otherwise) seen as uint32: ids are < 2**24, so the view changes no value and costs nothing.
     """
-    bgr = imdecode_png(data, where)
-    if bgr.ndim == 3 and bgr.dtype == np.uint8 and bgr.shape[2] in (3, 4) and sys.byteorder == "little":
-        rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-        ids = rgba.view(np.uint32)[..., 0]
-        np.bitwise_and(ids, 0x00FFFFFF, out=ids)
-        return ids
-    return ids_from_decoded(bgr, where).astype(np.uint32)  # grey or unusual PNGs: the shared rules decide
+    return decode_panoptic_png(data, where).view(np.uint32)
 
 
 class _IdLookup:
