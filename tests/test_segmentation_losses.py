@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
-from operators.segmentation.losses import LossWeights, offset_loss, semantic_loss, temporal_losses, total_loss
+from operators.segmentation.losses import (LossWeights, at_stride, offset_loss, semantic_loss, temporal_losses,
+                                           total_loss)
 from operators.segmentation.targets import IGNORE, batch_targets, frame_targets
 
 
@@ -32,6 +33,27 @@ def test_targets_by_hand():
     expected = np.exp(-((3 - cy) ** 2 + (6 - cx) ** 2) / (2 * 2.0 ** 2))
     assert t["center"][0, 3, 6] == pytest.approx(expected, rel=1e-5)
     assert t["center"].max() <= 1.0 and t["center"][0, 11, 15] == pytest.approx(0.0, abs=1e-6)
+    # small instances (< 64² px) are marked for the semantic loss's weighting; stuff is not
+    assert t["small_instance"][3, 5] == 1 and t["small_instance"][8, 1] == 1 and t["small_instance"][0, 0] == 0
+
+
+def test_targets_at_the_heads_stride_are_the_cell_centre_pixels():
+    targets = batch_targets([_frame()], {11, 13}, sigma=2.0)
+    cells = at_stride(targets, (3, 4))  # stride 4: pixels (2 + 4i, 2 + 4j)
+    assert cells.semantic.shape == (1, 3, 4) and cells.offset.shape == (1, 2, 3, 4)
+    assert torch.equal(cells.semantic[0], targets.semantic[0, 2::4, 2::4])
+    assert cells.semantic[0, 0, 1] == 13 and cells.semantic[0, 2, 0] == 0  # pixel (2, 6): car; (10, 2): road
+    assert cells.offset[0, :, 0, 1].tolist() == pytest.approx([3.5 - 2, 6.5 - 6])  # offsets stay in input pixels
+    assert torch.equal(cells.segment_ids, targets.segment_ids)  # the temporal losses sample ids themselves
+    assert at_stride(targets, (12, 16)) is targets
+
+
+def test_small_instance_weight_scales_their_pixels_ce():
+    logits, target = torch.zeros(1, 2, 1, 2), torch.tensor([[[0, 1]]])
+    small = torch.tensor([[[0.0, 1.0]]])
+    plain = semantic_loss(logits, target, hard_ratio=1.0)
+    weighted = semantic_loss(logits, target, hard_ratio=1.0, weight=1 + 2 * small)
+    assert weighted.item() == pytest.approx(2 * plain.item())  # mean of (1·log 2, 3·log 2)
 
 
 def test_bootstrapped_ce_and_offset_loss():

@@ -16,6 +16,7 @@ import torch
 from operators.formats.panoptic import VOID, PanopticFrame
 
 IGNORE = 255  # semantic target of VOID pixels
+SMALL_INSTANCE_AREA = 64 * 64  # Panoptic-DeepLab's threshold (pixels at input resolution)
 
 
 @dataclass
@@ -25,7 +26,9 @@ class PanopticTargets:
     ``semantic (B, H, W) long`` (IGNORE on VOID), ``center (B, 1, H, W)`` heatmap,
     ``center_weight (B, 1, H, W)`` (0 on crowd), ``offset (B, 2, H, W)`` (dy, dx),
     ``offset_weight (B, 1, H, W)`` (1 on non-crowd thing pixels), ``segment_ids (B, H, W) long``
-    (the GT panoptic ids, consistent through a video; 0 = VOID, crowd ids included).
+    (the GT panoptic ids, consistent through a video; 0 = VOID, crowd ids included),
+    ``small_instance (B, H, W) float`` (1 on pixels of thing instances smaller than
+    ``SMALL_INSTANCE_AREA``, 0 elsewhere).
     """
 
     semantic: torch.Tensor
@@ -34,6 +37,7 @@ class PanopticTargets:
     offset: torch.Tensor
     offset_weight: torch.Tensor
     segment_ids: torch.Tensor
+    small_instance: torch.Tensor
 
     def to(self, device: torch.device) -> "PanopticTargets":
         return PanopticTargets(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
@@ -48,6 +52,7 @@ def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float) -> di
     center_weight = np.ones((height, width), np.float32)
     offset = np.zeros((2, height, width), np.float32)
     offset_weight = np.zeros((height, width), np.float32)
+    small_instance = np.zeros((height, width), np.float32)
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     radius = int(3 * sigma)
     for seg in frame.segments:
@@ -57,6 +62,8 @@ def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float) -> di
         semantic[mask] = seg.category_id
         if seg.category_id not in thing_ids:
             continue
+        if mask.sum() < SMALL_INSTANCE_AREA:
+            small_instance[mask] = 1.0
         if seg.iscrowd:
             center_weight[mask] = 0.0
             continue
@@ -72,12 +79,14 @@ def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float) -> di
         np.maximum(center[y0:y1, x0:x1], window, out=center[y0:y1, x0:x1])
     semantic[ids == VOID] = IGNORE
     return {"semantic": semantic, "center": center[None], "center_weight": center_weight[None], "offset": offset,
-            "offset_weight": offset_weight[None], "segment_ids": ids.astype(np.int64)}
+            "offset_weight": offset_weight[None], "segment_ids": ids.astype(np.int64),
+            "small_instance": small_instance}
 
 
-def batch_targets(frames: list[PanopticFrame], thing_ids: set[int], sigma: float = 4.0) -> PanopticTargets:
+TARGET_KEYS = tuple(PanopticTargets.__dataclass_fields__)  # field order of PanopticTargets
+
+
+def batch_targets(frames: list[PanopticFrame], thing_ids: set[int], sigma: float = 8.0) -> PanopticTargets:
     """Stack :func:`frame_targets` of equally sized frames into a :class:`PanopticTargets`."""
     per_frame = [frame_targets(f, thing_ids, sigma) for f in frames]
-    return PanopticTargets(*(torch.from_numpy(np.stack([t[key] for t in per_frame]))
-                             for key in ("semantic", "center", "center_weight", "offset", "offset_weight",
-                                         "segment_ids")))
+    return PanopticTargets(*(torch.from_numpy(np.stack([t[key] for t in per_frame])) for key in TARGET_KEYS))

@@ -18,7 +18,7 @@ import torch
 
 from operators.segmentation.losses import LossWeights, total_loss
 from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetConfig
-from operators.segmentation.targets import PanopticTargets, frame_targets
+from operators.segmentation.targets import TARGET_KEYS, PanopticTargets, frame_targets
 
 TRAIN_SCENARIOS = ("default", "occlusion", "similar", "small", "deform")
 
@@ -33,13 +33,13 @@ class TrainConfig:
     width: int = 512
     seed: int = 1000  # held-out evaluation corpora use other seeds
     scenarios: tuple[str, ...] = TRAIN_SCENARIOS
-    steps: int = 1000
+    steps: int = 2500
     batch_pairs: int = 4
     crop: tuple[int, int] = (128, 256)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     max_gap: int = 3
-    sigma: float = 4.0
+    sigma: float = 8.0  # Panoptic-DeepLab's σ (input pixels)
     log_every: int = 25
     init: str | None = None  # weights URI to continue from (a second stage); None = random init
     model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
@@ -83,6 +83,7 @@ def _compact(targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["segment_ids"] = targets["segment_ids"].astype(np.int32)
     out["center_weight"] = targets["center_weight"].astype(np.uint8)
     out["offset_weight"] = targets["offset_weight"].astype(np.uint8)
+    out["small_instance"] = targets["small_instance"].astype(np.uint8)
     return out
 
 
@@ -116,13 +117,12 @@ class PairSampler:
             seconds.append(_crop(pair[1], y0, x0, cfg.crop, flip))
         items = firsts + seconds
         images = torch.from_numpy(np.stack([rgb for rgb, _ in items])).permute(0, 3, 1, 2).float() / 255.0
-        keys = ("semantic", "center", "center_weight", "offset", "offset_weight", "segment_ids")
-        stacked = {k: torch.from_numpy(np.stack([t[k] for _, t in items])) for k in keys}
-        stacked["semantic"] = stacked["semantic"].long()
-        stacked["segment_ids"] = stacked["segment_ids"].long()
-        stacked["center_weight"] = stacked["center_weight"].float()
-        stacked["offset_weight"] = stacked["offset_weight"].float()
-        return images, PanopticTargets(*(stacked[k] for k in keys))
+        stacked = {k: torch.from_numpy(np.stack([t[k] for _, t in items])) for k in TARGET_KEYS}
+        for key in ("semantic", "segment_ids"):
+            stacked[key] = stacked[key].long()
+        for key in ("center_weight", "offset_weight", "small_instance"):
+            stacked[key] = stacked[key].float()
+        return images, PanopticTargets(*(stacked[k] for k in TARGET_KEYS))
 
 
 def _crop(frame: TrainingFrame, y0: int, x0: int, crop: tuple[int, int], flip: bool):
