@@ -18,17 +18,17 @@ import argparse
 import sys
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
 from operators import fs
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
-from operators.errors import CorruptFileError, FormatMismatchError, InputError, TubeflowError
+from operators.errors import FormatMismatchError, InputError, TubeflowError
 from operators.flow.dis import PRESETS, DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, validate_frame
 from operators.formats.vps_layout import PredictionWriter, load_json, video_identity
+from operators.video.image_sequence import decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SEPARATORS = "_.-"
@@ -99,14 +99,8 @@ def index_images(images_dir: str, image_ids: list[str]) -> dict[str, str]:
 
 
 def read_rgb(uri: str) -> np.ndarray:
-    try:
-        data = np.frombuffer(fs.read_bytes(uri), np.uint8)
-    except FileNotFoundError:
-        raise CorruptFileError(uri, "file not found") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise CorruptFileError(uri, "cannot decode image")
-    return bgr[..., ::-1].copy()
+    """A frame image → ``(H, W, 3) uint8`` RGB; unreadable or corrupt files are CorruptFileErrors."""
+    return decode_image(fs.read_input(uri), uri)
 
 
 def annotated_image_ids(gt_json: str) -> set[str]:
