@@ -16,7 +16,7 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.flo import read_flo, write_flo
-from operators.formats.panoptic import (PanopticFrame, SegmentInfo, read_panoptic_png, segments_from_ids,
+from operators.formats.panoptic import (PanopticFrame, read_panoptic_png, segments_from_ids,
                                         write_panoptic_png)
 from operators.formats.vps_layout import (PredictionWriter, VpsImage, read_ground_truth, read_predictions,
                                           write_ground_truth)

@@ -12,7 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from operators.errors import CorruptFileError, FormatMismatchError
-from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
+from operators.formats.categories import categories_by_id
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, segments_from_ids, \
     write_panoptic_png
 from operators.formats.segments_table import (FILE_SCHEMA, SEGMENTS_SCHEMA, frame_to_batch, frame_to_rows,

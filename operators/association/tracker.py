@@ -190,7 +190,6 @@ class VideoTracker:
     # ------------------------------------------------------------------ 2. tracked tracks
     def _instance_affinity(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
         """``(len(tracks), len(cols))`` appearance affinity in [0, 1]."""
-        cfg = self.config
         x = obs.descriptors[cols]
         means = np.array([t.appearance.mean for t in tracks])
         if obs.uses_embeddings:
