@@ -41,7 +41,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-id-format", default=DEFAULT_IMAGE_ID,
                         help=f"image ids of frames the GT does not name (default {DEFAULT_IMAGE_ID!r})")
     parser.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk (default 32)")
-    parser.add_argument("--batch-size", type=int, default=4, help="frames per model forward pass (default 4)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="frames per model forward pass (default: 1 on CPU, 8 on GPU)")
     parser.add_argument("--png", action="store_true", help="also write pan_pred/ + pred.json (submission layout)")
     parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.mp4 (tracks coloured)")
     parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")

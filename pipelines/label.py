@@ -125,7 +125,12 @@ def stage_plan(config: LabelConfig, n_videos: int) -> dict:
             # without GPUs the model dominates: ~3/4 of the cores segment, the rest compute flow
             "segment_actors": r.segment_actors or (gpus if gpus else max(1, int(cpus) - int(cpus) // 4)),
             "flow_actors": r.flow_actors or max(1, int(cpus) // 4),
-            "association_actors": r.association_actors or max(1, min(n_videos, max(1, int(cpus) // 2)))}
+            "association_actors": r.association_actors or max(1, min(n_videos, max(1, int(cpus) // 2))),
+            # Fractional CPUs would let Ray start 4-5 decode and sink tasks per core, each in a
+            # worker process of its own that first imports numpy, OpenCV, Arrow (~1-2 s of CPU
+            # each): on a small machine that start-up costs more than the decoding. One task per
+            # two cores keeps the decoder ahead of the models (decode is ~2 % of operator time).
+            "task_concurrency": max(1, int(cpus) // 2)}
     shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
               "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
     held = (plan["segment_actors"] * (0 if gpus else shares["segment"]) + plan["flow_actors"] * shares["flow"]
@@ -155,8 +160,9 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     cpus = plan["cpus"]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
-                                            "image_id_format": config.image_id_format}, num_cpus=cpus["decode"])
-    ds = ds.map(decode_chunk, num_cpus=cpus["decode"])
+                                            "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
+                     concurrency=plan["task_concurrency"])
+    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], concurrency=plan["task_concurrency"])
     ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
@@ -164,7 +170,7 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"])
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
-                          batch_size=config.chunk_frames, num_cpus=cpus["sink"])
+                          batch_size=config.chunk_frames, num_cpus=cpus["sink"], concurrency=plan["task_concurrency"])
 
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,

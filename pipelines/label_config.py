@@ -55,7 +55,8 @@ class LabelConfig:
       the same pass and frames take their image ids from it.
     * ``image_id_format``: image ids of frames the GT does not name (``str.format`` with
       ``video_id`` and ``frame_index``).
-    * ``chunk_frames``: frames per chunk; ``batch_size``: frames per model forward pass.
+    * ``chunk_frames``: frames per chunk; ``batch_size``: frames per model forward pass
+      (None: 1 on CPU, 8 on GPU, see :func:`operators.segmentation.host.default_batch_size`).
     """
 
     segmenter: str = "builtin"
@@ -69,7 +70,7 @@ class LabelConfig:
     ks: tuple[int, ...] = (0, 5, 10, 15)
     image_id_format: str = DEFAULT_IMAGE_ID
     chunk_frames: int = 32
-    batch_size: int = 4
+    batch_size: int | None = None  # None: the host's default (1 on CPU, 8 on GPU)
     write_png: bool = False
     write_overlay: bool = False
     device: str = "auto"
@@ -80,7 +81,7 @@ class LabelConfig:
             raise ValueError(f"unknown segmenter {self.segmenter!r}; choose one of {SEGMENTERS}")
         if self.flow not in FLOWS:
             raise ValueError(f"unknown flow {self.flow!r}; choose one of {FLOWS}")
-        if self.chunk_frames < 1 or self.batch_size < 1:
+        if self.chunk_frames < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError("chunk_frames and batch_size must be ≥ 1")
         if self.segmenter != "builtin" and not self.model:
             raise ValueError(f"segmenter {self.segmenter!r} needs --model")

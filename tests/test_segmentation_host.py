@@ -12,7 +12,7 @@ from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import PredictionWriter
 from operators.segmentation.device import gpu_assigned, select_placement
-from operators.segmentation.host import SegmentationHost
+from operators.segmentation.host import SegmentationHost, default_batch_size
 from operators.segmentation.loading import save_builtin
 from operators.segmentation.model import PanopticNet, PanopticNetConfig
 
@@ -188,6 +188,15 @@ def test_device_selection_follows_ray_gpu_assignment():
     cpu = select_placement("cpu")
     tensor = cpu.to_device(np.ones((2, 2), np.uint8))
     assert tensor.device.type == "cpu" and not tensor.is_pinned()
+    # batch size when the caller gives none: batches fill a GPU, and slow down the CPU
+    assert default_batch_size(gpu) == 8 and default_batch_size(cpu) == 1 and default_batch_size(no_gpu_actor) == 1
+
+
+def test_batch_size_default_and_explicit(tiny_weights):
+    assert SegmentationHost("builtin", tiny_weights, device="cpu").batch_size == 1
+    assert SegmentationHost("builtin", tiny_weights, batch_size=3).batch_size == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        SegmentationHost("builtin", tiny_weights, batch_size=0)
 
 
 class _NoEmbedding(torch.nn.Module):
