@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--batch-pairs", type=int, default=d.batch_pairs, help="frame pairs per step and worker")
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
+    parser.add_argument("--photometric", type=float, default=d.photometric,
+                        help="colour jitter strength per frame pair (0 disables it)")
+    parser.add_argument("--sigma", type=float, default=d.sigma, help="σ of the center heatmap Gaussians (pixels)")
+    parser.add_argument("--head-stride", type=int, default=d.model.head_stride, choices=(2, 4),
+                        help="stride of the network's heads")
     parser.add_argument("--videos-per-scenario", type=int, default=d.videos_per_scenario)
     parser.add_argument("--frames", type=int, default=d.frames)
     parser.add_argument("--height", type=int, default=d.height)
@@ -64,8 +70,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                      offset=args.offset_weight)
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
-                       batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, log_every=args.log_every,
-                       losses=losses, init=_absolute(args.init))
+                       batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, warmup=args.warmup,
+                       photometric=args.photometric, sigma=args.sigma, log_every=args.log_every,
+                       model=replace(TrainConfig().model, head_stride=args.head_stride), losses=losses,
+                       init=_absolute(args.init))
 
 
 def _absolute(uri: str | None) -> str | None:
@@ -87,11 +95,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     sampler = PairSampler(load_training_videos(config), config, seed=config.seed + rank)
     model = prepare_model(new_model(config, seed=config.seed))
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     history = train_model(model, sampler, config, get_device(),
                           report=lambda step, metrics: print(f"[train] step {step}: " + ", ".join(
                               f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"), flush=True))
-    final = {"history": json.dumps(history), "train_seconds": time.time() - started}
+    final = {"history": json.dumps(history), "train_seconds": time.time() - started,
+             "train_cpu_seconds": time.process_time() - cpu_started}
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
@@ -101,8 +110,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def train_with_ray(config: TrainConfig, workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
-                   threads: int = 2, address: str | None = None) -> tuple[bytes, list[dict], float]:
-    """Run the TorchTrainer; returns (weights file bytes, loss history, training seconds)."""
+                   threads: int = 2, address: str | None = None) -> tuple[bytes, list[dict], dict]:
+    """Run the TorchTrainer; returns (weights file bytes, loss history, timings: training wall
+    and CPU seconds of rank 0)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -124,7 +134,8 @@ def train_with_ray(config: TrainConfig, workers: int = 1, use_gpu: bool = False,
             with result.checkpoint.as_directory() as directory:
                 with open(os.path.join(directory, WEIGHTS_NAME), "rb") as f:
                     weights = f.read()
-            return weights, json.loads(result.metrics["history"]), float(result.metrics["train_seconds"])
+            timings = {k: round(float(result.metrics[k]), 1) for k in ("train_seconds", "train_cpu_seconds")}
+            return weights, json.loads(result.metrics["history"]), timings
     finally:
         if started_ray:
             ray.shutdown()
@@ -134,13 +145,17 @@ def run(args: argparse.Namespace) -> int:
     import hashlib
 
     config = config_from_args(args)
-    started = time.time()
-    weights, history, train_seconds = train_with_ray(config, args.workers, args.gpu, args.cpus_per_worker,
+    started, load_before = time.time(), os.getloadavg()
+    weights, history, timings = train_with_ray(config, args.workers, args.gpu, args.cpus_per_worker,
                                                      args.threads, args.address)
     fs.write_bytes(args.out, weights)
     log = {"weights": args.out, "sha256": hashlib.sha256(weights).hexdigest(), "config": config.to_json(),
-           "workers": args.workers, "gpu": args.gpu, "train_seconds": round(train_seconds, 1),
-           "wall_seconds": round(time.time() - started, 1), "history": history}
+           "workers": args.workers, "gpu": args.gpu, "threads": args.threads, **timings,
+           "wall_seconds": round(time.time() - started, 1),
+           # the machine may be shared: its load says how comparable the wall times are
+           "load_average_1_5_15min": {"start": [round(x, 2) for x in load_before],
+                                      "end": [round(x, 2) for x in os.getloadavg()]},
+           "history": history}
     fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())  # kept even if evaluation fails
     if args.eval_videos:
         from operators.segmentation.evaluation import evaluate_builtin

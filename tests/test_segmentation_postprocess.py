@@ -148,6 +148,20 @@ def test_model_output_contract():
     assert PanopticNetConfig.from_json(config.to_json()) == config
 
 
+def test_stride_2_heads_keep_the_contract():
+    """``head_stride=2``: every head at stride 2 (one common stride, as the contract asks), and a
+    config without the new fields (older weight files) still means the stride-4 network."""
+    config = PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8, head_stride=2,
+                               fine_channels=8)
+    with torch.no_grad():
+        out = PanopticNet(config).eval()(torch.rand(1, 3, 64, 128))
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {k: (32, 64) for k in OUTPUT_KEYS}
+    old = {k: v for k, v in PanopticNetConfig().to_json().items() if k not in ("head_stride", "fine_channels")}
+    assert PanopticNetConfig.from_json(old).head_stride == 4
+    with pytest.raises(ValueError, match="head_stride"):
+        PanopticNetConfig(head_stride=8)
+
+
 def test_a_plateau_gives_one_center():
     """A coarse peak upsampled ×4 bilinearly is a 2×2 plateau of equal maxima: one center."""
     coarse = torch.zeros(1, 1, 8, 8)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from operators.segmentation.model import PanopticNetConfig
-from operators.segmentation.training import PairSampler, TrainConfig, load_training_videos, new_model, train_model
+from operators.segmentation.training import (PairSampler, TrainConfig, load_training_videos, new_model,
+                                             photometric_jitter, poly_lr, train_model)
 
 TINY_MODEL = PanopticNetConfig(widths=(16, 16, 32, 32), decoder_channels=16, head_channels=16, embedding_dim=8)
 
@@ -61,3 +62,25 @@ def test_training_is_deterministic_for_a_seed():
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
+
+
+def test_photometric_jitter_is_shared_within_a_pair():
+    """Frames t (first half) and t' (second half) of a pair get the same colour transform, so
+    the same pixels stay the same colour; different pairs get different transforms."""
+    rng = np.random.default_rng(0)
+    base = torch.rand(2, 3, 8, 16)
+    images = torch.cat([base, base])  # pairs (0, 2) and (1, 3): identical frames
+    out = photometric_jitter(images, 0.3, rng)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out[0], out[2])
+    torch.testing.assert_close(out[1], out[3])
+    assert not torch.allclose(out[0], base[0], atol=1e-3)
+    same = photometric_jitter(torch.cat([base[:1]] * 4), 0.3, np.random.default_rng(1))
+    assert not torch.allclose(same[0], same[1], atol=1e-3)  # pair 0 and pair 1 differ
+
+
+def test_poly_schedule_with_warm_up():
+    assert poly_lr(1.0, 0, 100, warmup=10) == pytest.approx(0.1)
+    assert poly_lr(1.0, 9, 100, warmup=10) == pytest.approx(1.0)
+    assert poly_lr(1.0, 10, 100, warmup=10) == pytest.approx((1 - 10 / 100) ** 0.9)
+    assert poly_lr(1.0, 99, 100) == pytest.approx(0.01 ** 0.9)

@@ -15,7 +15,7 @@ a cheap stride-4 stem (the synthetic corpus does not need a heavy one), three re
 stages to stride 32 with dilation in the deep stages for a large receptive field (offsets
 of big objects reach ~100 px), an image-pooling context branch (the ASPP idea of
 DeepLabv3 reduced to one 1×1 and one pooled branch), and a U-Net/FPN-style decoder back
-to stride 4 where all heads run.
+to stride 4 where all heads run (or on to stride 2 with the stem's features: ``head_stride=2``).
 
 Model contract (shared with TorchScript / torch.export artifacts, see ``host.py``):
 input ``(B, 3, H, W) float32`` RGB in [0, 1], H and W divisible by 32; output a dict of
@@ -47,6 +47,15 @@ class PanopticNetConfig:
     decoder_channels: int = 48
     head_channels: int = 32
     embedding_dim: int = 16
+    # Stride of the heads: 4 (Panoptic-DeepLab's) or 2, where one more decoder level fuses the
+    # stem's stride-2 features so that thin stuff (poles are 2–4 px wide at 256×512) and small
+    # things span more than a cell. 4 keeps the architecture of earlier weight files.
+    head_stride: int = 4
+    fine_channels: int = 32  # channels of the stride-2 level (used when head_stride == 2)
+
+    def __post_init__(self) -> None:
+        if self.head_stride not in (2, 4):
+            raise ValueError(f"head_stride must be 2 or 4, got {self.head_stride}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -77,7 +86,8 @@ class ResidualBlock(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Stride-4/8/16/32 features ``[c4, c8, c16, c32]`` of an RGB batch."""
+    """Stride-2/4/8/16/32 features ``[c2, c4, c8, c16, c32]`` of an RGB batch (c2: the first
+    stem convolution, ``widths[0] // 2`` channels)."""
 
     def __init__(self, widths: tuple[int, int, int, int]):
         super().__init__()
@@ -89,11 +99,12 @@ class Backbone(nn.Module):
         self.stage32 = nn.Sequential(conv_bn_relu(w16, w32, stride=2), ResidualBlock(w32, 2), ResidualBlock(w32, 4))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c4 = self.stage4(self.stem(x))
+        c2 = self.stem[0](x)
+        c4 = self.stage4(self.stem[1](c2))
         c8 = self.stage8(c4)
         c16 = self.stage16(c8)
         c32 = self.stage32(c16)
-        return [c4, c8, c16, c32]
+        return [c2, c4, c8, c16, c32]
 
 
 class ImagePoolingContext(nn.Module):
@@ -111,19 +122,29 @@ class ImagePoolingContext(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Top-down path: upsample ×2, add a 1×1 lateral of the skip feature, fuse with a 3×3 conv."""
+    """Top-down path: upsample ×2, add a 1×1 lateral of the skip feature, fuse with a 3×3 conv.
+    Ends at stride 4 (``channels``), or at stride 2 (``fine_channels``) when ``fine_channels``."""
 
-    def __init__(self, widths: tuple[int, int, int, int], channels: int):
+    def __init__(self, widths: tuple[int, int, int, int], channels: int, fine_channels: int = 0):
         super().__init__()
         self.context = ImagePoolingContext(widths[3], channels)
         self.laterals = nn.ModuleList([conv_bn_relu(w, channels, kernel=1) for w in widths[2::-1]])
         self.fuse = nn.ModuleList([conv_bn_relu(channels, channels) for _ in widths[2::-1]])
+        self.fine = None
+        if fine_channels:
+            self.fine = nn.ModuleDict({"reduce": conv_bn_relu(channels, fine_channels, kernel=1),
+                                       "lateral": conv_bn_relu(widths[0] // 2, fine_channels, kernel=1),
+                                       "fuse": conv_bn_relu(fine_channels, fine_channels)})
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.context(features[3])
-        for lateral, fuse, skip in zip(self.laterals, self.fuse, features[2::-1]):
+        x = self.context(features[4])
+        for lateral, fuse, skip in zip(self.laterals, self.fuse, features[3:0:-1]):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(x + lateral(skip))
+        if self.fine is not None:
+            x = F.interpolate(self.fine["reduce"](x), size=features[0].shape[-2:], mode="bilinear",
+                              align_corners=False)
+            x = self.fine["fuse"](x + self.fine["lateral"](features[0]))
         return x
 
 
@@ -133,18 +154,20 @@ def head(cin: int, hidden: int, cout: int) -> nn.Sequential:
 
 
 class PanopticNet(nn.Module):
-    """Backbone + decoder + four stride-4 heads. ``forward(images)`` → dict (see module doc)."""
+    """Backbone + decoder + four heads at ``config.head_stride``. ``forward(images)`` → dict (see module doc)."""
 
     def __init__(self, config: PanopticNetConfig | None = None):
         super().__init__()
         self.config = config or PanopticNetConfig()
         cfg = self.config
         self.backbone = Backbone(cfg.widths)
-        self.decoder = Decoder(cfg.widths, cfg.decoder_channels)
-        self.semantic_head = head(cfg.decoder_channels, cfg.head_channels, cfg.num_classes)
-        self.center_head = head(cfg.decoder_channels, cfg.head_channels, 1)
-        self.offset_head = head(cfg.decoder_channels, cfg.head_channels, 2)
-        self.embedding_head = head(cfg.decoder_channels, cfg.head_channels, cfg.embedding_dim)
+        fine = cfg.fine_channels if cfg.head_stride == 2 else 0
+        self.decoder = Decoder(cfg.widths, cfg.decoder_channels, fine)
+        features = fine or cfg.decoder_channels
+        self.semantic_head = head(features, cfg.head_channels, cfg.num_classes)
+        self.center_head = head(features, cfg.head_channels, 1)
+        self.offset_head = head(features, cfg.head_channels, 2)
+        self.embedding_head = head(features, cfg.head_channels, cfg.embedding_dim)
         # Offsets are regressed in input pixels (tens of pixels); a larger output scale makes the
         # last layer's initial range closer to the target range and speeds up early training.
         self.offset_scale = 16.0
