@@ -7,7 +7,6 @@ segment, flow (current → previous), associate.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,14 +14,15 @@ from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.flow import make_flow
 from operators.formats.panoptic import PanopticFrame
 from operators.video import open_video
+from pipelines.label_stages import operator_clock
 
 
 @dataclass
 class SequentialResult:
-    """Tracked frames per video and the seconds spent in each operator."""
+    """Tracked frames per video and the CPU seconds spent in each operator."""
 
     frames: dict[str, list[PanopticFrame]] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
                                                                      ("decode", "segment", "flow", "associate")})
 
     @property
@@ -37,7 +37,7 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
     """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame."""
     estimate = make_flow(flow, **(flow_options or {"preset": "medium"}))
     result = SequentialResult()
-    clock = time.perf_counter
+    clock = operator_clock  # CPU time, as the pipeline's stages measure it
     for video_id, uri in videos:
         tracked = []
         video_tracker = VideoTracker(video_id, tracker or TrackerConfig())
@@ -48,7 +48,7 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
             while True:
                 t = clock()
                 rgb = next(frames, None)
-                result.stage_seconds["decode"] += clock() - t
+                result.stage_cpu_seconds["decode"] += clock() - t
                 if rgb is None:
                     break
                 t = clock()
@@ -61,9 +61,9 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
                 out = video_tracker.update(TrackerFrame(index, segments.to_panoptic_frame(), rgb, flow_field, embeddings,
                                                    image_id(video_id, index)))
                 t4 = clock()
-                result.stage_seconds["segment"] += t2 - t
-                result.stage_seconds["flow"] += t3 - t2
-                result.stage_seconds["associate"] += t4 - t3
+                result.stage_cpu_seconds["segment"] += t2 - t
+                result.stage_cpu_seconds["flow"] += t3 - t2
+                result.stage_cpu_seconds["associate"] += t4 - t3
                 if keep_frames:
                     tracked.append(out)
                 previous, index = rgb, index + 1

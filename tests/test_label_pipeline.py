@@ -23,7 +23,7 @@ from operators.synth import SynthConfig, generate_video, write_corpus
 from operators.synth.perturb import scramble_ids
 from operators.video import open_video
 from pipelines.commit import OutputLayout, committed_markers
-from pipelines.label import label
+from pipelines.label import LabelRun, label
 from pipelines.label_config import LabelConfig
 from pipelines.sequential import label_sequentially
 
@@ -282,3 +282,12 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
         for index, expected in enumerate(reference.frames[video_id]):
             got = rebuilt.get((video_id, index), np.zeros_like(expected.ids))
             np.testing.assert_array_equal(got, expected.ids, err_msg=f"video {video_id} frame {index}")
+
+
+def test_steady_frames_per_second_leaves_out_start_up_and_tail():
+    # 10 s of start-up, then 10 frames/s, then a slow last video
+    times = [(10.0 + k / 10, k) for k in range(1, 91)] + [(30.0, 100)]
+    run = LabelRun("r", [], seconds=30.0, frames=100, frame_times=times)
+    assert run.frames_per_second == pytest.approx(100 / 30)
+    assert run.steady_frames_per_second() == pytest.approx(10.0)  # frames 20 → 90 in 7 s
+    assert LabelRun("r", [], seconds=1.0, frames=0).steady_frames_per_second() == 0.0
