@@ -17,10 +17,12 @@ skipped (``force`` reprocesses them); every output is staged and committed per v
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from operators import fs
 from operators.errors import InputError
@@ -165,6 +167,23 @@ def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
             "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0}
 
 
+@contextlib.contextmanager
+def ray_data_settings(progress: bool) -> Iterator[None]:
+    """This process's Ray Data settings for a labelling run, restored afterwards, also when
+    the run raises (they are process-wide: a notebook's next dataset would inherit them)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.target_max_block_size
+    # One chunk per block: actor pools receive work by block, so a block holding all of a
+    # video's chunks would go to one model actor while the others wait.
+    context.enable_progress_bars, context.target_max_block_size = progress, 1
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.target_max_block_size = saved
+
+
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
     import ray
@@ -215,14 +234,9 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     todo = [e for e in todo if e.video_id not in gt_errors]
     stage_cpu_seconds = {s: 0.0 for s in TIMED}
     frames, first_output, frame_times = 0, 0.0, []
-    with ray_session(address):
+    with ray_session(address), ray_data_settings(progress):
         if todo:
             plan = stage_plan(config, len(todo))
-            context = ray.data.DataContext.get_current()
-            saved = context.enable_progress_bars, context.target_max_block_size
-            # One chunk per block: actor pools receive work by block, so a block holding all of
-            # a video's chunks would go to one model actor while the others wait.
-            context.enable_progress_bars, context.target_max_block_size = progress, 1
             pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
                                    actor_options={"num_cpus": plan["cpus"]["associate"]})
             rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
@@ -286,7 +300,6 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     close(video_id)
                 while pending:
                     collect(1.0)
-            context.enable_progress_bars, context.target_max_block_size = saved
             for actor in pool.actors:
                 ray.kill(actor)
             remove_tree(layout.uri(STAGING_DIR))  # rows of failed videos that came late; one run at a time

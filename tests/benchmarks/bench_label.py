@@ -7,8 +7,8 @@ Run::
 
 ``speed`` measures, in one run and on the same corpus, end-to-end frames/s of
 
-* the plain sequential loop over the same operators (:mod:`pipelines.sequential`) on 1 core
-  and on 2 cores (torch may use both for the model);
+* the plain sequential loop over the same operators (:mod:`pipelines.sequential`), writing
+  the same segments table, on 1 core and on 2 cores (torch may use both for the model);
 * the Ray Data pipeline (:func:`pipelines.label.label`) with Ray given 1 and 2 CPUs,
 
 each in its own process pinned to that many cores (``sched_setaffinity``; Ray's workers
@@ -139,7 +139,7 @@ def child_pipeline(corpus: str, out: str, cores: int, chunk_frames: int, memory:
             "failed": len(run.failed), "peak_pss_mib": peak.peak_kib / 1024 if memory else None}
 
 
-def child_sequential(corpus: str, cores: int) -> dict:
+def child_sequential(corpus: str, out: str, cores: int) -> dict:
     import torch
 
     from operators.segmentation.host import SegmentationHost
@@ -155,7 +155,7 @@ def child_sequential(corpus: str, cores: int) -> dict:
     videos = [(e.video_id, e.uri) for e in discover(f"{corpus}/videos")]
     start = time.perf_counter()
     result = label_sequentially(videos, host, config.flow, config.flow_options, config.tracker,
-                                image_id=config.image_id, keep_frames=False)
+                                image_id=config.image_id, keep_frames=False, segments_out=f"{out}/segments")
     return {"segmenter": name, "seconds": time.perf_counter() - start, "frames": result.frame_count,
             "stage_cpu_seconds": result.stage_cpu_seconds}
 
@@ -181,7 +181,9 @@ def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int, 
         results = {}
         for key in runs:
             kind, cores = key.split("_")
-            extra = {"out": f"{tmp}/out{cores}", "chunk_frames": chunk_frames} if kind == "pipeline" else {}
+            extra = {"out": f"{tmp}/{key}"}
+            if kind == "pipeline":
+                extra["chunk_frames"] = chunk_frames
             results[key] = run_child(kind, int(cores), corpus=corpus, **extra)
     fps = {k: v["frames"] / v["seconds"] for k, v in results.items()}
     print(f"\nlabel speed: {videos} videos × {frames} frames at {height}×{width}, segmenter "
@@ -261,7 +263,7 @@ def main() -> None:
         if args.mode == "_pipeline":
             print(json.dumps(child_pipeline(args.corpus, args.out, args.cores, args.chunk_frames, bool(args.memory))))
         else:
-            print(json.dumps(child_sequential(args.corpus, args.cores)))
+            print(json.dumps(child_sequential(args.corpus, args.out, args.cores)))
 
 
 if __name__ == "__main__":
