@@ -17,10 +17,12 @@ skipped (``force`` reprocesses them); every output is staged and committed per v
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from operators import fs
 from operators.errors import InputError
@@ -44,11 +46,14 @@ class LabelRun:
     results: list[VideoResult]
     seconds: float
     frames: int
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds inside each stage's operator, summed over every worker."""
     report: EvaluationReport | None = None
     first_output_seconds: float = 0.0
     """From the start of the run to the first row out of the sink: planning, Ray Data start-up,
     actor construction (model loading) and the first chunk's trip through every stage."""
+    frame_times: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds since the start, frames labelled so far) at every row out of the sink."""
 
     @property
     def failed(self) -> list[VideoResult]:
@@ -57,6 +62,15 @@ class LabelRun:
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def steady_frames_per_second(self, first: float = 0.2, last: float = 0.9) -> float:
+        """Frames/s between the moments ``first`` and ``last`` of the frames were done: the
+        throughput once the actors run, without start-up and the last videos' tail."""
+        if self.frames == 0 or len(self.frame_times) < 2:
+            return 0.0
+        begin = next(p for p in self.frame_times if p[1] >= first * self.frames)
+        end = next(p for p in self.frame_times if p[1] >= last * self.frames)
+        return (end[1] - begin[1]) / (end[0] - begin[0]) if end[0] > begin[0] else 0.0
 
 
 @dataclass
@@ -153,6 +167,23 @@ def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
             "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0}
 
 
+@contextlib.contextmanager
+def ray_data_settings(progress: bool) -> Iterator[None]:
+    """This process's Ray Data settings for a labelling run, restored afterwards, also when
+    the run raises (they are process-wide: a notebook's next dataset would inherit them)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.target_max_block_size
+    # One chunk per block: actor pools receive work by block, so a block holding all of a
+    # video's chunks would go to one model actor while the others wait.
+    context.enable_progress_bars, context.target_max_block_size = progress, 1
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.target_max_block_size = saved
+
+
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
     import ray
@@ -201,16 +232,11 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     results += [VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id])
                 for e in todo if e.video_id in gt_errors]
     todo = [e for e in todo if e.video_id not in gt_errors]
-    stage_seconds = {s: 0.0 for s in TIMED}
-    frames, first_output = 0, 0.0
-    with ray_session(address):
+    stage_cpu_seconds = {s: 0.0 for s in TIMED}
+    frames, first_output, frame_times = 0, 0.0, []
+    with ray_session(address), ray_data_settings(progress):
         if todo:
             plan = stage_plan(config, len(todo))
-            context = ray.data.DataContext.get_current()
-            saved = context.enable_progress_bars, context.target_max_block_size
-            # One chunk per block: actor pools receive work by block, so a block holding all of
-            # a video's chunks would go to one model actor while the others wait.
-            context.enable_progress_bars, context.target_max_block_size = progress, 1
             pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
                                    actor_options={"num_cpus": plan["cpus"]["associate"]})
             rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
@@ -252,12 +278,13 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     video_id = str(summary["video_id"])
                     p = state.get(video_id)
                     for s in TIMED:
-                        stage_seconds[s] += float(summary[f"t_{s}"])
+                        stage_cpu_seconds[s] += float(summary[f"t_{s}"])
                     if p is None:
                         continue
                     p.frame_count = int(summary["frame_count"]) or p.frame_count
                     p.frames_done += int(summary["frames_done"]) + int(summary["frames_failed"])
                     frames += int(summary["frames_done"])
+                    frame_times.append((time.perf_counter() - started, frames))
                     p.segments += int(summary["segments"])
                     if summary["error"] and not p.error:
                         p.error, p.stage = str(summary["error"]), str(summary["stage"])
@@ -273,7 +300,6 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     close(video_id)
                 while pending:
                     collect(1.0)
-            context.enable_progress_bars, context.target_max_block_size = saved
             for actor in pool.actors:
                 ray.kill(actor)
             remove_tree(layout.uri(STAGING_DIR))  # rows of failed videos that came late; one run at a time
@@ -283,11 +309,11 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     if config.write_png:
         write_predictions_json(layout)
     seconds = time.perf_counter() - started
-    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_seconds, report,
-                   first_output)
+    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_cpu_seconds, report,
+                   first_output, frame_times)
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
-                                        "seconds": seconds, "frames": frames, "stage_seconds": stage_seconds},
+                                        "seconds": seconds, "frames": frames, "stage_cpu_seconds": stage_cpu_seconds},
                        run.results)
     return run
 
@@ -302,7 +328,7 @@ def summary_table(run: LabelRun) -> str:
     counts = {s: sum(r.status == s for r in run.results) for s in ("ok", "skipped", "failed")}
     lines.append(f"{len(run.results)} videos: {counts['ok']} labelled, {counts['skipped']} skipped (unchanged), "
                  f"{counts['failed']} failed; {run.frames} frames in {run.seconds:.1f} s "
-                 f"({run.frames_per_second:.1f} frames/s)")
+                 f"({run.frames_per_second:.1f} frames/s end to end, {run.steady_frames_per_second():.1f} once started)")
     if run.report is not None:
         lines.append(f"VPQ {100 * run.report.vpq.vpq:.2f}  STQ {100 * run.report.stq['STQ']:.2f}")
     return "\n".join(lines)

@@ -3,27 +3,30 @@
 This is the reference the pipeline must agree with (same segments, same track ids: chunking
 and scheduling must not change the result) and the baseline its speed is measured against
 (tests/benchmarks/bench_label.py). It runs the same operators in the same order: decode,
-segment, flow (current → previous), associate.
+segment, flow (current → previous), associate, and — with ``segments_out`` — the sink's
+segments table (one Parquet file per video), so that a speed comparison does the same work.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.flow import make_flow
+from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame
 from operators.video import open_video
+from pipelines.label_stages import operator_clock
 
 
 @dataclass
 class SequentialResult:
-    """Tracked frames per video and the seconds spent in each operator."""
+    """Tracked frames per video and the CPU seconds spent in each operator."""
 
     frames: dict[str, list[PanopticFrame]] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
-                                                                     ("decode", "segment", "flow", "associate")})
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
+                                                                     ("decode", "segment", "flow", "associate",
+                                                                      "sink")})
 
     @property
     def frame_count(self) -> int:
@@ -33,13 +36,14 @@ class SequentialResult:
 def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", flow_options: dict | None = None,
                        tracker: TrackerConfig | None = None,
                        image_id: Callable[[str, int], str] = lambda v, i: f"{v}_{i:06d}",
-                       keep_frames: bool = True) -> SequentialResult:
-    """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame."""
+                       keep_frames: bool = True, segments_out: str | None = None) -> SequentialResult:
+    """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame;
+    ``segments_out``: also write the tracked frames as a segments table there."""
     estimate = make_flow(flow, **(flow_options or {"preset": "medium"}))
     result = SequentialResult()
-    clock = time.perf_counter
+    clock = operator_clock  # CPU time, as the pipeline's stages measure it
     for video_id, uri in videos:
-        tracked = []
+        tracked, rows = [], []
         video_tracker = VideoTracker(video_id, tracker or TrackerConfig())
         previous = None
         with open_video(uri) as source:
@@ -48,7 +52,7 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
             while True:
                 t = clock()
                 rgb = next(frames, None)
-                result.stage_seconds["decode"] += clock() - t
+                result.stage_cpu_seconds["decode"] += clock() - t
                 if rgb is None:
                     break
                 t = clock()
@@ -61,11 +65,19 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
                 out = video_tracker.update(TrackerFrame(index, segments.to_panoptic_frame(), rgb, flow_field, embeddings,
                                                    image_id(video_id, index)))
                 t4 = clock()
-                result.stage_seconds["segment"] += t2 - t
-                result.stage_seconds["flow"] += t3 - t2
-                result.stage_seconds["associate"] += t4 - t3
+                result.stage_cpu_seconds["segment"] += t2 - t
+                result.stage_cpu_seconds["flow"] += t3 - t2
+                result.stage_cpu_seconds["associate"] += t4 - t3
+                if segments_out is not None:
+                    rows.append(segments_table.frame_to_batch(out, video_id, index, image_id(video_id, index)))
+                    result.stage_cpu_seconds["sink"] += clock() - t4
                 if keep_frames:
                     tracked.append(out)
                 previous, index = rgb, index + 1
+        nonempty = [r for r in rows if r.num_rows]
+        if nonempty:
+            t = clock()
+            segments_table.write_segments_table(segments_out, nonempty)
+            result.stage_cpu_seconds["sink"] += clock() - t
         result.frames[video_id] = tracked if keep_frames else [None] * index
     return result

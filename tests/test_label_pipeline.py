@@ -23,7 +23,7 @@ from operators.synth import SynthConfig, generate_video, write_corpus
 from operators.synth.perturb import scramble_ids
 from operators.video import open_video
 from pipelines.commit import OutputLayout, committed_markers
-from pipelines.label import label
+from pipelines.label import LabelRun, label
 from pipelines.label_config import LabelConfig
 from pipelines.sequential import label_sequentially
 
@@ -76,13 +76,20 @@ def test_good_videos_committed_and_bad_ones_get_failure_rows(labelled):
     assert manifest["videos"]["0000"]["frames"] == 10
 
 
-def test_pipeline_equals_the_sequential_loop(labelled):
+def test_pipeline_equals_the_sequential_loop(labelled, tmp_path):
     """Same operators frame by frame with no chunks and no Ray: the same ids, frame for frame."""
     host = SegmentationHost("precomputed", f"{labelled['corpus']}/perframe")
     videos = [(v, f"{labelled['videos']}/{v}.mp4") for v in GOOD]
-    reference = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))
+    reference = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i),
+                                   segments_out=str(tmp_path / "sequential"))
     table = segments_table.read_segments_table(f"{labelled['out']}/segments")
     assert sorted(set(table["video_id"].to_pylist())) == GOOD
+    # the loop's own segments table (what the speed benchmark makes it write) has the same rows
+    columns = ["video_id", "frame_index", "image_id", "track_id", "category_id", "area", "bbox", "mask"]
+    ours = segments_table.read_segments_table(str(tmp_path / "sequential")).select(columns)
+    assert ours.sort_by([("video_id", "ascending"), ("frame_index", "ascending"), ("track_id", "ascending")]).equals(
+        table.select(columns).sort_by([("video_id", "ascending"), ("frame_index", "ascending"),
+                                       ("track_id", "ascending")]))
     rebuilt = {(f.video_id, f.frame_index): f.frame for f in segments_table.iter_table_frames(table)}
     checked = 0
     for video_id, frames in reference.frames.items():
@@ -282,3 +289,32 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
         for index, expected in enumerate(reference.frames[video_id]):
             got = rebuilt.get((video_id, index), np.zeros_like(expected.ids))
             np.testing.assert_array_equal(got, expected.ids, err_msg=f"video {video_id} frame {index}")
+
+
+def test_steady_frames_per_second_leaves_out_start_up_and_tail():
+    # 10 s of start-up, then 10 frames/s, then a slow last video
+    times = [(10.0 + k / 10, k) for k in range(1, 91)] + [(30.0, 100)]
+    run = LabelRun("r", [], seconds=30.0, frames=100, frame_times=times)
+    assert run.frames_per_second == pytest.approx(100 / 30)
+    assert run.steady_frames_per_second() == pytest.approx(10.0)  # frames 20 → 90 in 7 s
+    assert LabelRun("r", [], seconds=1.0, frames=0).steady_frames_per_second() == 0.0
+
+
+def test_ray_data_settings_are_restored_when_a_run_raises(tmp_path, ray_local, monkeypatch):
+    import ray
+
+    import pipelines.label as label_module
+
+    corpus = make_corpus(tmp_path / "corpus", videos=1, frames=2)
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars, context.target_max_block_size
+
+    def broken(*_args, **_kwargs):
+        assert context.target_max_block_size == 1  # the run's setting is in force inside
+        raise RuntimeError("scheduler exploded")
+
+    monkeypatch.setattr(label_module, "build_dataset", broken)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID)
+    with pytest.raises(RuntimeError, match="scheduler exploded"):
+        label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=lambda *_: None)
+    assert (context.enable_progress_bars, context.target_max_block_size) == before
