@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from typing import Iterator
 
@@ -122,22 +123,65 @@ def local_copy(uri: str) -> str:
     overwritten remotely is fetched again, never served stale. The workers of a node share
     the cache, so a download lands under a temporary name and is renamed into place: a
     copy already handed out is never truncated by another worker fetching the same file.
+
+    The cache is bounded (``TUBEFLOW_CACHE_MAX_GB``, default 20): after a download, the
+    least recently used copies are deleted until it fits (see :func:`evict_cache`).
     """
     filesystem_, path = filesystem(uri)
     if _is_local(filesystem_):
         return path
     key = hashlib.sha256(f"{uri}\0{filesystem_.ukey(path)}".encode()).hexdigest()
     cached = os.path.join(_cache_dir(), key + os.path.splitext(path)[1])  # the extension tells FFmpeg the format
-    if not os.path.exists(cached):
-        os.makedirs(_cache_dir(), exist_ok=True)
-        tmp = os.path.join(_cache_dir(), f".{key}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            filesystem_.get_file(path, tmp)
-            os.replace(tmp, cached)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+    try:
+        os.utime(cached)  # a hit: mark it recently used
+        return cached
+    except FileNotFoundError:
+        pass
+    os.makedirs(_cache_dir(), exist_ok=True)
+    tmp = os.path.join(_cache_dir(), f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        filesystem_.get_file(path, tmp)
+        os.replace(tmp, cached)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    evict_cache(keep=cached)
     return cached
+
+
+CACHE_GRACE_SECONDS = 600.0
+"""A copy used this recently is never evicted: a worker may hold its path without having
+opened it yet (an open file survives its deletion on POSIX, a path does not)."""
+
+
+def evict_cache(keep: str | None = None, max_bytes: int | None = None) -> list[str]:
+    """Delete the least recently used copies of the remote-file cache until it holds at most
+    ``max_bytes`` (default ``TUBEFLOW_CACHE_MAX_GB`` GB, 20); never ``keep``, copies used in
+    the last :data:`CACHE_GRACE_SECONDS`, or downloads in progress. Returns what it deleted.
+    A nightly job over a bucket would otherwise fill the disk with every video it ever read.
+    """
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get("TUBEFLOW_CACHE_MAX_GB", "20")) * 1e9)
+    entries = []
+    with os.scandir(_cache_dir()) as it:
+        for entry in it:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = entry.stat()
+                entries.append((stat.st_mtime, stat.st_size, entry.path))
+    total = sum(size for _, size, _ in entries)
+    deleted, now = [], time.time()
+    for used, size, path in sorted(entries):  # oldest use first
+        if total <= max_bytes:
+            break
+        if path == keep or now - used < CACHE_GRACE_SECONDS:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            deleted.append(path)
+        total -= size
+    return deleted
 
 
 def _cache_dir() -> str:

@@ -358,3 +358,26 @@ def test_remote_copies_are_published_whole(tmp_path, monkeypatch):
     assert results == [data] * 4 and open(path, "rb").read() == data
     assert sorted(os.listdir(tmp_path / "cache")) == [os.path.basename(path)]  # no staging file left
     memory.rm(base.split("://")[1], recursive=True)
+
+
+def test_remote_cache_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
+    """A nightly job reads every video of a bucket: the local copies must not fill the disk."""
+    monkeypatch.setenv("TUBEFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUBEFLOW_CACHE_MAX_GB", str(2500 / 1e9))  # room for two 1000-byte copies
+    monkeypatch.setattr(fs, "CACHE_GRACE_SECONDS", 0.0)
+    base = f"memory://tubeflow-test-{uuid.uuid4().hex[:8]}"
+    for name in "abc":
+        fs.write_bytes(fs.join(base, f"{name}.mp4"), name.encode() * 1000)
+    a = fs.local_copy(fs.join(base, "a.mp4"))
+    b = fs.local_copy(fs.join(base, "b.mp4"))
+    os.utime(b, (1, 1))                      # b was used long ago …
+    assert fs.local_copy(fs.join(base, "a.mp4")) == a  # … a just now (a hit refreshes it)
+    c = fs.local_copy(fs.join(base, "c.mp4"))
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted(os.path.basename(p) for p in (a, c))
+    assert open(c, "rb").read() == b"c" * 1000
+    # a copy used within the grace period is kept even over the limit; a download in progress too
+    monkeypatch.setattr(fs, "CACHE_GRACE_SECONDS", 3600.0)
+    open(tmp_path / "cache" / ".x.tmp-1", "wb").write(b"x" * 5000)
+    assert fs.evict_cache(max_bytes=0) == []
+    assert fs.evict_cache(max_bytes=1000) == [] and len(os.listdir(tmp_path / "cache")) == 3
+    fsspec.filesystem("memory").rm(base.split("://")[1], recursive=True)
