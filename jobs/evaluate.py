@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     vpq = report.vpq
     print(f"VPQ {100 * vpq.vpq:.2f}  VPQ-Th {100 * vpq.vpq_thing:.2f}  VPQ-St {100 * vpq.vpq_stuff:.2f}  "
           f"STQ {100 * report.stq['STQ']:.2f}  ({len(report.videos)} videos) -> {args.out}")
+    for warning in report.warnings:
+        print(f"tubeflow evaluate: warning: {warning}", file=sys.stderr)
     for video in report.failures:
         print(f"tubeflow evaluate: failed: {video.error}", file=sys.stderr)
     if report.failures:

@@ -19,16 +19,17 @@ from operators.metrics.contingency import frame_table
 CATEGORIES = categories_by_id(CITYSCAPES_CATEGORIES)
 
 
-def write_corpus(root, videos, *, skip=(), resize=(), bad_category=()):
+def write_corpus(root, videos, *, skip=(), resize=(), bad_category=(), spacing=5):
     """Write GT and predictions of ``videos`` ({video_id: [ReferenceFrame]}) under ``root``.
     ``skip``: (video, frame) without prediction; ``resize``: predictions one column too wide;
-    ``bad_category``: prediction segments of an unknown category."""
+    ``bad_category``: prediction segments of an unknown category; ``spacing``: frames between
+    two annotated frames (their ``frame_index``)."""
     gt_frames = []
     with PredictionWriter(str(root / "pred")) as writer:
         for video_id, frames in videos.items():
             for n, f in enumerate(frames):
                 image = VpsImage(f"{video_id}_{n:04d}_x", f"{video_id}_{n:04d}_x.png", f.gt_ids.shape[1],
-                                 f.gt_ids.shape[0], video_id, 5 * n)
+                                 f.gt_ids.shape[0], video_id, spacing * n)
                 gt_frames.append((image, PanopticFrame(f.gt_ids, list(f.gt_segments))))
                 if (video_id, n) in skip:
                     continue
@@ -64,7 +65,7 @@ def test_pipeline_equals_the_reference_and_writes_every_output(tmp_path, ray_loc
     paths = {name: f"file://{path}" for name, path in write_corpus(tmp_path, videos).items()}  # any fsspec URI
     out = tmp_path / "out"
     report = evaluate(**paths, out=f"file://{out}", progress=False, videos_per_task=2)
-    assert not report.failures
+    assert not report.failures and not report.warnings
     ref, stq = expected_metrics(videos)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["vpq"] == pytest.approx(ref["all"], abs=1e-9)
@@ -212,3 +213,51 @@ def test_a_negative_stq_ignore_label_is_refused_up_front(tmp_path, capsys):
     assert code != 0 and "--stq-ignore-label" in capsys.readouterr().err
     with pytest.raises(ValueError, match="ignore_label"):
         STQuality(19, [11], ignore_label=-1)
+
+
+def test_annotations_not_stride_frames_apart_are_warned_about(tmp_path, ray_local, capsys):
+    """VPQ windows count annotated frames: GT annotating every frame, evaluated with --stride 5,
+    would report 4-frame windows as k = 20 — the run says so instead of staying silent."""
+    from jobs.cli import main
+
+    paths = write_corpus(tmp_path, corpus(3, n_videos=2, frames=4), spacing=1)
+    args = ["evaluate", "--gt-json", paths["gt_json"], "--gt-dir", paths["gt_dir"], "--pred-dir", paths["pred_dir"],
+            "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "out5")]) == 0  # a warning, not a failure
+    warning = json.loads((tmp_path / "out5" / "metrics.json").read_text())["warnings"]
+    assert len(warning) == 1 and "not --stride 5 frames apart in 2 of 2 videos" in warning[0]
+    assert "0000 (1)" in warning[0] and "warning: annotated frames" in capsys.readouterr().err
+    assert "<strong>Warning:</strong> annotated frames" in (tmp_path / "out5" / "report.html").read_text()
+    assert main(args + ["--out", str(tmp_path / "out1"), "--stride", "1", "--ks", "0,1,2,3"]) == 0
+    assert json.loads((tmp_path / "out1" / "metrics.json").read_text())["warnings"] == []
+
+
+class _KillsItsWorker:
+    """Unpickling this in a Ray worker ends the worker process, as an OOM kill would."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+def test_a_dead_evaluation_task_fails_its_videos_and_the_others_are_summed(tmp_path, ray_local):
+    from operators.formats.vps_layout import read_ground_truth, read_predictions
+    from operators.metrics.video import EvaluationSettings, VideoInputs, plan_videos
+    from pipelines.evaluate import run_shards
+
+    videos = corpus(4, n_videos=3, frames=3)
+    paths = write_corpus(tmp_path, videos)
+    plans = plan_videos(read_ground_truth(paths["gt_json"], paths["gt_dir"]), read_predictions(paths["pred_dir"]))
+    doomed = VideoInputs(plans[1].video_id, plans[1].frames + [_KillsItsWorker()], plans[1].pred_json)
+    settings = EvaluationSettings(CATEGORIES, (0, 5, 10, 15), 5)
+    results, totals = run_shards([[plans[0]], [doomed], [plans[2]]], settings)
+    errors = {r.video_id: r.error for r in results if r.error}
+    assert list(errors) == ["0001"] and "its evaluation task failed (WorkerCrashedError" in errors["0001"]
+    survivors = {v: videos[v] for v in ("0000", "0002")}
+    ref, stq = expected_metrics(survivors)
+    from operators.metrics.report import build_report
+
+    report = build_report(settings, totals.vpq, totals.stq, results)
+    assert report.vpq.vpq == pytest.approx(ref["all"], abs=1e-9)
+    assert report.stq["STQ"] == pytest.approx(stq["STQ"], abs=1e-12)

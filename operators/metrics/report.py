@@ -11,7 +11,7 @@ import html
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +32,8 @@ class EvaluationReport:
     vpq: VpqResult
     stq: dict
     videos: list[VideoEvaluation]
+    warnings: list[str] = field(default_factory=list)
+    """What may make the figures mean something else than asked (e.g. the annotation spacing)."""
 
     @property
     def failures(self) -> list[VideoEvaluation]:
@@ -75,6 +77,7 @@ def metrics_document(report: EvaluationReport) -> dict:
         "frames": sum(v.frames for v in report.videos if not v.error),
         "frames_missing_prediction": sum(v.missing_frames for v in report.videos if not v.error),
         "failures": [{"video_id": v.video_id, "error": v.error} for v in report.failures],
+        "warnings": list(report.warnings),
         "settings": {"ks": list(s.ks), "stride": s.stride, "allow_missing": s.allow_missing, "gt_area": s.gt_area,
                      "stq_ignore_label": s.ignore_label},
         "scale": "fractions in [0, 1]; the papers print 100x",
@@ -178,6 +181,7 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} caption{{font-we
 <h1>{html.escape(title)}</h1>
 <p>{len(report.videos)} videos ({len(report.failures)} failed), annotation stride λ = {report.settings.stride},
 GT tube areas: {report.settings.gt_area}. Values in %.</p>
+{''.join(f'<p><strong>Warning:</strong> {html.escape(w)}</p>' for w in report.warnings)}
 <table><caption>Video panoptic quality (Kim et al., CVPR 2020, Table 3 layout)</caption>
 <tr><th></th>{head}<th>VPQ</th></tr>{''.join(paper)}{''.join(sq_rq)}</table>
 <table><caption>Segmentation and tracking quality (Weber et al., 2021)</caption>

@@ -94,6 +94,29 @@ def plan_videos(gt: VpsGroundTruth, predictions: VpsPredictions) -> list[VideoIn
     return plans
 
 
+def annotation_spacing_warning(plans: Sequence[VideoInputs], stride: int) -> str | None:
+    """A warning when annotated frames are not ``stride`` frames apart, else None.
+
+    VPQ's windows are counted in annotated frames: a window of k frames is k/λ + 1
+    consecutive annotated frames, which spans k frames only if the annotations are λ frames
+    apart (Cityscapes-VPS: every 5th frame, ``--stride 5``). GT annotating every frame and
+    evaluated with stride 5 would silently give VPQ over 4-frame windows as "k = 20".
+    The frame numbers come from the images' ``frame_index`` (or the ``VVVV_FFFF`` names).
+    """
+    odd = []
+    for video in plans:
+        indices = [f.image.frame_index for f in video.frames]
+        gaps = sorted({b - a for a, b in zip(indices, indices[1:])})
+        if gaps and gaps != [stride]:
+            odd.append(f"{video.video_id} ({', '.join(map(str, gaps[:4]))})")
+    if not odd:
+        return None
+    return (f"annotated frames are not --stride {stride} frames apart in {len(odd)} of {len(plans)} videos "
+            f"(video: gaps) {'; '.join(odd[:3])}{' …' if len(odd) > 3 else ''}: VPQ windows count annotated "
+            f"frames (k/{stride} + 1 of them), so k > 0 does not mean k frames there; pass the real spacing "
+            f"as --stride")
+
+
 def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEvaluation:
     """VPQ and STQ sums of one video; on bad input, a result with ``error`` set."""
     vpq = VideoVpq(video.video_id, settings.ks, settings.stride, settings.gt_area)
