@@ -170,3 +170,14 @@ def test_a_plateau_gives_one_center():
     assert int((fine == fine.max()).sum()) == 4
     scores, ys, xs, valid = find_centers(fine, threshold=0.1, nms_kernel=7, top_k=10)
     assert int(valid.sum()) == 1 and (int(ys[0, 0]), int(xs[0, 0])) == (13, 17)
+
+
+def test_first_argmax_equals_torch_argmax_with_ties():
+    from operators.segmentation.postprocess import first_argmax
+
+    values = torch.randn(2, 19, 7, 9).softmax(dim=1)
+    values[:, 5] = values[:, 3]                 # exact ties between two classes
+    values[:, :, :2] = 1 / 19                   # every class tied
+    values[1, 7, 4, 4] = values[1].max() + 1    # one clear winner
+    assert torch.equal(first_argmax(values, dim=1), values.argmax(dim=1))
+    assert torch.equal(first_argmax(values[0], dim=0), values[0].argmax(dim=0))

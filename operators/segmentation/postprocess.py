@@ -67,6 +67,18 @@ def mask_pool(embedding: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -
     return F.normalize(means, dim=-1, eps=eps)
 
 
+def first_argmax(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``values.argmax(dim)`` — the first index of the maximum — computed as a max and one
+    comparison per index. The same result, several times faster on the CPU for a (B, C, H, W)
+    tensor, where torch's argmax along the strided class dimension took ~60-110 ms per
+    512×1024 frame of 19 classes (a quarter of the whole post-processing)."""
+    top = values.amax(dim=dim)
+    index = torch.zeros(top.shape, dtype=torch.long, device=values.device)
+    for i in range(values.shape[dim] - 1, -1, -1):  # the lowest index written last wins ties
+        index.masked_fill_(values.select(dim, i) == top, i)
+    return index
+
+
 def find_centers(center: torch.Tensor, threshold: float, nms_kernel: int, top_k: int):
     """Keyed NMS by max-pooling. ``center (B, 1, H, W)`` →
     ``scores (B, K)``, ``ys (B, K)``, ``xs (B, K)`` (long), ``valid (B, K)`` bool, K = min(top_k, H·W)."""
@@ -124,7 +136,7 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
     full = upsample_outputs(outputs, size)
     probs = full["semantic"].softmax(dim=1)  # (B, C, H, W)
     batch, num_classes = probs.shape[:2]
-    semantic = probs.argmax(dim=1)  # (B, H, W)
+    semantic = first_argmax(probs, dim=1)  # (B, H, W)
     is_thing_class = torch.zeros(num_classes, dtype=torch.bool, device=probs.device)
     is_thing_class[list(thing_ids)] = True
 
@@ -161,9 +173,9 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
     pooled.scatter_add_(1, slot.unsqueeze(-1).expand(-1, -1, embedding_dim), full["embedding"].flatten(2).transpose(1, 2))
     pooled = F.normalize(pooled, dim=-1)
 
-    width = size[1]
-    pixel = torch.arange(size[0] * size[1], device=probs.device)
-    xs_pix, ys_pix = (pixel % width).expand(batch, -1), (pixel // width).expand(batch, -1)
+    height, width = size
+    xs_pix = torch.arange(width, device=probs.device).repeat(height).expand(batch, -1)  # x of each flat pixel
+    ys_pix = torch.arange(height, device=probs.device).repeat_interleave(width).expand(batch, -1)
     big = size[0] * size[1]
     x_min = torch.full_like(area, big, dtype=torch.long).scatter_reduce(1, slot, xs_pix, "amin")
     y_min = torch.full_like(area, big, dtype=torch.long).scatter_reduce(1, slot, ys_pix, "amin")
