@@ -57,12 +57,17 @@ class SegmentationHost:
 
     ``model_uri``: weights (builtin; default the shipped file), artifact URI, or predictions
     directory (precomputed). ``thing_ids`` / ``num_classes`` describe an artifact's classes
-    (default: the 19 Cityscapes classes, things 11–18).
+    (default: the 19 Cityscapes classes, things 11–18). ``channels_last`` (default: for the
+    built-in network only) gives the network NHWC tensors, which oneDNN's and cuDNN's
+    convolutions prefer (built-in forward at 512×1024, one core: 100 ms vs 157 ms from an
+    NCHW-contiguous input). Artifacts get NCHW-contiguous input, as the contract's shape
+    says: a user's graph may ``view`` its input in a way only that layout allows.
     """
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,
                  device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
-                 thing_ids: Sequence[int] | None = None, num_classes: int | None = None):
+                 thing_ids: Sequence[int] | None = None, num_classes: int | None = None,
+                 channels_last: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
         if batch_size is not None and batch_size < 1:
@@ -89,7 +94,10 @@ class SegmentationHost:
             self.model = net
         else:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
+        self.channels_last = backend == "builtin" if channels_last is None else channels_last
         self.model = self.model.to(self.placement.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -150,7 +158,8 @@ class SegmentationHost:
         padded = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
         if padded != (height, width):
             images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
-        return images
+        # the permuted frames are NHWC in memory already; say which layout the model gets
+        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def _check_frame(self, frame: object, name: str) -> None:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:

@@ -138,7 +138,7 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
                          config: PostprocessConfig = PostprocessConfig()) -> list[FrameSegments]:
     """Heads of a batch (any stride) → one :class:`FrameSegments` per frame at ``size = (H, W)``."""
     full = upsample_outputs(outputs, size)
-    probs = full["semantic"].softmax(dim=1)  # (B, C, H, W)
+    probs = full["semantic"].contiguous().softmax(dim=1)  # (B, C, H, W); NCHW: softmax over C is faster there
     batch, num_classes = probs.shape[:2]
     semantic = first_argmax(probs, dim=1)  # (B, H, W)
     is_thing_class = torch.zeros(num_classes, dtype=torch.bool, device=probs.device)
@@ -174,7 +174,8 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
 
     embedding_dim = full["embedding"].shape[1]
     pooled = torch.zeros(batch, void_slot + 1, embedding_dim, device=probs.device)
-    pooled.scatter_add_(1, slot.unsqueeze(-1).expand(-1, -1, embedding_dim), full["embedding"].flatten(2).transpose(1, 2))
+    per_pixel = full["embedding"].permute(0, 2, 3, 1).reshape(batch, size[0] * size[1], embedding_dim)  # a view when NHWC
+    pooled.scatter_add_(1, slot.unsqueeze(-1).expand(-1, -1, embedding_dim), per_pixel)
     pooled = F.normalize(pooled, dim=-1)
 
     height, width = size
