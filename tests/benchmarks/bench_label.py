@@ -136,6 +136,8 @@ def child_pipeline(corpus: str, out: str, cores: int, chunk_frames: int, memory:
     ray.shutdown()
     return {"segmenter": name, "seconds": run.seconds, "frames": run.frames, "stage_cpu_seconds": run.stage_cpu_seconds,
             "first_output_seconds": run.first_output_seconds, "steady_fps": run.steady_frames_per_second(),
+            "seconds_to": {f"{q:.0%}": next(t for t, n in run.frame_times if n >= q * run.frames)
+                           for q in (0.1, 0.5, 0.9, 1.0)} if run.frames else {},
             "failed": len(run.failed), "peak_pss_mib": peak.peak_kib / 1024 if memory else None}
 
 
@@ -215,7 +217,8 @@ def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int, 
         overhead = 1 - sum(r["stage_cpu_seconds"].values()) / (cores * r["seconds"])
         print(f"{key} overhead (share of cores × wall not spent in an operator's CPU time: start-up, Ray, "
               f"serialisation, idle cores): {100 * overhead:.0f}% (target < 15%); first output after "
-              f"{r['first_output_seconds']:.1f} s")
+              f"{r['first_output_seconds']:.1f} s; frames done after " +
+              ", ".join(f"{q}: {t:.1f} s" for q, t in r["seconds_to"].items()) + f" (run {r['seconds']:.1f} s)")
     return results
 
 
