@@ -147,7 +147,8 @@ def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, 
 
 def test_torch_export_artifact(tmp_path, tiny_weights):
     builtin = SegmentationHost("builtin", tiny_weights)
-    program = torch.export.export(builtin.model, (torch.rand(1, 3, 64, 96),))
+    # the host keeps its network NHWC; export the usual NCHW layout, as a user would
+    program = torch.export.export(builtin.model.to(memory_format=torch.contiguous_format), (torch.rand(1, 3, 64, 96),))
     path = tmp_path / "model.pt2"
     torch.export.save(program, str(path))
     host = SegmentationHost("artifact", str(path))
