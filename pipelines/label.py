@@ -189,11 +189,12 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     import ray
 
     cpus = plan["cpus"]
+    tasks = ray.data.TaskPoolStrategy(size=plan["task_concurrency"])
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
                                             "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
-                     concurrency=plan["task_concurrency"])
-    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], concurrency=plan["task_concurrency"])
+                     compute=tasks)
+    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], compute=tasks)
     ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
@@ -201,7 +202,8 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"])
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
-                          batch_size=config.chunk_frames, num_cpus=cpus["sink"], concurrency=plan["task_concurrency"])
+                          batch_size=config.chunk_frames, num_cpus=cpus["sink"],
+                          compute=tasks)
 
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
