@@ -63,13 +63,20 @@ class LabelRun:
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    def _progress_at(self, fraction: float) -> tuple[float, int]:
+        """The first (seconds, frames done) at which ``fraction`` of the frames were done."""
+        return next(p for p in self.frame_times if p[1] >= fraction * self.frames)
+
+    def seconds_until(self, fraction: float) -> float:
+        """Seconds from the start until ``fraction`` of the frames were done (``frames`` > 0)."""
+        return self._progress_at(fraction)[0]
+
     def steady_frames_per_second(self, first: float = 0.2, last: float = 0.9) -> float:
         """Frames/s between the moments ``first`` and ``last`` of the frames were done: the
         throughput once the actors run, without start-up and the last videos' tail."""
         if self.frames == 0 or len(self.frame_times) < 2:
             return 0.0
-        begin = next(p for p in self.frame_times if p[1] >= first * self.frames)
-        end = next(p for p in self.frame_times if p[1] >= last * self.frames)
+        begin, end = self._progress_at(first), self._progress_at(last)
         return (end[1] - begin[1]) / (end[0] - begin[0]) if end[0] > begin[0] else 0.0
 
 

@@ -16,7 +16,7 @@ from operators.flow import make_flow
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame
 from operators.video import open_video
-from pipelines.label_stages import operator_clock
+from pipelines.label_stages import TIMED, operator_clock
 
 
 @dataclass
@@ -24,9 +24,7 @@ class SequentialResult:
     """Tracked frames per video and the CPU seconds spent in each operator."""
 
     frames: dict[str, list[PanopticFrame]] = field(default_factory=dict)
-    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in
-                                                                     ("decode", "segment", "flow", "associate",
-                                                                      "sink")})
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in TIMED})
 
     @property
     def frame_count(self) -> int:

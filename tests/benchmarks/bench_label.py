@@ -136,8 +136,7 @@ def child_pipeline(corpus: str, out: str, cores: int, chunk_frames: int, memory:
     ray.shutdown()
     return {"segmenter": name, "seconds": run.seconds, "frames": run.frames, "stage_cpu_seconds": run.stage_cpu_seconds,
             "first_output_seconds": run.first_output_seconds, "steady_fps": run.steady_frames_per_second(),
-            "seconds_to": {f"{q:.0%}": next(t for t, n in run.frame_times if n >= q * run.frames)
-                           for q in (0.1, 0.5, 0.9, 1.0)} if run.frames else {},
+            "seconds_to": {f"{q:.0%}": run.seconds_until(q) for q in (0.1, 0.5, 0.9, 1.0)} if run.frames else {},
             "failed": len(run.failed), "peak_pss_mib": peak.peak_kib / 1024 if memory else None}
 
 
@@ -236,20 +235,25 @@ def memory(counts: list[int], frames: int, height: int, width: int, chunk_frames
     return results
 
 
+SPEED_DEFAULTS = (32, 512, 1024, 16)   # frames per video, height, width, chunk frames
+MEMORY_DEFAULTS = (10, 128, 256, 10)
+
+
 @pytest.mark.benchmark
 def test_label_speed_and_memory():
-    speed(videos=8, frames=32, height=512, width=1024, chunk_frames=16)
-    memory([10, 100], frames=10, height=128, width=256, chunk_frames=10)
+    speed(8, *SPEED_DEFAULTS)
+    memory([10, 100], *MEMORY_DEFAULTS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("speed", "memory", "_pipeline", "_sequential"))
     parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--chunk-frames", type=int, default=16)
+    # frames, height, width, chunk frames: each mode's defaults (see the docstring) unless given
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--chunk-frames", type=int)
     parser.add_argument("--counts", default="10,100")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
     parser.add_argument("--cores", type=int, default=2)
@@ -257,6 +261,10 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--memory", type=int, default=0)
     args = parser.parse_args()
+    defaults = MEMORY_DEFAULTS if args.mode == "memory" else SPEED_DEFAULTS
+    for name, value in zip(("frames", "height", "width", "chunk_frames"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.mode == "speed":
         speed(args.videos, args.frames, args.height, args.width, args.chunk_frames, args.runs.split(","))
     elif args.mode == "memory":
