@@ -1,6 +1,6 @@
 """The stages of the labelling graph, as Ray Data row / batch functions and callable classes.
 
-Rows are video *chunks* until the association, then *frames*:
+Rows are video *chunks*:
 
 * plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index, n_chunks,
   frame_count, image_ids`` (JSON list), ``error``/``stage`` (empty when fine);
@@ -9,8 +9,9 @@ Rows are video *chunks* until the association, then *frames*:
 * segment adds ``panoptic (n, H, W) int32``, ``segments`` (JSON, per frame), ``embeddings
   (Σ segments, D) float32`` (rows in segment order);
 * flow adds ``flow (n, H, W, 2) float32`` (current → previous; frame 0 of a video has none);
-* associate emits one row per tracked frame: ``frame_index, image_id, panoptic (H, W)
-  int32`` with track ids, ``segments``;
+* associate emits one row per chunk with the frames that became trackable (any number, possibly
+  of earlier chunks): ``frame_indices (m,) int64, image_ids, frame_errors`` (JSON lists),
+  ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
 * the sink writes them to the video's staging prefix and emits one small row per video and batch.
 
 A row that failed keeps flowing with ``error`` and ``stage`` set and empty arrays, so the
@@ -125,18 +126,18 @@ def match_threads_to_cpus() -> int:
 
     Ray sets OMP_NUM_THREADS for torch, but OpenCV (DIS flow, video decoding helpers) still
     starts one thread per core; several actors sharing the cores then oversubscribe them.
+    torch is set only where it is already imported: importing it just to set its threads
+    would cost an actor that never uses it (DIS flow) ~2 s of CPU and ~150 MB at start-up.
     """
+    import sys
+
     import cv2
     import ray
 
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     cv2.setNumThreads(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     return threads
 
 
@@ -150,8 +151,8 @@ class SegmentChunks:
     def __init__(self, host_kwargs: dict):
         from operators.segmentation.host import SegmentationHost
 
-        match_threads_to_cpus()
         self.host = SegmentationHost(**host_kwargs)
+        match_threads_to_cpus()  # after the host: it imports torch
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -180,8 +181,8 @@ class FlowChunks:
     def __init__(self, flow: str, options: dict):
         from operators.flow import make_flow
 
-        match_threads_to_cpus()
         self.estimate = make_flow(flow, **options)
+        match_threads_to_cpus()  # after the estimator: RAFT imports torch, DIS does not
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -205,12 +206,25 @@ class FlowChunks:
 
 
 # ---------------------------------------------------------------------------- associate
-def _frame_row(row: dict, frame_index: int, image_id: str, panoptic: np.ndarray, segments: str, error: str,
-               stage: str, failed: int, first: bool) -> dict:
-    return {"video_id": row["video_id"], "frame_index": int(frame_index), "image_id": str(image_id),
-            "frame_count": int(row["frame_count"]), "panoptic": panoptic, "segments": segments, "error": error,
-            "stage": stage, "failed_frames": int(failed),
-            **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) if first else 0.0 for s in TIMED if s != "sink"}}
+def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", failed: int = 0) -> dict:
+    """The associate stage's output for one input chunk: the frames that became trackable (any
+    number, possibly of earlier chunks the actor was holding), as one row. One row per chunk, not
+    per frame: Ray Data moves every row out of this stage as a block of its own (one chunk per
+    block, see :func:`pipelines.label.ray_data_settings`), and per-frame blocks made the
+    executor's per-block cost the bottleneck on short clips (100 videos x 10 frames: the upstream
+    stages were done after 22 s, the run after 84 s)."""
+    good = [f for f in frames if not f.error]
+    shape = good[0].panoptic.ids.shape if good else (1, 1)
+    return {"video_id": row["video_id"], "frame_count": int(row["frame_count"]),
+            "frame_indices": np.array([f.frame_index for f in frames], np.int64),
+            "image_ids": json.dumps([f.image_id for f in frames]),
+            "frame_errors": json.dumps([f.error or "" for f in frames]),
+            "panoptic": np.stack([f.panoptic.ids.astype(np.int32) if not f.error else np.zeros(shape, np.int32)
+                                  for f in frames]) if frames else _empty(1, 1, dtype=np.int32),
+            "segments": json.dumps([[s.to_json() for s in f.panoptic.segments] if not f.error else []
+                                    for f in frames]),
+            "error": error, "stage": stage, "failed_frames": int(failed),
+            **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) for s in TIMED if s != "sink"}}
 
 
 class AssociateChunks:
@@ -235,8 +249,8 @@ class AssociateChunks:
             start = operator_clock()
             n = int(row["frame_end"]) - int(row["frame_start"])
             if row["error"]:
-                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", row["error"], row["stage"],
-                                      max(n, 1) if row["chunk_index"] >= 0 else int(row["frame_count"]) or 1, True))
+                failed = max(n, 1) if row["chunk_index"] >= 0 else int(row["frame_count"]) or 1
+                out.append(_tracked_row(row, [], row["error"], row["stage"], failed))
                 continue
             try:
                 ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
@@ -253,27 +267,17 @@ class AssociateChunks:
                 chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
                 tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk)))
             except Exception as exc:
-                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", describe(exc), "associate", n,
-                                      True))
+                out.append(_tracked_row(row, [], describe(exc), "associate", n))
                 continue
             row["t_associate"] = operator_clock() - start
-            if not tracked:  # held until its predecessors arrive: report the time, no frames yet
-                out.append(_frame_row(row, -1, "", _empty(1, dtype=np.int32), "[]", "", "", 0, True))
-            for k, frame in enumerate(tracked):
-                if frame.error:
-                    out.append(_frame_row(row, frame.frame_index, frame.image_id, _empty(1, dtype=np.int32), "[]",
-                                          frame.error, "associate", 1, k == 0))
-                else:
-                    out.append(_frame_row(row, frame.frame_index, frame.image_id, frame.panoptic.ids.astype(np.int32),
-                                          json.dumps([s.to_json() for s in frame.panoptic.segments]), "", "", 0,
-                                          k == 0))
+            out.append(_tracked_row(row, tracked))
         return batch_of(out)
 
 
 # ---------------------------------------------------------------------------- sink
 def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
-    """Write tracked frames to their video's staging prefix (segments table part, PNGs) and
-    return one summary row per video of the batch."""
+    """Write the tracked frames of a batch of associate rows to their video's staging prefix
+    (segments table part, PNGs) and return one summary row per video of the batch."""
     layout = OutputLayout(root)
     by_video: dict[str, list[dict]] = {}
     for row in rows_of(batch):
@@ -281,20 +285,29 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
     summaries = []
     for video_id, rows in by_video.items():
         start = operator_clock()
-        good = [r for r in rows if not r["error"] and r["frame_index"] >= 0]
-        errors = [r for r in rows if r["error"]]
+        good, frame_errors = [], []
+        for r in rows:
+            errors = json.loads(r["frame_errors"])
+            segments = json.loads(r["segments"])
+            for k, (index, image_id) in enumerate(zip(r["frame_indices"], json.loads(r["image_ids"]))):
+                if errors[k]:
+                    frame_errors.append(errors[k])
+                else:
+                    good.append((int(index), image_id, r["panoptic"][k], segments[k]))
+        errors = [r["error"] for r in rows if r["error"]] + frame_errors
+        stage = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
-                   "frames_failed": sum(int(r["failed_frames"]) for r in errors), "segments": 0,
-                   "error": errors[0]["error"] if errors else "", "stage": errors[0]["stage"] if errors else "",
+                   "frames_failed": sum(int(r["failed_frames"]) for r in rows) + len(frame_errors), "segments": 0,
+                   "error": errors[0] if errors else "", "stage": stage,
                    **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
         try:
             staging = layout.staging(run_id, video_id)
             tables = []
-            for r in good:
-                frame = PanopticFrame(r["panoptic"], [SegmentInfo.from_json(s) for s in json.loads(r["segments"])])
-                tables.append(segments_table.frame_to_batch(frame, video_id, r["frame_index"], r["image_id"]))
+            for index, image_id, ids, segments in good:
+                frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
+                tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id))
                 if write_png:
-                    write_panoptic_png(fs.join(staging, "pan_pred", f"{r['image_id']}.png"), frame.ids)
+                    write_panoptic_png(fs.join(staging, "pan_pred", f"{image_id}.png"), frame.ids)
             nonempty = [t for t in tables if t.num_rows]
             if nonempty:
                 segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
