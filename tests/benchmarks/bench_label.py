@@ -2,13 +2,15 @@
 
 Run::
 
-    .venv/bin/python tests/benchmarks/bench_label.py speed  [--videos 8 --frames 32 --height 512 --width 1024 --chunk-frames 16]
+    .venv/bin/python tests/benchmarks/bench_label.py speed  [--videos 8 --frames 32 --height 512 --width 1024 --chunk-frames 16 --repeat 1]
     .venv/bin/python tests/benchmarks/bench_label.py memory [--counts 10,100 --frames 10 --height 128 --width 256]
 
 ``speed`` measures, in one run and on the same corpus, end-to-end frames/s of
 
 * the plain sequential loop over the same operators (:mod:`pipelines.sequential`), writing
   the same segments table, on 1 core and on 2 cores (torch may use both for the model);
+* ``split_2``: two such loops at once, each on its own core with half the videos (no Ray):
+  what two cores of this machine give when the work splits perfectly;
 * the Ray Data pipeline (:func:`pipelines.label.label`) with Ray given 1 and 2 CPUs,
 
 each in its own process pinned to that many cores (``sched_setaffinity``; Ray's workers
@@ -17,10 +19,12 @@ steady state (frames/s between 20 % and 90 % of the frames done: start-up exclud
 scaling 1 → 2 CPUs, each stage's share of operator CPU time, the pipeline's overhead — the
 share of ``cores × wall`` not spent as CPU time inside an operator (start-up, scheduling,
 serialisation, commit, idle cores) — and the ideal 2-core pipeline: the operators' CPU time per
-frame on one core spread over two cores with zero overhead, the ceiling of any schedule.
-The pipeline's wall time is what a user waits for: it includes starting the actors and
-committing the outputs, not starting Ray itself (a local Ray is started beforehand with the
-settings ``tubeflow label`` uses, :func:`cluster.connect.connect`).
+frame on one core spread over two cores with zero overhead (a bound that assumes the two cores
+do not slow each other down; ``split_2`` measures how far they do).
+The pipeline's wall time is what a user waits for: it includes starting the actors (model
+loading) and committing the outputs, not starting Ray itself (a local Ray is started beforehand
+with the settings ``tubeflow label`` uses, :func:`cluster.connect.connect`); the loops are timed
+from building their model. ``--repeat N`` interleaves N rounds and reports medians.
 
 ``memory`` runs the pipeline on corpora of 10 and 100 videos and prints the peak proportional
 set size (PSS: shared pages such as the object store counted once) summed over the driver
@@ -140,7 +144,9 @@ def child_pipeline(corpus: str, out: str, cores: int, chunk_frames: int, memory:
             "failed": len(run.failed), "peak_pss_mib": peak.peak_kib / 1024 if memory else None}
 
 
-def child_sequential(corpus: str, out: str, cores: int) -> dict:
+def child_sequential(corpus: str, out: str, cores: int, part: str = "0/1", start_at: float = 0.0) -> dict:
+    """The plain loop on ``cores`` cores (torch threads) over the videos of ``part`` ("i/n": every
+    n-th video from the i-th); with ``start_at`` (epoch seconds) it waits, model loaded, until then."""
     import torch
 
     from operators.segmentation.host import SegmentationHost
@@ -151,58 +157,120 @@ def child_sequential(corpus: str, out: str, cores: int) -> dict:
     # Ray runs its workers at niceness 15 (seen in top; RAY_worker_niceness); on a machine shared with other
     # jobs the baseline must compete for the cores on the same terms.
     os.nice(int(os.environ.get("RAY_worker_niceness", 15)) - os.nice(0))
+    index, count = (int(x) for x in part.split("/"))
+    videos = [(e.video_id, e.uri) for e in discover(f"{corpus}/videos")][index::count]
     config, name = default_config(corpus, 32)
+    if start_at:
+        SegmentationHost(**config.host_kwargs())  # load the code and weights once before the start line
+        time.sleep(max(0.0, start_at - time.time()))
+    # Timed from the model's construction, as the pipeline's time includes its actors' construction.
+    started, start = time.time(), time.perf_counter()
     host = SegmentationHost(**config.host_kwargs())
-    videos = [(e.video_id, e.uri) for e in discover(f"{corpus}/videos")]
-    start = time.perf_counter()
     result = label_sequentially(videos, host, config.flow, config.flow_options, config.tracker,
                                 image_id=config.image_id, keep_frames=False, segments_out=f"{out}/segments")
-    return {"segmenter": name, "seconds": time.perf_counter() - start, "frames": result.frame_count,
-            "stage_cpu_seconds": result.stage_cpu_seconds}
+    return {"segmenter": name, "seconds": time.perf_counter() - start, "started": started, "ended": time.time(),
+            "frames": result.frame_count, "stage_cpu_seconds": result.stage_cpu_seconds}
 
 
-def run_child(kind: str, cores: int, **kwargs) -> dict:
-    """Run one measurement in a fresh process pinned to ``cores`` cores."""
-    argv = [sys.executable, __file__, f"_{kind}", "--cores", str(cores)] + \
+def _child_argv(kind: str, cores: int, **kwargs) -> list[str]:
+    return [sys.executable, __file__, f"_{kind}", "--cores", str(cores)] + \
         [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+
+
+def _child_result(kind: str, cores: int, done) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{kind} on {cores} core(s) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_child(kind: str, cores: int, **kwargs) -> dict:
+    """Run one measurement in a fresh process pinned to ``cores`` cores."""
+    done = subprocess.run(_child_argv(kind, cores, **kwargs), capture_output=True, text=True, cwd=ROOT)
+    return _child_result(kind, cores, done)
+
+
+SPLIT_WARM_UP = 20.0  # seconds for each split process to import torch and load the model before the start line
+
+
+def run_split(cores: int, corpus: str, out: str) -> dict:
+    """``cores`` plain 1-core loops at once, each pinned to its own core with every ``cores``-th
+    video: what the machine gives when the work is split perfectly and nothing else runs (no Ray,
+    no hand-over between stages). The reference for what any schedule of these operators on
+    these cores can reach; its ratio to the 1-core loop is how well the cores scale together
+    (caches, memory bandwidth and the host of a virtual machine are shared)."""
+    start_at = time.time() + SPLIT_WARM_UP
+    procs = [subprocess.Popen(_child_argv("sequential", 1, corpus=corpus, out=f"{out}/{i}", part=f"{i}/{cores}",
+                                          start_at=start_at, core_offset=i),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for i in range(cores)]
+    parts = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        parts.append(_child_result("split", 1, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)))
+    late = max(p["started"] for p in parts) - min(p["started"] for p in parts)
+    if late > 1.0:
+        print(f"warning: the split loops started {late:.1f} s apart (model loading took > {SPLIT_WARM_UP:.0f} s)")
+    return {"segmenter": parts[0]["segmenter"], "frames": sum(p["frames"] for p in parts),
+            "seconds": max(p["ended"] for p in parts) - min(p["started"] for p in parts),
+            "stage_cpu_seconds": {s: sum(p["stage_cpu_seconds"][s] for p in parts) for s in parts[0]["stage_cpu_seconds"]}}
+
+
 # ------------------------------------------------------------------ reports
-RUNS = ("sequential_1", "sequential_2", "pipeline_1", "pipeline_2")
+RUNS = ("sequential_1", "sequential_2", "split_2", "pipeline_1", "pipeline_2")
 
 
-def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int, runs=RUNS) -> dict:
-    """``runs``: which of sequential/pipeline on 1/2 cores to measure (all by default)."""
+def _median_run(measured: list[dict]) -> dict:
+    """The repetition with the median frames/s (its other figures come with it)."""
+    return sorted(measured, key=lambda r: r["frames"] / r["seconds"])[len(measured) // 2]
+
+
+def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int, runs=RUNS, repeat: int = 1) -> dict:
+    """``runs``: which of sequential / split / pipeline on 1 / 2 cores to measure (all by default).
+    ``repeat`` > 1 measures the runs that many times, every other round in reverse order, and
+    reports each run's median: a shared virtual machine's speed drifts by tens of percent over
+    minutes, and interleaving keeps that drift out of the ratios."""
     with tempfile.TemporaryDirectory(prefix="bench-label-") as tmp:
         corpus = make_corpus(f"{tmp}/corpus", videos, frames, height, width)
-        results = {}
-        for key in runs:
-            kind, cores = key.split("_")
-            extra = {"out": f"{tmp}/{key}"}
-            if kind == "pipeline":
-                extra["chunk_frames"] = chunk_frames
-            results[key] = run_child(kind, int(cores), corpus=corpus, **extra)
+        measured: dict[str, list[dict]] = {key: [] for key in runs}
+        for round_ in range(repeat):
+            for key in (runs if round_ % 2 == 0 else runs[::-1]):
+                kind, cores = key.split("_")
+                out = f"{tmp}/{key}-{round_}"
+                if kind == "split":
+                    measured[key].append(run_split(int(cores), corpus, out))
+                elif kind == "pipeline":
+                    measured[key].append(run_child(kind, int(cores), corpus=corpus, out=out, chunk_frames=chunk_frames))
+                else:
+                    measured[key].append(run_child(kind, int(cores), corpus=corpus, out=out))
+        results = {key: _median_run(m) for key, m in measured.items()}
     fps = {k: v["frames"] / v["seconds"] for k, v in results.items()}
     print(f"\nlabel speed: {videos} videos × {frames} frames at {height}×{width}, segmenter "
-          f"{next(iter(results.values()))['segmenter']}, DIS medium, tracker; chunk {chunk_frames} frames")
-    print(f"{'run':<16} {'frames/s':>9} {'seconds':>8}  {'steady frames/s (20-90 % of frames)':>36}")
+          f"{next(iter(results.values()))['segmenter']}, DIS medium, tracker; chunk {chunk_frames} frames"
+          + (f"; median of {repeat} interleaved rounds" if repeat > 1 else ""))
+    print(f"{'run':<16} {'frames/s':>9} {'seconds':>8}  {'steady frames/s (20-90 % of frames)':>36}"
+          + ("  all rounds, frames/s" if repeat > 1 else ""))
     for key in results:
         steady = results[key].get("steady_fps")
-        print(f"{key:<16} {fps[key]:>9.2f} {results[key]['seconds']:>8.1f}  {f'{steady:.2f}' if steady else '':>36}")
-    for base in ("sequential_2", "sequential_1"):
+        rounds = "  " + " ".join(f"{m['frames'] / m['seconds']:.2f}" for m in measured[key]) if repeat > 1 else ""
+        print(f"{key:<16} {fps[key]:>9.2f} {results[key]['seconds']:>8.1f}  {f'{steady:.2f}' if steady else '':>36}"
+              + rounds)
+    for base in ("sequential_2", "sequential_1", "split_2"):
         if "pipeline_2" in fps and base in fps:
             print(f"pipeline_2 / {base}: {fps['pipeline_2'] / fps[base]:.2f}x end to end, "
-                  f"{results['pipeline_2']['steady_fps'] / fps[base]:.2f}x steady (target >= 1.6x vs the loop on 2 cores)")
+                  f"{results['pipeline_2']['steady_fps'] / fps[base]:.2f}x steady"
+                  + (" (target >= 1.6x vs the loop on 2 cores)" if base == "sequential_2" else ""))
+    if "split_2" in fps:
+        for base in ("sequential_1", "sequential_2"):
+            if base in fps:
+                print(f"split_2 / {base}: {fps['split_2'] / fps[base]:.2f}x (two 1-core loops at once, no Ray: "
+                      f"what these 2 cores give when the work splits perfectly)")
     if "sequential_1" in results and "sequential_2" in fps:
-        # The most any schedule of these operators can reach on 2 cores: their CPU time per frame on
-        # one core, spread over both with nothing else running.
+        # The most any schedule of these operators could reach on 2 cores if the cores did not slow
+        # each other down: their CPU time per frame on one core, spread over both.
         per_frame = sum(results["sequential_1"]["stage_cpu_seconds"].values()) / results["sequential_1"]["frames"]
         print(f"ideal 2-core pipeline (1-core operator CPU {1000 * per_frame:.0f} ms/frame over 2 cores, zero "
-              f"overhead): {2 / per_frame:.2f} frames/s = {2 / per_frame / fps['sequential_2']:.2f}x the 2-core loop")
+              f"overhead, no slow-down of one core by the other): {2 / per_frame:.2f} frames/s = "
+              f"{2 / per_frame / fps['sequential_2']:.2f}x the 2-core loop")
     if "pipeline_1" in fps and "pipeline_2" in fps:
         print(f"pipeline scaling 1 -> 2 CPUs: {fps['pipeline_2'] / fps['pipeline_1']:.2f}x end to end, "
               f"{results['pipeline_2']['steady_fps'] / results['pipeline_1']['steady_fps']:.2f}x steady")
@@ -260,21 +328,27 @@ def main() -> None:
     parser.add_argument("--corpus")
     parser.add_argument("--out")
     parser.add_argument("--memory", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the speed runs (median)")
+    parser.add_argument("--part", default="0/1", help="(_sequential) every n-th video from the i-th: i/n")
+    parser.add_argument("--start-at", type=float, default=0.0, help="(_sequential) epoch seconds to start at")
+    parser.add_argument("--core-offset", type=int, default=0, help="(children) first core of the pinned set")
     args = parser.parse_args()
     defaults = MEMORY_DEFAULTS if args.mode == "memory" else SPEED_DEFAULTS
     for name, value in zip(("frames", "height", "width", "chunk_frames"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.mode == "speed":
-        speed(args.videos, args.frames, args.height, args.width, args.chunk_frames, args.runs.split(","))
+        speed(args.videos, args.frames, args.height, args.width, args.chunk_frames, tuple(args.runs.split(",")),
+              args.repeat)
     elif args.mode == "memory":
         memory([int(c) for c in args.counts.split(",")], args.frames, args.height, args.width, args.chunk_frames)
     else:
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cores[args.core_offset:args.core_offset + args.cores]))
         if args.mode == "_pipeline":
             print(json.dumps(child_pipeline(args.corpus, args.out, args.cores, args.chunk_frames, bool(args.memory))))
         else:
-            print(json.dumps(child_sequential(args.corpus, args.out, args.cores)))
+            print(json.dumps(child_sequential(args.corpus, args.out, args.cores, args.part, args.start_at)))
 
 
 if __name__ == "__main__":
