@@ -318,3 +318,29 @@ def test_ray_data_settings_are_restored_when_a_run_raises(tmp_path, ray_local, m
     with pytest.raises(RuntimeError, match="scheduler exploded"):
         label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=lambda *_: None)
     assert (context.enable_progress_bars, context.target_max_block_size) == before
+
+
+def test_association_rows_carry_a_chunk_of_frames_to_the_sink(tmp_path):
+    """The associate stage emits one row per chunk (any number of tracked frames, some of which
+    may be rejected), and the sink writes every good frame and counts the rejected ones."""
+    from operators.association.video_operator import TrackedFrame
+    from operators.formats.panoptic import PanopticFrame, SegmentInfo
+    from pipelines.label_stages import _tracked_row, batch_of, write_frames
+
+    ids = np.zeros((4, 6), np.int32)
+    ids[:, :3], ids[:, 3:] = 1000, 21001  # road (category 0) and a tracked car (category 13)
+    good = [TrackedFrame("v", i, f"v_{i}", PanopticFrame(ids, [SegmentInfo(1000, 0, 12), SegmentInfo(21001, 13, 12)]))
+            for i in (3, 5)]
+    rejected = TrackedFrame("v", 4, "v_4", None, "frame 4: wrong size")
+    chunk = {"video_id": "v", "frame_count": 8, "t_decode": 0.5, "t_segment": 1.0, "t_flow": 0.25, "t_associate": 0.1}
+    held = _tracked_row(chunk, [])  # a chunk held until its predecessor arrives: no frames yet
+    assert held["panoptic"].shape[0] == 0 and held["frame_indices"].shape == (0,)
+    row = _tracked_row(chunk, [good[0], rejected, good[1]])
+    assert row["panoptic"].shape == (3, 4, 6) and row["frame_indices"].tolist() == [3, 4, 5]
+
+    summary = write_frames(batch_of([row]), str(tmp_path), "run", write_png=False)
+    assert summary["frames_done"].tolist() == [2] and summary["frames_failed"].tolist() == [1]
+    assert summary["error"].tolist() == ["frame 4: wrong size"] and summary["stage"].tolist() == ["associate"]
+    assert summary["segments"].tolist() == [4] and summary["t_segment"].tolist() == [1.0]
+    table = segments_table.read_segments_table(OutputLayout(str(tmp_path)).staging("run", "v") + "/segments")
+    assert sorted(set(table["frame_index"].to_pylist())) == [3, 5]

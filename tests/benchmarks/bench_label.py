@@ -220,7 +220,8 @@ RUNS = ("sequential_1", "sequential_2", "split_2", "pipeline_1", "pipeline_2")
 
 
 def _median_run(measured: list[dict]) -> dict:
-    """The repetition with the median frames/s (its other figures come with it)."""
+    """The repetition with the median frames/s, the upper one of an even count (its other
+    figures come with it)."""
     return sorted(measured, key=lambda r: r["frames"] / r["seconds"])[len(measured) // 2]
 
 
@@ -246,7 +247,7 @@ def speed(videos: int, frames: int, height: int, width: int, chunk_frames: int, 
     fps = {k: v["frames"] / v["seconds"] for k, v in results.items()}
     print(f"\nlabel speed: {videos} videos × {frames} frames at {height}×{width}, segmenter "
           f"{next(iter(results.values()))['segmenter']}, DIS medium, tracker; chunk {chunk_frames} frames"
-          + (f"; median of {repeat} interleaved rounds" if repeat > 1 else ""))
+          + (f"; median (upper) of {repeat} interleaved rounds" if repeat > 1 else ""))
     print(f"{'run':<16} {'frames/s':>9} {'seconds':>8}  {'steady frames/s (20-90 % of frames)':>36}"
           + ("  all rounds, frames/s" if repeat > 1 else ""))
     for key in results:
