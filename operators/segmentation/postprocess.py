@@ -31,13 +31,20 @@ LABEL_DIVISOR = 1000  # segment id = LABEL_DIVISOR · (category_id + 1) + k, as 
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Thresholds of the grouping. Areas are in pixels of the output (input) resolution."""
+    """Thresholds of the grouping. Areas and the NMS kernel are in pixels of the output (input)
+    resolution.
 
-    center_threshold: float = 0.1
-    nms_kernel: int = 7
+    Tuned for the shipped weights (a3f2bd24) at 256×512 on the tuning seed 555000 (80 frames;
+    never the held-out seed): a wide NMS window removes the network's spurious secondary peaks
+    that split objects — PQ 43.5 → 45.5 (things 17.9 → 22.6) against the earlier defaults
+    (0.1, 7, 64, 64, 16); kernels 25–41 are within 0.3 of each other (README "Models").
+    """
+
+    center_threshold: float = 0.05
+    nms_kernel: int = 31
     top_k: int = 64
     stuff_area: int = 64
-    thing_area: int = 16
+    thing_area: int = 64
 
 
 @dataclass
