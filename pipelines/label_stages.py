@@ -285,15 +285,15 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
     summaries = []
     for video_id, rows in by_video.items():
         start = operator_clock()
-        good, frame_errors = [], []
+        good, frame_errors = [], []  # (frame index, image id, ids, segments) of the frames to write; errors of the rest
         for r in rows:
-            errors = json.loads(r["frame_errors"])
-            segments = json.loads(r["segments"])
-            for k, (index, image_id) in enumerate(zip(r["frame_indices"], json.loads(r["image_ids"]))):
-                if errors[k]:
-                    frame_errors.append(errors[k])
+            frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["frame_errors"]), r["panoptic"],
+                         json.loads(r["segments"]))
+            for index, image_id, error, ids, segments in frames:
+                if error:
+                    frame_errors.append(error)
                 else:
-                    good.append((int(index), image_id, r["panoptic"][k], segments[k]))
+                    good.append((int(index), image_id, ids, segments))
         errors = [r["error"] for r in rows if r["error"]] + frame_errors
         stage = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),

@@ -36,7 +36,7 @@ class TrackerConfig:
     """Thing segments scored below this are dropped (VOID in the output). A segment without a
     score counts as 1.0 (ground truth, or a segmenter that gives none). Off by default: a
     score's scale belongs to the segmenter, whose own post-processing already chose what to
-    emit (the built-in model keeps centres above 0.1). A fixed 0.3 here, tuned for earlier
+    emit (the built-in model: its centre threshold and NMS). A fixed 0.3 here, tuned for earlier
     weights, dropped 98 % of the thing segments of the σ-4 weights (median score 0.15):
     on tuning videos (seed 555000, 5 scenarios × 2 videos × 20 frames, 256×512) VPQ /
     VPQ-things were 41.1 / 11.7 at 0 and 0.05, 40.2 / 9.0 at 0.1, 37.9 / 1.4 at 0.3."""

@@ -177,16 +177,16 @@ def _child_argv(kind: str, cores: int, **kwargs) -> list[str]:
         [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]
 
 
-def _child_result(kind: str, cores: int, done) -> dict:
-    if done.returncode != 0:
-        raise RuntimeError(f"{kind} on {cores} core(s) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _child_result(kind: str, cores: int, returncode: int, stdout: str, stderr: str) -> dict:
+    if returncode != 0:
+        raise RuntimeError(f"{kind} on {cores} core(s) failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def run_child(kind: str, cores: int, **kwargs) -> dict:
     """Run one measurement in a fresh process pinned to ``cores`` cores."""
     done = subprocess.run(_child_argv(kind, cores, **kwargs), capture_output=True, text=True, cwd=ROOT)
-    return _child_result(kind, cores, done)
+    return _child_result(kind, cores, done.returncode, done.stdout, done.stderr)
 
 
 SPLIT_WARM_UP = 20.0  # seconds for each split process to import torch and load the model before the start line
@@ -205,8 +205,8 @@ def run_split(cores: int, corpus: str, out: str) -> dict:
              for i in range(cores)]
     parts = []
     for proc in procs:
-        stdout, stderr = proc.communicate()
-        parts.append(_child_result("split", 1, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)))
+        stdout, stderr = proc.communicate()  # first: the return code is known only after it
+        parts.append(_child_result("split", 1, proc.returncode, stdout, stderr))
     late = max(p["started"] for p in parts) - min(p["started"] for p in parts)
     if late > 1.0:
         print(f"warning: the split loops started {late:.1f} s apart (model loading took > {SPLIT_WARM_UP:.0f} s)")
