@@ -25,7 +25,7 @@ from dataclasses import replace
 from operators import fs
 from operators.segmentation.host import BUILTIN_WEIGHTS
 from operators.segmentation.losses import LossWeights
-from operators.segmentation.training import TRAIN_SCENARIOS, TrainConfig
+from operators.segmentation.training import TRAIN_PRECISIONS, TRAIN_SCENARIOS, TrainConfig
 
 WEIGHTS_NAME = "weights.pt"
 
@@ -54,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dice-weight", type=float, default=d.losses.tube_dice,
                         help="weight of the SiamTrack tube-matching dice loss (0 disables it)")
     parser.add_argument("--offset-weight", type=float, default=d.losses.offset, help="weight of the offset L1 loss")
+    parser.add_argument("--balanced-offsets", action=argparse.BooleanOptionalAction, default=d.losses.balanced_offsets,
+                        help="average the offset L1 per instance (every instance counts the same), not per pixel")
+    parser.add_argument("--semantic-upsample", type=int, default=d.losses.semantic_upsample,
+                        help="compute the semantic CE on logits upsampled by this factor (1: at the heads' stride)")
+    parser.add_argument("--small-instance-weight", type=float, default=d.losses.small_instance,
+                        help="CE weight of pixels of thing instances under 64x64 px (Panoptic-DeepLab: 3)")
+    parser.add_argument("--precision", default=d.precision, choices=TRAIN_PRECISIONS,
+                        help="forward-pass precision: bf16 autocast (default) or fp32")
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--init", default=None, help="continue from these built-in weights (a second stage)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (data parallel)")
@@ -67,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     losses = replace(LossWeights(), contrastive=args.contrastive_weight, tube_dice=args.dice_weight,
-                     offset=args.offset_weight)
+                     offset=args.offset_weight, balanced_offsets=args.balanced_offsets,
+                     semantic_upsample=args.semantic_upsample, small_instance=args.small_instance_weight)
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, warmup=args.warmup,
-                       photometric=args.photometric, sigma=args.sigma, log_every=args.log_every,
+                       photometric=args.photometric, sigma=args.sigma, log_every=args.log_every, precision=args.precision,
                        model=replace(TrainConfig().model, head_stride=args.head_stride), losses=losses,
                        init=_absolute(args.init))
 

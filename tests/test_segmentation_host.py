@@ -52,6 +52,19 @@ def test_builtin_backend_outputs_and_checksum(tiny_weights):
         np.testing.assert_array_equal(a.ids, b.ids)
 
 
+def test_thing_groups_default_to_cityscapes_categories_and_are_checked(tmp_path, tiny_weights):
+    from operators.formats.categories import CITYSCAPES_THING_GROUPS
+
+    assert CITYSCAPES_THING_GROUPS == ((11, 12), (13, 14, 15, 16, 17, 18))  # human, vehicle
+    assert SegmentationHost("builtin", tiny_weights).thing_groups == CITYSCAPES_THING_GROUPS
+    assert SegmentationHost("builtin", tiny_weights, thing_groups=()).thing_groups == ()
+    with pytest.raises(ValueError, match=r"\[3\] that are not thing classes of .*tiny.pt"):
+        SegmentationHost("builtin", tiny_weights, thing_groups=((3, 11),))
+    other = PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8, num_classes=4, thing_ids=(2, 3))
+    save_builtin(PanopticNet(other), str(tmp_path / "other.pt"))
+    assert SegmentationHost("builtin", str(tmp_path / "other.pt")).thing_groups == ()  # not the Cityscapes classes
+
+
 def test_loads_from_fsspec_uri(tiny_weights):
     import fsspec
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
-from operators.segmentation.losses import (LossWeights, at_stride, offset_loss, semantic_loss, temporal_losses,
-                                           total_loss)
+from operators.segmentation.losses import (LossWeights, at_stride, balanced_offset_loss, offset_loss, semantic_loss,
+                                           temporal_losses, total_loss)
 from operators.segmentation.targets import IGNORE, batch_targets, frame_targets
 
 
@@ -67,6 +67,39 @@ def test_bootstrapped_ce_and_offset_loss():
     assert offset_loss(pred, tgt, weight).item() == pytest.approx(2.0)
 
 
+def test_balanced_offset_loss_counts_every_instance_the_same():
+    """A 1-pixel instance off by 4 px (|dy| + |dx|) and a 3-pixel instance exact: the pixel mean
+    is 4 / 4 = 1, the instance mean (4 + 0) / 2 = 2. The second frame has the same GT ids (a
+    pair of one video) but is its own instance: off by 1 px on its 4 pixels."""
+    pred, target = torch.zeros(2, 2, 2, 2), torch.zeros(2, 2, 2, 2)
+    ids = torch.tensor([[[7, 8], [8, 8]], [[7, 7], [7, 7]]])
+    target[0, :, 0, 0] = torch.tensor([1.0, -3.0])  # instance 7 of frame 0
+    target[1, 0] = 1.0  # instance 7 of frame 1: every pixel off by 1
+    weight = torch.ones(2, 1, 2, 2)
+    assert balanced_offset_loss(pred[:1], target[:1], weight[:1], ids[:1]).item() == pytest.approx(2.0)
+    assert offset_loss(pred[:1], target[:1], weight[:1]).item() == pytest.approx(1.0)
+    assert balanced_offset_loss(pred, target, weight, ids).item() == pytest.approx((4 + 0 + 1) / 3)
+    weight[0, 0, 0, 0] = 0.0  # a pixel without an offset target (crowd, stuff) is left out
+    assert balanced_offset_loss(pred[:1], target[:1], weight[:1], ids[:1]).item() == pytest.approx(0.0)
+
+
+def test_semantic_loss_on_upsampled_logits_sees_thin_stuff():
+    """A 1-pixel-wide pole at column 5 falls between the stride-4 sample columns (2, 6, …), so
+    the loss at the heads' stride never sees it; on logits upsampled ×2 (columns 1, 3, 5, …) it does."""
+    ids = np.full((8, 16), 1000, np.int32)
+    ids[:, 5] = 6000  # pole (class 5)
+    frame = PanopticFrame(ids, [SegmentInfo(1000, 0), SegmentInfo(6000, 5)])
+    targets = batch_targets([frame, frame], thing_ids={11, 13})
+    outputs = {"semantic": torch.zeros(2, 19, 2, 4), "center": torch.zeros(2, 1, 2, 4),
+               "offset": torch.zeros(2, 2, 2, 4), "embedding": torch.ones(2, 4, 8, 16)}
+    outputs["semantic"][:, 0] = 5.0  # confident road everywhere
+    at_heads = total_loss(outputs, targets, LossWeights(hard_pixel_ratio=1.0))[1]["semantic"]
+    upsampled = total_loss(outputs, targets, LossWeights(hard_pixel_ratio=1.0, semantic_upsample=2))[1]["semantic"]
+    road_ce = torch.nn.functional.cross_entropy(outputs["semantic"][:1, :, :1, :1], torch.zeros(1, 1, 1, dtype=torch.long))
+    assert at_heads == pytest.approx(road_ce.item(), rel=1e-5)  # only road pixels sampled
+    assert upsampled > 2 * at_heads  # the pole's pixels (CE ≈ 5) are now in the loss
+
+
 def _pair_embeddings(good: bool):
     """Two frames of 3 segments (ids 5, 6, 7); in the second frame the segments moved.
     ``good``: each id has its own embedding direction in both frames; else frame 2 swaps 5 ↔ 6."""
@@ -91,7 +124,9 @@ def test_contrastive_and_tube_dice_reward_consistent_embeddings():
     assert bad_con.item() > 5 and bad_dice.item() > 0.5
 
 
-def test_total_loss_backpropagates_to_every_head():
+@pytest.mark.parametrize("weights", [LossWeights(), LossWeights(balanced_offsets=True, semantic_upsample=4)],
+                         ids=["paper", "balanced-offsets-upsampled-ce"])
+def test_total_loss_backpropagates_to_every_head(weights):
     torch.manual_seed(0)
     from operators.segmentation.model import PanopticNet, PanopticNetConfig
 
@@ -99,7 +134,7 @@ def test_total_loss_backpropagates_to_every_head():
     frame = _frame()
     big = PanopticFrame(np.kron(frame.ids, np.ones((4, 4), np.int32))[:32, :64], frame.segments)
     targets = batch_targets([big, big], {11, 13})
-    loss, terms = total_loss(model(torch.rand(2, 3, 32, 64)), targets, LossWeights())
+    loss, terms = total_loss(model(torch.rand(2, 3, 32, 64)), targets, weights)
     loss.backward()
     assert set(terms) == {"semantic", "center", "offset", "contrastive", "tube_dice"}
     for name in ("semantic_head", "center_head", "offset_head", "embedding_head"):

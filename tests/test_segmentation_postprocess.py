@@ -63,6 +63,26 @@ def test_two_cars_and_two_stuff_regions_by_hand():
     assert frame.to_panoptic_frame().segments == frame.segments
 
 
+def test_thing_groups_split_one_center_into_a_human_and_a_vehicle():
+    """Car A's right 3 columns are person pixels whose offsets point at car A's center (a
+    rider on its bicycle: one blob, one peak). One vote per center makes it one car of 80 px;
+    with the human / vehicle groups it is a car of 56 px and a person of 24 px."""
+    heads = _heads()
+    heads["semantic"][0, :, 8:16, 17:20] = -10.0
+    heads["semantic"][0, 11, 8:16, 17:20] = 10.0  # person
+    config = PostprocessConfig(center_threshold=0.1, nms_kernel=5, stuff_area=4, thing_area=4)
+    (single,) = panoptic_postprocess(heads, (32, 48), THINGS, config)
+    assert {s.id: s.area for s in single.segments if s.category_id != 0 and s.category_id != 10} == {14001: 80, 14002: 80}
+    (split,) = panoptic_postprocess(heads, (32, 48), THINGS, config, thing_groups=((11, 12), (13,)))
+    by_id = {s.id: s for s in split.segments}
+    assert {i: s.area for i, s in by_id.items() if s.category_id in THINGS} == {14001: 56, 14002: 80, 12001: 24}
+    assert (split.ids[8:16, 17:20] == 12001).all() and (split.ids[8:16, 10:17] == 14001).all()
+    assert by_id[12001].bbox == (17, 8, 3, 8) and by_id[12001].score == pytest.approx(0.9, abs=1e-4)
+    # classes in no group form one more group: the same split without naming the vehicles
+    (implicit,) = panoptic_postprocess(heads, (32, 48), THINGS, config, thing_groups=((11, 12),))
+    np.testing.assert_array_equal(implicit.ids, split.ids)
+
+
 def test_small_segments_become_void_and_no_center_means_void_things():
     heads = _heads()
     heads["center"][:] = 0.0  # no instance center at all: thing pixels cannot be grouped
@@ -117,16 +137,17 @@ def test_mask_pool_is_normalised_masked_mean():
         np.testing.assert_allclose(pooled[n], mean / np.linalg.norm(mean), rtol=1e-5)
 
 
-def test_batched_equals_frame_by_frame():
+@pytest.mark.parametrize("groups", [(), ((11, 12), (13,))], ids=["one-vote", "human-vehicle"])
+def test_batched_equals_frame_by_frame(groups):
     torch.manual_seed(0)
     model = PanopticNet(PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8)).eval()
     with torch.no_grad():
         outputs = model(torch.rand(3, 3, 64, 96))
     outputs["center"] = torch.rand_like(outputs["center"])  # an untrained model has no peaks
     config = PostprocessConfig(thing_area=1, stuff_area=1)
-    batched = panoptic_postprocess(outputs, (64, 96), THINGS, config)
+    batched = panoptic_postprocess(outputs, (64, 96), THINGS, config, groups)
     for b in range(3):
-        (alone,) = panoptic_postprocess({k: v[b:b + 1] for k, v in outputs.items()}, (64, 96), THINGS, config)
+        (alone,) = panoptic_postprocess({k: v[b:b + 1] for k, v in outputs.items()}, (64, 96), THINGS, config, groups)
         np.testing.assert_array_equal(alone.ids, batched[b].ids)
         assert alone.segments == batched[b].segments
         np.testing.assert_allclose(alone.embeddings, batched[b].embeddings, atol=1e-6)

@@ -16,10 +16,11 @@ from operators.segmentation.training import (PairSampler, TrainConfig, load_trai
 TINY_MODEL = PanopticNetConfig(widths=(16, 16, 32, 32), decoder_channels=16, head_channels=16, embedding_dim=8)
 
 
-def test_loss_decreases_on_a_tiny_corpus():
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_loss_decreases_on_a_tiny_corpus(precision):
     torch.set_num_threads(2)
     config = TrainConfig(videos_per_scenario=1, frames=4, height=64, width=128, scenarios=("default",), steps=30,
-                         batch_pairs=2, crop=(64, 128), lr=3e-3, log_every=1, model=TINY_MODEL)
+                         batch_pairs=2, crop=(64, 128), lr=3e-3, log_every=1, model=TINY_MODEL, precision=precision)
     videos = load_training_videos(config)
     assert len(videos) == 1 and len(videos[0]) == 4
     history = train_model(new_model(config, seed=0), PairSampler(videos, config, seed=0), config, torch.device("cpu"))
@@ -47,6 +48,11 @@ def test_train_command_on_ray_writes_loadable_weights(tmp_path, ray_local):
     assert host.model_sha256 == log["sha256"]
     (result,) = host([np.zeros((64, 128, 3), np.uint8)])
     assert result.ids.shape == (64, 128)
+
+
+def test_an_unknown_training_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")  # fp16 would need loss scaling; bf16 does not
 
 
 def test_training_is_deterministic_for_a_seed():
@@ -84,3 +90,18 @@ def test_poly_schedule_with_warm_up():
     assert poly_lr(1.0, 9, 100, warmup=10) == pytest.approx(1.0)
     assert poly_lr(1.0, 10, 100, warmup=10) == pytest.approx((1 - 10 / 100) ** 0.9)
     assert poly_lr(1.0, 99, 100) == pytest.approx(0.01 ** 0.9)
+
+
+def test_train_command_line_reaches_the_config():
+    import argparse
+
+    from jobs.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = config_from_args(parser.parse_args([]))
+    assert defaults == TrainConfig()  # the command's defaults are the recipe's
+    config = config_from_args(parser.parse_args(["--precision", "fp32", "--balanced-offsets", "--semantic-upsample", "2",
+                                                 "--small-instance-weight", "3", "--steps", "7"]))
+    assert (config.precision, config.steps) == ("fp32", 7)
+    assert (config.losses.balanced_offsets, config.losses.semantic_upsample, config.losses.small_instance) == (True, 2, 3.0)

@@ -33,6 +33,15 @@ CITYSCAPES_CATEGORIES: tuple[Category, ...] = tuple(Category(i, name, i >= 11, c
 
 CATEGORY_BY_NAME = {c.name: c for c in CITYSCAPES_CATEGORIES}
 
+# Cityscapes files its thing classes under two categories, "human" and "vehicle" (the
+# ``category`` column of its label table). A rider and the bicycle under it are one blob of
+# thing pixels around nearly one center; keeping the two categories apart lets the
+# post-processing return them as two instances (operators.segmentation.postprocess).
+CITYSCAPES_THING_GROUPS: tuple[tuple[int, ...], ...] = (
+    tuple(CATEGORY_BY_NAME[n].id for n in ("person", "rider")),
+    tuple(CATEGORY_BY_NAME[n].id for n in ("car", "truck", "bus", "train", "motorcycle", "bicycle")),
+)
+
 
 def categories_by_id(categories=CITYSCAPES_CATEGORIES) -> dict[int, Category]:
     return {c.id: c for c in categories}

@@ -51,6 +51,14 @@ class LossWeights:
     # thousand steps) that starved the stuff classes: 600-step pilots, held-out PQ 8.9 with 3
     # vs 15.6 with 1 (things ≈ 0 in both), so the shipped recipe uses 1.
     small_instance: float = 1.0
+    # Panoptic-DeepLab averages the offset L1 over thing pixels, so a truck of 4000 px counts
+    # 50 times a pedestrian of 80 px. ``balanced_offsets`` averages each instance's mean L1
+    # instead, so every instance counts the same (small things are most of the instances).
+    balanced_offsets: bool = False
+    # The semantic CE on logits upsampled (bilinear, as at inference) by this factor, targets
+    # sampled at the finer cells: thin stuff (poles, traffic lights: 2-7 px wide) is seen by
+    # more loss pixels than at the heads' stride. 1 = at the heads' stride.
+    semantic_upsample: int = 1
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor, hard_ratio: float,
@@ -76,6 +84,22 @@ def center_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
 def offset_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """L1 over non-crowd thing pixels. ``pred, target (B, 2, H, W)``, ``weight (B, 1, H, W)``."""
     return ((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def balanced_offset_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                         instance_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over thing instances of each instance's mean L1 (every instance counts the same).
+    ``pred, target (B, 2, H, W)``, ``weight (B, 1, H, W)``, ``instance_ids (B, H, W)`` GT ids."""
+    mask = weight[:, 0] > 0
+    if not mask.any():
+        return pred.sum() * 0.0
+    frame = torch.arange(mask.shape[0], device=mask.device)[:, None, None].expand_as(mask)
+    # one key per (frame, instance): the two frames of a pair share their GT ids
+    keys = frame[mask] * (1 << 32) + instance_ids[mask]
+    _, instance, pixels = torch.unique(keys, return_inverse=True, return_counts=True)
+    error = (pred - target).abs().sum(dim=1)[mask]
+    per_instance = torch.zeros(pixels.numel(), dtype=error.dtype, device=error.device).scatter_add_(0, instance, error)
+    return (per_instance / pixels).mean()
 
 
 def _segment_masks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,11 +193,21 @@ def total_loss(outputs: dict[str, torch.Tensor], targets: PanopticTargets, weigh
     of the s×s cells (:func:`at_stride`).
     """
     t = at_stride(targets, outputs["semantic"].shape[-2:])
-    pixel_weight = 1 + (weights.small_instance - 1) * t.small_instance if weights.small_instance != 1 else None
+    logits, ts = outputs["semantic"], t
+    if weights.semantic_upsample > 1:
+        logits = F.interpolate(logits, scale_factor=weights.semantic_upsample, mode="bilinear", align_corners=False)
+        ts = at_stride(targets, logits.shape[-2:])
+    pixel_weight = 1 + (weights.small_instance - 1) * ts.small_instance if weights.small_instance != 1 else None
+    if weights.balanced_offsets:
+        stride = targets.segment_ids.shape[-1] // t.offset.shape[-1]
+        ids = targets.segment_ids[..., stride // 2::stride, stride // 2::stride][..., :t.offset.shape[-2], :t.offset.shape[-1]]
+        offset = balanced_offset_loss(outputs["offset"], t.offset, t.offset_weight, ids)
+    else:
+        offset = offset_loss(outputs["offset"], t.offset, t.offset_weight)
     terms = {
-        "semantic": semantic_loss(outputs["semantic"], t.semantic, weights.hard_pixel_ratio, pixel_weight),
+        "semantic": semantic_loss(logits, ts.semantic, weights.hard_pixel_ratio, pixel_weight),
         "center": center_loss(outputs["center"], t.center, t.center_weight),
-        "offset": offset_loss(outputs["offset"], t.offset, t.offset_weight),
+        "offset": offset,
     }
     terms["contrastive"], terms["tube_dice"] = temporal_losses(outputs["embedding"], targets.segment_ids,
                                                                weights.temperature)

@@ -8,7 +8,9 @@ Panoptic-DeepLab (Cheng et al., CVPR 2020), Sec. 3.3:
    where its offset points: ``k̂(x) = argmin_k ‖C_k − (x + O(x))‖²`` (Eq. 1 of the paper).
 3. *Merge*: each instance takes the majority semantic class of its pixels; stuff segments
    are the semantic regions of stuff classes; segments smaller than an area threshold
-   become VOID.
+   become VOID. With ``thing_groups`` (e.g. Cityscapes' "human" and "vehicle" categories) the
+   vote is held within each group: the pixels of one center that belong to different groups
+   become separate instances (our addition; with no groups this is the paper's step).
 
 Every frame of the batch goes through the same tensor operations; only the final, tiny
 list of segments is built per frame. Scores follow Panoptic-DeepLab: a thing's score is
@@ -19,6 +21,7 @@ mask-pooled, L2-normalised embedding of SiamTrack's MaskPool (Woo et al., CVPR 2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +43,7 @@ class PostprocessConfig:
     (0.1, 7, 64, 64, 16); kernels 25–41 are within 0.3 of each other (README "Models").
     """
 
-    center_threshold: float = 0.05
+    center_threshold: float = 0.2
     nms_kernel: int = 31
     top_k: int = 64
     stuff_area: int = 64
@@ -142,8 +145,17 @@ def upsample_outputs(outputs: dict[str, torch.Tensor], size: tuple[int, int]) ->
 
 
 def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int], thing_ids: tuple[int, ...],
-                         config: PostprocessConfig = PostprocessConfig()) -> list[FrameSegments]:
-    """Heads of a batch (any stride) → one :class:`FrameSegments` per frame at ``size = (H, W)``."""
+                         config: PostprocessConfig = PostprocessConfig(),
+                         thing_groups: Sequence[Sequence[int]] = ()) -> list[FrameSegments]:
+    """Heads of a batch (any stride) → one :class:`FrameSegments` per frame at ``size = (H, W)``.
+
+    ``thing_groups``: sets of thing classes that may share an instance; one center's pixels of
+    different groups become different instances (thing classes in no group form one more
+    group). Empty: Panoptic-DeepLab's single majority vote per center. Small things that sit
+    together — a rider on its bicycle, a pedestrian in front of a car — often get one center
+    from a stride-4 heatmap; splitting by Cityscapes' human/vehicle categories returns them
+    apart (tuning seed 555000: PQ 52.4 → 54.0, README "Models").
+    """
     full = upsample_outputs(outputs, size)
     probs = full["semantic"].contiguous().softmax(dim=1)  # (B, C, H, W); NCHW: softmax over C is faster there
     batch, num_classes = probs.shape[:2]
@@ -154,6 +166,13 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
     scores, ys, xs, valid = find_centers(full["center"], config.center_threshold, config.nms_kernel, config.top_k)
     thing_pixel = is_thing_class[semantic]
     nearest = group_pixels(full["offset"], ys, xs, valid, thing_pixel)
+    if thing_groups:  # one instance per (center, group): center k, group g → instance k·G + g
+        group_of_class = torch.zeros(num_classes, dtype=torch.long, device=probs.device)
+        for g, members in enumerate(thing_groups, start=1):
+            group_of_class[list(members)] = g
+        num_groups = len(thing_groups) + 1
+        nearest = torch.where(nearest >= 0, nearest * num_groups + group_of_class[semantic], nearest)
+        scores = scores.repeat_interleave(num_groups, dim=1)
     num_centers = scores.shape[1]
 
     # One "slot" per possible segment: stuff class c → slot c; instance k → slot C + k; VOID → last.

@@ -10,6 +10,7 @@ centers are those of the whole object, as in Panoptic-DeepLab.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -21,6 +22,8 @@ from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetC
 from operators.segmentation.targets import TARGET_KEYS, PanopticTargets, frame_targets
 
 TRAIN_SCENARIOS = ("default", "occlusion", "similar", "small", "deform")
+# fp16 is left out on purpose: it needs loss scaling, bf16 does not.
+TRAIN_PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class TrainConfig:
     width: int = 512
     seed: int = 1000  # held-out evaluation corpora use other seeds
     scenarios: tuple[str, ...] = TRAIN_SCENARIOS
-    steps: int = 3200
+    steps: int = 12000
     batch_pairs: int = 2
     # Whole 256×512 frames: an object's center is always in view, so its offsets can be
     # learned (128×256 crops cut most vehicles); same pixels per step as 4 pairs of crops.
@@ -50,6 +53,11 @@ class TrainConfig:
     # post-processing reaches PQ-things 89.7 with σ 8, 93.7 with σ 4; seed 555000).
     sigma: float = 4.0
     log_every: int = 25
+    # Mixed precision of the forward pass: "bf16" autocast (convolutions in bfloat16, weights,
+    # optimiser and losses in fp32; no loss scaling needed, bf16 has fp32's range) or "fp32".
+    # On this CPU (AVX-512 BF16) bf16 with channels-last activations made a step 2.8× faster
+    # than fp32 NCHW (0.093 vs 0.260 s, 2 threads): more steps fit in the same minutes.
+    precision: str = "bf16"
     init: str | None = None  # weights URI to continue from (a second stage); None = random init
     model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
     losses: LossWeights = field(default_factory=LossWeights)
@@ -57,6 +65,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if any(c % SIZE_DIVISOR for c in self.crop) or self.crop[0] > self.height or self.crop[1] > self.width:
             raise ValueError(f"crop {self.crop} must be multiples of {SIZE_DIVISOR} within {self.height}x{self.width}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -178,6 +188,9 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
                 report: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Run ``config.steps`` optimisation steps; ``report(step, averaged_losses)`` every
     ``log_every`` steps. Returns the logged history."""
+    # Channels-last (NHWC) activations are what oneDNN's CPU convolutions (and cuDNN's tensor
+    # cores) run fastest; the host serves the built-in model in the same layout.
+    model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     history, running = [], []
@@ -185,7 +198,11 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(config.lr, step, config.steps, warmup=config.warmup)
         images, targets = sampler.sample()
-        outputs = model(images.to(device))
+        with (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.precision == "bf16"
+              else contextlib.nullcontext()):
+            outputs = model(images.to(device).contiguous(memory_format=torch.channels_last))
+        # The losses (top-k CE, sums over masks, softmax over segments) in fp32.
+        outputs = {name: value.float() for name, value in outputs.items()}
         loss, terms = total_loss(outputs, targets.to(device), config.losses)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
