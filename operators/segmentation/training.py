@@ -38,7 +38,7 @@ class TrainConfig:
     width: int = 512
     seed: int = 1000  # held-out evaluation corpora use other seeds
     scenarios: tuple[str, ...] = TRAIN_SCENARIOS
-    steps: int = 12000
+    steps: int = 11000
     batch_pairs: int = 2
     # Whole 256×512 frames: an object's center is always in view, so its offsets can be
     # learned (128×256 crops cut most vehicles); same pixels per step as 4 pairs of crops.
