@@ -98,6 +98,8 @@ def test_semantic_loss_on_upsampled_logits_sees_thin_stuff():
     road_ce = torch.nn.functional.cross_entropy(outputs["semantic"][:1, :, :1, :1], torch.zeros(1, 1, 1, dtype=torch.long))
     assert at_heads == pytest.approx(road_ce.item(), rel=1e-5)  # only road pixels sampled
     assert upsampled > 2 * at_heads  # the pole's pixels (CE ≈ 5) are now in the loss
+    with pytest.raises(ValueError, match="semantic_upsample"):
+        LossWeights(semantic_upsample=0)
 
 
 def _pair_embeddings(good: bool):
