@@ -58,6 +58,9 @@ class TrainConfig:
     # On this CPU (AVX-512 BF16) bf16 with channels-last activations made a step 2.8× faster
     # than fp32 NCHW (0.093 vs 0.260 s, 2 threads): more steps fit in the same minutes.
     precision: str = "bf16"
+    # NHWC activations, what oneDNN's CPU convolutions (and cuDNN's tensor cores) run fastest
+    # (0.154 vs 0.260 s per fp32 step here); False keeps NCHW (tests/benchmarks/bench_train.py).
+    channels_last: bool = True
     init: str | None = None  # weights URI to continue from (a second stage); None = random init
     model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
     losses: LossWeights = field(default_factory=LossWeights)
@@ -188,9 +191,9 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
                 report: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Run ``config.steps`` optimisation steps; ``report(step, averaged_losses)`` every
     ``log_every`` steps. Returns the logged history."""
-    # Channels-last (NHWC) activations are what oneDNN's CPU convolutions (and cuDNN's tensor
-    # cores) run fastest; the host serves the built-in model in the same layout.
-    model.to(memory_format=torch.channels_last)
+    # NHWC unless config.channels_last is off; the host serves the built-in model NHWC too
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     history, running = [], []
@@ -200,7 +203,7 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
         images, targets = sampler.sample()
         with (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.precision == "bf16"
               else contextlib.nullcontext()):
-            outputs = model(images.to(device).contiguous(memory_format=torch.channels_last))
+            outputs = model(images.to(device).contiguous(memory_format=layout))
         # The losses (top-k CE, sums over masks, softmax over segments) in fp32.
         outputs = {name: value.float() for name, value in outputs.items()}
         loss, terms = total_loss(outputs, targets.to(device), config.losses)
