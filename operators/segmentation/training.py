@@ -55,11 +55,12 @@ class TrainConfig:
     log_every: int = 25
     # Mixed precision of the forward pass: "bf16" autocast (convolutions in bfloat16, weights,
     # optimiser and losses in fp32; no loss scaling needed, bf16 has fp32's range) or "fp32".
-    # On this CPU (AVX-512 BF16) bf16 with channels-last activations made a step 2.8× faster
-    # than fp32 NCHW (0.093 vs 0.260 s, 2 threads): more steps fit in the same minutes.
+    # On this CPU (AVX-512 BF16) bf16 with channels-last activations makes a step 1.74× faster
+    # than fp32 NCHW (0.116 vs 0.202 s, 2 threads, tests/benchmarks/bench_train.py): more
+    # steps fit in the same minutes.
     precision: str = "bf16"
     # NHWC activations, what oneDNN's CPU convolutions (and cuDNN's tensor cores) run fastest
-    # (0.154 vs 0.260 s per fp32 step here); False keeps NCHW (tests/benchmarks/bench_train.py).
+    # (0.173 vs 0.202 s per fp32 step, bench_train.py); False keeps NCHW.
     channels_last: bool = True
     init: str | None = None  # weights URI to continue from (a second stage); None = random init
     model: PanopticNetConfig = field(default_factory=PanopticNetConfig)
