@@ -183,13 +183,19 @@ def at_stride(targets: PanopticTargets, size: tuple[int, int]) -> PanopticTarget
     """Targets at the heads' resolution ``size = (h, w)``: the input pixel at the centre of each
     stride cell (offsets stay in input pixels). ``segment_ids`` are kept at input resolution
     (the temporal losses sample them themselves)."""
-    height, width = size
-    stride = targets.semantic.shape[-1] // width
-    if stride == 1:
+    if targets.semantic.shape[-1] // size[1] == 1:
         return targets
-    cells = {name: getattr(targets, name)[..., stride // 2::stride, stride // 2::stride][..., :height, :width]
+    cells = {name: cell_centres(getattr(targets, name), size)
              for name in targets.__dataclass_fields__ if name != "segment_ids"}
     return PanopticTargets(segment_ids=targets.segment_ids, **cells)
+
+
+def cell_centres(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``values (..., H, W)`` at input resolution → ``(..., h, w)``: the pixel at the centre of
+    each stride cell, stride = W // w."""
+    height, width = size
+    stride = values.shape[-1] // width
+    return values[..., stride // 2::stride, stride // 2::stride][..., :height, :width]
 
 
 def total_loss(outputs: dict[str, torch.Tensor], targets: PanopticTargets, weights: LossWeights = LossWeights()
@@ -206,8 +212,7 @@ def total_loss(outputs: dict[str, torch.Tensor], targets: PanopticTargets, weigh
         ts = at_stride(targets, logits.shape[-2:])
     pixel_weight = 1 + (weights.small_instance - 1) * ts.small_instance if weights.small_instance != 1 else None
     if weights.balanced_offsets:
-        stride = targets.segment_ids.shape[-1] // t.offset.shape[-1]
-        ids = targets.segment_ids[..., stride // 2::stride, stride // 2::stride][..., :t.offset.shape[-2], :t.offset.shape[-1]]
+        ids = cell_centres(targets.segment_ids, t.offset.shape[-2:])
         offset = balanced_offset_loss(outputs["offset"], t.offset, t.offset_weight, ids)
     else:
         offset = offset_loss(outputs["offset"], t.offset, t.offset_weight)

@@ -10,13 +10,13 @@ centers are those of the whole object, as in Panoptic-DeepLab.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from operators.segmentation.device import Placement
 from operators.segmentation.losses import LossWeights, total_loss
 from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetConfig
 from operators.segmentation.targets import TARGET_KEYS, PanopticTargets, frame_targets
@@ -196,14 +196,15 @@ def train_model(model: torch.nn.Module, sampler: PairSampler, config: TrainConfi
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # the hosts' placement record gives the autocast context (a no-op for fp32)
+    placement = Placement(device, torch.bfloat16 if config.precision == "bf16" else None, pin_memory=False)
     model.train()
     history, running = [], []
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(config.lr, step, config.steps, warmup=config.warmup)
         images, targets = sampler.sample()
-        with (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.precision == "bf16"
-              else contextlib.nullcontext()):
+        with placement.autocast():
             outputs = model(images.to(device).contiguous(memory_format=layout))
         # The losses (top-k CE, sums over masks, softmax over segments) in fp32.
         outputs = {name: value.float() for name, value in outputs.items()}
