@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from operators.formats.categories import CITYSCAPES_CATEGORIES
+from operators.formats.categories import CITYSCAPES_THING_IDS
 
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
@@ -27,7 +27,7 @@ class TrackerConfig:
     """
 
     # --- which categories carry identities -------------------------------------------------
-    thing_category_ids: tuple[int, ...] = tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing)
+    thing_category_ids: tuple[int, ...] = CITYSCAPES_THING_IDS
     """Categories whose segments get track ids; every other category is stuff (id from the category)."""
     confusable_categories: tuple[tuple[int, ...], ...] = ()
     """Groups of thing categories that may match each other (e.g. ``((11, 12),)`` person ↔ rider);

@@ -32,6 +32,7 @@ CITYSCAPES_CATEGORIES: tuple[Category, ...] = tuple(Category(i, name, i >= 11, c
 ]))
 
 CATEGORY_BY_NAME = {c.name: c for c in CITYSCAPES_CATEGORIES}
+CITYSCAPES_THING_IDS: tuple[int, ...] = tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing)  # 11–18
 
 # Cityscapes files its thing classes under two categories, "human" and "vehicle" (the
 # ``category`` column of its label table). A rider and the bicycle under it are one blob of

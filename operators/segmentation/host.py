@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.errors import FormatMismatchError, InputError
-from operators.formats.categories import CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS
+from operators.formats.categories import CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import read_predictions, VpsImage
 from operators.segmentation.device import Placement, select_placement
@@ -77,8 +77,7 @@ class SegmentationHost:
         self.backend, self.postprocess = backend, postprocess
         self.placement: Placement = select_placement(device, precision)
         self.batch_size = batch_size or default_batch_size(self.placement)
-        self.thing_ids = tuple(thing_ids) if thing_ids is not None else tuple(
-            c.id for c in CITYSCAPES_CATEGORIES if c.isthing)
+        self.thing_ids = tuple(thing_ids) if thing_ids is not None else CITYSCAPES_THING_IDS
         self.num_classes = num_classes or len(CITYSCAPES_CATEGORIES)
         self.model_uri = model_uri or (BUILTIN_WEIGHTS if backend == "builtin" else None)
         if self.model_uri is None:
@@ -107,8 +106,7 @@ class SegmentationHost:
         """Default: Cityscapes' human / vehicle categories when the model has the Cityscapes
         classes, else none (one majority vote per center, as in Panoptic-DeepLab)."""
         if groups is None:
-            cityscapes = (self.num_classes == len(CITYSCAPES_CATEGORIES)
-                          and self.thing_ids == tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing))
+            cityscapes = self.num_classes == len(CITYSCAPES_CATEGORIES) and self.thing_ids == CITYSCAPES_THING_IDS
             return CITYSCAPES_THING_GROUPS if cityscapes else ()
         groups = tuple(tuple(int(c) for c in group) for group in groups)
         strays = sorted({c for group in groups for c in group} - set(self.thing_ids))

@@ -25,13 +25,13 @@ input ``(B, 3, H, W) float32`` RGB in [0, 1], H and W divisible by 32; output a 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from operators.formats.categories import CITYSCAPES_CATEGORIES
+from operators.formats.categories import CITYSCAPES_CATEGORIES, CITYSCAPES_THING_IDS
 
 OUTPUT_KEYS = ("semantic", "center", "offset", "embedding")
 SIZE_DIVISOR = 32  # the backbone's total stride: inputs must be multiples of it
@@ -42,7 +42,7 @@ class PanopticNetConfig:
     """Architecture hyper-parameters; saved next to the weights so a file says what it fits."""
 
     num_classes: int = len(CITYSCAPES_CATEGORIES)
-    thing_ids: tuple[int, ...] = field(default_factory=lambda: tuple(c.id for c in CITYSCAPES_CATEGORIES if c.isthing))
+    thing_ids: tuple[int, ...] = CITYSCAPES_THING_IDS
     widths: tuple[int, int, int, int] = (32, 64, 96, 128)  # channels at stride 4, 8, 16, 32
     decoder_channels: int = 48
     head_channels: int = 32
