@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=d.sigma, help="σ of the center heatmap Gaussians (pixels)")
     parser.add_argument("--head-stride", type=int, default=d.model.head_stride, choices=(2, 4),
                         help="stride of the network's heads")
+    parser.add_argument("--semantic-stride", type=int, default=d.model.semantic_stride, choices=(2, 4),
+                        help="stride of the semantic head alone (default: the heads' stride)")
+    parser.add_argument("--fine-channels", type=int, default=d.model.fine_channels,
+                        help="channels of the decoder's stride-2 level (when a head runs at stride 2)")
     parser.add_argument("--videos-per-scenario", type=int, default=d.videos_per_scenario)
     parser.add_argument("--frames", type=int, default=d.frames)
     parser.add_argument("--height", type=int, default=d.height)
@@ -81,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, warmup=args.warmup,
                        photometric=args.photometric, sigma=args.sigma, log_every=args.log_every, precision=args.precision,
-                       model=replace(TrainConfig().model, head_stride=args.head_stride), losses=losses,
+                       model=replace(TrainConfig().model, head_stride=args.head_stride,
+                                     semantic_stride=args.semantic_stride, fine_channels=args.fine_channels), losses=losses,
                        init=_absolute(args.init))
 
 

@@ -57,6 +57,8 @@ class LabelConfig:
       ``video_id`` and ``frame_index``).
     * ``chunk_frames``: frames per chunk; ``batch_size``: frames per model forward pass
       (None: 1 on CPU, 8 on GPU, see :func:`operators.segmentation.host.default_batch_size`).
+    * ``flip``: horizontal-flip test-time augmentation of the segmenter (None: the host's
+      default, on for the built-in network; two forward passes per frame).
     """
 
     segmenter: str = "builtin"
@@ -71,6 +73,7 @@ class LabelConfig:
     image_id_format: str = DEFAULT_IMAGE_ID
     chunk_frames: int = 32
     batch_size: int | None = None  # None: the host's default (1 on CPU, 8 on GPU)
+    flip: bool | None = None  # None: the host's default (on for the built-in network)
     write_png: bool = False
     write_overlay: bool = False
     device: str = "auto"
@@ -91,7 +94,7 @@ class LabelConfig:
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
         return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
-                "device": self.device}
+                "device": self.device, "flip": self.flip}
 
     def image_id(self, video_id: str, frame_index: int) -> str:
         return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
@@ -115,7 +118,8 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        doc = {"segmenter": self.segmenter, "flow": self.flow, "flow_options": self.flow_options,
+        flip = self.segmenter == "builtin" if self.flip is None else self.flip  # the host's default
+        doc = {"segmenter": self.segmenter, "segmenter_flip": flip, "flow": self.flow, "flow_options": self.flow_options,
                "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
                "sinks": {"png": self.write_png, "overlay": self.write_overlay}}

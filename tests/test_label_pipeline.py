@@ -242,6 +242,22 @@ def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path)
     assert LabelConfig(chunk_frames=7, batch_size=2).config_hash(checksums) == base
     assert builtin.config_hash({**checksums, "segmenter": "other weights"}) != base
     assert LabelConfig(flow_options={"preset": "fast"}).config_hash(checksums) != base
+    # flip test-time augmentation changes the segments: the default (on for builtin) spelled out
+    # is the same run, turning it off is another
+    assert LabelConfig(flip=True).config_hash(checksums) == base
+    assert LabelConfig(flip=False).config_hash(checksums) != base
+
+
+def test_label_flip_option_reaches_the_segmentation_host():
+    import argparse
+
+    from jobs.label import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for argv, flip in (([], None), (["--flip"], True), (["--no-flip"], False)):
+        config = config_from_args(parser.parse_args(["--input", "in", "--output", "out", *argv]))
+        assert config.flip is flip and config.host_kwargs()["flip"] is flip
 
 
 @pytest.mark.slow

@@ -65,6 +65,29 @@ def test_thing_groups_default_to_cityscapes_categories_and_are_checked(tmp_path,
     assert SegmentationHost("builtin", str(tmp_path / "other.pt")).thing_groups == ()  # not the Cityscapes classes
 
 
+def test_flip_makes_the_host_mirror_equivariant(tiny_weights):
+    """With flip test-time augmentation a frame and its mirror image get mirrored class maps (the
+    averaged heads are exact mirrors); without it an untrained network's maps are not. On by
+    default for the built-in network only."""
+    frame = _frames(1, height=64, width=96)[0]
+    mirror = np.ascontiguousarray(frame[:, ::-1])
+
+    def classes(result):
+        category = {s.id: s.category_id for s in result.segments}
+        return np.vectorize(lambda i: category.get(int(i), -1))(result.ids)
+
+    host, plain = SegmentationHost("builtin", tiny_weights), SegmentationHost("builtin", tiny_weights, flip=False)
+    assert host.flip and not plain.flip
+    for h in (host, plain):  # an untrained network predicts one class everywhere: make its logits vary
+        with torch.no_grad():
+            h.model.semantic_head[1].weight.mul_(300)
+    a, b = host([frame, mirror])
+    assert len(np.unique(classes(a))) >= 3  # several classes (and VOID where segments were too small)
+    np.testing.assert_array_equal(classes(a), classes(b)[:, ::-1])
+    a, b = plain([frame, mirror])
+    assert (classes(a) != classes(b)[:, ::-1]).any()
+
+
 def test_loads_from_fsspec_uri(tiny_weights):
     import fsspec
 
@@ -140,15 +163,19 @@ class _WrongChannels(torch.nn.Module):
 
 
 def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, tiny_weights):
-    builtin = SegmentationHost("builtin", tiny_weights)
+    builtin = SegmentationHost("builtin", tiny_weights, flip=False)  # artifacts run unflipped by default
     scripted = torch.jit.trace(builtin.model, torch.rand(1, 3, 64, 96), strict=False)
     artifact = tmp_path / "model.ts"
     torch.jit.save(scripted, str(artifact))
     host = SegmentationHost("artifact", str(artifact))
+    assert not host.flip
     frames = _frames(2, 64, 96)
     for a, b in zip(host(frames), builtin(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+    flipped = SegmentationHost("artifact", str(artifact), flip=True)(frames)  # the same augmentation for artifacts
+    for a, b in zip(flipped, SegmentationHost("builtin", tiny_weights)(frames)):
+        np.testing.assert_array_equal(a.ids, b.ids)
     broken = tmp_path / "broken.ts"
     torch.jit.save(torch.jit.trace(_WrongChannels(), torch.rand(1, 3, 64, 96), strict=False), str(broken))
     with pytest.raises(FormatMismatchError, match=r"broken.ts on input frame 0.*'semantic' has 7 channels"):
@@ -159,7 +186,7 @@ def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, 
 
 
 def test_torch_export_artifact(tmp_path, tiny_weights):
-    builtin = SegmentationHost("builtin", tiny_weights)
+    builtin = SegmentationHost("builtin", tiny_weights, flip=False)
     # the host keeps its network NHWC; export the usual NCHW layout, as a user would
     program = torch.export.export(builtin.model.to(memory_format=torch.contiguous_format), (torch.rand(1, 3, 64, 96),))
     path = tmp_path / "model.pt2"
@@ -244,7 +271,7 @@ def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
 
 
 def test_embed_given_segments_equals_maskpool_of_the_embedding_head(tiny_weights):
-    host = SegmentationHost("builtin", tiny_weights)
+    host = SegmentationHost("builtin", tiny_weights, flip=False)  # one pass: the head's own map
     frame = _frames(1, 64, 96)[0]
     ids = np.zeros((64, 96), np.int32)
     ids[:, :40], ids[10:30, 50:80] = 1000, 14001

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.segmentation.model import OUTPUT_KEYS, PanopticNet, PanopticNetConfig
 from operators.segmentation.postprocess import (PostprocessConfig, find_centers, group_pixels, mask_pool,
                                                 panoptic_postprocess)
@@ -181,6 +182,66 @@ def test_stride_2_heads_keep_the_contract():
     assert PanopticNetConfig.from_json(old).head_stride == 4
     with pytest.raises(ValueError, match="head_stride"):
         PanopticNetConfig(head_stride=8)
+
+
+def test_a_finer_semantic_head_keeps_the_other_heads_at_their_stride():
+    """``semantic_stride=2``: the semantic logits come from the decoder's stride-2 level, the
+    other heads stay at stride 4; the contract accepts that, and the losses train it."""
+    from operators.segmentation.loading import validate_outputs
+    from operators.segmentation.losses import LossWeights, total_loss
+    from operators.segmentation.targets import batch_targets
+
+    config = PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8, fine_channels=8,
+                               semantic_stride=2)
+    images = torch.rand(2, 3, 64, 128)
+    out = PanopticNet(config)(images)
+    assert tuple(out["semantic"].shape[-2:]) == (32, 64)
+    assert {tuple(out[k].shape[-2:]) for k in ("center", "offset", "embedding")} == {(16, 32)}
+    assert validate_outputs(out, images, 19, True, "tiny").keys() == set(OUTPUT_KEYS)
+    frame = PanopticFrame(np.zeros((64, 128), np.int32), [])
+    frame.ids[:, :64], frame.ids[20:40, 80:100] = 1000, 14001
+    frame.segments.extend([SegmentInfo(1000, 0, 0, (0, 0, 1, 1), 0), SegmentInfo(14001, 13, 0, (0, 0, 1, 1), 0)])
+    targets = batch_targets([frame, frame], set(config.thing_ids), sigma=4.0)
+    loss, terms = total_loss(out, targets, LossWeights(semantic_upsample=1))
+    loss.backward()
+    assert all(np.isfinite(v) for v in terms.values())
+    assert PanopticNet(config).semantic_head[0][0].in_channels == 8  # reads the stride-2 level
+    with pytest.raises(ValueError, match="semantic_stride"):
+        PanopticNetConfig(head_stride=2, semantic_stride=4)
+
+
+def test_contract_refuses_center_and_offset_at_different_strides():
+    from operators.errors import FormatMismatchError
+    from operators.segmentation.loading import validate_outputs
+
+    images = torch.rand(1, 3, 64, 128)
+    outputs = {"semantic": torch.zeros(1, 19, 32, 64), "center": torch.zeros(1, 1, 16, 32),
+               "offset": torch.zeros(1, 2, 32, 64)}
+    with pytest.raises(FormatMismatchError, match="center, offset and embedding must share one stride"):
+        validate_outputs(outputs, images, 19, False, "model m on frame f")
+    outputs["offset"] = torch.zeros(1, 2, 16, 30)
+    with pytest.raises(FormatMismatchError, match="'offset' of size \\(16, 30\\) is not the input size"):
+        validate_outputs(outputs, images, 19, False, "model m on frame f")
+
+
+def test_average_with_mirror_is_the_mean_of_aligned_heads():
+    """Heads of a mirrored input, mirrored back, line up cell for cell with the original's;
+    their x offsets point the other way. A mirror-symmetric scene's heads are unchanged."""
+    from operators.segmentation.postprocess import average_with_mirror
+
+    torch.manual_seed(0)
+    heads = {"semantic": torch.randn(1, 3, 4, 6), "center": torch.rand(1, 1, 4, 6), "offset": torch.randn(1, 2, 4, 6)}
+    mirrored = {k: v.flip(-1) for k, v in heads.items()}
+    mirrored["offset"] = mirrored["offset"] * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
+    for key, value in average_with_mirror(heads, mirrored).items():
+        torch.testing.assert_close(value, heads[key])
+    other = {k: torch.zeros_like(v) for k, v in heads.items()}
+    averaged = average_with_mirror(heads, other)
+    torch.testing.assert_close(averaged["center"], heads["center"] / 2)
+    shifted = dict(other, offset=torch.zeros(1, 2, 4, 6))
+    shifted["offset"][0, 1, :, 0] = 3.0  # mirrored frame: +3 px in x at its first column
+    back = average_with_mirror(other, shifted)["offset"]
+    assert float(back[0, 1, 0, 5]) == -1.5 and float(back[0, 0].abs().sum()) == 0.0
 
 
 def test_a_plateau_gives_one_center():

@@ -37,8 +37,8 @@ from operators.formats.vps_layout import read_predictions, VpsImage
 from operators.segmentation.device import Placement, select_placement
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
 from operators.segmentation.model import SIZE_DIVISOR
-from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, mask_pool, panoptic_postprocess,
-                                                upsample_outputs)
+from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror, mask_pool,
+                                                panoptic_postprocess, upsample_outputs)
 
 BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
 BACKENDS = ("builtin", "artifact", "precomputed")
@@ -64,12 +64,17 @@ class SegmentationHost:
     convolutions prefer (built-in forward at 512×1024, one core: 100 ms vs 157 ms from an
     NCHW-contiguous input). Artifacts get NCHW-contiguous input, as the contract's shape
     says: a user's graph may ``view`` its input in a way only that layout allows.
+    ``flip`` (test-time augmentation, default: on for the built-in network only) runs the
+    network on every frame and on its mirror image and averages the two sets of heads
+    (:func:`~operators.segmentation.postprocess.average_with_mirror`): two forward passes per
+    frame, PQ +1.4 on the tuning seed with the shipped weights (README "Models").
     """
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,
                  device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
                  thing_ids: Sequence[int] | None = None, num_classes: int | None = None,
-                 channels_last: bool | None = None, thing_groups: Sequence[Sequence[int]] | None = None):
+                 channels_last: bool | None = None, thing_groups: Sequence[Sequence[int]] | None = None,
+                 flip: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
         if batch_size is not None and batch_size < 1:
@@ -98,6 +103,7 @@ class SegmentationHost:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
         self.thing_groups = self._thing_groups(thing_groups)
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
+        self.flip = backend == "builtin" if flip is None else bool(flip)
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -153,9 +159,7 @@ class SegmentationHost:
             self._check_frame(frame, f"frame {index}")
             height, width = frame.shape[:2]
             images = self._padded_images(frame[None])
-            with self.placement.autocast():
-                raw = self.model(images)
-            heads = validate_outputs(raw, images, self.num_classes, True, f"model {self.model_uri} on frame {index}")
+            heads = self._heads(images, True, f"model {self.model_uri} on frame {index}")
             embedding = upsample_outputs({"embedding": heads["embedding"]}, tuple(images.shape[-2:]))["embedding"]
             ids = torch.from_numpy(target.ids).to(embedding.device)
             seg_ids = torch.tensor([s.id for s in target.segments], device=embedding.device)
@@ -176,6 +180,18 @@ class SegmentationHost:
         # the permuted frames are NHWC in memory already; say which layout the model gets
         return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
+    def _heads(self, images: torch.Tensor, embedding_required: bool, where: str) -> dict[str, torch.Tensor]:
+        """The network's checked heads for a padded batch, averaged with those of its mirror
+        image when ``self.flip``."""
+        with self.placement.autocast():
+            heads = validate_outputs(self.model(images), images, self.num_classes, embedding_required, where)
+            if not self.flip:
+                return heads
+            mirror = images.flip(-1)
+            mirrored = validate_outputs(self.model(mirror), mirror, self.num_classes, embedding_required,
+                                        f"{where}, mirrored")
+        return average_with_mirror(heads, mirrored)
+
     def _check_frame(self, frame: object, name: str) -> None:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             kind = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
@@ -190,11 +206,9 @@ class SegmentationHost:
         height, width = frames.shape[1:3]
         images = self._padded_images(frames)
         padded = tuple(images.shape[-2:])
-        with self.placement.autocast():
-            raw = self.model(images)
         where = f"model {self.model_uri} on input {names[0]}" + (f" … {names[-1]}" if len(names) > 1 else "") + \
                 f" ({len(names)} frames {width}x{height})"
-        heads = validate_outputs(raw, images, self.num_classes, self.backend == "builtin", where)
+        heads = self._heads(images, self.backend == "builtin", where)
         full = upsample_outputs(heads, padded)
         cropped = {k: v[..., :height, :width] for k, v in full.items()}
         if "embedding" not in cropped:  # an artifact without an embedding head: zero-width embeddings

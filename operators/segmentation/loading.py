@@ -123,7 +123,6 @@ def validate_outputs(outputs: object, images: torch.Tensor, num_classes: int, em
         raise FormatMismatchError(where, f"model outputs lack {absent} (got {sorted(outputs)})")
     batch, _, height, width = images.shape
     channels = {"semantic": num_classes, "center": 1, "offset": 2}
-    size = None
     for key in required:
         value = outputs[key]
         if not isinstance(value, torch.Tensor) or value.dim() != 4 or value.shape[0] != batch:
@@ -133,11 +132,14 @@ def validate_outputs(outputs: object, images: torch.Tensor, num_classes: int, em
             raise FormatMismatchError(where, f"output {key!r} has {value.shape[1]} channels, expected {channels[key]}")
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise FormatMismatchError(where, f"output {key!r} must be finite floating point")
-        size = size or tuple(value.shape[-2:])
-        if tuple(value.shape[-2:]) != size:
-            raise FormatMismatchError(where, f"outputs differ in spatial size: {key!r} is {tuple(value.shape[-2:])}, "
-                                             f"others {size}")
-    if height % size[0] or width % size[1] or height // size[0] != width // size[1]:
-        raise FormatMismatchError(where, f"output size {size} is not the input size {(height, width)} divided by "
-                                         "one integer stride")
+        h, w = value.shape[-2:]
+        if height % h or width % w or height // h != width // w:
+            raise FormatMismatchError(where, f"output {key!r} of size {(h, w)} is not the input size "
+                                             f"{(height, width)} divided by one integer stride")
+    # The center, offset and embedding heads share a grid (offsets are grouped against centers
+    # pixel by pixel); only the semantic logits may be finer.
+    grid = {key: tuple(outputs[key].shape[-2:]) for key in required if key != "semantic"}
+    if len(set(grid.values())) > 1:
+        raise FormatMismatchError(where, f"outputs differ in spatial size: {grid}; center, offset and embedding "
+                                         "must share one stride")
     return {k: outputs[k] for k in required}

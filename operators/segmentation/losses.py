@@ -203,13 +203,13 @@ def total_loss(outputs: dict[str, torch.Tensor], targets: PanopticTargets, weigh
     """All losses of a pair-ordered batch → (weighted sum, each term as a float for logging).
 
     The panoptic terms compare the heads (stride s) with the targets sampled at the centres
-    of the s×s cells (:func:`at_stride`).
+    of the s×s cells (:func:`at_stride`); the semantic logits may have a finer stride of their own.
     """
-    t = at_stride(targets, outputs["semantic"].shape[-2:])
-    logits, ts = outputs["semantic"], t
+    t = at_stride(targets, outputs["center"].shape[-2:])
+    logits = outputs["semantic"]  # at the heads' stride, or finer (PanopticNetConfig.semantic_stride)
     if weights.semantic_upsample > 1:
         logits = F.interpolate(logits, scale_factor=weights.semantic_upsample, mode="bilinear", align_corners=False)
-        ts = at_stride(targets, logits.shape[-2:])
+    ts = at_stride(targets, logits.shape[-2:])
     pixel_weight = 1 + (weights.small_instance - 1) * ts.small_instance if weights.small_instance != 1 else None
     if weights.balanced_offsets:
         ids = cell_centres(targets.segment_ids, t.offset.shape[-2:])

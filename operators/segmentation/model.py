@@ -20,8 +20,8 @@ to stride 4 where all heads run (or on to stride 2 with the stem's features: ``h
 Model contract (shared with TorchScript / torch.export artifacts, see ``host.py``):
 input ``(B, 3, H, W) float32`` RGB in [0, 1], H and W divisible by 32; output a dict of
 ``semantic (B, C, h, w)`` logits, ``center (B, 1, h, w)`` heatmap, ``offset (B, 2, h, w)``
-(dy, dx) in input pixels, ``embedding (B, D, h, w)`` — all at one common stride
-``H / h = W / w``.
+(dy, dx) in input pixels, ``embedding (B, D, h, w)`` — each at an integer stride
+``H / h = W / w`` (one for all heads, or a finer one for the semantic logits alone).
 """
 from __future__ import annotations
 
@@ -51,11 +51,23 @@ class PanopticNetConfig:
     # stem's stride-2 features so that thin stuff (poles are 2–4 px wide at 256×512) and small
     # things span more than a cell. 4 keeps the architecture of earlier weight files.
     head_stride: int = 4
-    fine_channels: int = 32  # channels of the stride-2 level (used when head_stride == 2)
+    fine_channels: int = 32  # channels of the stride-2 level (used when a head runs at stride 2)
+    # Stride of the semantic head alone (None: head_stride). 2 with head_stride 4 puts only the
+    # semantic logits on the stride-2 level — thin stuff and small things are a matter of the
+    # class map — while the center, offset and embedding heads stay at stride 4, where their
+    # training is cheaper and their offsets trained better (session 3's stride-2 heads).
+    semantic_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.head_stride not in (2, 4):
             raise ValueError(f"head_stride must be 2 or 4, got {self.head_stride}")
+        if self.semantic_stride not in (None, 2, 4) or (self.semantic_stride or self.head_stride) > self.head_stride:
+            raise ValueError(f"semantic_stride must be 2 or 4 and at most head_stride, got {self.semantic_stride}")
+
+    @property
+    def fine_level(self) -> bool:
+        """Whether the decoder has its stride-2 level (some head runs at stride 2)."""
+        return self.head_stride == 2 or self.semantic_stride == 2
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -123,7 +135,8 @@ class ImagePoolingContext(nn.Module):
 
 class Decoder(nn.Module):
     """Top-down path: upsample ×2, add a 1×1 lateral of the skip feature, fuse with a 3×3 conv.
-    Ends at stride 4 (``channels``), or at stride 2 (``fine_channels``) when ``fine_channels``."""
+    Returns ``(stride-4 features, stride-2 features or None)``: the stride-2 level
+    (``fine_channels``) exists when ``fine_channels``."""
 
     def __init__(self, widths: tuple[int, int, int, int], channels: int, fine_channels: int = 0):
         super().__init__()
@@ -136,16 +149,16 @@ class Decoder(nn.Module):
                                        "lateral": conv_bn_relu(widths[0] // 2, fine_channels, kernel=1),
                                        "fuse": conv_bn_relu(fine_channels, fine_channels)})
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.context(features[4])
         for lateral, fuse, skip in zip(self.laterals, self.fuse, features[3:0:-1]):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(x + lateral(skip))
-        if self.fine is not None:
-            x = F.interpolate(self.fine["reduce"](x), size=features[0].shape[-2:], mode="bilinear",
-                              align_corners=False)
-            x = self.fine["fuse"](x + self.fine["lateral"](features[0]))
-        return x
+        if self.fine is None:
+            return x, None
+        fine = F.interpolate(self.fine["reduce"](x), size=features[0].shape[-2:], mode="bilinear",
+                             align_corners=False)
+        return x, self.fine["fuse"](fine + self.fine["lateral"](features[0]))
 
 
 def head(cin: int, hidden: int, cout: int) -> nn.Sequential:
@@ -154,20 +167,21 @@ def head(cin: int, hidden: int, cout: int) -> nn.Sequential:
 
 
 class PanopticNet(nn.Module):
-    """Backbone + decoder + four heads at ``config.head_stride``. ``forward(images)`` → dict (see module doc)."""
+    """Backbone + decoder + four heads at ``config.head_stride`` (the semantic head at
+    ``config.semantic_stride`` when set). ``forward(images)`` → dict (see module doc)."""
 
     def __init__(self, config: PanopticNetConfig | None = None):
         super().__init__()
         self.config = config or PanopticNetConfig()
         cfg = self.config
         self.backbone = Backbone(cfg.widths)
-        fine = cfg.fine_channels if cfg.head_stride == 2 else 0
-        self.decoder = Decoder(cfg.widths, cfg.decoder_channels, fine)
-        features = fine or cfg.decoder_channels
-        self.semantic_head = head(features, cfg.head_channels, cfg.num_classes)
-        self.center_head = head(features, cfg.head_channels, 1)
-        self.offset_head = head(features, cfg.head_channels, 2)
-        self.embedding_head = head(features, cfg.head_channels, cfg.embedding_dim)
+        self.decoder = Decoder(cfg.widths, cfg.decoder_channels, cfg.fine_channels if cfg.fine_level else 0)
+        channels = {2: cfg.fine_channels, 4: cfg.decoder_channels}
+        semantic_stride = cfg.semantic_stride or cfg.head_stride
+        self.semantic_head = head(channels[semantic_stride], cfg.head_channels, cfg.num_classes)
+        self.center_head = head(channels[cfg.head_stride], cfg.head_channels, 1)
+        self.offset_head = head(channels[cfg.head_stride], cfg.head_channels, 2)
+        self.embedding_head = head(channels[cfg.head_stride], cfg.head_channels, cfg.embedding_dim)
         # Offsets are regressed in input pixels (tens of pixels); a larger output scale makes the
         # last layer's initial range closer to the target range and speeds up early training.
         self.offset_scale = 16.0
@@ -175,8 +189,10 @@ class PanopticNet(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``images (B, 3, H, W) float32`` RGB in [0, 1], H and W multiples of 32."""
         x = (images - 0.45) / 0.25  # roughly zero-mean, unit-variance inputs
-        features = self.decoder(self.backbone(x))
-        return {"semantic": self.semantic_head(features),
+        coarse, fine = self.decoder(self.backbone(x))
+        at = {4: coarse, 2: fine}
+        features = at[self.config.head_stride]
+        return {"semantic": self.semantic_head(at[self.config.semantic_stride or self.config.head_stride]),
                 "center": self.center_head(features),
                 "offset": self.offset_head(features) * self.offset_scale,
                 "embedding": self.embedding_head(features)}

@@ -139,6 +139,22 @@ def group_pixels(offset: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, valid
     return nearest
 
 
+def average_with_mirror(heads: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Horizontal-flip test-time augmentation: the mean of a batch's heads and of the heads of
+    its mirror image, mirrored back (a pixel's offset to its center then points the other way
+    in x, so their dx changes sign). Every head is ``(B, C, h, w)`` at an integer stride of an
+    input whose width is a multiple of it, so mirroring the grid maps cell to cell exactly.
+    The semantic logits are averaged as logits (the geometric mean of the two softmaxes).
+    Returns float32 heads."""
+    out = {}
+    for key, value in heads.items():
+        back = mirrored[key].float().flip(-1)
+        if key == "offset":
+            back = back * torch.tensor([1.0, -1.0], device=back.device).view(1, 2, 1, 1)
+        out[key] = (value.float() + back) / 2
+    return out
+
+
 def upsample_outputs(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Bilinear upsampling of every head to the input size. Offsets are in input pixels
     already, so their values are not rescaled."""
