@@ -55,7 +55,7 @@ def test_builtin_backend_outputs_and_checksum(tiny_weights):
 def test_thing_groups_default_to_cityscapes_categories_and_are_checked(tmp_path, tiny_weights):
     from operators.formats.categories import CITYSCAPES_THING_GROUPS
 
-    assert CITYSCAPES_THING_GROUPS == ((11, 12), (13, 14, 15, 16, 17, 18))  # human, vehicle
+    assert CITYSCAPES_THING_GROUPS == ((11, 12), (13,), (14, 15, 16), (17, 18))  # human, car, large, two-wheel
     assert SegmentationHost("builtin", tiny_weights).thing_groups == CITYSCAPES_THING_GROUPS
     assert SegmentationHost("builtin", tiny_weights, thing_groups=()).thing_groups == ()
     with pytest.raises(ValueError, match=r"\[3\] that are not thing classes of .*tiny.pt"):

@@ -58,8 +58,9 @@ class SegmentationHost:
     ``model_uri``: weights (builtin; default the shipped file), artifact URI, or predictions
     directory (precomputed). ``thing_ids`` / ``num_classes`` describe an artifact's classes
     (default: the 19 Cityscapes classes, things 11–18). ``thing_groups``: thing classes that
-    may share an instance (see :func:`panoptic_postprocess`); default Cityscapes' human and
-    vehicle categories for the Cityscapes classes, none for other classes. ``channels_last`` (default: for the
+    may share an instance (see :func:`panoptic_postprocess`); default
+    ``CITYSCAPES_THING_GROUPS`` (human, car, large vehicles, two-wheelers) for the Cityscapes
+    classes, none for other classes. ``channels_last`` (default: for the
     built-in network only) gives the network NHWC tensors, which oneDNN's and cuDNN's
     convolutions prefer (built-in forward at 512×1024, one core: 100 ms vs 157 ms from an
     NCHW-contiguous input). Artifacts get NCHW-contiguous input, as the contract's shape
@@ -109,7 +110,7 @@ class SegmentationHost:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _thing_groups(self, groups: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...]:
-        """Default: Cityscapes' human / vehicle categories when the model has the Cityscapes
+        """Default: ``CITYSCAPES_THING_GROUPS`` when the model has the Cityscapes
         classes, else none (one majority vote per center, as in Panoptic-DeepLab)."""
         if groups is None:
             cityscapes = self.num_classes == len(CITYSCAPES_CATEGORIES) and self.thing_ids == CITYSCAPES_THING_IDS
