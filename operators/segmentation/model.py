@@ -53,9 +53,10 @@ class PanopticNetConfig:
     head_stride: int = 4
     fine_channels: int = 32  # channels of the stride-2 level (used when a head runs at stride 2)
     # Stride of the semantic head alone (None: head_stride). 2 with head_stride 4 puts only the
-    # semantic logits on the stride-2 level — thin stuff and small things are a matter of the
-    # class map — while the center, offset and embedding heads stay at stride 4, where their
-    # training is cheaper and their offsets trained better (session 3's stride-2 heads).
+    # semantic logits on the stride-2 level, for thin stuff and small things, while the center,
+    # offset and embedding heads stay at stride 4, where their training is cheaper and their
+    # offsets trained better (session 3's stride-2 heads). Measured in session 5 (fine_channels
+    # 16, 11000 steps): held-out PQ 57.1 against 59.0 for the stride-4 network; not shipped.
     semantic_stride: int | None = None
 
     def __post_init__(self) -> None:
