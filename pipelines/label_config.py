@@ -118,7 +118,9 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        flip = self.segmenter == "builtin" if self.flip is None else self.flip  # the host's default
+        from operators.segmentation.host import flip_by_default
+
+        flip = flip_by_default(self.segmenter) if self.flip is None else self.flip
         doc = {"segmenter": self.segmenter, "segmenter_flip": flip, "flow": self.flow, "flow_options": self.flow_options,
                "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,

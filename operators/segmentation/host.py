@@ -52,6 +52,13 @@ def default_batch_size(placement: Placement) -> int:
     return 8 if placement.device.type == "cuda" else 1
 
 
+def flip_by_default(backend: str) -> bool:
+    """Whether a host runs flip test-time augmentation when not told: for the built-in network
+    (its shipped PQ is measured with it), not for a user's artifact (whose cost we would double
+    unasked) nor for precomputed predictions."""
+    return backend == "builtin"
+
+
 class SegmentationHost:
     """``SegmentationHost(backend, model_uri, …)(batch)`` → per-frame panoptic segments + embeddings.
 
@@ -105,7 +112,7 @@ class SegmentationHost:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
         self.thing_groups = self._thing_groups(thing_groups)
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
-        self.flip = backend == "builtin" if flip is None else bool(flip)
+        self.flip = flip_by_default(backend) if flip is None else bool(flip)
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -136,8 +136,8 @@ def validate_outputs(outputs: object, images: torch.Tensor, num_classes: int, em
         if height % h or width % w or height // h != width // w:
             raise FormatMismatchError(where, f"output {key!r} of size {(h, w)} is not the input size "
                                              f"{(height, width)} divided by one integer stride")
-    # The center, offset and embedding heads share a grid (offsets are grouped against centers
-    # pixel by pixel); only the semantic logits may be finer.
+    # Center, offset and embedding describe instances on one grid (the training losses sample
+    # their targets there); only the class map, the semantic logits, may be finer.
     grid = {key: tuple(outputs[key].shape[-2:]) for key in required if key != "semantic"}
     if len(set(grid.values())) > 1:
         raise FormatMismatchError(where, f"outputs differ in spatial size: {grid}; center, offset and embedding "
