@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stride of the semantic head alone (default: the heads' stride)")
     parser.add_argument("--fine-channels", type=int, default=d.model.fine_channels,
                         help="channels of the decoder's stride-2 level (when a head runs at stride 2)")
+    parser.add_argument("--widths", type=int, nargs=4, default=list(d.model.widths), metavar=("C4", "C8", "C16", "C32"),
+                        help="backbone channels at stride 4, 8, 16 and 32")
+    parser.add_argument("--decoder-channels", type=int, default=d.model.decoder_channels,
+                        help="channels of the decoder (the heads' input)")
     parser.add_argument("--videos-per-scenario", type=int, default=d.videos_per_scenario)
     parser.add_argument("--frames", type=int, default=d.frames)
     parser.add_argument("--height", type=int, default=d.height)
@@ -63,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--semantic-upsample", type=int, default=d.losses.semantic_upsample,
                         help="compute the semantic CE on logits upsampled by this factor (1: at the heads' stride)")
     parser.add_argument("--small-instance-weight", type=float, default=d.losses.small_instance,
-                        help="CE weight of pixels of thing instances under 64x64 px (Panoptic-DeepLab: 3)")
+                        help="CE weight of pixels of small thing instances (Panoptic-DeepLab: 3)")
+    parser.add_argument("--small-instance-area", type=int, default=d.small_instance_area,
+                        help="instances under this many pixels are small (Panoptic-DeepLab: 64x64 at 1024x2048)")
     parser.add_argument("--precision", default=d.precision, choices=TRAIN_PRECISIONS,
                         help="forward-pass precision: bf16 autocast (default) or fp32")
     parser.add_argument("--log-every", type=int, default=d.log_every)
@@ -84,8 +90,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(videos_per_scenario=args.videos_per_scenario, frames=args.frames, height=args.height,
                        width=args.width, seed=args.seed, scenarios=tuple(args.scenarios), steps=args.steps,
                        batch_pairs=args.batch_pairs, crop=tuple(args.crop), lr=args.lr, warmup=args.warmup,
-                       photometric=args.photometric, sigma=args.sigma, log_every=args.log_every, precision=args.precision,
-                       model=replace(TrainConfig().model, head_stride=args.head_stride,
+                       photometric=args.photometric, sigma=args.sigma,
+                       small_instance_area=args.small_instance_area, log_every=args.log_every, precision=args.precision,
+                       model=replace(TrainConfig().model, widths=tuple(args.widths),
+                                     decoder_channels=args.decoder_channels, head_stride=args.head_stride,
                                      semantic_stride=args.semantic_stride, fine_channels=args.fine_channels), losses=losses,
                        init=_absolute(args.init))
 

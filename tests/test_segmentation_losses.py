@@ -35,6 +35,9 @@ def test_targets_by_hand():
     assert t["center"].max() <= 1.0 and t["center"][0, 11, 15] == pytest.approx(0.0, abs=1e-6)
     # small instances (< 64² px) are marked for the semantic loss's weighting; stuff is not
     assert t["small_instance"][3, 5] == 1 and t["small_instance"][8, 1] == 1 and t["small_instance"][0, 0] == 0
+    # a threshold scaled to the frame: the car (24 px) is not small under 16 px, the crowd (8 px) is
+    scaled = frame_targets(_frame(), thing_ids={11, 13}, sigma=2.0, small_area=16)["small_instance"]
+    assert scaled[3, 5] == 0 and scaled[8, 1] == 1
 
 
 def test_targets_at_the_heads_stride_are_the_cell_centre_pixels():

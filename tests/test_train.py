@@ -102,8 +102,9 @@ def test_train_command_line_reaches_the_config():
     defaults = config_from_args(parser.parse_args([]))
     assert defaults == TrainConfig()  # the command's defaults are the recipe's
     config = config_from_args(parser.parse_args(["--precision", "fp32", "--balanced-offsets", "--semantic-upsample", "2",
-                                                 "--small-instance-weight", "3", "--steps", "7",
+                                                 "--small-instance-weight", "3", "--small-instance-area", "256",
+                                                 "--steps", "7",
                                                  "--semantic-stride", "2", "--fine-channels", "16"]))
     assert (config.model.semantic_stride, config.model.fine_channels) == (2, 16)
-    assert (config.precision, config.steps) == ("fp32", 7)
+    assert (config.precision, config.steps, config.small_instance_area) == ("fp32", 7, 256)
     assert (config.losses.balanced_offsets, config.losses.semantic_upsample, config.losses.small_instance) == (True, 2, 3.0)

@@ -16,7 +16,10 @@ import torch
 from operators.formats.panoptic import VOID, PanopticFrame
 
 IGNORE = 255  # semantic target of VOID pixels
-SMALL_INSTANCE_AREA = 64 * 64  # Panoptic-DeepLab's threshold (pixels at input resolution)
+# Panoptic-DeepLab's threshold (pixels at input resolution), set for Cityscapes at 1024×2048.
+# At 256×512 it covers nearly every instance; the same share of the frame is 16×16 there
+# (``TrainConfig.small_instance_area``).
+SMALL_INSTANCE_AREA = 64 * 64
 
 
 @dataclass
@@ -28,7 +31,7 @@ class PanopticTargets:
     ``offset_weight (B, 1, H, W)`` (1 on non-crowd thing pixels), ``segment_ids (B, H, W) long``
     (the GT panoptic ids, consistent through a video; 0 = VOID, crowd ids included),
     ``small_instance (B, H, W) float`` (1 on pixels of thing instances smaller than
-    ``SMALL_INSTANCE_AREA``, 0 elsewhere).
+    ``small_area``, by default ``SMALL_INSTANCE_AREA``, 0 elsewhere).
     """
 
     semantic: torch.Tensor
@@ -43,7 +46,8 @@ class PanopticTargets:
         return PanopticTargets(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float) -> dict[str, np.ndarray]:
+def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float,
+                  small_area: int = SMALL_INSTANCE_AREA) -> dict[str, np.ndarray]:
     """Targets of one frame as numpy arrays (see :class:`PanopticTargets` for shapes)."""
     ids = frame.ids
     height, width = ids.shape
@@ -62,7 +66,7 @@ def frame_targets(frame: PanopticFrame, thing_ids: set[int], sigma: float) -> di
         semantic[mask] = seg.category_id
         if seg.category_id not in thing_ids:
             continue
-        if mask.sum() < SMALL_INSTANCE_AREA:
+        if mask.sum() < small_area:
             small_instance[mask] = 1.0
         if seg.iscrowd:
             center_weight[mask] = 0.0

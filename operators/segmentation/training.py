@@ -19,7 +19,7 @@ import torch
 from operators.segmentation.device import Placement
 from operators.segmentation.losses import LossWeights, total_loss
 from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetConfig
-from operators.segmentation.targets import TARGET_KEYS, PanopticTargets, frame_targets
+from operators.segmentation.targets import SMALL_INSTANCE_AREA, TARGET_KEYS, PanopticTargets, frame_targets
 
 TRAIN_SCENARIOS = ("default", "occlusion", "similar", "small", "deform")
 # fp16 is left out on purpose: it needs loss scaling, bf16 does not.
@@ -52,6 +52,7 @@ class TrainConfig:
     # are under ~15 px across, so σ 8 blurs neighbouring centers into one peak (on GT heads the
     # post-processing reaches PQ-things 89.7 with σ 8, 93.7 with σ 4; seed 555000).
     sigma: float = 4.0
+    small_instance_area: int = SMALL_INSTANCE_AREA  # "small" for LossWeights.small_instance (pixels)
     log_every: int = 25
     # Mixed precision of the forward pass: "bf16" autocast (convolutions in bfloat16, weights,
     # optimiser and losses in fp32; no loss scaling needed, bf16 has fp32's range) or "fp32".
@@ -94,7 +95,8 @@ def load_training_videos(config: TrainConfig, rank: int = 0) -> list[list[Traini
         synth = SynthConfig(videos=config.videos_per_scenario, frames=config.frames, height=config.height,
                             width=config.width, seed=config.seed + 97 * s, scenario=scenario)
         for v in range(config.videos_per_scenario):
-            videos.append([TrainingFrame(f.rgb, _compact(frame_targets(f.panoptic, thing_ids, config.sigma)))
+            videos.append([TrainingFrame(f.rgb, _compact(frame_targets(f.panoptic, thing_ids, config.sigma,
+                                                                      config.small_instance_area)))
                            for f in generate_video(synth, v)])
     return videos
 
