@@ -59,6 +59,8 @@ class LabelConfig:
       (None: 1 on CPU, 8 on GPU, see :func:`operators.segmentation.host.default_batch_size`).
     * ``flip``: horizontal-flip test-time augmentation of the segmenter (None: the host's
       default, on for the built-in network; two forward passes per frame).
+    * ``shift``: half-cell shift test-time augmentation of the segmenter (None: the host's
+      default, on for the built-in network; twice the forward passes again).
     """
 
     segmenter: str = "builtin"
@@ -74,6 +76,7 @@ class LabelConfig:
     chunk_frames: int = 32
     batch_size: int | None = None  # None: the host's default (1 on CPU, 8 on GPU)
     flip: bool | None = None  # None: the host's default (on for the built-in network)
+    shift: bool | None = None  # None: the host's default (on for the built-in network)
     write_png: bool = False
     write_overlay: bool = False
     device: str = "auto"
@@ -94,7 +97,7 @@ class LabelConfig:
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
         return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
-                "device": self.device, "flip": self.flip}
+                "device": self.device, "flip": self.flip, "shift": self.shift}
 
     def image_id(self, video_id: str, frame_index: int) -> str:
         return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
@@ -118,10 +121,11 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        from operators.segmentation.host import flip_by_default
+        from operators.segmentation.host import augment_by_default
 
-        flip = flip_by_default(self.segmenter) if self.flip is None else self.flip
-        doc = {"segmenter": self.segmenter, "segmenter_flip": flip, "flow": self.flow, "flow_options": self.flow_options,
+        flip = augment_by_default(self.segmenter) if self.flip is None else self.flip
+        shift = augment_by_default(self.segmenter) if self.shift is None else self.shift
+        doc = {"segmenter": self.segmenter, "segmenter_flip": flip, "segmenter_shift": shift, "flow": self.flow, "flow_options": self.flow_options,
                "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
                "sinks": {"png": self.write_png, "overlay": self.write_overlay}}

@@ -242,22 +242,24 @@ def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path)
     assert LabelConfig(chunk_frames=7, batch_size=2).config_hash(checksums) == base
     assert builtin.config_hash({**checksums, "segmenter": "other weights"}) != base
     assert LabelConfig(flow_options={"preset": "fast"}).config_hash(checksums) != base
-    # flip test-time augmentation changes the segments: the default (on for builtin) spelled out
-    # is the same run, turning it off is another
-    assert LabelConfig(flip=True).config_hash(checksums) == base
+    # test-time augmentations change the segments: the defaults (on for builtin) spelled out
+    # are the same run, turning one off is another
+    assert LabelConfig(flip=True, shift=True).config_hash(checksums) == base
     assert LabelConfig(flip=False).config_hash(checksums) != base
+    assert LabelConfig(shift=False).config_hash(checksums) not in (base, LabelConfig(flip=False).config_hash(checksums))
 
 
-def test_label_flip_option_reaches_the_segmentation_host():
+def test_label_augmentation_options_reach_the_segmentation_host():
     import argparse
 
     from jobs.label import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for argv, flip in (([], None), (["--flip"], True), (["--no-flip"], False)):
-        config = config_from_args(parser.parse_args(["--input", "in", "--output", "out", *argv]))
-        assert config.flip is flip and config.host_kwargs()["flip"] is flip
+    for option in ("flip", "shift"):
+        for argv, on in (([], None), ([f"--{option}"], True), ([f"--no-{option}"], False)):
+            config = config_from_args(parser.parse_args(["--input", "in", "--output", "out", *argv]))
+            assert getattr(config, option) is on and config.host_kwargs()[option] is on
 
 
 @pytest.mark.slow

@@ -76,8 +76,10 @@ def test_flip_makes_the_host_mirror_equivariant(tiny_weights):
         category = {s.id: s.category_id for s in result.segments}
         return np.vectorize(lambda i: category.get(int(i), -1))(result.ids)
 
-    host, plain = SegmentationHost("builtin", tiny_weights), SegmentationHost("builtin", tiny_weights, flip=False)
-    assert host.flip and not plain.flip
+    # (the half-cell shift moves frames down and right, which a mirror does not commute with)
+    host, plain = (SegmentationHost("builtin", tiny_weights, shift=False),
+                   SegmentationHost("builtin", tiny_weights, flip=False, shift=False))
+    assert SegmentationHost("builtin", tiny_weights).flip and not plain.flip
     for h in (host, plain):  # an untrained network predicts one class everywhere: make its logits vary
         with torch.no_grad():
             h.model.semantic_head[1].weight.mul_(300)
@@ -86,6 +88,28 @@ def test_flip_makes_the_host_mirror_equivariant(tiny_weights):
     np.testing.assert_array_equal(classes(a), classes(b)[:, ::-1])
     a, b = plain([frame, mirror])
     assert (classes(a) != classes(b)[:, ::-1]).any()
+
+
+def test_shift_augmentation_runs_the_network_on_the_frame_moved_by_half_a_cell(tiny_weights):
+    """With ``shift`` (default for the built-in network) every batch also goes through the
+    network moved 2 px (half the stride-4 cell) down and right, on top of the mirror passes;
+    the heads are then averaged at full resolution, and the segments change."""
+    frame = _frames(1, height=64, width=96)[0]
+    host, plain = SegmentationHost("builtin", tiny_weights), SegmentationHost("builtin", tiny_weights, shift=False)
+    assert host.shift and not plain.shift
+    inputs = []
+    for h in (host, plain):
+        with torch.no_grad():  # an untrained network predicts one class everywhere: make its logits vary
+            h.model.semantic_head[1].weight.mul_(300)
+        h.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    images = host._padded_images(frame[None])
+    heads = host._heads(images, True, "frame 0")
+    assert len(inputs) == 4 and heads["center"].shape[-2:] == (64, 96)  # 2 mirrors × 2 shifts; full resolution
+    torch.testing.assert_close(inputs[2][..., 2:, 2:], images[..., :-2, :-2])  # the moved pass
+    torch.testing.assert_close(inputs[2][..., :2, 2:], images[..., :1, :-2].expand(-1, -1, 2, -1))  # replicated
+    a, = host([frame])
+    b, = plain([frame])
+    assert (a.ids != b.ids).any()
 
 
 def test_loads_from_fsspec_uri(tiny_weights):
@@ -163,18 +187,18 @@ class _WrongChannels(torch.nn.Module):
 
 
 def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, tiny_weights):
-    builtin = SegmentationHost("builtin", tiny_weights, flip=False)  # artifacts run unflipped by default
+    builtin = SegmentationHost("builtin", tiny_weights, flip=False, shift=False)  # artifacts run unaugmented by default
     scripted = torch.jit.trace(builtin.model, torch.rand(1, 3, 64, 96), strict=False)
     artifact = tmp_path / "model.ts"
     torch.jit.save(scripted, str(artifact))
     host = SegmentationHost("artifact", str(artifact))
-    assert not host.flip
+    assert not host.flip and not host.shift
     frames = _frames(2, 64, 96)
     for a, b in zip(host(frames), builtin(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
-    flipped = SegmentationHost("artifact", str(artifact), flip=True)(frames)  # the same augmentation for artifacts
-    for a, b in zip(flipped, SegmentationHost("builtin", tiny_weights)(frames)):
+    augmented = SegmentationHost("artifact", str(artifact), flip=True, shift=True)(frames)  # the same augmentations
+    for a, b in zip(augmented, SegmentationHost("builtin", tiny_weights)(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
     broken = tmp_path / "broken.ts"
     torch.jit.save(torch.jit.trace(_WrongChannels(), torch.rand(1, 3, 64, 96), strict=False), str(broken))
@@ -271,7 +295,7 @@ def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
 
 
 def test_embed_given_segments_equals_maskpool_of_the_embedding_head(tiny_weights):
-    host = SegmentationHost("builtin", tiny_weights, flip=False)  # one pass: the head's own map
+    host = SegmentationHost("builtin", tiny_weights, flip=False, shift=False)  # one pass: the head's own map
     frame = _frames(1, 64, 96)[0]
     ids = np.zeros((64, 96), np.int32)
     ids[:, :40], ids[10:30, 50:80] = 1000, 14001

@@ -244,6 +244,29 @@ def test_average_with_mirror_is_the_mean_of_aligned_heads():
     assert float(back[0, 1, 0, 5]) == -1.5 and float(back[0, 0].abs().sum()) == 0.0
 
 
+def test_average_with_shifted_moves_the_shifted_heads_back_at_full_resolution():
+    """Full-resolution heads of a frame moved 2 px down-right, moved back, coincide with the
+    frame's own (but in the 2 replicated rows/columns at the far edge); offsets keep their
+    values. Stride-4 heads are upsampled to the input size first, then moved back by 2 px."""
+    from operators.segmentation.postprocess import average_with_shifted, translate_images
+
+    torch.manual_seed(0)
+    heads = {"semantic": torch.randn(1, 3, 8, 12), "center": torch.rand(1, 1, 8, 12), "offset": torch.randn(1, 2, 8, 12)}
+    moved = {k: translate_images(v, 2) for k, v in heads.items()}
+    torch.testing.assert_close(moved["center"][..., 2:, 2:], heads["center"][..., :-2, :-2])
+    averaged = average_with_shifted(heads, moved, 2, (8, 12))
+    for key, value in averaged.items():
+        assert value.shape == heads[key].shape
+        torch.testing.assert_close(value[..., :-2, :-2], heads[key][..., :-2, :-2])
+    coarse = {"center": torch.rand(1, 1, 2, 3), "offset": torch.full((1, 2, 2, 3), 5.0)}
+    averaged = average_with_shifted(coarse, {k: v.clone() for k, v in coarse.items()}, 2, (8, 12))
+    torch.testing.assert_close(averaged["offset"], torch.full((1, 2, 8, 12), 5.0))  # vectors: not moved in value
+    full = torch.nn.functional.interpolate(coarse["center"], size=(8, 12), mode="bilinear", align_corners=False)
+    back = torch.cat([full[..., 2:, :], full[..., -1:, :].expand(-1, -1, 2, -1)], -2)
+    back = torch.cat([back[..., 2:], back[..., -1:].expand(-1, -1, -1, 2)], -1)  # 2 px up-left, edges replicated
+    torch.testing.assert_close(averaged["center"], (full + back) / 2)
+
+
 def test_a_plateau_gives_one_center():
     """A coarse peak upsampled ×4 bilinearly is a 2×2 plateau of equal maxima: one center."""
     coarse = torch.zeros(1, 1, 8, 8)

@@ -37,8 +37,9 @@ from operators.formats.vps_layout import read_predictions, VpsImage
 from operators.segmentation.device import Placement, select_placement
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
 from operators.segmentation.model import SIZE_DIVISOR
-from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror, mask_pool,
-                                                panoptic_postprocess, upsample_outputs)
+from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror,
+                                                average_with_shifted, mask_pool, panoptic_postprocess,
+                                                translate_images, upsample_outputs)
 
 BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
 BACKENDS = ("builtin", "artifact", "precomputed")
@@ -52,10 +53,10 @@ def default_batch_size(placement: Placement) -> int:
     return 8 if placement.device.type == "cuda" else 1
 
 
-def flip_by_default(backend: str) -> bool:
-    """Whether a host runs flip test-time augmentation when not told: for the built-in network
-    (its shipped PQ is measured with it), not for a user's artifact (whose cost we would double
-    unasked) nor for precomputed predictions."""
+def augment_by_default(backend: str) -> bool:
+    """Whether a host runs its test-time augmentations (flip, half-cell shift) when not told:
+    for the built-in network (its shipped PQ is measured with them), not for a user's artifact
+    (whose cost we would multiply unasked) nor for precomputed predictions."""
     return backend == "builtin"
 
 
@@ -76,14 +77,18 @@ class SegmentationHost:
     network on every frame and on its mirror image and averages the two sets of heads
     (:func:`~operators.segmentation.postprocess.average_with_mirror`): two forward passes per
     frame, ~20 % more host time on CPU, held-out PQ 56.1 → 59.0 with the shipped weights
-    (README "Models").
+    (README "Models"). ``shift`` (default: the same) also runs the network on every frame
+    moved by half a cell of the heads' grid (2 px for the stride-4 built-in network) and
+    averages both sets of heads at full resolution
+    (:func:`~operators.segmentation.postprocess.average_with_shifted`): twice the forward
+    passes again, for the finer sampling that thin and small segments need (README "Models").
     """
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,
                  device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
                  thing_ids: Sequence[int] | None = None, num_classes: int | None = None,
                  channels_last: bool | None = None, thing_groups: Sequence[Sequence[int]] | None = None,
-                 flip: bool | None = None):
+                 flip: bool | None = None, shift: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
         if batch_size is not None and batch_size < 1:
@@ -112,7 +117,8 @@ class SegmentationHost:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
         self.thing_groups = self._thing_groups(thing_groups)
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
-        self.flip = flip_by_default(backend) if flip is None else bool(flip)
+        self.flip = augment_by_default(backend) if flip is None else bool(flip)
+        self.shift = augment_by_default(backend) if shift is None else bool(shift)
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -187,9 +193,24 @@ class SegmentationHost:
         if padded != (height, width):
             images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
         # the permuted frames are NHWC in memory already; say which layout the model gets
-        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return images.contiguous(memory_format=self._memory_format)
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _heads(self, images: torch.Tensor, embedding_required: bool, where: str) -> dict[str, torch.Tensor]:
+        """The heads for a padded batch: :meth:`_network_heads`, averaged with those of the batch
+        moved by half a cell of the heads' grid when ``self.shift``."""
+        heads = self._network_heads(images, embedding_required, where)
+        shift = (images.shape[-2] // heads["center"].shape[-2]) // 2 if self.shift else 0
+        if shift == 0:  # off, or heads at full resolution: no cell to look between
+            return heads
+        moved = translate_images(images, shift).contiguous(memory_format=self._memory_format)
+        shifted = self._network_heads(moved, embedding_required, f"{where}, moved by {shift} px")
+        return average_with_shifted(heads, shifted, shift, tuple(images.shape[-2:]))
+
+    def _network_heads(self, images: torch.Tensor, embedding_required: bool, where: str) -> dict[str, torch.Tensor]:
         """The network's checked heads for a padded batch, averaged with those of its mirror
         image when ``self.flip``."""
         with self.placement.autocast():
