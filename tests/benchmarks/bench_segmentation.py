@@ -3,9 +3,10 @@
 Run with ``make bench`` (or ``.venv/bin/python -m pytest -q -s -m benchmark
 tests/benchmarks/bench_segmentation.py``). Synthetic frames (default scenario) at 256×512
 and 1024×2048 go through :class:`SegmentationHost` with the shipped weights, on this
-machine's device: one pass per frame at batch size 1 (the baseline), with the default flip
-test-time augmentation (two passes per frame) at batch 1 and 4; the network forward alone is
-timed too, so the post-processing share is visible.
+machine's device: one pass per frame at batch size 1 (the baseline), with flip test-time
+augmentation (two passes per frame), with flip and the half-cell shift (four passes per frame,
+the default) at batch 1 and 4; the network forward alone is timed too, so the
+post-processing share is visible.
 """
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ def test_segmentation_speed(size):
     frames = _frames(*size)
     print(f"\n{size[0]}x{size[1]}, {FRAMES} frames, torch threads {torch.get_num_threads()}")
     rates = {}
-    for name, batch_size, flip in (("batch 1, no flip", 1, False), ("batch 1, flip (default)", 1, True),
-                                   ("batch 4, flip", 4, True)):
-        host = SegmentationHost("builtin", batch_size=batch_size, flip=flip)
+    for name, batch_size, flip, shift in (("batch 1, no augmentation", 1, False, False),
+                                          ("batch 1, flip", 1, True, False),
+                                          ("batch 1, flip + shift (default)", 1, True, True),
+                                          ("batch 4, flip + shift", 4, True, True)):
+        host = SegmentationHost("builtin", batch_size=batch_size, flip=flip, shift=shift)
         host(frames[:batch_size])  # warm-up
         started = time.perf_counter()
         host(frames)
@@ -49,9 +52,9 @@ def test_segmentation_speed(size):
         for image in images:
             host.model(image)
         forward = FRAMES / (time.perf_counter() - started)
-    baseline = rates["batch 1, no flip"]
+    baseline = rates["batch 1, no augmentation"]
     for name, rate in rates.items():
-        print(f"  host, {name:24s} {rate:6.2f} frames/s ({rate / baseline:4.2f}× the baseline, batch 1 without "
-              f"flip; {host.placement.device.type})")
+        print(f"  host, {name:32s} {rate:6.2f} frames/s ({rate / baseline:4.2f}× the baseline, batch 1 without "
+              f"augmentation; {host.placement.device.type})")
     print(f"  network forward only, batch 1: {forward:6.2f} frames/s → post-processing ≈ "
-          f"{max(0.0, 1 - baseline / forward):.0%} of the unflipped host's time")
+          f"{max(0.0, 1 - baseline / forward):.0%} of the unaugmented host's time")
