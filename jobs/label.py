@@ -77,8 +77,8 @@ def config_from_args(args: argparse.Namespace):
         return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,
-                           batch_size=args.batch_size, flip=args.flip, shift=args.shift, write_png=args.png, write_overlay=args.overlay,
-                           device=args.device, resources=resources)
+                           batch_size=args.batch_size, flip=args.flip, shift=args.shift, write_png=args.png,
+                           write_overlay=args.overlay, device=args.device, resources=resources)
     except ValueError as exc:
         from operators.errors import InputError
 

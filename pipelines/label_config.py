@@ -121,11 +121,11 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        from operators.segmentation.host import augment_by_default
+        from operators.segmentation.host import augmentation_on
 
-        flip = augment_by_default(self.segmenter) if self.flip is None else self.flip
-        shift = augment_by_default(self.segmenter) if self.shift is None else self.shift
-        doc = {"segmenter": self.segmenter, "segmenter_flip": flip, "segmenter_shift": shift, "flow": self.flow, "flow_options": self.flow_options,
+        doc = {"segmenter": self.segmenter, "segmenter_flip": augmentation_on(self.segmenter, self.flip),
+               "segmenter_shift": augmentation_on(self.segmenter, self.shift),
+               "flow": self.flow, "flow_options": self.flow_options,
                "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
                "sinks": {"png": self.write_png, "overlay": self.write_overlay}}

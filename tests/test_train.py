@@ -101,10 +101,13 @@ def test_train_command_line_reaches_the_config():
     add_arguments(parser)
     defaults = config_from_args(parser.parse_args([]))
     assert defaults == TrainConfig()  # the command's defaults are the recipe's
-    config = config_from_args(parser.parse_args(["--precision", "fp32", "--balanced-offsets", "--semantic-upsample", "2",
-                                                 "--small-instance-weight", "3", "--small-instance-area", "256",
-                                                 "--steps", "7",
+    # every value below differs from the recipe's default, so each flag's wiring is tested
+    config = config_from_args(parser.parse_args(["--precision", "fp32", "--balanced-offsets", "--semantic-upsample", "1",
+                                                 "--small-instance-weight", "2", "--small-instance-area", "1024",
+                                                 "--steps", "7", "--widths", "16", "32", "48", "64",
+                                                 "--decoder-channels", "24",
                                                  "--semantic-stride", "2", "--fine-channels", "16"]))
     assert (config.model.semantic_stride, config.model.fine_channels) == (2, 16)
-    assert (config.precision, config.steps, config.small_instance_area) == ("fp32", 7, 256)
-    assert (config.losses.balanced_offsets, config.losses.semantic_upsample, config.losses.small_instance) == (True, 2, 3.0)
+    assert (config.model.widths, config.model.decoder_channels) == ((16, 32, 48, 64), 24)
+    assert (config.precision, config.steps, config.small_instance_area) == ("fp32", 7, 1024)
+    assert (config.losses.balanced_offsets, config.losses.semantic_upsample, config.losses.small_instance) == (True, 1, 2.0)

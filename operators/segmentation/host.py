@@ -53,11 +53,11 @@ def default_batch_size(placement: Placement) -> int:
     return 8 if placement.device.type == "cuda" else 1
 
 
-def augment_by_default(backend: str) -> bool:
-    """Whether a host runs its test-time augmentations (flip, half-cell shift) when not told:
-    for the built-in network (its shipped PQ is measured with them), not for a user's artifact
-    (whose cost we would multiply unasked) nor for precomputed predictions."""
-    return backend == "builtin"
+def augmentation_on(backend: str, asked: bool | None) -> bool:
+    """Whether a host runs a test-time augmentation (flip, half-cell shift): as ``asked``, and
+    when not told (None) for the built-in network (its shipped PQ is measured with them), not
+    for a user's artifact (whose cost we would multiply unasked) nor for precomputed predictions."""
+    return backend == "builtin" if asked is None else bool(asked)
 
 
 class SegmentationHost:
@@ -118,8 +118,7 @@ class SegmentationHost:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
         self.thing_groups = self._thing_groups(thing_groups)
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
-        self.flip = augment_by_default(backend) if flip is None else bool(flip)
-        self.shift = augment_by_default(backend) if shift is None else bool(shift)
+        self.flip, self.shift = augmentation_on(backend, flip), augmentation_on(backend, shift)
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
