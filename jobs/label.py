@@ -52,6 +52,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
                         help="half-cell shift test-time augmentation of the segmenter (default: on for the "
                              "built-in network, off for artifacts); --no-shift halves the network's work")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="guided refinement of the segmenter's semantic map with the frame's edges (default: "
+                             "on for the built-in network, off for artifacts)")
     parser.add_argument("--device", default="auto", help="model device: auto (GPU when Ray gives one), cpu, cuda")
     parser.add_argument("--segment-actors", type=int, default=None, help="segmentation actors (default: #GPUs, "
                                                                          "else CPUs/2)")
@@ -77,8 +80,8 @@ def config_from_args(args: argparse.Namespace):
         return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,
-                           batch_size=args.batch_size, flip=args.flip, shift=args.shift, write_png=args.png,
-                           write_overlay=args.overlay, device=args.device, resources=resources)
+                           batch_size=args.batch_size, flip=args.flip, shift=args.shift, refine=args.refine,
+                           write_png=args.png, write_overlay=args.overlay, device=args.device, resources=resources)
     except ValueError as exc:
         from operators.errors import InputError
 

@@ -61,6 +61,8 @@ class LabelConfig:
       default, on for the built-in network; two forward passes per frame).
     * ``shift``: half-cell shift test-time augmentation of the segmenter (None: the host's
       default, on for the built-in network; twice the forward passes again).
+    * ``refine``: guided refinement of the segmenter's semantic map (None: the host's default,
+      on for the built-in network).
     """
 
     segmenter: str = "builtin"
@@ -77,6 +79,7 @@ class LabelConfig:
     batch_size: int | None = None  # None: the host's default (1 on CPU, 8 on GPU)
     flip: bool | None = None  # None: the host's default (on for the built-in network)
     shift: bool | None = None  # None: the host's default (on for the built-in network)
+    refine: bool | None = None  # None: the host's default (on for the built-in network)
     write_png: bool = False
     write_overlay: bool = False
     device: str = "auto"
@@ -97,7 +100,8 @@ class LabelConfig:
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
         return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
-                "device": self.device, "flip": self.flip, "shift": self.shift}
+                "device": self.device, "flip": self.flip, "shift": self.shift,
+                "refine": self.refine}
 
     def image_id(self, video_id: str, frame_index: int) -> str:
         return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
@@ -121,10 +125,14 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        from operators.segmentation.host import augmentation_on
+        from operators.segmentation.host import builtin_default
+        from operators.segmentation.postprocess import PostprocessConfig
 
-        doc = {"segmenter": self.segmenter, "segmenter_flip": augmentation_on(self.segmenter, self.flip),
-               "segmenter_shift": augmentation_on(self.segmenter, self.shift),
+        doc = {"segmenter": self.segmenter, "segmenter_flip": builtin_default(self.segmenter, self.flip),
+               "segmenter_shift": builtin_default(self.segmenter, self.shift),
+               "segmenter_refine": builtin_default(self.segmenter, self.refine),
+               # the grouping's thresholds: a release that changes their defaults relabels
+               "segmenter_postprocess": asdict(PostprocessConfig()) if self.segmenter != "precomputed" else None,
                "flow": self.flow, "flow_options": self.flow_options,
                "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,

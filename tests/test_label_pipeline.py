@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -230,7 +231,7 @@ def test_nightly_reprocesses_only_the_changed_video(labelled):
     assert run.report is not None and run.report.vpq.vpq == pytest.approx(labelled["run"].report.vpq.vpq)
 
 
-def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path):
+def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path, monkeypatch):
     import hashlib
 
     from operators.segmentation.host import BUILTIN_WEIGHTS
@@ -247,6 +248,14 @@ def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path)
     assert LabelConfig(flip=True, shift=True).config_hash(checksums) == base
     assert LabelConfig(flip=False).config_hash(checksums) != base
     assert LabelConfig(shift=False).config_hash(checksums) not in (base, LabelConfig(flip=False).config_hash(checksums))
+    assert LabelConfig(refine=True).config_hash(checksums) == base
+    assert LabelConfig(refine=False).config_hash(checksums) != base
+    # so do the grouping's defaults: a release that changes them must relabel
+    import operators.segmentation.postprocess as postprocess
+
+    defaults = postprocess.PostprocessConfig()
+    monkeypatch.setattr(postprocess, "PostprocessConfig", lambda: replace(defaults, thing_area=defaults.thing_area + 1))
+    assert builtin.config_hash(checksums) != base
 
 
 def test_label_augmentation_options_reach_the_segmentation_host():
@@ -256,7 +265,7 @@ def test_label_augmentation_options_reach_the_segmentation_host():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for option in ("flip", "shift"):
+    for option in ("flip", "shift", "refine"):
         for argv, on in (([], None), ([f"--{option}"], True), ([f"--no-{option}"], False)):
             config = config_from_args(parser.parse_args(["--input", "in", "--output", "out", *argv]))
             assert getattr(config, option) is on and config.host_kwargs()[option] is on

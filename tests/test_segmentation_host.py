@@ -112,6 +112,37 @@ def test_shift_augmentation_runs_the_network_on_the_frame_moved_by_half_a_cell(t
     assert (a.ids != b.ids).any()
 
 
+def test_refine_snaps_the_semantic_map_to_the_frame_before_grouping(tiny_weights):
+    """With ``refine`` (default for the built-in network) the upsampled class probabilities are
+    guided-filtered with the frame (``refine.refine_semantic``, the post-processing config's
+    radius, ε and subsampling) before the grouping; without it they are not."""
+    import operators.segmentation.host as host_module
+
+    frame = _frames(1, height=64, width=96)[0]
+    host = SegmentationHost("builtin", tiny_weights, flip=False, shift=False)
+    plain = SegmentationHost("builtin", tiny_weights, flip=False, shift=False, refine=False)
+    assert host.refine and not plain.refine
+    for h in (host, plain):
+        with torch.no_grad():  # an untrained network predicts one class everywhere: make its logits vary
+            h.model.semantic_head[1].weight.mul_(300)
+    calls = []
+    original = host_module.refine_semantic
+
+    def spy(logits, images, radius, eps, subsample):
+        calls.append((tuple(images.shape), radius, eps, subsample))
+        return original(logits, images, radius, eps, subsample)
+
+    host_module.refine_semantic = spy
+    try:
+        a, = host([frame])
+        b, = plain([frame])
+    finally:
+        host_module.refine_semantic = original
+    config = host.postprocess
+    assert calls == [((1, 3, 64, 96), config.refine_radius, config.refine_eps, config.refine_subsample)]
+    assert (a.ids != b.ids).any()
+
+
 def test_loads_from_fsspec_uri(tiny_weights):
     import fsspec
 
@@ -187,17 +218,18 @@ class _WrongChannels(torch.nn.Module):
 
 
 def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, tiny_weights):
-    builtin = SegmentationHost("builtin", tiny_weights, flip=False, shift=False)  # artifacts run unaugmented by default
+    # artifacts run unaugmented and unrefined by default
+    builtin = SegmentationHost("builtin", tiny_weights, flip=False, shift=False, refine=False)
     scripted = torch.jit.trace(builtin.model, torch.rand(1, 3, 64, 96), strict=False)
     artifact = tmp_path / "model.ts"
     torch.jit.save(scripted, str(artifact))
     host = SegmentationHost("artifact", str(artifact))
-    assert not host.flip and not host.shift
+    assert not host.flip and not host.shift and not host.refine
     frames = _frames(2, 64, 96)
     for a, b in zip(host(frames), builtin(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
-    augmented = SegmentationHost("artifact", str(artifact), flip=True, shift=True)(frames)  # the same augmentations
+    augmented = SegmentationHost("artifact", str(artifact), flip=True, shift=True, refine=True)(frames)  # as builtin
     for a, b in zip(augmented, SegmentationHost("builtin", tiny_weights)(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
     broken = tmp_path / "broken.ts"
@@ -210,7 +242,7 @@ def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, 
 
 
 def test_torch_export_artifact(tmp_path, tiny_weights):
-    builtin = SegmentationHost("builtin", tiny_weights, flip=False)
+    builtin = SegmentationHost("builtin", tiny_weights, flip=False, shift=False, refine=False)
     # the host keeps its network NHWC; export the usual NCHW layout, as a user would
     program = torch.export.export(builtin.model.to(memory_format=torch.contiguous_format), (torch.rand(1, 3, 64, 96),))
     path = tmp_path / "model.pt2"

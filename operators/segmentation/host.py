@@ -40,6 +40,7 @@ from operators.segmentation.model import SIZE_DIVISOR
 from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror,
                                                 average_with_shifted, mask_pool, panoptic_postprocess,
                                                 translate_images, upsample_outputs)
+from operators.segmentation.refine import refine_semantic
 
 BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
 BACKENDS = ("builtin", "artifact", "precomputed")
@@ -53,10 +54,12 @@ def default_batch_size(placement: Placement) -> int:
     return 8 if placement.device.type == "cuda" else 1
 
 
-def augmentation_on(backend: str, asked: bool | None) -> bool:
-    """Whether a host runs a test-time augmentation (flip, half-cell shift): as ``asked``, and
-    when not told (None) for the built-in network (its shipped PQ is measured with them), not
-    for a user's artifact (whose cost we would multiply unasked) nor for precomputed predictions."""
+def builtin_default(backend: str, asked: bool | None) -> bool:
+    """Whether a host runs an inference option of the built-in network's recipe (flip and
+    half-cell shift test-time augmentation, guided refinement of the semantic map): as
+    ``asked``, and when not told (None) for the built-in network (its shipped PQ is measured
+    with them), not for a user's artifact (whose cost we would multiply, and whose outputs we
+    would alter, unasked) nor for precomputed predictions."""
     return backend == "builtin" if asked is None else bool(asked)
 
 
@@ -76,20 +79,24 @@ class SegmentationHost:
     ``flip`` (test-time augmentation, default: on for the built-in network only) runs the
     network on every frame and on its mirror image and averages the two sets of heads
     (:func:`~operators.segmentation.postprocess.average_with_mirror`): two forward passes per
-    frame, ~20 % more host time on CPU, held-out PQ 56.8 → 58.6 with the shipped weights
-    (README "Models"). ``shift`` (default: the same) also runs the network on every frame
+    frame, ~20 % more host time on CPU, held-out PQ 56.8 → 58.6 with session 6's weights
+    b041d594 (README "Models"). ``shift`` (default: the same) also runs the network on every frame
     moved by half a cell of the heads' grid (2 px for the stride-4 built-in network) and
     averages both sets of heads at full resolution
     (:func:`~operators.segmentation.postprocess.average_with_shifted`): twice the forward
     passes again, for the finer sampling that thin and small segments need: held-out 58.6 →
-    59.1, tuning seed 59.0 → 60.3 (README "Models").
+    59.1, tuning seed 59.0 → 60.3 (README "Models"). ``refine`` (default: the same) snaps the
+    semantic map to the frame's edges before the grouping: the class probabilities, upsampled
+    from the heads' stride-4 grid, are guided-filtered with the frame as the guide
+    (:func:`~operators.segmentation.refine.refine_semantic`; radius, ε and subsampling in
+    ``postprocess``): with b041d594, tuning seed 60.3 → 64.4, held-out 59.1 → 65.3 (README "Models").
     """
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,
                  device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
                  thing_ids: Sequence[int] | None = None, num_classes: int | None = None,
                  channels_last: bool | None = None, thing_groups: Sequence[Sequence[int]] | None = None,
-                 flip: bool | None = None, shift: bool | None = None):
+                 flip: bool | None = None, shift: bool | None = None, refine: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
         if batch_size is not None and batch_size < 1:
@@ -118,7 +125,8 @@ class SegmentationHost:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
         self.thing_groups = self._thing_groups(thing_groups)
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
-        self.flip, self.shift = augmentation_on(backend, flip), augmentation_on(backend, shift)
+        self.flip, self.shift = builtin_default(backend, flip), builtin_default(backend, shift)
+        self.refine = builtin_default(backend, refine)
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -240,6 +248,10 @@ class SegmentationHost:
                 f" ({len(names)} frames {width}x{height})"
         heads = self._heads(images, self.backend == "builtin", where)
         full = upsample_outputs(heads, padded)
+        if self.refine:  # on the padded frames, whose sides are multiples of the filter's subsampling
+            config = self.postprocess
+            full["semantic"] = refine_semantic(full["semantic"], images, config.refine_radius, config.refine_eps,
+                                               config.refine_subsample)
         cropped = {k: v[..., :height, :width] for k, v in full.items()}
         if "embedding" not in cropped:  # an artifact without an embedding head: zero-width embeddings
             cropped["embedding"] = cropped["center"][:, :0]

@@ -3,10 +3,11 @@
 Run with ``make bench`` (or ``.venv/bin/python -m pytest -q -s -m benchmark
 tests/benchmarks/bench_segmentation.py``). Synthetic frames (default scenario) at 256×512
 and 1024×2048 go through :class:`SegmentationHost` with the shipped weights, on this
-machine's device: one pass per frame at batch size 1 (the baseline), with flip test-time
-augmentation (two passes per frame), with flip and the half-cell shift (four passes per frame,
-the default) at batch 1 and 4; the network forward alone is timed too, so the
-post-processing share is visible.
+machine's device: one pass per frame at batch size 1 without refinement (the baseline), with
+flip test-time augmentation (two passes per frame), with flip and the half-cell shift (four
+passes per frame), each of those with the guided refinement of the semantic map too (flip +
+shift + refinement is the default), and the default at batch 4; the network forward alone is
+timed too, so the post-processing share is visible.
 """
 from __future__ import annotations
 
@@ -36,11 +37,13 @@ def test_segmentation_speed(size):
     frames = _frames(*size)
     print(f"\n{size[0]}x{size[1]}, {FRAMES} frames, torch threads {torch.get_num_threads()}")
     rates = {}
-    for name, batch_size, flip, shift in (("batch 1, no augmentation", 1, False, False),
-                                          ("batch 1, flip", 1, True, False),
-                                          ("batch 1, flip + shift (default)", 1, True, True),
-                                          ("batch 4, flip + shift", 4, True, True)):
-        host = SegmentationHost("builtin", batch_size=batch_size, flip=flip, shift=shift)
+    for name, batch_size, flip, shift, refine in (("batch 1, no augmentation", 1, False, False, False),
+                                                  ("batch 1, refine", 1, False, False, True),
+                                                  ("batch 1, flip", 1, True, False, False),
+                                                  ("batch 1, flip + shift", 1, True, True, False),
+                                                  ("batch 1, flip + shift + refine (default)", 1, True, True, True),
+                                                  ("batch 4, flip + shift + refine", 4, True, True, True)):
+        host = SegmentationHost("builtin", batch_size=batch_size, flip=flip, shift=shift, refine=refine)
         host(frames[:batch_size])  # warm-up
         started = time.perf_counter()
         host(frames)
@@ -54,7 +57,7 @@ def test_segmentation_speed(size):
         forward = FRAMES / (time.perf_counter() - started)
     baseline = rates["batch 1, no augmentation"]
     for name, rate in rates.items():
-        print(f"  host, {name:32s} {rate:6.2f} frames/s ({rate / baseline:4.2f}× the baseline, batch 1 without "
-              f"augmentation; {host.placement.device.type})")
+        print(f"  host, {name:40s} {rate:6.2f} frames/s ({rate / baseline:4.2f}× the baseline, batch 1 without "
+              f"augmentation or refinement; {host.placement.device.type})")
     print(f"  network forward only, batch 1: {forward:6.2f} frames/s → post-processing ≈ "
           f"{max(0.0, 1 - baseline / forward):.0%} of the unaugmented host's time")
