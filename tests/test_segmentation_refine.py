@@ -116,6 +116,14 @@ def test_a_blurred_class_boundary_moves_onto_the_colour_edge(edge):
     torch.testing.assert_close(refined.softmax(dim=1), refined.exp() / refined.exp().sum(dim=1, keepdim=True))
 
 
+def test_a_batch_is_refined_as_its_frames_are_one_by_one():
+    guide, logits = _random((3, 3, 16, 24), 8), _random((3, 5, 16, 24), 9).mul(6)
+    batched = refine_semantic(logits, guide, 6, 1e-5, 2)
+    for i in range(3):
+        torch.testing.assert_close(batched[i:i + 1], refine_semantic(logits[i:i + 1], guide[i:i + 1], 6, 1e-5, 2))
+    assert batched.shape == logits.shape and torch.isfinite(batched).all()
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="must divide the frame size 15x16"):
         guided_filter(torch.zeros(1, 3, 15, 16), torch.zeros(1, 2, 15, 16), 2, 1e-3, subsample=2)

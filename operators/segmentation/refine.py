@@ -96,6 +96,9 @@ def refine_semantic(logits: torch.Tensor, images: torch.Tensor, radius: int, eps
                     subsample: int = 1) -> torch.Tensor:
     """Edge-aware refinement of full-resolution semantic logits ``(B, C, H, W)``: their softmax
     :func:`guided_filter`-ed with the frames ``images (B, 3, H, W)`` in [0, 1] as the guide.
-    Returns log-probabilities (valid logits for the post-processing's softmax)."""
-    refined = guided_filter(images, logits.float().softmax(dim=1), radius, eps, subsample)
-    return refined.clamp_min(1e-6).log()
+    Returns log-probabilities (valid logits for the post-processing's softmax). One frame at a
+    time: the filter's intermediates are about eight maps per class, ~5 GB for a GPU batch of
+    8 frames at 1024×2048 if they all lived at once."""
+    refined = [guided_filter(images[i:i + 1], logits[i:i + 1].float().softmax(dim=1), radius, eps, subsample)
+               for i in range(logits.shape[0])]
+    return torch.cat(refined).clamp_min_(1e-6).log_()
