@@ -85,12 +85,15 @@ def test_nightly_cronjob_submits_a_valid_nightly_command_to_the_raycluster():
 
 
 def test_readme_and_launcher_commands_parse():
-    texts = [(CLUSTER / "ray-cluster.yaml").read_text()]
+    """Every `tubeflow` command in the launcher YAML, the top README and cluster/README.md parses
+    with the real CLI; the top README's cluster section shows a label job joining a cluster."""
     readme = (ROOT / "README.md").read_text()
-    if "<!-- section: pipeline -->" in readme:
-        texts.append(readme.split("<!-- section: pipeline -->", 1)[1].split("<!-- section:", 1)[0])
+    assert "<!-- section: cluster -->" in readme, "README.md lost its cluster section marker"
+    cluster_section = readme.split("<!-- section: cluster -->", 1)[1].split("<!-- section:", 1)[0]
+    assert any(c[1] == "label" and "--address" in c for c in tubeflow_commands(cluster_section))
+    texts = [(CLUSTER / "ray-cluster.yaml").read_text(), readme, (CLUSTER / "README.md").read_text()]
     commands = [c for text in texts for c in tubeflow_commands(text)]
-    assert any(c[1] == "label" and "--address" in c for c in commands)
+    assert any(c[1] == "nightly" for c in commands) and len(commands) >= 5
     for argv in commands:
         parse_tubeflow(argv)
 
