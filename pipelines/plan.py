@@ -2,10 +2,13 @@
 
 A corpus is named by one URI (any fsspec filesystem):
 
-* a directory or bucket prefix: every container (mp4/avi/mkv/mov) and every directory of
-  frames under it (:func:`operators.video.list_videos`), or
-* a manifest, Parquet or CSV, with columns ``video_id``, ``uri`` and optionally ``gt`` (a
-  relative ``uri`` is taken relative to the manifest's directory).
+* a directory or bucket prefix: every container (mp4/avi/mkv/mov), every directory of
+  frames and every camera topic of every driving log (.mcap, .bag) under it
+  (:func:`operators.video.list_videos`), or
+* a manifest, Parquet or CSV, with columns ``video_id``, ``uri`` and optionally ``gt`` and
+  ``topic`` (a relative ``uri`` is taken relative to the manifest's directory). A log row
+  with a ``topic`` (or a ``LOG#TOPIC`` uri) is that camera's video; a log row without one
+  stands for every camera topic of the log, each ``<video_id>:<topic>``.
 
 Each video gets a :class:`Fingerprint` built from what the filesystem already knows
 (size, modification time, ETag; for an image directory, the same of every frame file), so
@@ -25,7 +28,9 @@ import pyarrow.parquet as pq
 
 from operators import fs
 from operators.errors import FormatMismatchError, InputError
-from operators.video import IMAGE_EXTENSIONS, list_videos, open_video
+from operators.video import IMAGE_EXTENSIONS, is_log, list_videos, open_video, split_stream_uri, \
+    stream_uri
+from operators.video.catalog import log_refs
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv")
 
@@ -81,7 +86,9 @@ def _info_fields(info: dict) -> tuple[int, str, str]:
 
 
 def fingerprint(uri: str) -> Fingerprint:
-    """The :class:`Fingerprint` of a container file or an image-sequence directory."""
+    """The :class:`Fingerprint` of a container file, a log (every topic of a log shares its
+    fingerprint) or an image-sequence directory."""
+    uri = split_stream_uri(uri)[0]
     filesystem, path = fs.filesystem(uri)
     try:
         info = filesystem.info(path)
@@ -139,9 +146,18 @@ def read_manifest(uri: str) -> list[VideoEntry]:
             raise FormatMismatchError(uri, f"row {line}: video_id {video_id!r} is listed twice")
         seen.add(video_id)
         gt = str(record.get("gt") or "").strip() or None
+        gt = _resolve(base, gt) if gt else None
         video_uri = _resolve(base, video_uri)
-        entries.append(VideoEntry(video_id, video_uri, _fingerprint_or_missing(video_uri),
-                                  _resolve(base, gt) if gt else None))
+        topic = str(record.get("topic") or "").strip()
+        if topic:
+            if not is_log(video_uri):
+                raise FormatMismatchError(uri, f"row {line}: a topic is given but {video_uri} is not a log (.mcap/.bag)")
+            video_uri = stream_uri(video_uri, topic)
+        if is_log(video_uri):  # a whole log: each camera topic is a video
+            refs = log_refs(video_uri, video_id)
+            entries.extend(VideoEntry(r.video_id, r.uri, _fingerprint_or_missing(r.uri), gt) for r in refs)
+            continue
+        entries.append(VideoEntry(video_id, video_uri, _fingerprint_or_missing(video_uri), gt))
     return entries
 
 

@@ -196,6 +196,7 @@ class ContainerSource(VideoSource):
                     raise self._undecodable(index)
                 self._next = index + 1
             ok, bgr = self._cap.retrieve()
+            self._last_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
             if not ok or bgr is None:
                 self._next = -1
                 raise self._undecodable(index)
@@ -204,7 +205,64 @@ class ContainerSource(VideoSource):
                                                     f"video is {self.meta.width}x{self.meta.height}")
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
+    def _decode_timed(self, a: int, b: int) -> Iterator[tuple[np.ndarray, int | None]]:
+        """Frames with their presentation time relative to the first frame's, in ns, plus the
+        container's creation time (:attr:`creation_time_ns`) when it records one."""
+        for rgb in self._decode(a, b):
+            yield rgb, round((self._last_ms - self._t0_ms) * 1e6) + (self.creation_time_ns or 0)
+
+    @property
+    def creation_time_ns(self) -> int | None:
+        """The container's recorded creation time (Unix ns), or None: read from an mp4/mov's
+        ``mvhd`` box (seconds since 1904; 0 means not recorded). Other containers: None."""
+        if not hasattr(self, "_creation_ns"):
+            self._creation_ns = mp4_creation_time_ns(self._path) if self.uri.lower().endswith((".mp4", ".mov")) \
+                else None
+        return self._creation_ns
+
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+_MP4_EPOCH_TO_UNIX_S = 2_082_844_800  # seconds from 1904-01-01 (ISO BMFF's epoch) to 1970-01-01
+
+
+def mp4_creation_time_ns(path: str) -> int | None:
+    """The ``creation_time`` of an mp4/mov's movie header (``moov/mvhd``) as Unix ns, or None when
+    the file records none (0, as OpenCV's writer leaves it) or the boxes cannot be walked."""
+    import struct
+
+    def boxes(f, end):
+        while f.tell() + 8 <= end:
+            start = f.tell()
+            size, kind = struct.unpack(">I4s", f.read(8))
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0]
+            elif size == 0:
+                size = end - start
+            if size < 8:
+                return
+            yield kind, start, f.tell(), start + size
+            f.seek(start + size)
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(0)
+            for kind, _, body, end in boxes(f, size):
+                if kind != b"moov":
+                    continue
+                f.seek(body)
+                for inner, _, inner_body, _ in boxes(f, end):
+                    if inner == b"mvhd":
+                        f.seek(inner_body)
+                        version = f.read(4)[0]
+                        created = struct.unpack(">Q" if version == 1 else ">I", f.read(8 if version == 1 else 4))[0]
+                        return (created - _MP4_EPOCH_TO_UNIX_S) * 1_000_000_000 if created else None
+                return None
+    except (OSError, struct.error, IndexError):
+        return None
+    return None
