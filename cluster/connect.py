@@ -37,9 +37,10 @@ def runtime_env(working_dir: str | None) -> dict | None:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-            working_dir: str | None = None, dashboard: bool = False) -> bool:
+            working_dir: str | None = None, dashboard: bool = False, log_to_driver: bool = False) -> bool:
     """Initialise Ray unless it already is; returns True when this call started it (the caller
-    shuts it down). Local: in-process, dashboard on 127.0.0.1 if ``dashboard``."""
+    shuts it down). Local: in-process, dashboard on 127.0.0.1 if ``dashboard``; workers' output
+    reaches this process's console when ``log_to_driver`` (always on a cluster)."""
     import ray
 
     if ray.is_initialized():
@@ -48,7 +49,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ray.init(address=address, runtime_env=runtime_env(working_dir), log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env(working_dir), log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
+                 runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver, _system_config=LOCAL_SYSTEM_CONFIG)
     return True
 
 

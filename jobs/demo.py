@@ -21,6 +21,7 @@ import shlex
 
 import numpy as np
 
+from cluster.connect import ray_session
 from operators import fs
 from operators.formats.vps_layout import PredictionWriter, read_ground_truth
 from operators.synth.perturb import NoiseConfig, perturb_frame
@@ -56,16 +57,10 @@ def run(args: argparse.Namespace) -> int:
          "--height", str(args.height), "--width", str(args.width), "--seed", str(args.seed))
 
     gt_json = fs.join(corpus, "gt", "panoptic_gt.json")
-    started_here = _start_local_ray()  # one local Ray for every job of the demo (a start costs seconds)
-    try:
+    with ray_session():  # one local Ray for every job of the demo (a start costs seconds)
         step("label", "--input", fs.join(corpus, "videos"), "--output", labels, "--gt", gt_json,
              "--image-id-format", SYNTH_IMAGE_ID, "--png", "--overlay", "--force", "--no-progress")
         _track_and_compare(corpus, perframe, tracked, out, args.seed, step)
-    finally:
-        if started_here:
-            import ray
-
-            ray.shutdown()
     print_comparison({"label (built-in model)": fs.join(labels, "metrics"),
                       "per-frame ids": fs.join(out, "eval_perframe"), "tracked": fs.join(out, "eval_tracked")})
     print(f"\nreports: {fs.join(labels, 'metrics', 'report.html')}, {fs.join(out, 'eval_tracked', 'report.html')}")
@@ -85,15 +80,6 @@ def _track_and_compare(corpus: str, perframe: str, tracked: str, out: str, seed:
     gt = ["--gt-json", fs.join(corpus, "gt", "panoptic_gt.json"), "--gt-dir", fs.join(corpus, "gt", "panoptic")]
     step("evaluate", *gt, "--pred-dir", perframe, "--out", fs.join(out, "eval_perframe"), "--no-progress")
     step("evaluate", *gt, "--pred-dir", tracked, "--out", fs.join(out, "eval_tracked"), "--no-progress")
-
-
-def _start_local_ray() -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def write_perframe_predictions(gt_json: str, gt_dir: str, out: str, seed: int = 0,

@@ -2,8 +2,8 @@
 
 One ``TorchTrainer`` worker on the CPU by default; ``--workers N --gpu`` runs N data-parallel
 GPU workers (DDP through ``ray.train.torch.prepare_model``) on a cluster (``--address``).
-The model, losses and sampling are in :mod:`operators.segmentation.training`; this module
-only places them on Ray and writes the result: the weights (fp16 state dict, read back
+The model, losses and sampling are in :mod:`operators.training`, their placement on Ray
+Train in :mod:`pipelines.train`; this module parses the options and writes the result: the weights (fp16 state dict, read back
 with ``torch.load(weights_only=True)``) and ``<weights>.json`` with the config, the loss
 history, the SHA-256 of the weights and, with ``--eval-videos``, PQ on held-out videos.
 
@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from dataclasses import replace
 
 from operators import fs
 from operators.segmentation.host import BUILTIN_WEIGHTS
-from operators.segmentation.losses import LossWeights
-from operators.segmentation.training import TRAIN_PRECISIONS, TRAIN_SCENARIOS, TrainConfig
-
-WEIGHTS_NAME = "weights.pt"
+from operators.training.losses import LossWeights
+from operators.training.loop import TRAIN_PRECISIONS, TRAIN_SCENARIOS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,68 +100,10 @@ def _absolute(uri: str | None) -> str | None:
     return uri if uri is None or "://" in uri else os.path.abspath(uri)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point: each worker samples its own pairs (seed + rank)."""
-    import ray.train
-    import torch
-    from ray.train.torch import get_device, prepare_model
-
-    from operators.segmentation.loading import save_builtin
-    from operators.segmentation.training import PairSampler, load_training_videos, new_model, train_model
-
-    torch.set_num_threads(loop_config["threads"])
-    config: TrainConfig = loop_config["config"]
-    rank = ray.train.get_context().get_world_rank()
-    sampler = PairSampler(load_training_videos(config), config, seed=config.seed + rank)
-    model = prepare_model(new_model(config, seed=config.seed))
-    started, cpu_started = time.time(), time.process_time()
-    history = train_model(model, sampler, config, get_device(),
-                          report=lambda step, metrics: print(f"[train] step {step}: " + ", ".join(
-                              f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"), flush=True))
-    final = {"history": json.dumps(history), "train_seconds": time.time() - started,
-             "train_cpu_seconds": time.process_time() - cpu_started}
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            save_builtin(getattr(model, "module", model).cpu(), os.path.join(directory, WEIGHTS_NAME))
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(final, checkpoint=checkpoint)
-
-
-def train_with_ray(config: TrainConfig, workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
-                   threads: int = 2, address: str | None = None) -> tuple[bytes, list[dict], dict]:
-    """Run the TorchTrainer; returns (weights file bytes, loss history, timings: training wall
-    and CPU seconds of rank 0)."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    try:
-        with tempfile.TemporaryDirectory() as storage:
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config={"config": config, "threads": threads},
-                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                             resources_per_worker={"CPU": cpus_per_worker}),
-                run_config=RunConfig(name="tubeflow-train", storage_path=storage))
-            result = trainer.fit()
-            if result.error is not None:
-                raise result.error
-            with result.checkpoint.as_directory() as directory:
-                with open(os.path.join(directory, WEIGHTS_NAME), "rb") as f:
-                    weights = f.read()
-            timings = {k: round(float(result.metrics[k]), 1) for k in ("train_seconds", "train_cpu_seconds")}
-            return weights, json.loads(result.metrics["history"]), timings
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
 def run(args: argparse.Namespace) -> int:
     import hashlib
+
+    from pipelines.train import train_with_ray
 
     config = config_from_args(args)
     started, load_before = time.time(), os.getloadavg()
@@ -180,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
            "history": history}
     fs.write_bytes(args.out + ".json", json.dumps(log, indent=1).encode())  # kept even if evaluation fails
     if args.eval_videos:
-        from operators.segmentation.evaluation import evaluate_builtin
+        from operators.training.evaluation import evaluate_builtin
 
         log["evaluation"] = evaluate_builtin(args.out, videos_per_scenario=args.eval_videos, height=config.height,
                                              width=config.width)

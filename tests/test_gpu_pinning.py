@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from operators.segmentation.device import select_placement
+from operators.device import select_placement
 from pipelines.label import segment_stage_options, stage_plan
 from pipelines.label_config import LabelConfig
 

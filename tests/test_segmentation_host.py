@@ -11,7 +11,7 @@ import torch
 from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import PredictionWriter
-from operators.segmentation.device import gpu_assigned, select_placement
+from operators.device import gpu_assigned, select_placement
 from operators.segmentation.host import SegmentationHost, default_batch_size
 from operators.segmentation.loading import save_builtin
 from operators.segmentation.model import PanopticNet, PanopticNetConfig
@@ -317,7 +317,7 @@ def test_artifact_without_embeddings_gives_zero_width_embeddings(tmp_path):
 
 
 def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
-    from operators.segmentation.evaluation import evaluate_builtin
+    from operators.training.evaluation import evaluate_builtin
 
     result = evaluate_builtin(tiny_weights, videos_per_scenario=1, frames=6, height=64, width=128,
                               scenarios=("default",))
@@ -342,7 +342,7 @@ def test_embed_given_segments_equals_maskpool_of_the_embedding_head(tiny_weights
 
 
 def test_association_evaluation_compares_embeddings_with_colour(tiny_weights):
-    from operators.segmentation.evaluation import _without_identities, evaluate_association
+    from operators.training.evaluation import _without_identities, evaluate_association
     from operators.synth import SynthConfig, generate_video
 
     frame = next(iter(generate_video(SynthConfig(videos=1, frames=1, height=64, width=128), 0))).panoptic

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
-from operators.segmentation.losses import (LossWeights, at_stride, balanced_offset_loss, offset_loss, semantic_loss,
+from operators.training.losses import (LossWeights, at_stride, balanced_offset_loss, offset_loss, semantic_loss,
                                            temporal_losses, total_loss)
-from operators.segmentation.targets import IGNORE, batch_targets, frame_targets
+from operators.training.targets import IGNORE, batch_targets, frame_targets
 
 
 def _frame():

@@ -188,8 +188,8 @@ def test_a_finer_semantic_head_keeps_the_other_heads_at_their_stride():
     """``semantic_stride=2``: the semantic logits come from the decoder's stride-2 level, the
     other heads stay at stride 4; the contract accepts that, and the losses train it."""
     from operators.segmentation.loading import validate_outputs
-    from operators.segmentation.losses import LossWeights, total_loss
-    from operators.segmentation.targets import batch_targets
+    from operators.training.losses import LossWeights, total_loss
+    from operators.training.targets import batch_targets
 
     config = PanopticNetConfig(widths=(8, 8, 16, 16), decoder_channels=8, head_channels=8, fine_channels=8,
                                semantic_stride=2)

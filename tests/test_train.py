@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from operators.segmentation.model import PanopticNetConfig
-from operators.segmentation.training import (PairSampler, TrainConfig, load_training_videos, new_model,
+from operators.training.loop import (PairSampler, TrainConfig, load_training_videos, new_model,
                                              photometric_jitter, poly_lr, train_model)
 
 TINY_MODEL = PanopticNetConfig(widths=(16, 16, 32, 32), decoder_channels=16, head_channels=16, embedding_dim=8)

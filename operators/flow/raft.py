@@ -312,14 +312,14 @@ class RaftFlow:
 
     Same contract as :class:`operators.flow.dis.DisFlow`. ``iterations``: GRU updates (12 as
     published for evaluation; fewer is faster and coarser). Runs on CUDA when the process was
-    given a GPU (see :mod:`operators.segmentation.device`), with autocast there.
+    given a GPU (see :mod:`operators.device`), with autocast there.
     """
 
     name = "raft"
 
     def __init__(self, checkpoint: str, variant: str | None = None, iterations: int = 12, device: str = "auto",
                  precision: str = "auto"):
-        from operators.segmentation.device import select_placement
+        from operators.device import select_placement
 
         if iterations < 1:
             raise ValueError("iterations must be ≥ 1")

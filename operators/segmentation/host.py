@@ -34,7 +34,7 @@ from operators.errors import FormatMismatchError, InputError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import read_predictions, VpsImage
-from operators.segmentation.device import Placement, select_placement
+from operators.device import Placement, select_placement
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
 from operators.segmentation.model import SIZE_DIVISOR
 from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror,

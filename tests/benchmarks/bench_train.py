@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from operators.segmentation.training import PairSampler, TrainConfig, load_training_videos, new_model, train_model
+from operators.training.loop import PairSampler, TrainConfig, load_training_videos, new_model, train_model
 
 STEPS = 12  # timed steps per variant, after WARM_UP
 WARM_UP = 3

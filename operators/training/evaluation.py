@@ -15,10 +15,10 @@ import numpy as np
 
 from operators.formats.categories import categories_by_id
 from operators.formats.panoptic import PanopticFrame
-from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
+from operators.metrics import VideoVpq, VpqStats, frame_table
 from operators.segmentation.host import SegmentationHost
 from operators.segmentation.postprocess import LABEL_DIVISOR, FrameSegments
-from operators.segmentation.training import TRAIN_SCENARIOS
+from operators.training.loop import TRAIN_SCENARIOS
 
 HELD_OUT_SEED = 777_000
 
@@ -41,7 +41,7 @@ def evaluate_host(host: SegmentationHost, videos_per_scenario: int = 2, frames: 
             annotated = [f for f in generate_video(synth, v) if f.frame_index % annotate_every == 0]
             predictions = host.segment([f.rgb for f in annotated], [f.image_id for f in annotated])
             for f, pred in zip(annotated, predictions):
-                video.add(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, pred.ids, pred.segments,
+                video.update(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, pred.ids, pred.segments,
                                       gt_where=f.image_id, pred_where=f"prediction {f.image_id}"))
             frames_seen += len(annotated)
             scenario_parts.append(video.stats())
@@ -55,7 +55,7 @@ def evaluate_host(host: SegmentationHost, videos_per_scenario: int = 2, frames: 
 
 
 def _summary(stats: VpqStats, categories) -> dict:
-    groups = vpq_result(stats, categories, ks=(0,)).per_k[0]
+    groups = stats.result(categories, ks=(0,)).per_k[0]
     return {"pq": 100 * groups["all"]["pq"], "sq": 100 * groups["all"]["sq"], "rq": 100 * groups["all"]["rq"],
             "pq_things": 100 * groups["things"]["pq"], "pq_stuff": 100 * groups["stuff"]["pq"]}
 
@@ -111,12 +111,12 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
                     tracked = tracker.update(TrackerFrame(f.frame_index, pred.to_panoptic_frame(), f.rgb, fl,
                                                           embeddings, f.image_id))
                     if f.frame_index % annotate_every == 0:
-                        stats.add(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, tracked.ids,
+                        stats.update(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, tracked.ids,
                                               tracked.segments, gt_where=f.image_id))
                 parts[mode].append(stats.stats())
         out[scenario] = {}
         for mode, stats_list in parts.items():
-            result = vpq_result(VpqStats.merge(stats_list), categories, DEFAULT_KS)
+            result = VpqStats.merge(stats_list).result(categories, DEFAULT_KS)
             out[scenario][mode] = {"vpq": 100 * result.vpq, "vpq_things": 100 * result.vpq_thing,
                                    "per_k": {k: 100 * result.per_k[k]["all"]["pq"] for k in DEFAULT_KS}}
     return out

@@ -3,7 +3,7 @@
 
 Each step draws pairs of frames (t, t + gap) of one synthetic video — the pair layout the
 SiamTrack losses need — applies the same random crop and horizontal flip to both, and
-minimises :func:`operators.segmentation.losses.total_loss` with AdamW under the "poly"
+minimises :func:`operators.training.losses.total_loss` with AdamW under the "poly"
 learning-rate schedule of DeepLab / Panoptic-DeepLab, ``lr · (1 − step/steps)^0.9``.
 Targets are computed once per frame at load time and cropped per sample, so instance
 centers are those of the whole object, as in Panoptic-DeepLab.
@@ -16,10 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from operators.segmentation.device import Placement
-from operators.segmentation.losses import LossWeights, total_loss
+from operators.device import Placement
+from operators.training.losses import LossWeights, total_loss
 from operators.segmentation.model import SIZE_DIVISOR, PanopticNet, PanopticNetConfig
-from operators.segmentation.targets import SMALL_INSTANCE_AREA, TARGET_KEYS, PanopticTargets, frame_targets
+from operators.training.targets import SMALL_INSTANCE_AREA, TARGET_KEYS, PanopticTargets, frame_targets
 
 TRAIN_SCENARIOS = ("default", "occlusion", "similar", "small", "deform")
 # fp16 is left out on purpose: it needs loss scaling, bf16 does not.

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.segmentation.postprocess import mask_pool
-from operators.segmentation.targets import IGNORE, PanopticTargets
+from operators.training.targets import IGNORE, PanopticTargets
 
 
 @dataclass(frozen=True)
