@@ -10,37 +10,17 @@ in-process Ray (dashboard off); ``address`` joins a cluster (``"auto"`` or ``ray
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from operators.errors import InputError
 from operators.formats.vps_layout import read_ground_truth, read_predictions
 from operators.metrics.report import EvaluationReport, build_report, write_report
-from operators.metrics.stq import StqStats
 from operators.metrics.video import (EvaluationSettings, VideoEvaluation, VideoInputs, annotation_spacing_warning,
                                      evaluate_videos, plan_videos)
+from operators.metrics.totals import Totals
 from operators.metrics.vpq import VpqStats
 
 REDUCE_FANOUT = 16
-
-
-@dataclass
-class Totals:
-    """Dataset sums: VPQ rows summed over videos, STQ per-sequence rows summed to one."""
-
-    vpq: VpqStats
-    stq: StqStats | None
-
-    @classmethod
-    def of(cls, videos: Sequence[VideoEvaluation]) -> "Totals":
-        good = [v for v in videos if not v.error]
-        return cls(VpqStats.merge([v.vpq for v in good], keep_videos=False),
-                   StqStats.total([v.stq for v in good]) if good else None)
-
-    @classmethod
-    def merge(cls, parts: Sequence["Totals"]) -> "Totals":
-        stq = [p.stq for p in parts if p.stq is not None]
-        return cls(VpqStats.merge([p.vpq for p in parts], keep_videos=False), StqStats.total(stq) if stq else None)
 
 
 def _remote_functions():

@@ -101,7 +101,7 @@ def read_video_metrics(uri: str, video_id: str, frames: int, settings: Evaluatio
     """The :class:`VideoEvaluation` written by :func:`write_video_metrics`."""
     vpq = pq.read_table(io.BytesIO(fs.read_bytes(fs.join(uri, "vpq.parquet"))))
     stq_table = pq.read_table(io.BytesIO(fs.read_bytes(fs.join(uri, "stq.parquet"))))
-    empty = settings.new_stq().to_stats()  # the confusion size and ignore mask of these settings
+    empty = settings.new_stq().stats()  # the confusion size and ignore mask of these settings
     return VideoEvaluation(video_id, frames, VpqStats(vpq), StqStats(empty.size, empty.include, stq_table))
 
 

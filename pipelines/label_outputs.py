@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from operators import fs
 from operators.metrics.report import EvaluationReport, build_report, write_report
+from operators.metrics.totals import Totals
 from operators.metrics.video import EvaluationSettings
-from operators.metrics.vpq import VpqStats
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers
 from pipelines.label_finalize import VideoResult, annotations_rel, metrics_rel, read_video_metrics
 
@@ -80,8 +80,6 @@ def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker
 def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings,
                       video_ids: list[str] | None = None) -> EvaluationReport | None:
     """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``."""
-    from pipelines.evaluate import Totals
-
     markers = committed_markers(layout)
     videos = []
     for video_id, marker in markers.items():
@@ -92,7 +90,7 @@ def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings,
                                              int(marker.counts.get("frames", 0)), settings))
     if not videos:
         return None
-    totals = Totals.of(videos) if videos else Totals(VpqStats(), None)
+    totals = Totals.of(videos)
     report = build_report(settings, totals.vpq, totals.stq, videos)
     write_report(layout.uri("metrics"), report)
     return report

@@ -78,7 +78,7 @@ def test_only_annotated_and_bad_frames(tmp_path, capsys):
 def test_track_a_synthetic_corpus_end_to_end(tmp_path):
     """synth corpus → per-frame predictions with scrambled ids (written as COCO panoptic) →
     ``tubeflow track --only-annotated`` → VPQ against the corpus GT."""
-    from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
+    from operators.metrics import VideoVpq, VpqStats, frame_table
     from operators.synth import SynthConfig, write_corpus
     from operators.synth.perturb import scramble_ids
     from operators.formats.categories import categories_by_id
@@ -108,7 +108,7 @@ def test_track_a_synthetic_corpus_end_to_end(tmp_path):
     video = VideoVpq("0000")
     for image in gt.videos()["0000"]:
         g, p = gt.read_frame(image), preds.read_frame(image)
-        video.add(frame_table(image.frame_index, g.ids, g.segments, p.ids, p.segments))
-    result = vpq_result(VpqStats.merge([video.stats()]), categories_by_id())
+        video.update(frame_table(image.frame_index, g.ids, g.segments, p.ids, p.segments))
+    result = VpqStats.merge([video.stats()]).result(categories_by_id())
     assert result.per_k[10]["things"]["n"] > 0
     assert result.vpq > 0.95 and result.vpq_thing > 0.9, result.per_k

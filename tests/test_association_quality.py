@@ -21,7 +21,7 @@ from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.flow.dis import DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo
-from operators.metrics import VideoVpq, VpqStats, frame_table, vpq_result
+from operators.metrics import VideoVpq, VpqStats, frame_table
 
 THINGS = {c.id for c in CITYSCAPES_CATEGORIES if c.isthing}
 KS = (0, 5, 10, 15)
@@ -42,9 +42,9 @@ def vpq(videos: list[tuple[list[PanopticFrame], list[PanopticFrame]]], annotate_
     for v, (gts, preds) in enumerate(videos):
         video = VideoVpq(str(v), KS, annotate_every)
         for i, (gt, pred) in enumerate(zip(gts, preds)):
-            video.add(frame_table(i * annotate_every, gt.ids, gt.segments, pred.ids, pred.segments))
+            video.update(frame_table(i * annotate_every, gt.ids, gt.segments, pred.ids, pred.segments))
         parts.append(video.stats())
-    r = vpq_result(VpqStats.merge(parts), categories_by_id(), KS)
+    r = VpqStats.merge(parts).result(categories_by_id(), KS)
     out = {k: tuple(100 * r.per_k[k][g]["pq"] for g in ("all", "things", "stuff")) for k in KS}
     out.update(vpq=100 * r.vpq, vpq_th=100 * r.vpq_thing, vpq_st=100 * r.vpq_stuff)
     return out

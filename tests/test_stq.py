@@ -71,8 +71,8 @@ def test_id_switch_halves_association_quality():
     # 1×4 frames: car instance 1 on two pixels, road on two. Prediction switches id at frame 1.
     metric = STQuality(num_classes=2, things=[1], ignore_label=255, label_divisor=1000)
     gt = np.array([[label(1, 1), label(1, 1), label(0), label(0)]])
-    metric.update_state(gt, np.array([[label(1, 5), label(1, 5), label(0), label(0)]]), "s")
-    metric.update_state(gt, np.array([[label(1, 6), label(1, 6), label(0), label(0)]]), "s")
+    metric.update(gt, np.array([[label(1, 5), label(1, 5), label(0), label(0)]]), "s")
+    metric.update(gt, np.array([[label(1, 6), label(1, 6), label(0), label(0)]]), "s")
     result = metric.result()
     # tube 1001 (4 px) meets 1005 and 1006 (2 px each, IoU 2/4): AQ = (2·½ + 2·½) / 4 = ½
     assert result["AQ"] == 0.5 and result["IoU"] == 1.0
@@ -82,13 +82,13 @@ def test_id_switch_halves_association_quality():
 def test_crowd_and_ignore_as_deeplab2():
     metric = STQuality(num_classes=2, things=[1], ignore_label=255, label_divisor=1000)
     # pixel 0: crowd car (instance 0) → left out of AQ on both sides; pixel 2: GT ignore → no class IoU row
-    metric.update_state(np.array([label(1, 0), label(1, 1), label(255), label(0)]),
+    metric.update(np.array([label(1, 0), label(1, 1), label(255), label(0)]),
                         np.array([label(1, 1), label(1, 1), label(0), label(0)]), 0)
     result = metric.result()
     assert result["AQ"] == 1.0 and result["IoU"] == 1.0
     # predicting the ignore label on road: road IoU ½ and the ignore class enters the mean with IoU 0
     metric = STQuality(num_classes=2, things=[1], ignore_label=255, label_divisor=1000)
-    metric.update_state(np.array([label(0), label(0)]), np.array([label(255), label(0)]), 0)
+    metric.update(np.array([label(0), label(0)]), np.array([label(255), label(0)]), 0)
     assert metric.result()["IoU"] == 0.25
 
 
@@ -110,7 +110,7 @@ def test_random_label_maps_equal_the_slow_implementation(ignore, divisor):
     metric = STQuality(NUM_CLASSES, THINGS, ignore_label=ignore, label_divisor=divisor)
     for seq, frames in sequences.items():
         for y_true, y_pred in frames:
-            metric.update_state(y_true, y_pred, seq)
+            metric.update(y_true, y_pred, seq)
     ours, slow = metric.result(), slow_stq(sequences, NUM_CLASSES, THINGS, ignore, divisor)
     for key in ("STQ", "AQ", "IoU"):
         assert ours[key] == pytest.approx(slow[key], abs=1e-12)
@@ -134,7 +134,7 @@ def test_contingency_tables_give_the_label_map_result():
     for n, video in enumerate(corpus):
         for frame, table in zip(video, tables(video)):
             from_tables.update_from_table(table, f"v{n}")
-            from_maps.update_state(*_label_maps(frame, THINGS), f"v{n}")
+            from_maps.update(*_label_maps(frame, THINGS), f"v{n}")
     a, b = from_tables.result(), from_maps.result()
     for key in ("STQ", "AQ", "IoU"):
         assert a[key] == pytest.approx(b[key], abs=1e-12)
@@ -149,17 +149,17 @@ def test_merging_states_and_stats_gives_the_same_result():
             whole.update_from_table(table, f"v{n}")
             parts[(n + i) % 3].update_from_table(table, f"v{n}")  # one video's frames on several workers
     merged = STQuality(NUM_CLASSES, THINGS)
-    merged.merge_state(parts[::-1])
+    merged.merge(parts[::-1])
     expected = whole.result()
-    for result in (merged.result(), StqStats.total([whole.to_stats()]).result()):
+    for result in (merged.result(), StqStats.merge([whole.stats()], keep_videos=False).result()):
         for key in ("STQ", "AQ", "IoU"):
             assert result[key] == pytest.approx(expected[key], abs=1e-12)
     per_video = [STQuality(NUM_CLASSES, THINGS) for _ in corpus]
     for n, video in enumerate(corpus):
         for table in tables(video):
             per_video[n].update_from_table(table, f"v{n}")
-    stats = [p.to_stats() for p in per_video]
-    halves = StqStats.total([StqStats.total(stats[:2]), StqStats.merge(stats[2:])])
+    stats = [p.stats() for p in per_video]
+    halves = StqStats.merge([StqStats.merge(stats[:2], keep_videos=False), StqStats.merge(stats[2:])], keep_videos=False)
     assert halves.result()["STQ"] == pytest.approx(expected["STQ"], abs=1e-12)
     with pytest.raises(ValueError, match="same sequence"):
         StqStats.merge([stats[0], stats[0]])

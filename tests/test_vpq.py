@@ -3,6 +3,7 @@ corpora against the slow pixel-stacking reference for every k."""
 from __future__ import annotations
 
 import re
+from dataclasses import astuple
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.panoptic import encode_panoptic_png, decode_panoptic_png
 from operators.metrics.contingency import decode_ids, frame_table
 from operators.metrics.reference import reference_vpq, reference_vpq_sums
-from operators.metrics.vpq import VideoVpq, VpqStats, quality, vpq_result, window_counts, window_frames
+from operators.metrics.vpq import PqSums, VideoVpq, VpqStats, quality, window_counts, window_frames
 
 CATEGORIES = categories_by_id(CITYSCAPES_CATEGORIES)
 ROAD, PERSON, RIDER, CAR = 0, 11, 12, 13
@@ -29,34 +30,34 @@ def one_frame(gt_rows, gt_cat, pred_rows, pred_cat, crowd=(), gt_order=None):
 def test_prediction_on_void_is_left_out_of_the_union():
     # x: 4 px, 2 on GT a and 2 on VOID → union = 4 + 2 − 2 − 2 = 2, IoU = 1
     t = one_frame(["aa.."], {1: CAR}, ["xxxx"], {30: CAR})
-    assert window_counts([t]) == {CAR: (1.0, 1, 0, 0)}
+    assert window_counts([t]) == {CAR: PqSums(1.0, 1, 0, 0)}
 
 
 def test_iou_of_exactly_one_half_does_not_match():
     t = one_frame(["aaaa"], {1: CAR}, ["xx.."], {30: CAR})  # IoU = 2 / 4
-    assert window_counts([t]) == {CAR: (0.0, 0, 1, 1)}
+    assert window_counts([t]) == {CAR: PqSums(0.0, 0, 1, 1)}
     t = one_frame(["aaaa"], {1: CAR}, ["xxx."], {30: CAR})  # IoU = 3 / 4
-    assert window_counts([t]) == {CAR: (0.75, 1, 0, 0)}
+    assert window_counts([t]) == {CAR: PqSums(0.75, 1, 0, 0)}
 
 
 def test_categories_must_agree():
     t = one_frame(["aaaa"], {1: CAR}, ["xxxx"], {30: PERSON})
-    assert window_counts([t]) == {CAR: (0.0, 0, 0, 1), PERSON: (0.0, 0, 1, 0)}
+    assert window_counts([t]) == {CAR: PqSums(0.0, 0, 0, 1), PERSON: PqSums(0.0, 0, 1, 0)}
 
 
 def test_prediction_on_crowd_of_its_category_is_not_a_false_positive():
     # c: crowd person; x (person) lies on it: not FP; y (rider) on it: FP; a (car) has no match: FN.
     t = one_frame(["cccaa", "cc..."], {5: PERSON, 1: CAR}, ["xxy..", "xx..."], {30: PERSON, 31: RIDER}, crowd=[5])
-    assert window_counts([t]) == {CAR: (0.0, 0, 0, 1), RIDER: (0.0, 0, 1, 0)}
+    assert window_counts([t]) == {CAR: PqSums(0.0, 0, 0, 1), RIDER: PqSums(0.0, 0, 1, 0)}
 
 
 def test_void_plus_crowd_share_must_exceed_one_half():
     # x: 1 px crowd + 1 px VOID + 1 px on a → 2/3 ignored → not FP; a (4 px) → FN
     t = one_frame(["c.aaaa"], {5: PERSON, 1: PERSON}, ["xxx..."], {30: PERSON}, crowd=[5])
-    assert window_counts([t]) == {PERSON: (0.0, 0, 0, 1)}
+    assert window_counts([t]) == {PERSON: PqSums(0.0, 0, 0, 1)}
     # x: 1 crowd + 1 VOID + 2 on a → exactly 1/2 ignored → FP (and IoU 2/(4+4−2−1) < 0.5)
     t = one_frame(["c.aaaa"], {5: PERSON, 1: PERSON}, ["xxxx.."], {30: PERSON}, crowd=[5])
-    assert window_counts([t]) == {PERSON: (0.0, 0, 1, 1)}
+    assert window_counts([t]) == {PERSON: PqSums(0.0, 0, 1, 1)}
 
 
 @pytest.mark.parametrize("order, false_positives", [([6, 5], 0), ([5, 6], 1)])
@@ -65,20 +66,20 @@ def test_the_last_crowd_tube_of_a_category_in_json_order_is_used(order, false_po
     # category: the last in order of first appearance (segments_info order in a frame).
     t = one_frame(["ccdd"], {5: PERSON, 6: PERSON}, ["xx.."], {30: PERSON}, crowd=[5, 6], gt_order=order)
     counts = window_counts([t])
-    assert counts.get(PERSON, (0.0, 0, 0, 0)) == (0.0, 0, false_positives, 0)
+    assert counts.get(PERSON, PqSums()) == PqSums(0.0, 0, false_positives, 0)
 
 
 def test_a_tube_spans_the_window_and_an_id_switch_costs_the_match():
     f0 = one_frame(["aaaa"], {1: CAR}, ["xxxx"], {30: CAR})
     f1 = one_frame(["aaaa"], {1: CAR}, ["yyyy"], {31: CAR})
     f1.frame_index = 5
-    assert window_counts([f0]) == window_counts([f1]) == {CAR: (1.0, 1, 0, 0)}
+    assert window_counts([f0]) == window_counts([f1]) == {CAR: PqSums(1.0, 1, 0, 0)}
     # k=5: the GT tube has 8 px, each predicted tube 4 px inside it → IoU 0.5 each: no match.
-    assert window_counts([f0, f1]) == {CAR: (0.0, 0, 2, 1)}
+    assert window_counts([f0, f1]) == {CAR: PqSums(0.0, 0, 2, 1)}
     video = VideoVpq("v", ks=(0, 5))
-    video.add(f0)
-    video.add(f1)
-    result = vpq_result(video.stats(), CATEGORIES, ks=(0, 5))
+    video.update(f0)
+    video.update(f1)
+    result = video.stats().result(CATEGORIES, ks=(0, 5))
     assert result.per_k[0]["all"]["pq"] == 1.0 and result.per_k[5]["all"]["pq"] == 0.0
     assert result.vpq == 0.5
 
@@ -86,15 +87,15 @@ def test_a_tube_spans_the_window_and_an_id_switch_costs_the_match():
 def test_category_and_crowd_come_from_the_first_frame_of_the_window():
     f0 = one_frame(["aaaa"], {1: CAR}, ["xxxx"], {30: CAR})
     f1 = one_frame(["aaaa"], {1: PERSON}, ["xxxx"], {30: PERSON})  # both relabelled later
-    assert window_counts([f0, f1]) == {CAR: (1.0, 1, 0, 0)}
-    assert window_counts([f1, f0]) == {PERSON: (1.0, 1, 0, 0)}
+    assert window_counts([f0, f1]) == {CAR: PqSums(1.0, 1, 0, 0)}
+    assert window_counts([f1, f0]) == {PERSON: PqSums(1.0, 1, 0, 0)}
 
 
 def test_mean_over_categories_counts_categories_with_only_false_negatives():
     t = one_frame(["aaaabbbb"], {1: CAR, 2: ROAD}, ["xxxx...."], {30: CAR})
     video = VideoVpq("v", ks=(0,))
-    video.add(t)
-    result = vpq_result(video.stats(), CATEGORIES, ks=(0,))
+    video.update(t)
+    result = video.stats().result(CATEGORIES, ks=(0,))
     assert result.per_k[0]["all"] == {"pq": 0.5, "sq": 0.5, "rq": 0.5, "n": 2}
     assert result.per_k[0]["things"]["pq"] == 1.0 and result.per_k[0]["stuff"]["pq"] == 0.0
 
@@ -117,8 +118,8 @@ def test_gt_tube_areas_are_summed_over_the_window_by_default():
     # all sum the window's JSON areas.
     video = VideoVpq("v")
     for t in _entering_object_video():
-        video.add(t)
-    assert video.stats().sums()[(10, CAR)] == (2.0, 2, 0, 0)
+        video.update(t)
+    assert video.stats().sums()[(10, CAR)] == PqSums(2.0, 2, 0, 0)
 
 
 def test_gt_tube_areas_of_the_legacy_evaluator():
@@ -127,20 +128,20 @@ def test_gt_tube_areas_of_the_legacy_evaluator():
     # 2+2 = 4 (IoU 1), then 4+2 = 6 (IoU 4/6). Stuff b is in every frame.
     legacy, summed = VideoVpq("v", gt_area="legacy"), VideoVpq("v", gt_area="summed")
     for t in _entering_object_video():
-        legacy.add(t)
-        summed.add(t)
+        legacy.update(t)
+        summed.update(t)
     legacy_sums, summed_sums = legacy.stats().sums(), summed.stats().sums()
-    assert legacy_sums[(10, CAR)] == pytest.approx((1.0 + 4 / 6, 2, 0, 0), abs=1e-15)
-    assert summed_sums[(10, CAR)] == (2.0, 2, 0, 0)
-    assert legacy_sums[(15, CAR)] == summed_sums[(15, CAR)] == (1.0, 1, 0, 0)
+    assert astuple(legacy_sums[(10, CAR)]) == pytest.approx((1.0 + 4 / 6, 2, 0, 0), abs=1e-15)
+    assert summed_sums[(10, CAR)] == PqSums(2.0, 2, 0, 0)
+    assert legacy_sums[(15, CAR)] == summed_sums[(15, CAR)] == PqSums(1.0, 1, 0, 0)
     # windows slide by one annotated frame and only whole windows count: 4, 3, 2, 1
-    assert [legacy_sums[(k, ROAD)][1] for k in (0, 5, 10, 15)] == [4, 3, 2, 1]
+    assert [legacy_sums[(k, ROAD)].tp for k in (0, 5, 10, 15)] == [4, 3, 2, 1]
 
 
 def test_a_video_shorter_than_the_window_has_no_window():
     video = VideoVpq("v")
     for t in _entering_object_video()[:2]:
-        video.add(t)
+        video.update(t)
     assert {k for k, _ in video.stats().sums()} == {0, 5}
 
 
@@ -152,15 +153,15 @@ def test_random_corpora_equal_the_pixel_stacking_reference(seed, rule):
     for n, video in enumerate(corpus):
         acc = VideoVpq(f"v{n}", gt_area=rule)
         for t in tables(video):
-            acc.add(t)
+            acc.update(t)
         parts.append(acc.stats())
     ours = VpqStats.merge(parts).sums()
     expected = reference_vpq_sums(corpus, gt_area=rule)
     assert set(ours) == set(expected)
     for key, (iou, tp, fp, fn) in expected.items():
-        assert ours[key][1:] == (tp, fp, fn), key
-        assert ours[key][0] == pytest.approx(iou, abs=1e-12)
-    result = vpq_result(VpqStats.merge(parts), CATEGORIES)
+        assert (ours[key].tp, ours[key].fp, ours[key].fn) == (tp, fp, fn), key
+        assert ours[key].iou_sum == pytest.approx(iou, abs=1e-12)
+    result = VpqStats.merge(parts).result(CATEGORIES)
     isthing = {c.id: c.isthing for c in CATEGORIES.values()}
     ref = reference_vpq(expected, isthing)
     for ours_value, ref_value in ((result.vpq, ref["all"]), (result.vpq_thing, ref["things"]),
@@ -174,7 +175,7 @@ def test_merge_is_associative_and_commutative():
     for n, video in enumerate(corpus):
         acc = VideoVpq(f"v{n}")
         for t in tables(video):
-            acc.add(t)
+            acc.update(t)
         stats.append(acc.stats())
     whole = VpqStats.merge(stats).sums()
     rng = np.random.default_rng(0)
@@ -186,8 +187,8 @@ def test_merge_is_associative_and_commutative():
         merged = VpqStats.merge([right, left], keep_videos=False).sums()
         assert merged.keys() == whole.keys()
         for key in whole:
-            assert merged[key][1:] == whole[key][1:]
-            assert merged[key][0] == pytest.approx(whole[key][0], abs=1e-12)
+            assert (merged[key].tp, merged[key].fp, merged[key].fn) == (whole[key].tp, whole[key].fp, whole[key].fn)
+            assert merged[key].iou_sum == pytest.approx(whole[key].iou_sum, abs=1e-12)
     # Arrow rows round trip
     table = VpqStats.merge(stats).table
     assert table.column_names == ["video_id", "k", "category_id", "iou_sum", "tp", "fp", "fn"]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from operators import fs
 from operators.metrics.stq import StqStats
 from operators.metrics.video import EvaluationSettings, VideoEvaluation
-from operators.metrics.vpq import VpqResult, VpqStats, vpq_result
+from operators.metrics.vpq import VpqResult, VpqStats
 
 
 @dataclass
@@ -44,7 +44,7 @@ def build_report(settings: EvaluationSettings, vpq_totals: VpqStats, stq_totals:
                  videos: Sequence[VideoEvaluation]) -> EvaluationReport:
     stq = stq_totals.result() if stq_totals is not None and stq_totals.table.num_rows else \
         {"STQ": float("nan"), "AQ": float("nan"), "IoU": float("nan")}
-    return EvaluationReport(settings, vpq_result(vpq_totals, settings.categories, settings.ks), stq,
+    return EvaluationReport(settings, vpq_totals.result(settings.categories, settings.ks), stq,
                             sorted(videos, key=lambda v: v.video_id))
 
 
@@ -93,7 +93,7 @@ def per_video_table(report: EvaluationReport) -> pa.Table:
     for video in report.videos:
         row = {"video_id": video.video_id, "frames": video.frames, "missing_frames": video.missing_frames,
                "status": "failed" if video.error else "ok", "error": video.error}
-        result = None if video.error else vpq_result(video.vpq, report.settings.categories, report.settings.ks)
+        result = None if video.error else video.vpq.result(report.settings.categories, report.settings.ks)
         row.update({"vpq": result.vpq if result else None, "vpq_thing": result.vpq_thing if result else None,
                     "vpq_stuff": result.vpq_stuff if result else None})
         for k in report.settings.ks:

@@ -9,7 +9,8 @@ Benchmarks, Sec. 4: STQ = sqrt(AQ × SQ) with
 
 The arithmetic is that of the authors' numpy implementation (deeplab2,
 ``evaluation/numpy/segmentation_and_tracking_quality.py``) and so is the life cycle
-(``update_state`` per frame, ``merge_state``, ``result``): labels are
+(``update`` per frame — deeplab2's ``update_state`` —, ``merge``, ``result``; ``stats()``
+gives the per-sequence sums that travel between workers, :class:`StqStats`, which merge too): labels are
 ``semantic · label_divisor + instance``; a ground-truth ``thing`` pixel with instance 0 is
 *crowd*: it is left out of the GT tubes and the predictions on it are not counted; the
 ignore label's GT pixels are dropped from the class IoU (a prediction of the ignore
@@ -60,7 +61,7 @@ class STQuality:
 
     ``num_classes``: semantic classes 0..num_classes-1; ``things``: the thing classes;
     ``ignore_label``: semantic label of unlabelled pixels; ``label_divisor``: for
-    :meth:`update_state` (label = semantic · divisor + instance).
+    :meth:`update` (label = semantic · divisor + instance).
     """
 
     def __init__(self, num_classes: int, things: Sequence[int], ignore_label: int = 255, label_divisor: int = 65536):
@@ -76,7 +77,7 @@ class STQuality:
         self.sequences: dict[str, _Sequence] = {}
 
     # -- accumulation ---------------------------------------------------------------------
-    def update_state(self, y_true: np.ndarray, y_pred: np.ndarray, sequence_id: object = 0) -> None:
+    def update(self, y_true: np.ndarray, y_pred: np.ndarray, sequence_id: object = 0) -> None:
         """One frame as label maps ``(H, W)`` int (semantic · label_divisor + instance)."""
         y_true, y_pred = np.asarray(y_true, np.int64).ravel(), np.asarray(y_pred, np.int64).ravel()
         if y_true.shape != y_pred.shape:
@@ -128,7 +129,7 @@ class STQuality:
                              f"0..{self.num_classes - 1} and not the ignore label {self.ignore_label}")
         return semantic
 
-    def merge_state(self, others: Iterable["STQuality"]) -> None:
+    def merge(self, others: Iterable["STQuality"]) -> None:
         """Add the sums of ``others``. deeplab2 refuses a sequence present on both sides;
         here its counts add, so one long sequence may be split across workers."""
         for other in others:
@@ -151,7 +152,7 @@ class STQuality:
             inner[g] = inner.get(g, 0.0) + tpa * (tpa / (tpa + fpa + fna))
         return float(sum(1.0 / size * inner.get(g, 0.0) for g, size in seq.gt.items()))
 
-    def to_stats(self) -> "StqStats":
+    def stats(self) -> "StqStats":
         """Per-sequence sums that are enough for the result: what travels between workers."""
         rows = [(key, seq.frames, self._aq_sum(seq), len(seq.gt), seq.confusion.ravel().tolist())
                 for key, seq in self.sequences.items()]
@@ -160,7 +161,7 @@ class STQuality:
 
     def result(self) -> dict:
         """deeplab2's result dict: STQ, AQ, IoU and their per-sequence lists."""
-        return self.to_stats().result()
+        return self.stats().result()
 
 
 @dataclass
@@ -176,19 +177,17 @@ class StqStats:
     table: pa.Table
 
     @classmethod
-    def merge(cls, parts: Sequence["StqStats"]) -> "StqStats":
+    def merge(cls, parts: Sequence["StqStats"], keep_videos: bool = True) -> "StqStats":
+        """The parts' sequences together. ``keep_videos=False`` sums every sequence into one row
+        ``"*"`` whose STQ/AQ/SQ equal those of the parts (AQ = Σ aq_sum / Σ num_tubes, SQ from
+        Σ confusion): the dataset totals, what a reduce passes on — as :meth:`VpqStats.merge`."""
         table = pa.concat_tables([p.table for p in parts])
-        ids = table.column("video_id").to_pylist()
-        if len(set(ids)) != len(ids):
-            raise ValueError("STQ stats of the same sequence cannot be merged after to_stats(); "
-                             "merge the STQuality states instead")
-        return cls(parts[0].size, parts[0].include, table)
-
-    @classmethod
-    def total(cls, parts: Sequence["StqStats"]) -> "StqStats":
-        """One row "*" with the sums of all sequences: the dataset STQ/AQ/SQ equal those of
-        the parts (AQ = Σ aq_sum / Σ num_tubes, SQ from Σ confusion); what a reduce passes on."""
-        table = pa.concat_tables([p.table for p in parts])
+        if keep_videos:
+            ids = table.column("video_id").to_pylist()
+            if len(set(ids)) != len(ids):
+                raise ValueError("STQ stats of the same sequence cannot be merged after stats(); "
+                                 "merge the STQuality states instead")
+            return cls(parts[0].size, parts[0].include, table)
         confusion = np.zeros(parts[0].size * parts[0].size, np.int64)
         for flat in table.column("confusion").to_pylist():
             confusion += np.array(flat, np.int64)

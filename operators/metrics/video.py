@@ -142,12 +142,12 @@ def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEva
                 pred_ids = decode_ids(fs.read_input(frame.pred_uri), frame.pred_uri)
             table = frame_table(frame.image.frame_index, gt_ids, frame.gt_segments, pred_ids, frame.pred_segments,
                                 frame.gt_uri, frame.pred_uri or "prediction", settings.categories.keys())
-            vpq.add(table)
+            vpq.update(table)
             stq.update_from_table(table, video.video_id)
     except TubeflowError as exc:
         message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
         return VideoEvaluation(video.video_id, len(video.frames), VpqStats(), None, message, missing)
-    return VideoEvaluation(video.video_id, len(video.frames), vpq.stats(), stq.to_stats(), None, missing)
+    return VideoEvaluation(video.video_id, len(video.frames), vpq.stats(), stq.stats(), None, missing)
 
 
 def evaluate_videos(videos: Sequence[VideoInputs], settings: EvaluationSettings) -> list[VideoEvaluation]:

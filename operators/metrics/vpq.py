@@ -8,18 +8,20 @@ all windows of all videos; ``VPQ^k`` is the mean over categories and VPQ the mea
 k ∈ {0, 5, 10, 15}. PQ (Kirillov et al., CVPR 2019, Eq. 1) is VPQ^0.
 
 The window rules follow the authors' evaluator (mcahny/vps, ``tools/eval_vpq.py``) detail
-for detail; the README section *evaluation* lists each one and where it departs from the
+for detail; ``operators/metrics/README.md`` lists each one and where it departs from the
 paper's prose. Windows are computed from :class:`FrameTable` s, never from pixels:
 intersections and areas of a tube are sums of per-frame counts.
 
-Statistics are sums (TrackEval style): :class:`VpqStats` holds rows
-``(video_id, k, category_id, iou_sum, tp, fp, fn)``, merges by adding, and
-:func:`quality` derives every ratio from the sums, per video or for the dataset.
+Statistics are sums (TrackEval style): a :class:`PqSums` per category and k; :class:`VpqStats`
+holds them as rows ``(video_id, k, category_id, iou_sum, tp, fp, fn)``, merges by adding, and
+:func:`quality` derives every ratio from the sums, per video or for the dataset. The life
+cycle is that of both metrics (:mod:`operators.metrics.stq` too): ``update`` per frame,
+``stats()`` for the sums that travel, ``merge`` of sums, ``result`` at the end.
 """
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +39,29 @@ GT_AREA_RULES: tuple[str, ...] = ("summed", "legacy")
 
 VPQ_SCHEMA = pa.schema([("video_id", pa.string()), ("k", pa.int64()), ("category_id", pa.int64()),
                         ("iou_sum", pa.float64()), ("tp", pa.int64()), ("fp", pa.int64()), ("fn", pa.int64())])
-_SUM_FIELDS = ("iou_sum", "tp", "fp", "fn")
+
+
+@dataclass(frozen=True)
+class PqSums:
+    """The sums PQ and VPQ are ratios of, for one category (at one window size k): the IoUs of
+    the matched pairs, true positives, false positives, false negatives. Sums add; ratios are
+    taken once, from the sums (:func:`quality`)."""
+
+    iou_sum: float = 0.0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: "PqSums") -> "PqSums":
+        return PqSums(self.iou_sum + other.iou_sum, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the category enters the mean over categories (TP + FP + FN > 0)."""
+        return self.tp + self.fp + self.fn > 0
+
+
+_SUM_FIELDS = tuple(f.name for f in fields(PqSums))
 _PAIR_SHIFT = 24  # ids < 2**24, so gt << 24 | pred is a unique int64 pair key
 
 
@@ -129,8 +153,8 @@ def _window_pairs(frames: Sequence[FrameTable]) -> tuple[np.ndarray, np.ndarray,
 
 def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None = None, rule: GtAreaRule = "summed",
                   stored: dict[tuple[int, int], int] | None = None, where: str = "window"
-                  ) -> dict[int, tuple[float, int, int, int]]:
-    """Per category (iou_sum, tp, fp, fn) of one window of consecutive annotated frames.
+                  ) -> dict[int, PqSums]:
+    """Per category the :class:`PqSums` of one window of consecutive annotated frames.
 
     Matching (Kim et al. Sec. 4; evaluator): same category, GT not crowd, and
     IoU = I / (|pred| + |gt| − I − |pred ∩ VOID|) > 0.5 strictly. An unmatched prediction is
@@ -153,14 +177,13 @@ def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None 
         raise FormatMismatchError(where, "a tube IoU exceeds 1: the GT JSON `area` fields disagree with the PNG pixels")
     matched = candidate & (2 * i > union)  # IoU > 0.5, strictly, in integers
     iou = i[matched] / union[matched]
-    out: dict[int, list] = {}
+    out: dict[int, PqSums] = {}
 
-    def add(category: int, field_index: int, value) -> None:
-        out.setdefault(int(category), [0.0, 0, 0, 0])[field_index] += value
+    def add(category: int, sums: PqSums) -> None:
+        out[int(category)] = out.get(int(category), PqSums()) + sums
 
     for category, value in zip(gt_tubes.category[g[matched]].tolist(), iou.tolist()):
-        add(category, 0, value)
-        add(category, 1, 1)
+        add(category, PqSums(iou_sum=value, tp=1))
     gt_matched = np.zeros(len(gt_tubes.ids), bool)
     gt_matched[g[matched]] = True
     pred_matched = np.zeros(len(pred_tubes.ids), bool)
@@ -173,7 +196,7 @@ def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None 
         if crowd == 1:
             crowd_of_category[category] = n  # the last one wins, as in the evaluator's dict
         else:
-            add(category, 3, 1)
+            add(category, PqSums(fn=1))
     crowd_inter = {(int(a), int(b)): int(c) for a, b, c in zip(g, p, i) if gt_tubes.iscrowd[a] == 1}
     for n, (category, area) in enumerate(zip(pred_tubes.category.tolist(), pred_tubes.area.tolist())):
         if pred_matched[n]:
@@ -181,8 +204,8 @@ def window_counts(frames: Sequence[FrameTable], positions: Sequence[int] | None 
         ignored = int(void[n]) + crowd_inter.get((crowd_of_category.get(category, -1), n), 0)
         if 2 * ignored > area:  # (VOID + crowd) / area > 0.5
             continue
-        add(category, 2, 1)
-    return {c: (v[0], v[1], v[2], v[3]) for c, v in out.items()}
+        add(category, PqSums(fp=1))
+    return out
 
 
 class VideoVpq:
@@ -201,9 +224,10 @@ class VideoVpq:
         self._recent: deque[FrameTable] = deque(maxlen=max(self.nframes.values()))
         self._count = 0
         self._stored: dict[int, dict[tuple[int, int], int]] = {k: {} for k in self.nframes}
-        self._sums: dict[tuple[int, int], list] = {}
+        self._sums: dict[tuple[int, int], PqSums] = {}
 
-    def add(self, table: FrameTable) -> None:
+    def update(self, table: FrameTable) -> None:
+        """Add the next annotated frame's table (frames in order)."""
         self._recent.append(table)
         self._count += 1
         for k, n in self.nframes.items():
@@ -216,14 +240,16 @@ class VideoVpq:
                 del stored[key]  # frames that left every later window of this k
             counts = window_counts(frames, range(start, self._count), self.gt_area, stored,
                                    where=f"video {self.video_id} frames {frames[0].frame_index}..{frames[-1].frame_index}")
-            for category, values in counts.items():
-                acc = self._sums.setdefault((k, category), [0.0, 0, 0, 0])
-                for j, v in enumerate(values):
-                    acc[j] += v
+            for category, sums in counts.items():
+                self._sums[(k, category)] = self._sums.get((k, category), PqSums()) + sums
 
     def stats(self) -> "VpqStats":
-        rows = [(self.video_id, k, c, *v) for (k, c), v in sorted(self._sums.items())]
+        """The video's sums as mergeable rows: what travels between workers."""
+        rows = [(self.video_id, k, c, s.iou_sum, s.tp, s.fp, s.fn) for (k, c), s in sorted(self._sums.items())]
         return VpqStats.from_rows(rows)
+
+    def result(self, categories: Mapping[int, Category]) -> "VpqResult":
+        return self.stats().result(categories, tuple(self.nframes))
 
 
 @dataclass
@@ -251,14 +277,18 @@ class VpqStats:
         order = pa.compute.sort_indices(summed, [(key, "ascending") for key in keys])
         return cls(summed.take(order).select(VPQ_SCHEMA.names).cast(VPQ_SCHEMA))
 
-    def sums(self) -> dict[tuple[int, int], tuple[float, int, int, int]]:
-        """(k, category_id) → (iou_sum, tp, fp, fn), summed over videos."""
-        out: dict[tuple[int, int], list] = {}
+    def sums(self) -> dict[tuple[int, int], PqSums]:
+        """(k, category_id) → :class:`PqSums`, summed over videos."""
+        out: dict[tuple[int, int], PqSums] = {}
         for row in self.table.to_pylist():
-            acc = out.setdefault((row["k"], row["category_id"]), [0.0, 0, 0, 0])
-            for j, name in enumerate(_SUM_FIELDS):
-                acc[j] += row[name]
-        return {key: tuple(v) for key, v in out.items()}
+            key = (row["k"], row["category_id"])
+            out[key] = out.get(key, PqSums()) + PqSums(*(row[name] for name in _SUM_FIELDS))
+        return out
+
+    def result(self, categories: Mapping[int, Category], ks: Sequence[int] = DEFAULT_KS) -> "VpqResult":
+        """Every ratio from the sums: per class, mean over categories with TP+FP+FN > 0 (All,
+        Things, Stuff), then the mean over k (evaluator: ``pq_average`` and the final mean)."""
+        return _vpq_result(self.sums(), categories, ks)
 
 
 def quality(iou_sum, tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -303,16 +333,14 @@ class VpqResult:
     vpq_stuff: float
 
 
-def vpq_result(stats: VpqStats, categories: Mapping[int, Category], ks: Sequence[int] = DEFAULT_KS) -> VpqResult:
-    """Every ratio from the sums: per class, mean over categories with TP+FP+FN > 0 (All,
-    Things, Stuff), then the mean over k (evaluator: ``pq_average`` and the final mean)."""
-    sums = stats.sums()
+def _vpq_result(sums: Mapping[tuple[int, int], PqSums], categories: Mapping[int, Category],
+                ks: Sequence[int]) -> VpqResult:
     per_k: dict[int, dict[str, dict[str, float]]] = {}
     per_class: list[ClassQuality] = []
     for k in ks:
-        rows = [(c, sums.get((k, c.id), (0.0, 0, 0, 0))) for c in categories.values()]
-        pq, sq, rq = quality(*zip(*[v for _, v in rows])) if rows else ([], [], [])
-        counted = np.array([v[1] + v[2] + v[3] > 0 for _, v in rows], bool)
+        rows = [(c, sums.get((k, c.id), PqSums())) for c in categories.values()]
+        pq, sq, rq = quality(*zip(*[(v.iou_sum, v.tp, v.fp, v.fn) for _, v in rows])) if rows else ([], [], [])
+        counted = np.array([v.counted for _, v in rows], bool)
         isthing = np.array([c.isthing for c, _ in rows], bool)
         groups = {}
         for name, member in (("all", np.ones(len(rows), bool)), ("things", isthing), ("stuff", ~isthing)):
@@ -322,7 +350,7 @@ def vpq_result(stats: VpqStats, categories: Mapping[int, Category], ks: Sequence
                             "sq": float(np.mean(sq[chosen])) if n else float("nan"),
                             "rq": float(np.mean(rq[chosen])) if n else float("nan"), "n": n}
         per_k[k] = groups
-        per_class += [ClassQuality(k, c.id, c.name, c.isthing, float(v[0]), int(v[1]), int(v[2]), int(v[3]),
+        per_class += [ClassQuality(k, c.id, c.name, c.isthing, float(v.iou_sum), int(v.tp), int(v.fp), int(v.fn),
                                    float(a), float(b), float(r)) for (c, v), a, b, r in zip(rows, pq, sq, rq)]
 
     def mean_over_k(group: str) -> float:

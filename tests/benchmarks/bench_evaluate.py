@@ -128,7 +128,8 @@ def test_evaluation_speed(corpus):
     ours_sums = result.vpq.sums()
     assert set(ours_sums) == set(expected)
     for key, (iou, tp, fp, fn) in expected.items():
-        assert ours_sums[key][1:] == (tp, fp, fn) and abs(ours_sums[key][0] - iou) < 1e-9
+        ours_key = ours_sums[key]
+        assert (ours_key.tp, ours_key.fp, ours_key.fn) == (tp, fp, fn) and abs(ours_key.iou_sum - iou) < 1e-9
 
     print(f"\nevaluation at {WIDTH}x{HEIGHT}, {n} annotated frames, k in {settings.ks} (+ STQ for tubeflow); "
           "frames/s from wall time [from CPU time]")
