@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("jobs.label", "label a video corpus (panoptic segments + track ids) on Ray Data, committed per video"),
     "nightly": ("jobs.nightly", "label only new or changed videos, then re-aggregate metrics over the whole output"),
     "evaluate": ("jobs.evaluate", "VPQ, PQ and STQ of predictions against a Cityscapes-VPS style GT, on Ray"),
+    "convert": ("jobs.convert", "convert GT or predictions between the Cityscapes-VPS layout and a segments table"),
     "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
     "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
     "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),

@@ -14,9 +14,10 @@ adding duplicate rows; every file is written atomically.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -276,3 +277,69 @@ def read_segments_table(root_uri: str, video_ids: Iterable[str] | None = None,
         raise CorruptFileError(root_uri, f"cannot read the segments table: {exc}") from None
     table = table.sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
     return table.select(columns or SEGMENTS_SCHEMA.names)
+
+
+def read_video_rows(root_uri: str, video_id: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one video sorted by frame_index, read from its partition directory only
+    (one listing of that directory, never of the whole table: a task scoring one video of
+    100,000 reads what it needs). A video absent from the table has no rows."""
+    filesystem, path = fs.filesystem(partition_dir(root_uri, video_id))
+    try:
+        names = filesystem.ls(path, detail=False)
+    except FileNotFoundError:
+        names = []
+    except OSError as exc:
+        raise CorruptFileError(partition_dir(root_uri, video_id), f"cannot list the partition: {exc}") from None
+    files = sorted(n for n in names if n.endswith(".parquet") and not n.rsplit("/", 1)[-1].startswith("."))
+    parts = []
+    for name in files:
+        try:
+            part = pq.read_table(name, filesystem=filesystem, schema=FILE_SCHEMA)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorruptFileError(name, f"cannot read the segments table file: {exc}") from None
+        parts.append(part.add_column(0, SEGMENTS_SCHEMA.field("video_id"),
+                                     pa.array([str(video_id)] * part.num_rows, pa.string())))
+    table = pa.concat_tables(parts) if parts else SEGMENTS_SCHEMA.empty_table()
+    table = table.sort_by([("frame_index", "ascending")])
+    return table.select(columns or SEGMENTS_SCHEMA.names)
+
+
+def video_frames(root_uri: str, video_id: str) -> dict[int, TableFrame]:
+    """frame_index → the frame rebuilt from one video's rows (frames without rows are absent)."""
+    return {f.frame_index: f for f in iter_table_frames(read_video_rows(root_uri, video_id))}
+
+
+def list_videos(root_uri: str) -> list[str]:
+    """The video ids of a table: its partition directories, sorted (one listing of the root)."""
+    filesystem, path = fs.filesystem(root_uri)
+    try:
+        names = filesystem.ls(path.rstrip("/"), detail=False)
+    except FileNotFoundError:
+        raise CorruptFileError(root_uri, "segments table not found") from None
+    prefix = "video_id="
+    return sorted(unquote(n.rsplit("/", 1)[-1][len(prefix):]) for n in names
+                  if n.rsplit("/", 1)[-1].startswith(prefix))
+
+
+CATEGORIES_FILE = "_categories.json"
+"""The category table of a segments table, beside its partitions (``_``: Arrow, DuckDB and
+Spark readers of the partitions skip it). Absent: the Cityscapes categories."""
+
+
+def write_table_categories(root_uri: str, categories: Iterable[Category]) -> None:
+    fs.write_bytes(fs.join(root_uri, CATEGORIES_FILE),
+                   json.dumps({"categories": [c.to_json() for c in categories]}).encode())
+
+
+def read_table_categories(root_uri: str) -> dict[int, Category]:
+    """The table's categories (:data:`CATEGORIES_FILE`), or the Cityscapes ones when it has none."""
+    uri = fs.join(root_uri, CATEGORIES_FILE)
+    if not fs.exists(uri):
+        return {c.id: c for c in CITYSCAPES_CATEGORIES}
+    try:
+        records = json.loads(fs.read_input(uri))["categories"]
+        return {int(c["id"]): Category.from_json(c) for c in records}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(uri, f"invalid JSON: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatMismatchError(uri, f"malformed category table: {exc!r}") from None

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from operators import fs
@@ -80,6 +82,48 @@ def load_json(uri: str) -> dict:
     return doc
 
 
+def annotation_fields(rec: object, where: str) -> tuple[object, str, list]:
+    """(image_id, file_name, segments_info) of one ``annotations[]`` record, its segment
+    records unchecked (see :func:`segments_from_records`)."""
+    try:
+        image_id, file_name = rec["image_id"], rec["file_name"]
+        segments_info = rec.get("segments_info", [])
+        if not isinstance(segments_info, list):
+            raise TypeError(f"segments_info is a {type(segments_info).__name__}, not a list")
+    except KeyError as exc:
+        raise FormatMismatchError(where, f"annotation without {exc}") from None
+    except (TypeError, AttributeError) as exc:
+        raise FormatMismatchError(where, f"malformed annotation record {rec!r}: {exc}") from None
+    return image_id, file_name, segments_info
+
+
+def segments_from_records(records: Iterable, where: str) -> list[SegmentInfo]:
+    return [SegmentInfo.from_json(s, where) for s in records]
+
+
+def annotation_from_record(rec: object, where: str) -> VpsAnnotation:
+    """One ``annotations[]`` record (GT or prediction), checked; raises :class:`FormatMismatchError`."""
+    image_id, file_name, segments_info = annotation_fields(rec, where)
+    return VpsAnnotation(image_id, file_name, segments_from_records(segments_info, f"{where} (image {image_id})"))
+
+
+def image_from_record(rec: object, where: str) -> VpsImage:
+    """One ``images[]`` record with its video identity; raises :class:`FormatMismatchError`."""
+    try:
+        video_id, frame_index = video_identity(rec, where)
+        return VpsImage(rec["id"], rec.get("file_name", ""), int(rec.get("width", 0)), int(rec.get("height", 0)),
+                        video_id, frame_index)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FormatMismatchError(where, f"malformed image record {rec!r}: {exc!r}") from None
+
+
+def categories_from_records(records: Iterable, where: str) -> dict[int, Category]:
+    try:
+        return {int(c["id"]): Category.from_json(c) for c in records}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatMismatchError(where, f"malformed category record: {exc!r}") from None
+
+
 def _annotations(records: object, where: str) -> dict[str, VpsAnnotation]:
     """image id (as a string) → its annotation. One annotation per image: a second one
     would silently replace the first (and its PNG) otherwise."""
@@ -87,19 +131,10 @@ def _annotations(records: object, where: str) -> dict[str, VpsAnnotation]:
         raise FormatMismatchError(where, f"'annotations' must be a list, got {type(records).__name__}")
     out = {}
     for rec in records:
-        try:
-            image_id, file_name = rec["image_id"], rec["file_name"]
-            segments_info = rec.get("segments_info", [])
-            if not isinstance(segments_info, list):
-                raise TypeError(f"segments_info is a {type(segments_info).__name__}, not a list")
-        except KeyError as exc:
-            raise FormatMismatchError(where, f"annotation without {exc}") from None
-        except (TypeError, AttributeError) as exc:
-            raise FormatMismatchError(where, f"malformed annotation record {rec!r}: {exc}") from None
-        if str(image_id) in out:
-            raise FormatMismatchError(where, f"two annotations for image {image_id!r}")
-        segments = [SegmentInfo.from_json(s, f"{where} (image {image_id})") for s in segments_info]
-        out[str(image_id)] = VpsAnnotation(image_id, file_name, segments)
+        annotation = annotation_from_record(rec, where)
+        if str(annotation.image_id) in out:
+            raise FormatMismatchError(where, f"two annotations for image {annotation.image_id!r}")
+        out[str(annotation.image_id)] = annotation
     return out
 
 
@@ -140,18 +175,8 @@ def read_ground_truth(json_uri: str, png_dir: str) -> VpsGroundTruth:
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise FormatMismatchError(json_uri, f"missing top-level key {key!r}")
-    try:
-        categories = {int(c["id"]): Category.from_json(c) for c in data["categories"]}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatMismatchError(json_uri, f"malformed category record: {exc!r}") from None
-    images = []
-    for rec in data["images"]:
-        try:
-            video_id, frame_index = video_identity(rec, json_uri)
-            images.append(VpsImage(rec["id"], rec.get("file_name", ""), int(rec.get("width", 0)),
-                                   int(rec.get("height", 0)), video_id, frame_index))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise FormatMismatchError(json_uri, f"malformed image record {rec!r}: {exc!r}") from None
+    categories = categories_from_records(data["categories"], json_uri)
+    images = [image_from_record(rec, json_uri) for rec in data["images"]]
     seen: dict[tuple[str, int], object] = {}
     for image in images:
         if (image.video_id, image.frame_index) in seen:
@@ -212,24 +237,37 @@ def read_predictions(pred_dir: str) -> VpsPredictions:
     return VpsPredictions(pred_dir, _annotations(data["annotations"], json_uri))
 
 
-@dataclass
 class PredictionWriter:
     """Writes frames into the submission layout; ``close()`` writes ``pred.json`` last.
 
     PNGs go to ``pan_pred/<image_id>.png`` as they come, the JSON only at the end, so a
-    crashed run never leaves a ``pred.json`` that points at missing PNGs.
+    crashed run never leaves a ``pred.json`` that points at missing PNGs. The annotation
+    records wait in a local spill file, not in memory: a corpus of any size is written
+    with constant memory.
     """
 
-    pred_dir: str
-    annotations: list[dict] = field(default_factory=list)
+    def __init__(self, pred_dir: str):
+        self.pred_dir = pred_dir
+        self._spill = tempfile.TemporaryFile()
+        self.count = 0
 
     def add(self, image_id: object, frame: PanopticFrame) -> None:
         name = f"{image_id}.png"
         write_panoptic_png(fs.join(self.pred_dir, PRED_PNG_DIR, name), frame.ids)
-        self.annotations.append(VpsAnnotation(image_id, name, frame.segments).to_json())
+        self.add_record(VpsAnnotation(image_id, name, frame.segments).to_json())
+
+    def add_record(self, annotation: dict) -> None:
+        """An ``annotations[]`` record whose PNG is already in ``pan_pred/``."""
+        self._spill.write((b",\n" if self.count else b"") + json.dumps(annotation).encode())
+        self.count += 1
 
     def close(self) -> None:
-        fs.write_bytes(fs.join(self.pred_dir, PRED_JSON), json.dumps({"annotations": self.annotations}).encode())
+        self._spill.seek(0)
+        with fs.atomic_write(fs.join(self.pred_dir, PRED_JSON)) as f:
+            f.write(b'{"annotations": [')
+            shutil.copyfileobj(self._spill, f)
+            f.write(b"]}")
+        self._spill.close()
 
     def __enter__(self) -> "PredictionWriter":
         return self
@@ -237,6 +275,8 @@ class PredictionWriter:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self._spill.close()
 
 
 def iter_video_frames(gt: VpsGroundTruth, video_id: str) -> Iterator[tuple[VpsImage, PanopticFrame]]:
