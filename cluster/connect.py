@@ -1,7 +1,9 @@
 """Connecting a tubeflow job to Ray: an in-process local Ray, or a running cluster.
 
-* no address: ``ray.init()`` starts Ray inside this process on this machine; its dashboard
-  (when asked for) listens on 127.0.0.1 only, never on a public interface;
+* no address: ``ray.init()`` starts Ray inside this process on this machine, reachable from
+  this machine only: every Ray process (GCS, raylet, core workers, agents, the dashboard when
+  asked for) listens on 127.0.0.1 (:func:`loopback_only`), and Ray's token authentication is
+  on with a token file only this user can read (:func:`private_auth_token`);
 * ``address="auto"`` (inside ``ray job submit`` or on a cluster node) or ``ray://host:10001``
   (Ray Client): join that cluster. ``working_dir`` ships the code with the job
   (``runtime_env``), which ``ray job submit --working-dir .`` does by itself.
@@ -13,7 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import secrets
+from pathlib import Path
 from typing import Iterator
+
+from operators.errors import InputError
 
 EXCLUDES = [".venv", ".git", "**/__pycache__", "*.mp4", "*.parquet", ".pytest_cache"]
 
@@ -29,6 +36,73 @@ EXCLUDES = [".venv", ".git", "**/__pycache__", "*.mp4", "*.parquet", ".pytest_ca
 LOCAL_SYSTEM_CONFIG = {"num_workers_soft_limit": 32, "idle_worker_killing_time_threshold_ms": 600_000}
 
 
+LOOPBACK = "127.0.0.1"
+# Ray (2.60) binds its gRPC servers (GCS, raylet, every core worker) to 0.0.0.0 unless the node's
+# IP is a loopback address, and ``ray.init(_node_ip_address="127.0.0.1")`` alone does not make it
+# one: ray.init resolves a loopback address to the machine's routable IP
+# (services.resolve_ip_for_localhost) unless Ray runs in "local only" mode, the mode it uses on
+# macOS and Windows, switched by this variable (ray_constants.ENABLE_RAY_CLUSTER). With it off, the
+# node IP is 127.0.0.1 and every server Ray starts binds there (tests/test_network.py lists them).
+# The variable is read when ray_constants is imported, so the constant is set too.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV, AUTH_MODE_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Ray in "local only" mode for the block: a local Ray started inside it listens on
+    127.0.0.1 only. The environment variable is inherited by the processes Ray starts."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        if saved[0] is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved[0]
+
+
+def auth_token_path() -> Path | None:
+    """The file Ray reads its authentication token from (None when the token is in the
+    environment): ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    if os.environ.get(AUTH_TOKEN_ENV):
+        return None
+    return Path(os.environ.get(AUTH_TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+
+
+def private_auth_token() -> Path | None:
+    """Make sure Ray's token file exists and only this user can read it (0600, its folder 0700).
+
+    Ray 2.60 turns token authentication on for a local ``ray.init`` and writes a missing token
+    with the default umask (world-readable: anyone on the machine could then talk to the
+    cluster). A missing token is created here first, 256 random bits as Ray makes them; an
+    existing one is made private. Returns the file (None when the token is in ``$RAY_AUTH_TOKEN``).
+    """
+    path = auth_token_path()
+    if path is None:
+        return None
+    fresh = not path.parent.exists()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if fresh or path.parent == Path.home() / ".ray":
+            os.chmod(path.parent, 0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    except PermissionError as exc:
+        raise InputError(str(path), f"Ray's token file cannot be made private to this user: {exc.strerror}") from None
+    return path
+
+
 def runtime_env(working_dir: str | None) -> dict | None:
     """The runtime_env that ships ``working_dir`` (minus venv, git and outputs) to the workers."""
     if not working_dir:
@@ -39,31 +113,52 @@ def runtime_env(working_dir: str | None) -> dict | None:
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             working_dir: str | None = None, dashboard: bool = False, log_to_driver: bool = False) -> bool:
     """Initialise Ray unless it already is; returns True when this call started it (the caller
-    shuts it down). Local: in-process, dashboard on 127.0.0.1 if ``dashboard``; workers' output
-    reaches this process's console when ``log_to_driver`` (always on a cluster)."""
+    shuts it down). Local: in-process, every server on 127.0.0.1 (the dashboard too, if
+    ``dashboard``), token authentication on with a private token file; workers' output reaches
+    this process's console when ``log_to_driver`` (always on a cluster). Use :func:`ray_session`
+    (or :func:`disconnect`) to end it, which also leaves "local only" mode again."""
     import ray
 
     if ray.is_initialized():
         return False
     if address:
         ray.init(address=address, runtime_env=runtime_env(working_dir), log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver, _system_config=LOCAL_SYSTEM_CONFIG)
+        return True
+    private_auth_token()
+    stack = contextlib.ExitStack()
+    stack.enter_context(loopback_only())
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host=LOOPBACK,
+                 _node_ip_address=LOOPBACK, runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver,
+                 _system_config=LOCAL_SYSTEM_CONFIG)
+    except BaseException:
+        stack.close()
+        raise
+    _local_modes.append(stack)
     return True
+
+
+_local_modes: list[contextlib.ExitStack] = []  # the loopback mode of the local Ray this module started
+
+
+def disconnect() -> None:
+    """Shut Ray down and leave the local-only mode :func:`connect` entered."""
+    import ray
+
+    ray.shutdown()
+    while _local_modes:
+        _local_modes.pop().close()
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, **kwargs) -> Iterator[None]:
     """``connect`` for the length of a block; shuts Ray down after only if it started it here."""
-    import ray
-
     started = connect(address, **kwargs)
     try:
         yield
     finally:
         if started:
-            ray.shutdown()
+            disconnect()
 
 
 def cluster_summary() -> dict:

@@ -6,7 +6,7 @@ reduce adds the shards' sums into the dataset totals (only sums travel, never pi
 the driver also keeps each video's sums for ``per_video.parquet``. A shard whose task dies
 (its worker killed for memory, a crash) fails its videos, not the run: the totals are then
 summed on the driver from the videos that finished. Local runs start an
-in-process Ray (dashboard off); ``address`` joins a cluster (``"auto"`` or ``ray://…``).
+in-process Ray (:mod:`cluster.connect`: loopback only); ``address`` joins a cluster (``"auto"`` or ``ray://…``).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str
              progress: bool = True) -> EvaluationReport:
     """Evaluate ``pred_dir`` (``pred.json`` + ``pan_pred/``) against a Cityscapes-VPS style
     GT and write the report under ``out``. Bad videos are listed in the report, not raised."""
-    import ray
+    from cluster.connect import ray_session
 
     if videos_per_task < 1:
         raise InputError("--videos-per-task", f"videos per task must be at least 1, got {videos_per_task}")
@@ -66,16 +66,8 @@ def evaluate(gt_json: str, gt_dir: str, pred_dir: str, out: str, *, address: str
     plans = plan_videos(gt, predictions)
     shards = [plans[i:i + videos_per_task] for i in range(0, len(plans), videos_per_task)]
 
-    started_here = not ray.is_initialized()
-    if started_here and address:
-        ray.init(address=address)  # a cluster: its nodes run the installed tubeflow (see cluster/)
-    elif started_here:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address):  # a cluster's nodes run the installed tubeflow (see cluster/)
         videos, totals = run_shards(shards, settings, progress)
-    finally:
-        if started_here:
-            ray.shutdown()
     report = build_report(settings, totals.vpq, totals.stq, videos)
     warning = annotation_spacing_warning(plans, settings.stride)
     report.warnings.extend([warning] if warning else [])

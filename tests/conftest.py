@@ -53,11 +53,11 @@ def s3_bucket(moto_s3, tmp_path, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """An in-process Ray with 2 CPUs for the session (dashboard off); shut down at the end."""
+    """An in-process Ray with 2 CPUs for the session, started as every job starts its local Ray
+    (:func:`cluster.connect.connect`: loopback only, token authentication); shut down at the end."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    try:
+    from cluster.connect import ray_session
+
+    with ray_session(num_cpus=2):
         yield ray
-    finally:
-        ray.shutdown()

@@ -1,0 +1,135 @@
+"""A local run is reachable from this machine only, and Ray's token stays private.
+
+The sockets are read from the run's own process tree (psutil), so other Ray instances on a
+shared machine do not count: every listening socket must be on a loopback address.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster.connect import LOCAL_ONLY_ENV, auth_token_path, connect, loopback_only, private_auth_token
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def listening_sockets(root: psutil.Process) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket and bound UDP socket of
+    ``root`` and its descendants."""
+    found = []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            name = " ".join(process.cmdline()[:1]) or process.name()
+            for c in process.net_connections(kind="inet"):
+                if c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM):
+                    found.append((name, c.laddr.ip, c.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # a worker that exited while we looked
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def exposed(sockets) -> list:
+    return [s for s in sockets if not is_loopback(s[1])]
+
+
+def test_loopback_check_tells_wildcards_and_public_addresses_from_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.0.2.2")
+    assert exposed([("gcs", "::", 1), ("raylet", "::ffff:127.0.0.1", 2)]) == [("gcs", "::", 1)]
+
+
+def test_local_ray_listens_on_loopback_only_with_a_private_token(ray_local):
+    """The session's Ray is started by :func:`cluster.connect.connect`, as every job's is; with
+    an actor and tasks running, no process of this test's tree listens beyond loopback."""
+    ray = ray_local
+
+    @ray.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    actor = Probe.remote()
+    assert ray.get(actor.pid.remote()) != os.getpid()
+    ray.get([pid.remote() for _ in range(4)])
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    deadline = time.time() + 20  # the agents start a few seconds after ray.init
+    sockets = listening_sockets(psutil.Process())
+    while time.time() < deadline and not any("agent" in s[0].lower() for s in sockets):
+        time.sleep(0.5)
+        sockets = listening_sockets(psutil.Process())
+    assert len(sockets) >= 4, sockets  # GCS, raylet, the driver, the workers: something was looked at
+    assert exposed(sockets) == [], exposed(sockets)
+    ray.kill(actor)
+
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    path = auth_token_path()
+    assert path is not None and path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_private_auth_token_creates_and_tightens_the_token_file(tmp_path, monkeypatch):
+    token = tmp_path / "ray" / "auth_token"
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert private_auth_token() == token
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    os.chmod(token, 0o644)  # as Ray itself writes it
+    assert private_auth_token() == token
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == first  # kept, made private
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "in-the-environment")
+    assert private_auth_token() is None
+
+
+def test_local_only_mode_lasts_as_long_as_the_local_ray(ray_local, monkeypatch):
+    from ray._private import ray_constants
+
+    assert connect() is False  # the session's Ray runs: nothing started
+    assert os.environ.get(LOCAL_ONLY_ENV) == "0" and ray_constants.ENABLE_RAY_CLUSTER is False
+    monkeypatch.setenv(LOCAL_ONLY_ENV, "1")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    with loopback_only():
+        assert os.environ[LOCAL_ONLY_ENV] == "0" and ray_constants.ENABLE_RAY_CLUSTER is False
+    assert os.environ[LOCAL_ONLY_ENV] == "1" and ray_constants.ENABLE_RAY_CLUSTER is True  # a cluster job after
+
+
+@pytest.mark.slow  # a real `tubeflow label` in its own process with its own Ray
+def test_a_label_run_listens_on_loopback_only(tmp_path):
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", videos=3, frames=12)
+    argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{corpus}/videos", "--output",
+            str(tmp_path / "out"), "--segmenter", "precomputed", "--model", f"{corpus}/perframe",
+            "--image-id-format", IMAGE_ID, "--chunk-frames", "4", "--no-progress"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        seen.update(listening_sockets(root))
+        time.sleep(0.2)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    names = {s[0] for s in seen}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
+    assert exposed(seen) == [], sorted(exposed(seen))
