@@ -1,7 +1,18 @@
-"""Category definitions: the 19 Cityscapes(-VPS) classes, ids 0–18, things 11–18."""
+"""Category definitions: the 19 Cityscapes(-VPS) classes, ids 0–18, things 11–18, and a
+model's own class set read from a COCO-panoptic style categories JSON.
+
+A model's classes are an ordered list: the model's class index ``i`` (semantic channel i, class
+logit column i, a finished map's ``category_id`` i) is the ``i``-th entry, whose ``id`` is what
+the outputs carry. The built-in model's list is :data:`CITYSCAPES_CATEGORIES`, where index = id.
+"""
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass
+from typing import Sequence
+
+from operators.errors import CorruptFileError, FormatMismatchError
 
 
 @dataclass(frozen=True)
@@ -49,3 +60,73 @@ CITYSCAPES_THING_GROUPS: tuple[tuple[int, ...], ...] = tuple(
 
 def categories_by_id(categories=CITYSCAPES_CATEGORIES) -> dict[int, Category]:
     return {c.id: c for c in categories}
+
+
+def thing_ids_of(categories: Sequence[Category]) -> tuple[int, ...]:
+    """The category ids of the thing classes, in list order."""
+    return tuple(c.id for c in categories if c.isthing)
+
+
+def default_colour(category_id: int) -> tuple[int, int, int]:
+    """A stable colour for a category whose JSON gives none (a function of the id alone)."""
+    h = zlib.crc32(b"category" + int(category_id).to_bytes(8, "little"))
+    return (64 + h % 192, 64 + (h >> 8) % 192, 64 + (h >> 16) % 192)
+
+
+# Stuff segments leave the tracker as ``category_id + 1`` and thing tracks start at 1000
+# (operators.association.config.TrackerConfig.first_track_id): ids must stay below 998.
+MAX_CATEGORY_ID = 997
+
+
+def categories_from_json(document: object, where: str) -> tuple[Category, ...]:
+    """A model's class list from a COCO-panoptic style document: a list of ``{"id", "name",
+    "isthing"[, "color"]}`` records, or a dict with such a list under ``"categories"``.
+
+    Raises :class:`FormatMismatchError` naming ``where`` for a malformed record, a repeated id
+    or an id outside 0–997 (the tracker writes stuff as id + 1 below its first track id 1000).
+    """
+    records = document.get("categories") if isinstance(document, dict) else document
+    if not isinstance(records, list) or not records:
+        raise FormatMismatchError(where, "categories JSON must be a non-empty list of {id, name, isthing} records "
+                                         "(or a dict with one under 'categories')")
+    out = []
+    for record in records:
+        if not isinstance(record, dict) or "id" not in record or "isthing" not in record:
+            raise FormatMismatchError(where, f"category record {record!r} lacks 'id' or 'isthing'")
+        try:
+            category_id = int(record["id"])
+            colour = record.get("color")
+            colour = tuple(int(v) for v in colour) if colour is not None else default_colour(category_id)
+            if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+                raise ValueError(f"color {record.get('color')!r} is not three values in 0-255")
+            isthing = record["isthing"]
+            if isthing not in (0, 1, True, False):
+                raise ValueError(f"isthing {isthing!r} is not 0/1")
+            out.append(Category(category_id, str(record.get("name", category_id)), bool(isthing), colour))
+        except (TypeError, ValueError) as exc:
+            raise FormatMismatchError(where, f"malformed category record {record!r}: {exc}") from None
+        if not 0 <= category_id <= MAX_CATEGORY_ID:
+            raise FormatMismatchError(where, f"category id {category_id} outside 0-{MAX_CATEGORY_ID}")
+    ids = [c.id for c in out]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise FormatMismatchError(where, f"category ids {repeated} are listed more than once")
+    return tuple(out)
+
+
+def read_categories(uri: str) -> tuple[Category, ...]:
+    """:func:`categories_from_json` of the JSON file at ``uri`` (any fsspec URI)."""
+    from operators import fs
+
+    try:
+        document = json.loads(fs.read_bytes(uri))
+    except FileNotFoundError:
+        raise FormatMismatchError(uri, "categories file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(uri, f"not valid JSON ({exc})") from None
+    return categories_from_json(document, uri)
+
+
+def categories_to_json(categories: Sequence[Category]) -> list[dict]:
+    """The list form :func:`categories_from_json` reads (colours included)."""
+    return [c.to_json() for c in categories]

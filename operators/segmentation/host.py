@@ -6,10 +6,14 @@ about Ray. Three backends:
 
 * ``builtin`` — :class:`~operators.segmentation.model.PanopticNet` with the weights shipped in
   ``operators/segmentation/weights/`` (or any weights URI from ``tubeflow train``);
-* ``artifact`` — a user's TorchScript or ``torch.export`` (``.pt2``) model honouring the
-  contract of :mod:`operators.segmentation.model` (input ``(B, 3, H, W)`` float RGB in [0, 1];
-  outputs ``semantic``/``center``/``offset``/``embedding`` at one stride), checked on every
-  batch so a broken model fails with its name and the input, not deep in post-processing;
+* ``artifact`` — a user's TorchScript or ``torch.export`` (``.pt2``) model speaking one of the
+  output contracts of :mod:`operators.segmentation.contracts` — Panoptic-DeepLab's heads
+  (``semantic``/``center``/``offset``/``embedding``, as the built-in network), mask
+  classification (``pred_logits``/``pred_masks``, Mask2Former's panoptic inference) or a
+  finished panoptic map (``panoptic``/``segments``) — detected from its outputs or named
+  (``contract=``), checked on every batch so a broken model fails with its name and the input,
+  not deep in post-processing. Its input spec and classes come from the JSON files beside it
+  (default: RGB in [0, 1] padded to multiples of 32; the 19 Cityscapes classes);
 * ``precomputed`` — COCO-panoptic predictions in the Cityscapes-VPS submission layout
   (``pred.json`` + ``pan_pred/``), looked up by image id. They carry no embeddings: their
   ``embeddings`` have zero columns.
@@ -31,11 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from operators.errors import FormatMismatchError, InputError
-from operators.formats.categories import CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS
+from operators.formats.categories import (CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS,
+                                          Category, default_colour)
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import read_predictions, VpsImage
 from operators.device import Placement, select_placement
+from operators.segmentation.contracts import CONTRACTS, ModelSpec, contract_outputs, read_model_spec
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
+from operators.segmentation.mask_classification import (MaskClassificationConfig, mask_classification_panoptic,
+                                                        validate_mask_outputs)
+from operators.segmentation.panoptic_map import check_stride, frame_segments, maps_from_outputs
 from operators.segmentation.model import SIZE_DIVISOR
 from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror,
                                                 average_with_shifted, mask_pool, panoptic_postprocess,
@@ -67,8 +76,11 @@ class SegmentationHost:
     """``SegmentationHost(backend, model_uri, …)(batch)`` → per-frame panoptic segments + embeddings.
 
     ``model_uri``: weights (builtin; default the shipped file), artifact URI, or predictions
-    directory (precomputed). ``thing_ids`` / ``num_classes`` describe an artifact's classes
-    (default: the 19 Cityscapes classes, things 11–18). ``thing_groups``: thing classes that
+    directory (precomputed). ``categories``: the model's classes, class index i = entry i
+    (default: an artifact's categories JSON, else the 19 Cityscapes classes, things 11–18; the
+    built-in network's from its weights). ``contract``: an artifact's output contract (None:
+    detected from its first outputs, then held to); ``mask_classification``: the thresholds of
+    the mask-classification inference. ``thing_groups``: thing classes that
     may share an instance (see :func:`panoptic_postprocess`); default
     ``CITYSCAPES_THING_GROUPS`` (human, car, large vehicles, two-wheelers) for the Cityscapes
     classes, none for other classes. ``channels_last`` (default: for the
@@ -94,21 +106,28 @@ class SegmentationHost:
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,
                  device: str = "auto", precision: str = "auto", postprocess: PostprocessConfig = PostprocessConfig(),
-                 thing_ids: Sequence[int] | None = None, num_classes: int | None = None,
+                 categories: Sequence[Category] | None = None, contract: str | None = None,
+                 mask_classification: MaskClassificationConfig = MaskClassificationConfig(),
                  channels_last: bool | None = None, thing_groups: Sequence[Sequence[int]] | None = None,
                  flip: bool | None = None, shift: bool | None = None, refine: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown segmentation backend {backend!r}; choose one of {BACKENDS}")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")
-        self.backend, self.postprocess = backend, postprocess
+        if contract not in (None, *CONTRACTS) or (contract not in (None, "panoptic-deeplab") and backend != "artifact"):
+            raise ValueError(f"contract {contract!r}: an artifact speaks one of {CONTRACTS}; the built-in network "
+                             "panoptic-deeplab")
+        self.backend, self.postprocess, self.mask_classification = backend, postprocess, mask_classification
         self.placement: Placement = select_placement(device, precision)
         self.batch_size = batch_size or default_batch_size(self.placement)
-        self.thing_ids = tuple(thing_ids) if thing_ids is not None else CITYSCAPES_THING_IDS
-        self.num_classes = num_classes or len(CITYSCAPES_CATEGORIES)
         self.model_uri = model_uri or (BUILTIN_WEIGHTS if backend == "builtin" else None)
         if self.model_uri is None:
             raise ValueError(f"backend {backend!r} needs model_uri")
+        self.spec = read_model_spec(self.model_uri) if backend == "artifact" else ModelSpec()
+        if categories is not None:
+            self.spec = ModelSpec(self.spec.input, tuple(categories))
+        self.contract = contract if backend == "artifact" else "panoptic-deeplab"
+        self._set_classes()
         self._predictions = None
         if backend == "precomputed":
             self._predictions = read_predictions(self.model_uri)
@@ -119,7 +138,16 @@ class SegmentationHost:
             if not Path(self.model_uri).exists() and "://" not in self.model_uri:
                 raise InputError(self.model_uri, "built-in weights not found; train them with `tubeflow train`")
             net, self.model_sha256 = load_builtin(self.model_uri)
-            self.thing_ids, self.num_classes = tuple(net.config.thing_ids), net.config.num_classes
+            if categories is None and (net.config.num_classes, tuple(net.config.thing_ids)) != \
+                    (len(CITYSCAPES_CATEGORIES), CITYSCAPES_THING_IDS):
+                self.spec = ModelSpec(self.spec.input, tuple(
+                    Category(i, f"class {i}", i in net.config.thing_ids, default_colour(i))
+                    for i in range(net.config.num_classes)))
+                self._set_classes()
+            if (net.config.num_classes, tuple(net.config.thing_ids)) != (self.num_classes, self.thing_ids):
+                raise ValueError(f"{self.model_uri}: the network has {net.config.num_classes} classes, things "
+                                 f"{tuple(net.config.thing_ids)}; the categories given say {self.num_classes}, "
+                                 f"things {self.thing_ids}")
             self.model = net
         else:
             self.model, self.model_sha256 = load_artifact(self.model_uri)
@@ -127,9 +155,24 @@ class SegmentationHost:
         self.channels_last = backend == "builtin" if channels_last is None else channels_last
         self.flip, self.shift = builtin_default(backend, flip), builtin_default(backend, shift)
         self.refine = builtin_default(backend, refine)
+        self._check_augmentation()
         self.model = self.model.to(self.placement.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _set_classes(self) -> None:
+        """Class indices of the things, class count, and the category id of each class index."""
+        self.categories = self.spec.categories
+        self.thing_ids = self.spec.thing_indices  # class indices (= category ids for Cityscapes)
+        self.num_classes = len(self.categories)
+        self._is_thing = torch.tensor([c.isthing for c in self.categories], dtype=torch.bool)
+
+    def _check_augmentation(self) -> None:
+        """Flip, shift and refinement act on Panoptic-DeepLab's heads; no other contract has them."""
+        asked = [name for name in ("flip", "shift", "refine") if getattr(self, name)]
+        if asked and self.contract not in (None, "panoptic-deeplab"):
+            raise ValueError(f"model {self.model_uri}: {'/'.join(asked)} act on the panoptic-deeplab contract's "
+                             f"heads; this model speaks the {self.contract} contract")
 
     def _thing_groups(self, groups: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...]:
         """Default: ``CITYSCAPES_THING_GROUPS`` when the model has the Cityscapes
@@ -182,8 +225,16 @@ class SegmentationHost:
             self._check_frame(frame, f"frame {index}")
             height, width = frame.shape[:2]
             images = self._padded_images(frame[None])
-            heads = self._heads(images, True, f"model {self.model_uri} on frame {index}")
-            embedding = upsample_outputs({"embedding": heads["embedding"]}, tuple(images.shape[-2:]))["embedding"]
+            where = f"model {self.model_uri} on frame {index}"
+            outputs = self._outputs(images, where)
+            if self.contract == "panoptic-deeplab":
+                embedding = self._heads(images, True, where, outputs)["embedding"]
+            elif "embedding" in outputs:
+                embedding = check_stride("embedding", outputs["embedding"], tuple(images.shape[-2:]), where, 1)
+            else:
+                raise InputError(self.model_uri, f"the model's {self.contract} outputs have no 'embedding' to "
+                                                 "embed segments with")
+            embedding = upsample_outputs({"embedding": embedding}, tuple(images.shape[-2:]))["embedding"]
             ids = torch.from_numpy(target.ids).to(embedding.device)
             seg_ids = torch.tensor([s.id for s in target.segments], device=embedding.device)
             masks = (ids[None] == seg_ids[:, None, None]).float()
@@ -193,24 +244,36 @@ class SegmentationHost:
     # ---- internals ----------------------------------------------------------------------
 
     def _padded_images(self, frames: np.ndarray) -> torch.Tensor:
-        """``(B, H, W, 3) uint8`` → ``(B, 3, H', W')`` float in [0, 1] on the device, H' and W'
-        padded (bottom/right, by replication) to multiples of 32 as the network needs."""
-        height, width = frames.shape[1:3]
-        images = self.placement.to_device(frames).permute(0, 3, 1, 2).float().div_(255.0)
-        padded = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
-        if padded != (height, width):
-            images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        """``(B, H, W, 3) uint8`` → the model's ``(B, 3, H', W')`` float input on the device, as
+        its input spec says (default: RGB in [0, 1], padded bottom/right by replication to
+        multiples of 32 as the built-in network needs)."""
+        images = self.spec.input.prepare(self.placement.to_device(frames))
         # the permuted frames are NHWC in memory already; say which layout the model gets
         return images.contiguous(memory_format=self._memory_format)
+
+    def _outputs(self, images: torch.Tensor, where: str) -> dict[str, torch.Tensor]:
+        """The model's outputs for a padded batch under its contract's names; the contract of
+        an artifact that names none is taken from its first outputs and held to afterwards."""
+        with self.placement.autocast():
+            outputs = self.model(images)
+        if self.backend == "builtin":
+            return outputs
+        contract, named = contract_outputs(outputs, self.contract, where)
+        if self.contract is None:
+            self.contract = contract
+            self._check_augmentation()
+        return named
 
     @property
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def _heads(self, images: torch.Tensor, embedding_required: bool, where: str) -> dict[str, torch.Tensor]:
-        """The heads for a padded batch: :meth:`_network_heads`, averaged with those of the batch
-        moved by half a cell of the heads' grid when ``self.shift``."""
-        heads = self._network_heads(images, embedding_required, where)
+    def _heads(self, images: torch.Tensor, embedding_required: bool, where: str,
+               outputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The heads for a padded batch: :meth:`_network_heads` (from ``outputs`` when the
+        network ran already), averaged with those of the batch moved by half a cell of the
+        heads' grid when ``self.shift``."""
+        heads = self._network_heads(images, embedding_required, where, outputs)
         shift = (images.shape[-2] // heads["center"].shape[-2]) // 2 if self.shift else 0
         if shift == 0:  # off, or heads at full resolution: no cell to look between
             return heads
@@ -218,16 +281,17 @@ class SegmentationHost:
         shifted = self._network_heads(moved, embedding_required, f"{where}, moved by {shift} px")
         return average_with_shifted(heads, shifted, shift, tuple(images.shape[-2:]))
 
-    def _network_heads(self, images: torch.Tensor, embedding_required: bool, where: str) -> dict[str, torch.Tensor]:
+    def _network_heads(self, images: torch.Tensor, embedding_required: bool, where: str,
+                       outputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The network's checked heads for a padded batch, averaged with those of its mirror
         image when ``self.flip``."""
-        with self.placement.autocast():
-            heads = validate_outputs(self.model(images), images, self.num_classes, embedding_required, where)
-            if not self.flip:
-                return heads
-            mirror = images.flip(-1)
-            mirrored = validate_outputs(self.model(mirror), mirror, self.num_classes, embedding_required,
-                                        f"{where}, mirrored")
+        outputs = self._outputs(images, where) if outputs is None else outputs
+        heads = validate_outputs(outputs, images, self.num_classes, embedding_required, where)
+        if not self.flip:
+            return heads
+        mirror = images.flip(-1)
+        where = f"{where}, mirrored"
+        mirrored = validate_outputs(self._outputs(mirror, where), mirror, self.num_classes, embedding_required, where)
         return average_with_mirror(heads, mirrored)
 
     def _check_frame(self, frame: object, name: str) -> None:
@@ -246,7 +310,18 @@ class SegmentationHost:
         padded = tuple(images.shape[-2:])
         where = f"model {self.model_uri} on input {names[0]}" + (f" … {names[-1]}" if len(names) > 1 else "") + \
                 f" ({len(names)} frames {width}x{height})"
-        heads = self._heads(images, self.backend == "builtin", where)
+        outputs = self._outputs(images, where)
+        if self.contract == "mask-classification":
+            named = validate_mask_outputs(outputs, images, self.num_classes, where)
+            maps = mask_classification_panoptic(named["pred_logits"], named["pred_masks"], padded, (height, width),
+                                                self._is_thing, self.mask_classification)
+            return frame_segments(maps, self.spec.category_ids, named.get("embedding"), padded)
+        if self.contract == "panoptic-map":
+            maps = maps_from_outputs(outputs, padded, (height, width), self.num_classes, where, names)
+            embedding = check_stride("embedding", outputs["embedding"], padded, where, len(names)) \
+                if "embedding" in outputs else None
+            return frame_segments(maps, self.spec.category_ids, embedding, padded)
+        heads = self._heads(images, self.backend == "builtin", where, outputs)
         full = upsample_outputs(heads, padded)
         if self.refine:  # on the padded frames, whose sides are multiples of the filter's subsampling
             config = self.postprocess
@@ -255,7 +330,12 @@ class SegmentationHost:
         cropped = {k: v[..., :height, :width] for k, v in full.items()}
         if "embedding" not in cropped:  # an artifact without an embedding head: zero-width embeddings
             cropped["embedding"] = cropped["center"][:, :0]
-        return panoptic_postprocess(cropped, (height, width), self.thing_ids, self.postprocess, self.thing_groups)
+        results = panoptic_postprocess(cropped, (height, width), self.thing_ids, self.postprocess, self.thing_groups)
+        if self.spec.category_ids != tuple(range(self.num_classes)):  # class index → the model's category id
+            for result in results:
+                for segment in result.segments:
+                    segment.category_id = self.spec.category_ids[segment.category_id]
+        return results
 
     def _precomputed(self, frame: np.ndarray, image_id: object) -> FrameSegments:
         image = VpsImage(image_id, "", frame.shape[1], frame.shape[0], "", 0)
