@@ -32,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from operators.errors import FormatMismatchError, InputError
 from operators.formats.categories import (CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS,
