@@ -241,23 +241,38 @@ class _KillsItsWorker:
         return os._exit, (3,)
 
 
-def test_a_dead_evaluation_task_fails_its_videos_and_the_others_are_summed(tmp_path, ray_local):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_a_dead_evaluation_task_fails_its_videos_and_the_others_are_summed(tmp_path, executor, request):
+    """A worker that dies (killed for memory: here it exits while unpickling its shard) fails
+    the videos of its shard, on Ray (after Ray's retries) and in the local process pool (a new
+    pool takes the remaining shards); the others are scored and summed."""
     from operators.formats.vps_layout import read_ground_truth, read_predictions
+    from operators.metrics.report import VideoLog
     from operators.metrics.video import EvaluationSettings, VideoInputs, plan_videos
-    from pipelines.evaluate import run_shards
+    from pipelines.evaluate import Shard, TotalsSum, run_shards
 
+    if executor == "ray":
+        request.getfixturevalue("ray_local")
     videos = corpus(4, n_videos=3, frames=3)
     paths = write_corpus(tmp_path, videos)
     plans = plan_videos(read_ground_truth(paths["gt_json"], paths["gt_dir"]), read_predictions(paths["pred_dir"]))
-    doomed = VideoInputs(plans[1].video_id, plans[1].frames + [_KillsItsWorker()], plans[1].pred_json)
+    doomed = VideoInputs(plans[1].video_id, plans[1].frames, _KillsItsWorker())
     settings = EvaluationSettings(CATEGORIES, (0, 5, 10, 15), 5)
-    results, totals = run_shards([[plans[0]], [doomed], [plans[2]]], settings)
-    errors = {r.video_id: r.error for r in results if r.error}
-    assert list(errors) == ["0001"] and "its evaluation task failed (WorkerCrashedError" in errors["0001"]
+    log, totals = VideoLog(settings.ks), TotalsSum()
+    shards = [Shard(0, [plans[0]]), Shard(1, [doomed]), Shard(2, [plans[2]])]
+    for result in run_shards(shards, settings, executor, workers=2):
+        totals.add(result)
+        for row in result.rows:
+            log.add(row)
+    errors = {f.video_id: f.error for f in log.failures}
+    crash = "WorkerCrashedError" if executor == "ray" else "BrokenProcessPool"
+    assert list(errors) == ["0001"] and f"its evaluation task failed ({crash}" in errors["0001"]
+    assert log.videos == 3
     survivors = {v: videos[v] for v in ("0000", "0002")}
     ref, stq = expected_metrics(survivors)
     from operators.metrics.report import build_report
 
-    report = build_report(settings, totals.vpq, totals.stq, results)
+    total = totals.result()
+    report = build_report(settings, total.vpq, total.stq, log)
     assert report.vpq.vpq == pytest.approx(ref["all"], abs=1e-9)
     assert report.stq["STQ"] == pytest.approx(stq["STQ"], abs=1e-12)

@@ -11,6 +11,9 @@ import html
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -25,27 +28,120 @@ from operators.metrics.vpq import VpqResult, VpqStats
 
 
 @dataclass
+class VideoFailure:
+    video_id: str
+    error: str
+
+
+def per_video_schema(ks: Sequence[int]) -> pa.Schema:
+    return pa.schema([("video_id", pa.string()), ("frames", pa.int64()), ("missing_frames", pa.int64()),
+                      ("status", pa.string()), ("error", pa.string()), ("vpq", pa.float64()),
+                      ("vpq_thing", pa.float64()), ("vpq_stuff", pa.float64())]
+                     + [(f"vpq_k{k}", pa.float64()) for k in ks]
+                     + [("stq", pa.float64()), ("aq", pa.float64()), ("stq_sq", pa.float64())])
+
+
+def per_video_row(video: VideoEvaluation, settings: EvaluationSettings) -> dict:
+    """The ``per_video.parquet`` row of one video: computed where the video was evaluated,
+    so that the process collecting the rows only files them."""
+    row = {"video_id": video.video_id, "frames": video.frames, "missing_frames": video.missing_frames,
+           "status": "failed" if video.error else "ok", "error": video.error}
+    result = None if video.error else video.vpq.result(settings.categories, settings.ks)
+    row.update({"vpq": result.vpq if result else None, "vpq_thing": result.vpq_thing if result else None,
+                "vpq_stuff": result.vpq_stuff if result else None})
+    for k in settings.ks:
+        row[f"vpq_k{k}"] = result.per_k[k]["all"]["pq"] if result else None
+    stq = video.stq.result() if video.stq is not None else None
+    row.update({"stq": float(stq["STQ"]) if stq else None, "aq": float(stq["AQ"]) if stq else None,
+                "stq_sq": float(stq["IoU"]) if stq else None})
+    return _clean(row)
+
+
+class VideoLog:
+    """The per-video outcomes of an evaluation as they arrive, in any order: counts, the
+    failures (one line each), and the ``per_video.parquet`` rows, which wait in a local
+    Parquet spill file in batches — the collecting process holds O(1) per video."""
+
+    BATCH = 4096
+
+    def __init__(self, ks: Sequence[int]):
+        self.schema = per_video_schema(ks)
+        self.videos = self.frames = self.missing_frames = 0
+        self.failures: list[VideoFailure] = []
+        self._rows: list[dict] = []
+        self._dir: str | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._table: pa.Table | None = None
+
+    @classmethod
+    def of(cls, videos: Sequence[VideoEvaluation], settings: EvaluationSettings) -> "VideoLog":
+        log = cls(settings.ks)
+        for video in videos:
+            log.add(per_video_row(video, settings))
+        return log
+
+    def add(self, row: dict) -> None:
+        self.videos += 1
+        if row["error"]:
+            self.failures.append(VideoFailure(row["video_id"], row["error"]))
+        else:
+            self.frames += row["frames"]
+            self.missing_frames += row["missing_frames"]
+        self._rows.append(row)
+        if len(self._rows) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._dir = tempfile.mkdtemp(prefix="tubeflow-per-video-")
+            self._writer = pq.ParquetWriter(os.path.join(self._dir, "rows.parquet"), self.schema)
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+        self._rows = []
+
+    def table(self) -> pa.Table:
+        """Every row, sorted by video id (an Arrow table: ~100 bytes a video); call it after
+        the last :meth:`add`."""
+        if self._table is None:
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+                self._table = pq.read_table(os.path.join(self._dir, "rows.parquet"))
+                shutil.rmtree(self._dir, ignore_errors=True)
+            else:
+                self._table = self.schema.empty_table()
+            self._table = self._table.sort_by([("video_id", "ascending")])
+        return self._table
+
+
+@dataclass
 class EvaluationReport:
-    """The dataset result and the per-video results it was summed from."""
+    """The dataset result and the per-video outcomes it was summed from."""
 
     settings: EvaluationSettings
     vpq: VpqResult
     stq: dict
-    videos: list[VideoEvaluation]
+    log: VideoLog
     warnings: list[str] = field(default_factory=list)
     """What may make the figures mean something else than asked (e.g. the annotation spacing)."""
 
     @property
-    def failures(self) -> list[VideoEvaluation]:
-        return [v for v in self.videos if v.error]
+    def failures(self) -> list[VideoFailure]:
+        return sorted(self.log.failures, key=lambda f: f.video_id)
+
+    @property
+    def video_count(self) -> int:
+        return self.log.videos
 
 
 def build_report(settings: EvaluationSettings, vpq_totals: VpqStats, stq_totals: StqStats | None,
-                 videos: Sequence[VideoEvaluation]) -> EvaluationReport:
+                 videos: Sequence[VideoEvaluation] | VideoLog, warnings: Sequence[str] = ()) -> EvaluationReport:
     stq = stq_totals.result() if stq_totals is not None and stq_totals.table.num_rows else \
         {"STQ": float("nan"), "AQ": float("nan"), "IoU": float("nan")}
-    return EvaluationReport(settings, vpq_totals.result(settings.categories, settings.ks), stq,
-                            sorted(videos, key=lambda v: v.video_id))
+    log = videos if isinstance(videos, VideoLog) else VideoLog.of(videos, settings)
+    return EvaluationReport(settings, vpq_totals.result(settings.categories, settings.ks), stq, log, list(warnings))
 
 
 def _clean(value):
@@ -73,9 +169,8 @@ def metrics_document(report: EvaluationReport) -> dict:
         "vpq": vpq.vpq, "vpq_thing": vpq.vpq_thing, "vpq_stuff": vpq.vpq_stuff,
         "pq": vpq.per_k[0]["all"]["pq"] if 0 in vpq.per_k else None,
         "per_k": per_k, "stq": float(stq["STQ"]), "aq": float(stq["AQ"]), "sq": float(stq["IoU"]),
-        "videos": len(report.videos), "videos_failed": len(report.failures),
-        "frames": sum(v.frames for v in report.videos if not v.error),
-        "frames_missing_prediction": sum(v.missing_frames for v in report.videos if not v.error),
+        "videos": report.log.videos, "videos_failed": len(report.failures),
+        "frames": report.log.frames, "frames_missing_prediction": report.log.missing_frames,
         "failures": [{"video_id": v.video_id, "error": v.error} for v in report.failures],
         "warnings": list(report.warnings),
         "settings": {"ks": list(s.ks), "stride": s.stride, "allow_missing": s.allow_missing, "gt_area": s.gt_area,
@@ -89,20 +184,7 @@ def per_class_table(report: EvaluationReport) -> pa.Table:
 
 
 def per_video_table(report: EvaluationReport) -> pa.Table:
-    rows = []
-    for video in report.videos:
-        row = {"video_id": video.video_id, "frames": video.frames, "missing_frames": video.missing_frames,
-               "status": "failed" if video.error else "ok", "error": video.error}
-        result = None if video.error else video.vpq.result(report.settings.categories, report.settings.ks)
-        row.update({"vpq": result.vpq if result else None, "vpq_thing": result.vpq_thing if result else None,
-                    "vpq_stuff": result.vpq_stuff if result else None})
-        for k in report.settings.ks:
-            row[f"vpq_k{k}"] = result.per_k[k]["all"]["pq"] if result else None
-        stq = video.stq.result() if video.stq is not None else None
-        row.update({"stq": float(stq["STQ"]) if stq else None, "aq": float(stq["AQ"]) if stq else None,
-                    "stq_sq": float(stq["IoU"]) if stq else None})
-        rows.append(_clean(row))
-    return pa.Table.from_pylist(rows)
+    return report.log.table()
 
 
 def _png(figure) -> bytes:
@@ -179,7 +261,7 @@ def report_html(report: EvaluationReport, title: str = "tubeflow evaluation") ->
 td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} caption{{font-weight:bold;text-align:left}}</style>
 </head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(report.videos)} videos ({len(report.failures)} failed), annotation stride λ = {report.settings.stride},
+<p>{report.log.videos} videos ({len(report.failures)} failed), annotation stride λ = {report.settings.stride},
 GT tube areas: {report.settings.gt_area}. Values in %.</p>
 {''.join(f'<p><strong>Warning:</strong> {html.escape(w)}</p>' for w in report.warnings)}
 <table><caption>Video panoptic quality (Kim et al., CVPR 2020, Table 3 layout)</caption>

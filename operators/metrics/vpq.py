@@ -272,7 +272,8 @@ class VpqStats:
         if not keep_videos:
             table = table.set_column(0, "video_id", pa.array(["*"] * table.num_rows, pa.string()))
         keys = ["video_id", "k", "category_id"]
-        summed = table.group_by(keys).aggregate([(f, "sum") for f in _SUM_FIELDS])
+        # one thread: the float sums then add in row order, the same in every run
+        summed = table.group_by(keys, use_threads=False).aggregate([(f, "sum") for f in _SUM_FIELDS])
         summed = summed.rename_columns([c.removesuffix("_sum") for c in summed.column_names])
         order = pa.compute.sort_indices(summed, [(key, "ascending") for key in keys])
         return cls(summed.take(order).select(VPQ_SCHEMA.names).cast(VPQ_SCHEMA))
