@@ -90,11 +90,13 @@ def config_from_args(args: argparse.Namespace):
 
 def report(run, command: str) -> int:
     """Print the summary table and failures; the exit code."""
+    from operators.ids import printable
     from pipelines.label import summary_table
 
     print(summary_table(run))
     for failed in run.failed:
-        print(f"tubeflow {command}: failed: video {failed.video_id} ({failed.stage}): {failed.error}", file=sys.stderr)
+        print(f"tubeflow {command}: failed: video {printable(failed.video_id)} ({failed.stage}): "
+              f"{printable(failed.error)}", file=sys.stderr)
     if run.failed:
         print(f"tubeflow {command}: {len(run.failed)} of {len(run.results)} videos failed; the others are "
               "committed", file=sys.stderr)

@@ -25,6 +25,17 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(str(uri))
 
 
+def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """:func:`filesystem` with its listing cache dropped, for every listing or existence check
+    that decides something (skip, commit, publish, recover). fsspec keeps one filesystem
+    object per process and s3fs caches directory listings in it; files written by other
+    processes (Ray workers committing videos) are then missing from a listing, and even
+    ``info``/``open`` of such a file can fail from the cache."""
+    filesystem_, path = filesystem(uri)
+    filesystem_.invalidate_cache()
+    return filesystem_, path
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with '/', keeping the scheme of ``base``."""
     out = str(base).rstrip("/")
@@ -34,7 +45,7 @@ def join(base: str, *parts: str) -> str:
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     with fs.open(path, "rb") as f:
         return f.read()
 
@@ -52,7 +63,7 @@ def read_input(uri: str) -> bytes:
 
 
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     return fs.exists(path)
 
 

@@ -19,6 +19,7 @@ import zlib
 import ray
 
 from operators import fs
+from operators.ids import video_key
 from operators.association import TrackChunk, TrackedFrame, TrackerConfig, VideoOperator
 
 
@@ -46,7 +47,7 @@ class AssociationActor:
         self.videos: dict[str, VideoOperator] = {}
 
     def _checkpoint_uri(self, video_id: str) -> str:
-        return fs.join(self.checkpoint_dir, f"{video_id}.association.npz")
+        return fs.join(self.checkpoint_dir, f"{video_key(video_id)}.association.npz")
 
     def _operator(self, video_id: str) -> VideoOperator:
         if video_id not in self.videos:

@@ -26,15 +26,15 @@ checksums), so a rerun skips a video whose marker matches (:func:`is_current`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Callable
-from urllib.parse import quote, unquote
-
 from operators import fs
+from operators.ids import id_of_key, video_key
 
 COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"
@@ -46,11 +46,6 @@ FaultHook = Callable[[str], None]
 from it to simulate a crash between two writes."""
 
 
-def video_key(video_id: str) -> str:
-    """``video_id`` as one path component (ids like ``city/0001`` hold slashes)."""
-    return quote(str(video_id), safe="")
-
-
 @dataclass(frozen=True)
 class OutputLayout:
     """Where everything of a labelling run lives under the output root ``root``."""
@@ -60,8 +55,17 @@ class OutputLayout:
     def uri(self, relative: str) -> str:
         return fs.join(self.root, relative)
 
+    def run_staging(self, run_id: str) -> str:
+        """Everything run ``run_id`` stages; no other run reads or deletes it while it lives."""
+        return fs.join(self.root, STAGING_DIR, run_id)
+
     def staging(self, run_id: str, video_id: str) -> str:
-        return fs.join(self.root, STAGING_DIR, run_id, video_key(video_id))
+        """Where ``video_id``'s outputs are staged (they mirror the final layout)."""
+        return fs.join(self.run_staging(run_id), "videos", video_key(video_id))
+
+    def scratch(self, run_id: str, video_id: str) -> str:
+        """Temporary files of ``video_id`` that are never committed (e.g. PNGs for evaluation)."""
+        return fs.join(self.run_staging(run_id), "scratch", video_key(video_id))
 
     def marker_uri(self, video_id: str) -> str:
         return fs.join(self.root, COMMITS_DIR, video_key(video_id) + MARKER_SUFFIX)
@@ -108,24 +112,35 @@ def is_current(marker: CommitMarker | None, input_fingerprint: str, config_hash:
             and marker.config_hash == config_hash)
 
 
-def committed_markers(layout: OutputLayout) -> dict[str, CommitMarker]:
-    """video_id → marker of every committed video under the root."""
-    filesystem, path = fs.filesystem(layout.uri(COMMITS_DIR))
+def _commit_records(layout: OutputLayout) -> list[tuple[str, str]]:
+    """(video_id, suffix) of every record under ``_commits/``, from a fresh listing (a cached
+    one would miss what other processes committed); files this layout did not write are skipped."""
+    filesystem, path = fs.fresh(layout.uri(COMMITS_DIR))
     if not filesystem.exists(path):
-        return {}
-    out = {}
+        return []
+    out = []
     for name in filesystem.ls(path, detail=False):
-        base = name.rstrip("/").rsplit("/", 1)[-1]
-        if base.endswith(MARKER_SUFFIX) and not base.endswith(PENDING_SUFFIX):
-            marker = read_marker(layout, unquote(base[:-len(MARKER_SUFFIX)]))
-            if marker is not None:
-                out[marker.video_id] = marker
+        key, dot, suffix = name.rstrip("/").rsplit("/", 1)[-1].partition(".")  # keys hold no '.'
+        video_id = id_of_key(key)
+        if video_id is not None and "." + suffix in (MARKER_SUFFIX, PENDING_SUFFIX):
+            out.append((video_id, "." + suffix))
+    return out
+
+
+def committed_markers(layout: OutputLayout) -> dict[str, CommitMarker]:
+    """video_id → marker of every committed video under the root (fresh listing)."""
+    out = {}
+    for video_id, suffix in _commit_records(layout):
+        if suffix == MARKER_SUFFIX:
+            marker = read_marker(layout, video_id)
+            if marker is not None and marker.video_id == video_id:
+                out[video_id] = marker
     return dict(sorted(out.items()))
 
 
 def staged_files(staging_uri: str) -> list[str]:
     """Files under a staging prefix, relative to it (hidden temporaries of writers excluded)."""
-    filesystem, path = fs.filesystem(staging_uri)
+    filesystem, path = fs.fresh(staging_uri)
     path = path.rstrip("/")
     if not filesystem.exists(path):
         return []
@@ -144,7 +159,7 @@ def _move(src: str, dst: str) -> None:
 
 
 def _remove(uri: str) -> None:
-    filesystem, path = fs.filesystem(uri)
+    filesystem, path = fs.fresh(uri)
     try:
         if filesystem.isdir(path):
             filesystem.rm(path, recursive=True)
@@ -156,7 +171,7 @@ def _remove(uri: str) -> None:
 
 def remove_tree(uri: str) -> None:
     """Delete a prefix and everything under it (absent: nothing to do)."""
-    filesystem, path = fs.filesystem(uri)
+    filesystem, path = fs.fresh(uri)
     if fs._is_local(filesystem):
         shutil.rmtree(path, ignore_errors=True)
     elif filesystem.exists(path):
@@ -164,15 +179,20 @@ def remove_tree(uri: str) -> None:
 
 
 def commit_video(layout: OutputLayout, video_id: str, staging_uri: str, marker: CommitMarker,
-                 fault: FaultHook | None = None) -> CommitMarker:
+                 fault: FaultHook | None = None, guard: Callable[[], None] | None = None) -> CommitMarker:
     """Publish the staged outputs of ``video_id`` and write its marker last (see module doc).
 
-    ``marker.files`` is filled in from the staging prefix. Returns the marker written.
+    ``marker.files`` is filled in from the staging prefix. ``guard`` is called before the
+    first change and before the marker is written; it raises when this run may no longer
+    write the output (its lease is lost, :func:`pipelines.lease.Lease.guard`). Returns the
+    marker written.
     """
     fault = fault or (lambda step: None)
+    guard = guard or (lambda: None)
     files = staged_files(staging_uri)
     old = read_marker(layout, video_id)
-    old_files = old.files if old else []
+    old_files = [f for f in old.files if isinstance(f, str) and _inside_root(f)] if old else []
+    guard()
     fs.write_bytes(layout.pending_uri(video_id), json.dumps({"video_id": video_id,
                                                              "files": sorted(set(files) | set(old_files))}).encode())
     fault("intent_written")
@@ -185,6 +205,7 @@ def commit_video(layout: OutputLayout, video_id: str, staging_uri: str, marker: 
         _move(fs.join(staging_uri, relative), layout.uri(relative))
         fault(f"moved:{n}")
     marker.files = files
+    guard()
     fs.write_bytes(layout.marker_uri(video_id), marker.to_json())
     fault("marker_written")
     _remove(layout.pending_uri(video_id))
@@ -192,26 +213,46 @@ def commit_video(layout: OutputLayout, video_id: str, staging_uri: str, marker: 
     return marker
 
 
-def recover(layout: OutputLayout) -> list[str]:
+def remove_run_staging(layout: OutputLayout, run_id: str) -> None:
+    """Delete what run ``run_id`` staged (and ``_staging/`` itself when no other run left anything)."""
+    remove_tree(layout.run_staging(run_id))
+    filesystem, path = fs.fresh(layout.uri(STAGING_DIR))
+    if fs._is_local(filesystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # only when empty: another run's staging stays
+
+
+def _inside_root(relative: str) -> bool:
+    """Whether a path from a record (pending intent, marker) stays under the output root: such
+    records are files in a shared store, and deleting what one names must never reach outside."""
+    parts = relative.split("/")
+    return bool(relative) and "\\" not in relative and all(p not in ("", ".", "..") for p in parts)
+
+
+def recover(layout: OutputLayout, run_id: str | None = None) -> list[str]:
     """Undo or finish commits a killed run left behind; returns the videos whose partial
-    output was deleted. Call it before a run starts (never while one is writing)."""
+    output was deleted. Call it while holding the output's lease (:mod:`pipelines.lease`), so
+    no other run is alive: the staging of every run but ``run_id`` is then a dead run's."""
     undone = []
-    filesystem, path = fs.filesystem(layout.uri(COMMITS_DIR))
-    if filesystem.exists(path):
-        for name in filesystem.ls(path, detail=False):
-            base = name.rstrip("/").rsplit("/", 1)[-1]
-            if not base.endswith(PENDING_SUFFIX):
-                continue
-            video_id = unquote(base[:-len(PENDING_SUFFIX)])
-            pending = layout.pending_uri(video_id)
-            if read_marker(layout, video_id) is None:  # killed between steps 2 and 5
-                try:
-                    listed = json.loads(fs.read_bytes(pending)).get("files", [])
-                except (FileNotFoundError, ValueError):
-                    listed = []
-                for relative in listed:
+    for video_id, suffix in _commit_records(layout):
+        if suffix != PENDING_SUFFIX:
+            continue
+        pending = layout.pending_uri(video_id)
+        if read_marker(layout, video_id) is None:  # killed between steps 2 and 5
+            try:
+                listed = json.loads(fs.read_bytes(pending)).get("files", [])
+            except (FileNotFoundError, ValueError):
+                listed = []
+            for relative in listed:
+                if isinstance(relative, str) and _inside_root(relative):
                     _remove(layout.uri(relative))
-                undone.append(video_id)
-            _remove(pending)
-    remove_tree(layout.uri(STAGING_DIR))
+            undone.append(video_id)
+        _remove(pending)
+    filesystem, path = fs.fresh(layout.uri(STAGING_DIR))
+    if run_id is None:
+        remove_tree(layout.uri(STAGING_DIR))
+    elif filesystem.exists(path):
+        for name in filesystem.ls(path, detail=False):
+            if name.rstrip("/").rsplit("/", 1)[-1] != run_id:
+                remove_tree(layout.uri(f"{STAGING_DIR}/{name.rstrip('/').rsplit('/', 1)[-1]}"))
     return undone

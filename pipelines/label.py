@@ -26,10 +26,11 @@ from typing import Iterator
 
 from operators import fs
 from operators.errors import InputError
+from operators.ids import IdError, printable, video_key
 from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
-from pipelines.commit import STAGING_DIR, OutputLayout, committed_markers, is_current, recover, remove_tree
+from pipelines.commit import OutputLayout, committed_markers, is_current, recover, remove_run_staging, remove_tree
 from pipelines.label_config import LabelConfig
 from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_video
 from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
@@ -124,6 +125,17 @@ def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
             annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
                                    for image in images if image.key in gt.annotations]
     return evaluation_settings(config, sources[0][0].categories), annotated, named, errors
+
+
+def _unusable_ids(video_ids: list[str]) -> dict[str, str]:
+    """video_id → why it cannot name a path (:mod:`operators.ids`), for the ids that cannot."""
+    errors = {}
+    for video_id in video_ids:
+        try:
+            video_key(video_id)
+        except IdError as exc:
+            errors[video_id] = str(exc)
+    return errors
 
 
 FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
@@ -227,7 +239,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     entries = discover(input_uri)
     if only_videos is not None:
         entries = [e for e in entries if e.video_id in set(only_videos)]
-    undone = recover(layout)
+    undone = recover(layout, run_id)
     if undone:
         log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")
     checksums = config.model_checksums()
@@ -240,6 +252,9 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     results += [VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id])
                 for e in todo if e.video_id in gt_errors]
     todo = [e for e in todo if e.video_id not in gt_errors]
+    id_errors = _unusable_ids([e.video_id for e in todo])
+    results += [VideoResult(video_id, "failed", stage="plan", error=error) for video_id, error in id_errors.items()]
+    todo = [e for e in todo if e.video_id not in id_errors]
     stage_cpu_seconds = {s: 0.0 for s in TIMED}
     frames, first_output, frame_times = 0, 0.0, []
     with ray_session(address), ray_data_settings(progress):
@@ -310,7 +325,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     collect(1.0)
             for actor in pool.actors:
                 ray.kill(actor)
-            remove_tree(layout.uri(STAGING_DIR))  # rows of failed videos that came late; one run at a time
+            remove_run_staging(layout, run_id)  # rows of failed videos that came late
     report = None
     if settings is not None:
         report = aggregate_metrics(layout, settings, [e.video_id for e in entries])
@@ -332,7 +347,7 @@ def summary_table(run: LabelRun) -> str:
     for r in run.results:
         note = f"{r.stage}: {r.error}" if r.status == "failed" else \
             " ".join(f"{k}={v:.3f}" for k, v in r.metrics.items())
-        lines.append(f"{r.video_id:<24} {r.status:<8} {r.frames:>7} {r.segments:>9} {r.tracks:>7}  {note}")
+        lines.append(f"{printable(r.video_id):<24} {r.status:<8} {r.frames:>7} {r.segments:>9} {r.tracks:>7}  {note}")
     counts = {s: sum(r.status == s for r in run.results) for s in ("ok", "skipped", "failed")}
     lines.append(f"{len(run.results)} videos: {counts['ok']} labelled, {counts['skipped']} skipped (unchanged), "
                  f"{counts['failed']} failed; {run.frames} frames in {run.seconds:.1f} s "

@@ -25,7 +25,8 @@ from operators.metrics.stq import StqStats
 from operators.metrics.video import EvaluationSettings, FrameInputs, VideoEvaluation, VideoInputs, evaluate_video
 from operators.metrics.vpq import VpqStats
 from operators.video import VideoWriter, open_video
-from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree, video_key
+from operators.ids import png_name, video_key
+from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
 from pipelines.overlay import render_overlay
 
 
@@ -113,7 +114,7 @@ def _evaluate(task: VideoTask, staging: str, scratch: str, by_frame: dict, size,
     for gt in task.gt_frames:
         rows = by_frame.get(gt.image.frame_index, [])
         pred = segments_table.rows_to_frame(rows, size) if rows or size else PanopticFrame(np.zeros((1, 1), np.int32))
-        pred_uri = fs.join(staging if write_png else scratch, "pan_pred", f"{gt.image.id}.png")
+        pred_uri = fs.join(staging if write_png else scratch, "pan_pred", png_name(gt.image.id))
         if not write_png:
             write_panoptic_png(pred_uri, pred.ids)
         frames.append(FrameInputs(gt.image, gt.png_uri, gt.segments, pred_uri, pred.segments))
@@ -137,7 +138,7 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
     """Annotations, metrics and overlay of one fully staged video, then its commit."""
     layout = OutputLayout(root)
     staging = layout.staging(run_id, task.video_id)
-    scratch = layout.staging(run_id, "_eval_" + video_key(task.video_id))
+    scratch = layout.scratch(run_id, task.video_id)
     stage = "finalize"
     try:
         by_frame, size = _staged_frames(staging, task.frame_count, None)
@@ -147,9 +148,9 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         images, annotations = [], []
         for index, image_id in enumerate(task.image_ids):
             rows = by_frame.get(index, [])
-            images.append({"id": image_id, "file_name": f"{image_id}.png", "width": size[1], "height": size[0],
+            images.append({"id": image_id, "file_name": png_name(image_id), "width": size[1], "height": size[0],
                            "video_id": task.video_id, "frame_index": index})
-            annotations.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": [
+            annotations.append({"image_id": image_id, "file_name": png_name(image_id), "segments_info": [
                 SegmentInfo(r.track_id, r.category_id, r.area, tuple(r.bbox), int(r.iscrowd), r.score).to_json()
                 for r in rows]})
         fs.write_bytes(fs.join(staging, annotations_rel(task.video_id)),

@@ -26,10 +26,11 @@ import traceback
 
 import numpy as np
 
-from operators.errors import TubeflowError
+from operators.errors import InputError, TubeflowError
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
 from operators import fs
+from operators.ids import image_key, png_name, video_key
 from operators.video import open_video
 from pipelines.commit import OutputLayout
 from pipelines.plan import plan_chunks
@@ -91,17 +92,21 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
             "chunk_index": -1, "n_chunks": 0, "frame_count": 0, "image_ids": "[]", "error": "", "stage": ""}
     try:
+        video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
-    except Exception as exc:  # an undecodable or empty video is a failure row, not a crash
+        named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
+        per_chunk = [[named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
+                      for i in range(chunk.frame_start, chunk.frame_end)] for chunk in chunks]
+        image_ids = [i for ids in per_chunk for i in ids]
+        for image_id in image_ids:
+            image_key(image_id)
+        if len({image_key(i) for i in image_ids}) != len(image_ids):
+            raise InputError(f"video {video['video_id']}", "two frames have the same image id")
+    except Exception as exc:  # an undecodable or empty video, an id that cannot be a path: a failure row
         return [_failed(base, "plan", exc)]
-    named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
     count = chunks[-1].frame_end
-    rows = []
-    for chunk in chunks:
-        ids = [named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
-               for i in range(chunk.frame_start, chunk.frame_end)]
-        rows.append({**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "error": "", "stage": ""})
-    return rows
+    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "error": "", "stage": ""}
+            for chunk, ids in zip(chunks, per_chunk)]
 
 
 def decode_chunk(row: dict) -> dict:
@@ -307,7 +312,7 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
                 frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
                 tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id))
                 if write_png:
-                    write_panoptic_png(fs.join(staging, "pan_pred", f"{image_id}.png"), frame.ids)
+                    write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
             nonempty = [t for t in tables if t.num_rows]
             if nonempty:
                 segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)

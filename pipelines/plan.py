@@ -139,9 +139,12 @@ def read_manifest(uri: str) -> list[VideoEntry]:
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     entries, seen = [], set()
     for line, record in enumerate(records, start=1):
-        video_id, video_uri = str(record.get("video_id") or "").strip(), str(record.get("uri") or "").strip()
-        if not video_id or not video_uri:
-            raise FormatMismatchError(uri, f"row {line}: needs non-empty 'video_id' and 'uri' columns, got {record}")
+        if "video_id" not in record or not str(record.get("uri") or "").strip():
+            raise FormatMismatchError(uri, f"row {line}: needs the columns 'video_id' and 'uri' (non-empty), "
+                                           f"got {str(record)[:200]}")
+        # an id that cannot name a path (empty, too long) becomes that video's failure row, not a crash
+        video_id = "" if record["video_id"] is None else str(record["video_id"]).strip()
+        video_uri = str(record["uri"]).strip()
         if video_id in seen:
             raise FormatMismatchError(uri, f"row {line}: video_id {video_id!r} is listed twice")
         seen.add(video_id)

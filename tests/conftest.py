@@ -52,9 +52,13 @@ def s3_bucket(moto_s3, tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(moto_s3):
     """An in-process Ray with 2 CPUs for the session, started as every job starts its local Ray
-    (:func:`cluster.connect.connect`: loopback only, token authentication); shut down at the end."""
+    (:func:`cluster.connect.connect`: loopback only, token authentication); shut down at the end.
+
+    Started after the moto server, so its workers inherit the AWS variables that point at it
+    and a pipeline run in this process can read and write ``s3://`` (the default suite's
+    object-storage tests need no second Ray)."""
     import ray
 
     from cluster.connect import ray_session

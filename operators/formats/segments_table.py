@@ -30,6 +30,7 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo, validate_frame
+from operators.ids import video_key
 
 
 def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -226,8 +227,9 @@ def iter_table_frames(table: pa.Table) -> Iterator[TableFrame]:
 
 
 def partition_dir(root_uri: str, video_id: str) -> str:
-    """``ROOT/video_id=<id>``, the id percent-encoded as pyarrow's hive partitioning expects."""
-    return fs.join(root_uri, f"video_id={quote(str(video_id), safe='')}")
+    """``ROOT/video_id=<key>``: the id's path key (:func:`operators.ids.video_key`), percent
+    escapes that pyarrow's hive partitioning decodes back into the original id."""
+    return fs.join(root_uri, f"video_id={video_key(video_id)}")
 
 
 def write_segments_table(root_uri: str,
@@ -261,7 +263,7 @@ def read_segments_table(root_uri: str, video_ids: Iterable[str] | None = None,
 
     ``video_ids`` prunes partitions; ``columns`` selects columns (all by default).
     """
-    filesystem, path = fs.filesystem(root_uri)
+    filesystem, path = fs.fresh(root_uri)
     path = path.rstrip("/")
     if not filesystem.exists(path):
         raise CorruptFileError(root_uri, "segments table not found")
@@ -283,11 +285,17 @@ def read_video_rows(root_uri: str, video_id: str, columns: list[str] | None = No
     """The rows of one video sorted by frame_index, read from its partition directory only
     (one listing of that directory, never of the whole table: a task scoring one video of
     100,000 reads what it needs). A video absent from the table has no rows."""
-    filesystem, path = fs.filesystem(partition_dir(root_uri, video_id))
+    filesystem, path = fs.fresh(partition_dir(root_uri, video_id))
     try:
         names = filesystem.ls(path, detail=False)
     except FileNotFoundError:
-        names = []
+        # a table written before the id rule (operators/ids.py) named partitions by urllib's quote
+        legacy = fs.join(root_uri, f"video_id={quote(str(video_id), safe='')}")
+        try:
+            names = filesystem.ls(fs.filesystem(legacy)[1], detail=False) if legacy != partition_dir(root_uri, video_id) \
+                else []
+        except FileNotFoundError:
+            names = []
     except OSError as exc:
         raise CorruptFileError(partition_dir(root_uri, video_id), f"cannot list the partition: {exc}") from None
     files = sorted(n for n in names if n.endswith(".parquet") and not n.rsplit("/", 1)[-1].startswith("."))
@@ -311,7 +319,7 @@ def video_frames(root_uri: str, video_id: str) -> dict[int, TableFrame]:
 
 def list_videos(root_uri: str) -> list[str]:
     """The video ids of a table: its partition directories, sorted (one listing of the root)."""
-    filesystem, path = fs.filesystem(root_uri)
+    filesystem, path = fs.fresh(root_uri)
     try:
         names = filesystem.ls(path.rstrip("/"), detail=False)
     except FileNotFoundError:

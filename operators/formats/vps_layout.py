@@ -21,6 +21,7 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.categories import Category
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, validate_frame, write_panoptic_png
+from operators.ids import png_name
 
 PRED_JSON = "pred.json"
 PRED_PNG_DIR = "pan_pred"
@@ -252,7 +253,7 @@ class PredictionWriter:
         self.count = 0
 
     def add(self, image_id: object, frame: PanopticFrame) -> None:
-        name = f"{image_id}.png"
+        name = png_name(image_id)
         write_panoptic_png(fs.join(self.pred_dir, PRED_PNG_DIR, name), frame.ids)
         self.add_record(VpsAnnotation(image_id, name, frame.segments).to_json())
 
