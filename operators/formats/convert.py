@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 from operators import fs
+from operators.ids import image_key, png_name
 from operators.errors import FormatMismatchError
 from operators.formats import segments_table
 from operators.formats.categories import Category
@@ -98,9 +99,9 @@ def table_to_gt(table: str, gt_json: str, gt_dir: str) -> ConvertSummary:
         for video_id, frames in iter_table_videos(table):
             summary.videos += 1
             for item in frames:
-                image = VpsImage(item.image_id, f"{item.image_id}.png", int(item.frame.ids.shape[1]),
+                image = VpsImage(item.image_id, png_name(item.image_id), int(item.frame.ids.shape[1]),
                                  int(item.frame.ids.shape[0]), video_id, item.frame_index)
-                name = f"{item.image_id}_gtFine_panoptic.png"
+                name = f"{image_key(item.image_id)}_gtFine_panoptic.png"  # the one id rule: operators/ids.py
                 write_panoptic_png(fs.join(gt_dir, name), item.frame.ids)
                 separator = b",\n" if summary.frames else b""
                 images.write(separator + json.dumps(image.to_json()).encode())

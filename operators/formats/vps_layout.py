@@ -21,7 +21,7 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.categories import Category
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, validate_frame, write_panoptic_png
-from operators.ids import png_name
+from operators.ids import image_key, png_name
 
 PRED_JSON = "pred.json"
 PRED_PNG_DIR = "pan_pred"
@@ -188,7 +188,7 @@ def read_ground_truth(json_uri: str, png_dir: str) -> VpsGroundTruth:
 
 
 def write_ground_truth(json_uri: str, png_dir: str, frames: Iterable[tuple[VpsImage, PanopticFrame]],
-                       categories: Iterable[Category], png_name=lambda im: f"{im.id}_gtFine_panoptic.png") -> None:
+                       categories: Iterable[Category], png_name=lambda im: f"{image_key(im.id)}_gtFine_panoptic.png") -> None:
     """Write a GT JSON plus one PNG per frame. The JSON is written last, so a reader never
     sees a JSON that names PNGs which are not there yet."""
     images, annotations = [], []
@@ -241,7 +241,7 @@ def read_predictions(pred_dir: str) -> VpsPredictions:
 class PredictionWriter:
     """Writes frames into the submission layout; ``close()`` writes ``pred.json`` last.
 
-    PNGs go to ``pan_pred/<image_id>.png`` as they come, the JSON only at the end, so a
+    PNGs go to ``pan_pred/<key>.png`` (:func:`operators.ids.png_name`) as they come, the JSON only at the end, so a
     crashed run never leaves a ``pred.json`` that points at missing PNGs. The annotation
     records wait in a local spill file, not in memory: a corpus of any size is written
     with constant memory.
