@@ -87,7 +87,6 @@ class _Progress:
 
     frame_count: int = 0
     frames_done: int = 0
-    segments: int = 0
     error: str = ""
     stage: str = ""
 
@@ -308,7 +307,6 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     p.frames_done += int(summary["frames_done"]) + int(summary["frames_failed"])
                     frames += int(summary["frames_done"])
                     frame_times.append((time.perf_counter() - started, frames))
-                    p.segments += int(summary["segments"])
                     if summary["error"] and not p.error:
                         p.error, p.stage = str(summary["error"]), str(summary["stage"])
                     if p.error or p.frames_done >= p.frame_count > 0:

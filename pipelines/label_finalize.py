@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import fs
@@ -180,7 +179,3 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         return VideoResult(task.video_id, "failed", stage=stage, error=describe(exc))
     finally:
         remove_tree(scratch)
-
-
-def metrics_table(results: list[VideoResult]) -> pa.Table:
-    return pa.Table.from_pylist([{"video_id": r.video_id, **r.metrics} for r in results if r.metrics])

@@ -2,7 +2,7 @@
 
 Rows are video *chunks*:
 
-* plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index, n_chunks,
+* plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index,
   frame_count, image_ids`` (JSON list), ``error``/``stage`` (empty when fine);
 * decode adds ``rgb (n, H, W, 3) uint8`` and ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
   of the previous chunk, so flow at a chunk boundary is the same as inside a chunk);
@@ -35,7 +35,6 @@ from operators.video import open_video
 from pipelines.commit import OutputLayout
 from pipelines.plan import plan_chunks
 
-STAGES = ("plan", "decode", "segment", "flow", "associate", "sink")
 TIMED = ("decode", "segment", "flow", "associate", "sink")
 
 # The stages' clock: CPU seconds of the calling process (all its threads, so torch's and
@@ -90,7 +89,7 @@ def _failed(row: dict, stage: str, exc: BaseException) -> dict:
 def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dict]:
     """One video row (``video_id, uri, gt_image_ids`` JSON) → its chunk rows, or one error row."""
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
-            "chunk_index": -1, "n_chunks": 0, "frame_count": 0, "image_ids": "[]", "error": "", "stage": ""}
+            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "error": "", "stage": ""}
     try:
         video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
@@ -154,9 +153,9 @@ class SegmentChunks:
     """
 
     def __init__(self, host_kwargs: dict):
-        from operators.segmentation.host import SegmentationHost
+        from operators.segmentation.host import open_segmenter
 
-        self.host = SegmentationHost(**host_kwargs)
+        self.host = open_segmenter(**host_kwargs)
         match_threads_to_cpus()  # after the host: it imports torch
 
     def __call__(self, batch: dict) -> dict:

@@ -62,14 +62,13 @@ class VideoEntry:
 
 @dataclass(frozen=True)
 class VideoChunk:
-    """Frames ``frame_start ≤ i < frame_end`` of one video, chunk ``chunk_index`` of ``n_chunks``."""
+    """Frames ``frame_start ≤ i < frame_end`` of one video, its ``chunk_index``-th chunk."""
 
     video_id: str
     uri: str
     frame_start: int
     frame_end: int
     chunk_index: int
-    n_chunks: int
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -205,4 +204,4 @@ def plan_chunks(video_id: str, uri: str, chunk_frames: int) -> list[VideoChunk]:
     if count <= 0:
         raise InputError(uri, f"video {video_id} has no frames")
     ranges = chunk_ranges(count, chunk_frames)
-    return [VideoChunk(video_id, uri, a, b, i, len(ranges)) for i, (a, b) in enumerate(ranges)]
+    return [VideoChunk(video_id, uri, a, b, i) for i, (a, b) in enumerate(ranges)]

@@ -135,7 +135,6 @@ def test_id_switches_hand_case():
 
 
 def test_scrambled_synthetic_gt_recovers_identities():
-    pytest.importorskip("operators.synth.render")
     from operators.synth import SynthConfig
 
     cfg = SynthConfig(videos=1, frames=12, height=96, width=192, seed=3, annotate_every=5)

@@ -47,8 +47,7 @@ def test_discover_prefix_finds_containers_and_image_sequences(tmp_path):
     entries = discover(str(tmp_path))
     assert [e.video_id for e in entries] == ["a", "city/b", "seq"]
     chunks = plan_chunks(entries[0].video_id, entries[0].uri, chunk_frames=3)
-    assert [(c.frame_start, c.frame_end, c.chunk_index, c.n_chunks) for c in chunks] == \
-        [(0, 3, 0, 3), (3, 6, 1, 3), (6, 7, 2, 3)]
+    assert [(c.frame_start, c.frame_end, c.chunk_index) for c in chunks] == [(0, 3, 0), (3, 6, 1), (6, 7, 2)]
     seq = plan_chunks("seq", entries[2].uri, chunk_frames=4)
     assert [(c.frame_start, c.frame_end) for c in seq] == [(0, 4), (4, 5)]
     assert entries[2].fingerprint.files == 5

@@ -12,7 +12,8 @@ from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import PredictionWriter
 from operators.device import gpu_assigned, select_placement
-from operators.segmentation.host import SegmentationHost, default_batch_size
+from operators.segmentation.host import SegmentationHost, default_batch_size, open_segmenter
+from operators.segmentation.precomputed import PrecomputedSegmenter
 from operators.segmentation.loading import save_builtin
 from operators.segmentation.model import PanopticNet, PanopticNetConfig
 
@@ -39,7 +40,7 @@ def test_builtin_backend_outputs_and_checksum(tiny_weights):
     host = SegmentationHost("builtin", tiny_weights, batch_size=1)
     assert host.model_sha256 == hashlib.sha256(open(tiny_weights, "rb").read()).hexdigest()
     assert host.placement.device.type == "cpu"
-    results = host(_frames())
+    results = host.segment(_frames())
     assert len(results) == 2
     for result in results:
         assert result.ids.shape == (70, 100) and result.ids.dtype == np.int32
@@ -47,7 +48,7 @@ def test_builtin_backend_outputs_and_checksum(tiny_weights):
         np.testing.assert_allclose(np.linalg.norm(result.embeddings, axis=1), 1.0, rtol=1e-4)
         assert set(np.unique(result.ids)) - {0} == {s.id for s in result.segments}
     # batch size does not change the result
-    again = SegmentationHost("builtin", tiny_weights, batch_size=4)(_frames())
+    again = SegmentationHost("builtin", tiny_weights, batch_size=4).segment(_frames())
     for a, b in zip(results, again):
         np.testing.assert_array_equal(a.ids, b.ids)
 
@@ -83,10 +84,10 @@ def test_flip_makes_the_host_mirror_equivariant(tiny_weights):
     for h in (host, plain):  # an untrained network predicts one class everywhere: make its logits vary
         with torch.no_grad():
             h.model.semantic_head[1].weight.mul_(300)
-    a, b = host([frame, mirror])
+    a, b = host.segment([frame, mirror])
     assert len(np.unique(classes(a))) >= 3  # several classes (and VOID where segments were too small)
     np.testing.assert_array_equal(classes(a), classes(b)[:, ::-1])
-    a, b = plain([frame, mirror])
+    a, b = plain.segment([frame, mirror])
     assert (classes(a) != classes(b)[:, ::-1]).any()
 
 
@@ -107,8 +108,8 @@ def test_shift_augmentation_runs_the_network_on_the_frame_moved_by_half_a_cell(t
     assert len(inputs) == 4 and heads["center"].shape[-2:] == (64, 96)  # 2 mirrors × 2 shifts; full resolution
     torch.testing.assert_close(inputs[2][..., 2:, 2:], images[..., :-2, :-2])  # the moved pass
     torch.testing.assert_close(inputs[2][..., :2, 2:], images[..., :1, :-2].expand(-1, -1, 2, -1))  # replicated
-    a, = host([frame])
-    b, = plain([frame])
+    a, = host.segment([frame])
+    b, = plain.segment([frame])
     assert (a.ids != b.ids).any()
 
 
@@ -134,8 +135,8 @@ def test_refine_snaps_the_semantic_map_to_the_frame_before_grouping(tiny_weights
 
     host_module.refine_semantic = spy
     try:
-        a, = host([frame])
-        b, = plain([frame])
+        a, = host.segment([frame])
+        b, = plain.segment([frame])
     finally:
         host_module.refine_semantic = original
     config = host.postprocess
@@ -193,20 +194,8 @@ def test_bad_frames_name_model_and_frame(tiny_weights):
         host.segment([np.zeros((64, 64, 3), np.float32)], image_ids=["cam7"])
     with pytest.raises(FormatMismatchError, match="smaller than 32"):
         host.segment([np.zeros((16, 64, 3), np.uint8)])
-    batch = {"rgb": np.empty(2, dtype=object), "image_id": np.array(["ok", "broken"])}
-    batch["rgb"][:] = [_frames(1)[0], np.zeros((64, 64), np.uint8)]
-    out = host(batch)
-    assert out["error"][0] == "" and "broken" in out["error"][1]
-    assert out["panoptic_ids"][0].shape == (70, 100) and len(out["segments_json"]) == 2
-    assert out["model_sha256"][0] == host.model_sha256
-
-
-def test_dict_batch_ray_style(tiny_weights):
-    host = SegmentationHost("builtin", tiny_weights)
-    frames = np.stack(_frames(3, 64, 96))
-    out = host({"rgb": frames, "image_id": np.array(["a", "b", "c"])})
-    assert out["panoptic_ids"].shape == (3, 64, 96) and list(out["image_id"]) == ["a", "b", "c"]
-    assert all(e.shape[1] == 6 for e in out["embeddings"]) and not any(out["error"])
+    with pytest.raises(FormatMismatchError, match="broken"):
+        host.segment([_frames(1)[0], np.zeros((64, 64), np.uint8)], image_ids=["ok", "broken"])
 
 
 class _WrongChannels(torch.nn.Module):
@@ -226,16 +215,16 @@ def test_torchscript_artifact_matches_builtin_and_contract_is_checked(tmp_path, 
     host = SegmentationHost("artifact", str(artifact))
     assert not host.flip and not host.shift and not host.refine
     frames = _frames(2, 64, 96)
-    for a, b in zip(host(frames), builtin(frames)):
+    for a, b in zip(host.segment(frames), builtin.segment(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
-    augmented = SegmentationHost("artifact", str(artifact), flip=True, shift=True, refine=True)(frames)  # as builtin
-    for a, b in zip(augmented, SegmentationHost("builtin", tiny_weights)(frames)):
+    augmented = SegmentationHost("artifact", str(artifact), flip=True, shift=True, refine=True).segment(frames)  # as builtin
+    for a, b in zip(augmented, SegmentationHost("builtin", tiny_weights).segment(frames)):
         np.testing.assert_array_equal(a.ids, b.ids)
     broken = tmp_path / "broken.ts"
     torch.jit.save(torch.jit.trace(_WrongChannels(), torch.rand(1, 3, 64, 96), strict=False), str(broken))
     with pytest.raises(FormatMismatchError, match=r"broken.ts on input frame 0.*'semantic' has 7 channels"):
-        SegmentationHost("artifact", str(broken))(frames)
+        SegmentationHost("artifact", str(broken)).segment(frames)
     with pytest.raises(CorruptFileError, match="junk.ts"):
         (tmp_path / "junk.ts").write_bytes(b"junk")
         SegmentationHost("artifact", str(tmp_path / "junk.ts"))
@@ -249,7 +238,7 @@ def test_torch_export_artifact(tmp_path, tiny_weights):
     torch.export.save(program, str(path))
     host = SegmentationHost("artifact", str(path))
     frames = _frames(1, 64, 96)
-    np.testing.assert_array_equal(host(frames)[0].ids, builtin(frames)[0].ids)
+    np.testing.assert_array_equal(host.segment(frames)[0].ids, builtin.segment(frames)[0].ids)
 
 
 def test_precomputed_backend_reads_submission_layout(tmp_path):
@@ -258,13 +247,14 @@ def test_precomputed_backend_reads_submission_layout(tmp_path):
     segments = [SegmentInfo(1000, 0, 1200, (0, 0, 30, 40)), SegmentInfo(14001, 13, 150, (35, 5, 15, 10), score=0.8)]
     with PredictionWriter(str(tmp_path / "pred")) as writer:
         writer.add("0000_0000_x", PanopticFrame(ids, segments))
-    host = SegmentationHost("precomputed", str(tmp_path / "pred"))
+    host = open_segmenter("precomputed", str(tmp_path / "pred"))
+    assert isinstance(host, PrecomputedSegmenter)
     (result,) = host.segment([np.zeros((40, 60, 3), np.uint8)], ["0000_0000_x"])
     np.testing.assert_array_equal(result.ids, ids)
     assert [(s.id, s.category_id, s.score) for s in result.segments] == [(1000, 0, 1.0), (14001, 13, 0.8)]
     assert result.embeddings.shape == (2, 0)
-    out = host({"rgb": np.zeros((1, 40, 60, 3), np.uint8), "image_id": np.array(["nope"])})
-    assert "no prediction" in out["error"][0]
+    with pytest.raises(InputError, match="no prediction"):
+        host.segment([np.zeros((40, 60, 3), np.uint8)], ["nope"])
 
 
 def test_device_selection_follows_ray_gpu_assignment():
@@ -311,7 +301,7 @@ class _NoEmbedding(torch.nn.Module):
 def test_artifact_without_embeddings_gives_zero_width_embeddings(tmp_path):
     path = tmp_path / "three_heads.ts"
     torch.jit.save(torch.jit.trace(_NoEmbedding(), torch.rand(1, 3, 64, 96), strict=False), str(path))
-    (result,) = SegmentationHost("artifact", str(path))(_frames(1, 64, 96))
+    (result,) = SegmentationHost("artifact", str(path)).segment(_frames(1, 64, 96))
     assert [(s.id, s.category_id, s.area) for s in result.segments] == [(14001, 13, 64 * 96)]
     assert result.embeddings.shape == (1, 0)
 
@@ -324,6 +314,39 @@ def test_held_out_pq_evaluation_runs_on_the_synthetic_corpus(tiny_weights):
     assert result["frames"] == 2 and 0.0 <= result["pq"] <= 100.0
     assert set(result["per_scenario"]) == {"default"}
     assert result["model_sha256"] == hashlib.sha256(open(tiny_weights, "rb").read()).hexdigest()
+
+
+class _OracleHost:
+    """A "segmenter" that answers with the synthetic corpus's own GT (or nothing at all)."""
+
+    model_sha256 = "oracle"
+
+    def __init__(self, frames_by_image_id, empty=False):
+        self.frames, self.empty = frames_by_image_id, empty
+
+    def segment(self, rgbs, image_ids):
+        from operators.segmentation.postprocess import FrameSegments
+
+        out = []
+        for rgb, image_id in zip(rgbs, image_ids):
+            gt = self.frames[image_id].panoptic
+            ids = np.zeros_like(gt.ids) if self.empty else gt.ids
+            segments = [] if self.empty else list(gt.segments)
+            out.append(FrameSegments(ids, segments, np.zeros((len(segments), 0), np.float32)))
+        return out
+
+
+def test_held_out_evaluation_scores_a_perfect_segmenter_100_and_an_empty_one_0():
+    from operators.synth import SynthConfig, generate_video
+    from operators.training.evaluation import HELD_OUT_SEED, evaluate_host
+
+    options = dict(videos_per_scenario=1, frames=6, height=64, width=128, scenarios=("default",))
+    synth = SynthConfig(videos=1, frames=6, height=64, width=128, seed=HELD_OUT_SEED, annotate_every=5)
+    frames = {f.image_id: f for f in generate_video(synth, 0)}
+    perfect = evaluate_host(_OracleHost(frames), **options)
+    assert perfect["pq"] == pytest.approx(100.0) and perfect["sq"] == pytest.approx(100.0)
+    assert perfect["per_scenario"]["default"]["pq"] == pytest.approx(100.0)
+    assert evaluate_host(_OracleHost(frames, empty=True), **options)["pq"] == 0.0
 
 
 def test_embed_given_segments_equals_maskpool_of_the_embedding_head(tiny_weights):
@@ -353,4 +376,8 @@ def test_association_evaluation_compares_embeddings_with_colour(tiny_weights):
     result = evaluate_association(SegmentationHost("builtin", tiny_weights), scenarios=("similar",), videos=1,
                                   frames=6, height=64, width=128)
     assert set(result["similar"]) == {"embeddings", "colour"}
-    assert all(0 <= arm["vpq"] <= 100 for arm in result["similar"].values())
+    for arm in result["similar"].values():
+        # GT masks in every frame: per frame (k = 0) every segment matches exactly, whatever its id;
+        # over time only the tracker's identities count, so VPQ can only fall from there
+        assert arm["per_k"][0] == pytest.approx(100.0)
+        assert 0 <= arm["vpq"] <= 100 and all(arm["per_k"][k] <= 100 + 1e-9 for k in arm["per_k"])

@@ -46,7 +46,7 @@ def test_train_command_on_ray_writes_loadable_weights(tmp_path, ray_local):
     assert [h["step"] for h in log["history"]] == [1, 2] and log["workers"] == 1
     host = SegmentationHost("builtin", str(out))
     assert host.model_sha256 == log["sha256"]
-    (result,) = host([np.zeros((64, 128, 3), np.uint8)])
+    (result,) = host.segment([np.zeros((64, 128, 3), np.uint8)])
     assert result.ids.shape == (64, 128)
 
 

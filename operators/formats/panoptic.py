@@ -171,11 +171,16 @@ def read_panoptic_png(uri: str) -> np.ndarray:
     return decode_panoptic_png(fs.read_input(uri), uri)
 
 
-def encode_panoptic_png(ids: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", id_to_rgb(ids)[..., ::-1])  # RGB → BGR for OpenCV
+def encode_rgb_png(rgb: np.ndarray) -> bytes:
+    """``(H, W, 3) uint8`` RGB → PNG bytes (frames and panoptic id maps alike)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # RGB → OpenCV's BGR
     if not ok:
         raise RuntimeError("OpenCV failed to encode a PNG")
     return buf.tobytes()
+
+
+def encode_panoptic_png(ids: np.ndarray) -> bytes:
+    return encode_rgb_png(id_to_rgb(ids))
 
 
 def write_panoptic_png(uri: str, ids: np.ndarray) -> None:

@@ -2,7 +2,9 @@
 
 A thin callable class in the style of Ray Data batch inference (``map_batches(
 SegmentationHost, fn_constructor_kwargs=…, concurrency=…, num_gpus=…)``); it knows nothing
-about Ray. Three backends:
+about Ray. Two backends (and, with the same interface, predictions made elsewhere:
+:class:`~operators.segmentation.precomputed.PrecomputedSegmenter`; :func:`open_segmenter`
+builds either):
 
 * ``builtin`` — :class:`~operators.segmentation.model.PanopticNet` with the weights shipped in
   ``operators/segmentation/weights/`` (or any weights URI from ``tubeflow train``);
@@ -13,20 +15,14 @@ about Ray. Three backends:
   finished panoptic map (``panoptic``/``segments``) — detected from its outputs or named
   (``contract=``), checked on every batch so a broken model fails with its name and the input,
   not deep in post-processing. Its input spec and classes come from the JSON files beside it
-  (default: RGB in [0, 1] padded to multiples of 32; the 19 Cityscapes classes);
-* ``precomputed`` — COCO-panoptic predictions in the Cityscapes-VPS submission layout
-  (``pred.json`` + ``pan_pred/``), looked up by image id. They carry no embeddings: their
-  ``embeddings`` have zero columns.
+  (default: RGB in [0, 1] padded to multiples of 32; the 19 Cityscapes classes).
 
-Batches are either a list of ``(H, W, 3) uint8`` frames (→ list of
-:class:`~operators.segmentation.postprocess.FrameSegments`) or a Ray-style dict of numpy
-columns with ``rgb`` ``(B, H, W, 3) uint8`` (and ``image_id`` for ``precomputed``) → the same
-dict plus ``panoptic_ids``, ``segments_json``, ``embeddings``, ``model_sha256``, ``error``.
-In dict form a bad frame gets an ``error`` message and empty outputs, and the batch goes on.
+``segment(frames, image_ids)`` maps a list of ``(H, W, 3) uint8`` frames to a list of
+:class:`~operators.segmentation.postprocess.FrameSegments`; the Ray wrapper is the label
+pipeline's (``pipelines/label_stages.py``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -36,8 +32,7 @@ import torch
 from operators.errors import FormatMismatchError, InputError
 from operators.formats.categories import (CITYSCAPES_CATEGORIES, CITYSCAPES_THING_GROUPS, CITYSCAPES_THING_IDS,
                                           Category, default_colour)
-from operators.formats.panoptic import PanopticFrame, SegmentInfo
-from operators.formats.vps_layout import read_predictions, VpsImage
+from operators.formats.panoptic import PanopticFrame
 from operators.device import Placement, select_placement
 from operators.segmentation.contracts import CONTRACTS, ModelSpec, contract_outputs, read_model_spec
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
@@ -45,13 +40,15 @@ from operators.segmentation.mask_classification import (MaskClassificationConfig
                                                         validate_mask_outputs)
 from operators.segmentation.panoptic_map import check_stride, frame_segments, maps_from_outputs
 from operators.segmentation.model import SIZE_DIVISOR
+from operators.segmentation.precomputed import PrecomputedSegmenter
 from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig, average_with_mirror,
                                                 average_with_shifted, mask_pool, panoptic_postprocess,
                                                 translate_images, upsample_outputs)
 from operators.segmentation.refine import refine_semantic
 
 BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
-BACKENDS = ("builtin", "artifact", "precomputed")
+BACKENDS = ("builtin", "artifact")
+"""The networks a host runs; ``precomputed`` predictions are served by :class:`PrecomputedSegmenter`."""
 
 
 def default_batch_size(placement: Placement) -> int:
@@ -67,15 +64,14 @@ def builtin_default(backend: str, asked: bool | None) -> bool:
     half-cell shift test-time augmentation, guided refinement of the semantic map): as
     ``asked``, and when not told (None) for the built-in network (its shipped PQ is measured
     with them), not for a user's artifact (whose cost we would multiply, and whose outputs we
-    would alter, unasked) nor for precomputed predictions."""
+    would alter, unasked)."""
     return backend == "builtin" if asked is None else bool(asked)
 
 
 class SegmentationHost:
-    """``SegmentationHost(backend, model_uri, …)(batch)`` → per-frame panoptic segments + embeddings.
+    """``SegmentationHost(backend, model_uri, …).segment(frames)`` → per-frame panoptic segments + embeddings.
 
-    ``model_uri``: weights (builtin; default the shipped file), artifact URI, or predictions
-    directory (precomputed). ``categories``: the model's classes, class index i = entry i
+    ``model_uri``: weights (builtin; default the shipped file) or the artifact's URI. ``categories``: the model's classes, class index i = entry i
     (default: an artifact's categories JSON, else the 19 Cityscapes classes, things 11–18; the
     built-in network's from its weights). ``contract``: an artifact's output contract (None:
     detected from its first outputs, then held to); ``mask_classification``: the thresholds of
@@ -127,12 +123,6 @@ class SegmentationHost:
             self.spec = ModelSpec(self.spec.input, tuple(categories))
         self.contract = contract if backend == "artifact" else "panoptic-deeplab"
         self._set_classes()
-        self._predictions = None
-        if backend == "precomputed":
-            self._predictions = read_predictions(self.model_uri)
-            self.model_sha256 = f"precomputed:{self.model_uri}"
-            self.thing_groups = ()  # the predictions are already panoptic
-            return
         if backend == "builtin":
             if not Path(self.model_uri).exists() and "://" not in self.model_uri:
                 raise InputError(self.model_uri, "built-in weights not found; train them with `tubeflow train`")
@@ -187,20 +177,11 @@ class SegmentationHost:
 
     # ---- public API ---------------------------------------------------------------------
 
-    def __call__(self, batch):
-        if isinstance(batch, dict):
-            return self._call_columns(batch)
-        return self.segment(list(batch))
-
     def segment(self, frames: list[np.ndarray], image_ids: Sequence[object] | None = None) -> list[FrameSegments]:
         """Segment frames ``(H, W, 3) uint8``; raises an :class:`InputError` naming a bad frame."""
         names = [str(i) for i in image_ids] if image_ids is not None else [f"frame {i}" for i in range(len(frames))]
         for frame, name in zip(frames, names):
             self._check_frame(frame, name)
-        if self.backend == "precomputed":
-            if image_ids is None:
-                raise InputError(self.model_uri, "the precomputed backend needs the image ids of the frames")
-            return [self._precomputed(frame, image_id) for frame, image_id in zip(frames, image_ids)]
         results: list[FrameSegments | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, frame in enumerate(frames):
@@ -217,8 +198,6 @@ class SegmentationHost:
     def embed_segments(self, frames: list[np.ndarray], panoptic: list[PanopticFrame]) -> list[np.ndarray]:
         """The network's MaskPool embeddings of *given* segments (e.g. another segmenter's, or
         GT): per frame ``(N, D) float32``, row i for ``panoptic[i].segments[i]``."""
-        if self.backend == "precomputed":
-            raise InputError(self.model_uri, "the precomputed backend has no network to embed segments with")
         out = []
         for index, (frame, target) in enumerate(zip(frames, panoptic)):
             self._check_frame(frame, f"frame {index}")
@@ -336,52 +315,12 @@ class SegmentationHost:
                     segment.category_id = self.spec.category_ids[segment.category_id]
         return results
 
-    def _precomputed(self, frame: np.ndarray, image_id: object) -> FrameSegments:
-        image = VpsImage(image_id, "", frame.shape[1], frame.shape[0], "", 0)
-        predicted = self._predictions.read_frame(image, range(self.num_classes))
-        segments = [SegmentInfo(s.id, s.category_id, s.area, s.bbox, s.iscrowd, 1.0 if s.score is None else s.score)
-                    for s in predicted.segments]
-        return FrameSegments(predicted.ids.astype(np.int32), segments, np.zeros((len(segments), 0), np.float32))
 
-    def _call_columns(self, batch: dict) -> dict:
-        """Ray Data form: columns in, the same columns plus the results out (see module doc)."""
-        if "rgb" not in batch:
-            raise InputError(f"model {self.model_uri}", f"batch has no 'rgb' column (columns: {sorted(batch)})")
-        frames = list(batch["rgb"])
-        ids = list(batch["image_id"]) if "image_id" in batch else list(range(len(frames)))
-        results: list[FrameSegments | None] = [None] * len(frames)
-        errors = [""] * len(frames)
-        good = []
-        for i, (frame, image_id) in enumerate(zip(frames, ids)):
-            try:
-                self._check_frame(frame, str(image_id))
-                good.append(i)
-            except InputError as exc:
-                errors[i] = str(exc)
-        if self.backend == "precomputed":
-            for i in good:
-                try:
-                    results[i] = self._precomputed(frames[i], ids[i])
-                except InputError as exc:
-                    errors[i] = str(exc)
-        else:
-            for i, result in zip(good, self.segment([frames[i] for i in good], [ids[i] for i in good])):
-                results[i] = result
-        out = dict(batch)
-        empty = FrameSegments(np.zeros((0, 0), np.int32), [], np.zeros((0, 0), np.float32))
-        done = [r or empty for r in results]
-        out["panoptic_ids"] = _column([r.ids for r in done])
-        out["segments_json"] = np.array([json.dumps([s.to_json() for s in r.segments]) for r in done], dtype=object)
-        out["embeddings"] = _column([r.embeddings for r in done], stack=False)
-        out["model_sha256"] = np.array([self.model_sha256] * len(done), dtype=object)
-        out["error"] = np.array(errors, dtype=object)
-        return out
-
-
-def _column(arrays: list[np.ndarray], stack: bool = True) -> np.ndarray:
-    """One numpy column: stacked when all arrays share a shape, else an object array."""
-    if stack and arrays and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays)
-    column = np.empty(len(arrays), dtype=object)
-    column[:] = arrays
-    return column
+def open_segmenter(backend: str, model_uri: str | None = None, **options) -> "SegmentationHost | PrecomputedSegmenter":
+    """The segmenter a pipeline names: a network host (``builtin``, ``artifact``) with its
+    options, or ``precomputed`` predictions in the submission layout at ``model_uri``."""
+    if backend == "precomputed":
+        if not model_uri:
+            raise ValueError("precomputed predictions need model_uri (their directory)")
+        return PrecomputedSegmenter(model_uri)
+    return SegmentationHost(backend, model_uri, **options)

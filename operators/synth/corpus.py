@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterator
 
-import cv2
-import numpy as np
 
 from operators import fs
 from operators.formats.categories import CITYSCAPES_CATEGORIES
 from operators.formats.flo import write_flo
-from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png
+from operators.formats.panoptic import PanopticFrame, SegmentInfo, encode_rgb_png, read_panoptic_png
 from operators.formats.vps_layout import VpsImage, write_ground_truth
 from operators.synth.config import SynthConfig
 from operators.synth.render import SynthFrame, generate_video
@@ -36,13 +34,6 @@ def frame_png_name(image_id: str) -> str:
 
 def gt_png_name(image: VpsImage) -> str:
     return f"{image.id}_gtFine_panoptic.png"
-
-
-def encode_rgb_png(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # RGB → OpenCV's BGR
-    if not ok:
-        raise RuntimeError("OpenCV failed to encode a PNG")
-    return buf.tobytes()
 
 
 def _vps_image(cfg: SynthConfig, frame: SynthFrame) -> VpsImage:

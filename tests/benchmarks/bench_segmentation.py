@@ -44,9 +44,9 @@ def test_segmentation_speed(size):
                                                   ("batch 1, flip + shift + refine (default)", 1, True, True, True),
                                                   ("batch 4, flip + shift + refine", 4, True, True, True)):
         host = SegmentationHost("builtin", batch_size=batch_size, flip=flip, shift=shift, refine=refine)
-        host(frames[:batch_size])  # warm-up
+        host.segment(frames[:batch_size])  # warm-up
         started = time.perf_counter()
-        host(frames)
+        host.segment(frames)
         rates[name] = FRAMES / (time.perf_counter() - started)
     images = [torch.from_numpy(f[None]).permute(0, 3, 1, 2).float() / 255 for f in frames]
     with torch.inference_mode():

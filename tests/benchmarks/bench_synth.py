@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 
 from operators.formats.flo import encode_flo
-from operators.formats.panoptic import encode_panoptic_png, segments_from_ids
+from operators.formats.panoptic import encode_panoptic_png, encode_rgb_png, segments_from_ids
 from operators.synth import SynthConfig, render_frame
-from operators.synth.corpus import encode_rgb_png
 from operators.synth.scene import build_scene
 
 
