@@ -22,7 +22,6 @@ from urllib.parse import quote, unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
@@ -269,6 +268,8 @@ def read_segments_table(root_uri: str, video_ids: Iterable[str] | None = None,
         raise CorruptFileError(root_uri, "segments table not found")
     # List the files ourselves: a staging file left by a killed writer must not be read.
     files = sorted(f for f in filesystem.find(path) if f.endswith(".parquet") and "/." not in f[len(path):])
+    import pyarrow.dataset as ds  # here: it imports pandas (seconds), which the per-video readers never need
+
     partitioning = ds.partitioning(pa.schema([SEGMENTS_SCHEMA.field("video_id")]), flavor="hive")
     try:
         dataset = ds.dataset(files, schema=SEGMENTS_SCHEMA, format="parquet", filesystem=filesystem,
