@@ -111,3 +111,25 @@ def test_inconsistent_inputs_are_one_error(tmp_path, args, message, capsys):
     assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_both_layouts_on_object_storage(layouts, tmp_path, s3_bucket):
+    """The streamed split reads a GT JSON and pred.json on S3 (through the local cache) and
+    the workers read table partitions there (moto S3)."""
+    import fsspec
+
+    from pipelines.evaluate import evaluate
+
+    root, _, paths = layouts
+    fsspec.filesystem("s3").put(str(root) + "/", f"{s3_bucket}/data/", recursive=True)
+    json_report = evaluate(f"{s3_bucket}/data/gt.json", f"{s3_bucket}/data/gt", f"{s3_bucket}/data/pred",
+                           f"{s3_bucket}/out_json", allow_missing=True, executor="local", workers=1, progress=False)
+    table_report = evaluate(gt_table=f"{s3_bucket}/data/gt_table", pred_table=f"{s3_bucket}/data/pred_table",
+                            out=f"{s3_bucket}/out_table", allow_missing=True, executor="local", workers=1,
+                            progress=False)
+    assert json_report.video_count == table_report.video_count == 7 and not json_report.failures
+    assert table_report.vpq.vpq == json_report.vpq.vpq and table_report.stq["STQ"] == json_report.stq["STQ"]
+    metrics = json.loads(fsspec.open(f"{s3_bucket}/out_table/metrics.json").open().read())
+    local = evaluate(**paths, out=str(tmp_path / "local"), allow_missing=True, executor="local", workers=1,
+                     progress=False)
+    assert metrics["vpq"] == local.vpq.vpq
