@@ -1,7 +1,8 @@
 """``tubeflow label``: label a video corpus with video panoptic segmentation, on Ray Data.
 
     tubeflow label --input URI --output URI [--address auto] [--segmenter builtin|artifact|precomputed]
-                   [--model URI] [--flow dis|raft] [--gt GT_JSON] [--chunk-frames N] [--png] [--overlay] [--force]
+                   [--model URI] [--contract auto|panoptic-deeplab|mask-classification|panoptic-map]
+                   [--flow dis|raft] [--gt GT_JSON] [--chunk-frames N] [--png] [--overlay] [--force]
 
 ``--input`` is a directory / bucket prefix of videos (mp4, avi, mkv, mov) and frame
 directories, or a manifest (Parquet/CSV: video_id, uri[, gt]). Outputs under ``--output``:
@@ -25,13 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``label`` and ``nightly``."""
-    from pipelines.label_config import DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
+    from pipelines.label_config import CONTRACTS, DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
 
     parser.add_argument("--address", default=None, help="Ray cluster ('auto' inside `ray job submit`, "
                                                         "'ray://host:10001'); default: in-process local Ray")
     parser.add_argument("--segmenter", choices=SEGMENTERS, default="builtin", help="segmentation backend")
     parser.add_argument("--model", default=None, help="weights (builtin; default: shipped), TorchScript/.pt2 "
                                                       "artifact, or predictions dir pred.json+pan_pred (precomputed)")
+    parser.add_argument("--contract", choices=("auto", *CONTRACTS), default="auto",
+                        help="the artifact's output contract (default: detected from its outputs)")
+    parser.add_argument("--object-mask-threshold", type=float, default=0.8,
+                        help="mask classification: keep queries scoring above this (default 0.8)")
+    parser.add_argument("--overlap-threshold", type=float, default=0.8,
+                        help="mask classification: drop a query that wins less than this share of its "
+                             "mask (default 0.8)")
     parser.add_argument("--flow", choices=FLOWS, default="dis", help="optical flow backend (default dis, CPU)")
     parser.add_argument("--flow-preset", default="medium", help="DIS preset: ultrafast, fast, medium")
     parser.add_argument("--flow-checkpoint", default=None, help="RAFT checkpoint (with --flow raft)")
@@ -81,6 +89,9 @@ def config_from_args(args: argparse.Namespace):
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,
                            batch_size=args.batch_size, flip=args.flip, shift=args.shift, refine=args.refine,
+                           contract=None if args.contract == "auto" else args.contract,
+                           object_mask_threshold=args.object_mask_threshold,
+                           overlap_threshold=args.overlap_threshold,
                            write_png=args.png, write_overlay=args.overlay, device=args.device, resources=resources)
     except ValueError as exc:
         from operators.errors import InputError

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from operators import fs
 from operators.errors import InputError
+from operators.formats.categories import check_against_gt
 from operators.ids import IdError, printable, video_key
 from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
@@ -202,8 +203,10 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
         context.enable_progress_bars, context.target_max_block_size = saved
 
 
-def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict):
-    """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet)."""
+def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
+                  categories=None):
+    """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
+    ``categories``: the model's classes (default Cityscapes')."""
     import ray
 
     cpus = plan["cpus"]
@@ -219,7 +222,8 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
                         num_cpus=cpus["flow"])
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"])
-    return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png},
+    return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,
+                                                   "categories": categories},
                           batch_size=1, num_cpus=cpus["sink"], compute=tasks)
 
 
@@ -243,7 +247,10 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
         log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")
     checksums = config.model_checksums()
     config_hash = config.config_hash(checksums)
+    categories = config.model_spec().categories
     settings, gt_frames, gt_names, gt_errors = _gt_index(config, entries)
+    if settings is not None:
+        check_against_gt(categories, settings.categories, config.model or "the built-in model")
     markers = committed_markers(layout)
     todo = [e for e in entries if force or not is_current(markers.get(e.video_id), e.fingerprint.digest, config_hash)]
     results = [VideoResult(e.video_id, "skipped", int(markers[e.video_id].counts.get("frames", 0)))
@@ -259,7 +266,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     with ray_session(address), ray_data_settings(progress):
         if todo:
             plan = stage_plan(config, len(todo))
-            pool = AssociationPool(plan["association_actors"], config.tracker, max_buffered_chunks=1 << 16,
+            pool = AssociationPool(plan["association_actors"], config.tracker_for(categories), max_buffered_chunks=1 << 16,
                                    actor_options={"num_cpus": plan["cpus"]["associate"]})
             rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
                     for e in todo]
@@ -280,7 +287,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                 image_ids = [gt_names.get(video_id, {}).get(i) or config.image_id(video_id, i)
                              for i in range(p.frame_count)]
                 task = VideoTask(video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
-                                 gt_frames.get(video_id, []) if settings else None)
+                                 gt_frames.get(video_id, []) if settings else None, categories)
                 pending[finalize.remote(layout.root, run_id, task, config_hash, checksums, settings,
                                         config.write_png, config.write_overlay)] = video_id
 
@@ -294,7 +301,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
                     bar.update(1)
 
             with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
-                dataset = build_dataset(rows, config, layout.root, run_id, pool, plan)
+                dataset = build_dataset(rows, config, layout.root, run_id, pool, plan, categories)
                 for summary in dataset.iter_rows():
                     first_output = first_output or time.perf_counter() - started
                     video_id = str(summary["video_id"])

@@ -20,6 +20,8 @@ from operators.association import TrackerConfig
 from operators.errors import InputError
 
 SEGMENTERS = ("builtin", "artifact", "precomputed")
+# operators.segmentation.contracts.CONTRACTS, named here so that the CLI's parser needs no torch
+CONTRACTS = ("panoptic-deeplab", "mask-classification", "panoptic-map")
 FLOWS = ("dis", "raft")
 DEFAULT_IMAGE_ID = "{video_id}_{frame_index:06d}"
 
@@ -63,6 +65,10 @@ class LabelConfig:
       default, on for the built-in network; twice the forward passes again).
     * ``refine``: guided refinement of the segmenter's semantic map (None: the host's default,
       on for the built-in network).
+    * ``contract``: an artifact's output contract (None: detected from its outputs);
+      ``object_mask_threshold`` / ``overlap_threshold``: the mask-classification inference's
+      (:mod:`operators.segmentation.mask_classification`). The artifact's input spec and
+      categories come from the JSON files beside it (:mod:`operators.segmentation.contracts`).
     """
 
     segmenter: str = "builtin"
@@ -80,6 +86,9 @@ class LabelConfig:
     flip: bool | None = None  # None: the host's default (on for the built-in network)
     shift: bool | None = None  # None: the host's default (on for the built-in network)
     refine: bool | None = None  # None: the host's default (on for the built-in network)
+    contract: str | None = None  # None: detected from the artifact's outputs
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
     write_png: bool = False
     write_overlay: bool = False
     device: str = "auto"
@@ -94,14 +103,39 @@ class LabelConfig:
             raise ValueError("chunk_frames and batch_size must be ≥ 1")
         if self.segmenter != "builtin" and not self.model:
             raise ValueError(f"segmenter {self.segmenter!r} needs --model")
+        if self.contract is not None and (self.contract not in CONTRACTS or self.segmenter != "artifact"):
+            raise ValueError(f"--contract {self.contract!r}: one of {CONTRACTS}, for --segmenter artifact")
+        if not (0 <= self.object_mask_threshold <= 1 and 0 <= self.overlap_threshold <= 1):
+            raise ValueError("--object-mask-threshold and --overlap-threshold must be in [0, 1]")
         if self.gt_json and not self.gt_dir:
             object.__setattr__(self, "gt_dir", fs.join(self.gt_json.rsplit("/", 1)[0], "panoptic"))
 
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
+        from operators.segmentation.mask_classification import MaskClassificationConfig
+
         return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
                 "device": self.device, "flip": self.flip, "shift": self.shift,
-                "refine": self.refine}
+                "refine": self.refine, "contract": self.contract,
+                "mask_classification": MaskClassificationConfig(self.object_mask_threshold, self.overlap_threshold)}
+
+    def model_spec(self):
+        """The segmenter's :class:`~operators.segmentation.contracts.ModelSpec` (input spec and
+        categories): an artifact's from the JSON files beside it, else the defaults."""
+        from operators.segmentation.contracts import ModelSpec, read_model_spec
+
+        return read_model_spec(self.model) if self.segmenter == "artifact" else ModelSpec()
+
+    def tracker_for(self, categories) -> TrackerConfig:
+        """The tracker's settings for a model with ``categories``: its thing classes carry
+        identities (the class gates), unless the tracker config names its own."""
+        from dataclasses import replace
+
+        from operators.formats.categories import thing_ids_of
+
+        if self.tracker.thing_category_ids != TrackerConfig().thing_category_ids:
+            return self.tracker
+        return replace(self.tracker, thing_category_ids=thing_ids_of(categories))
 
     def image_id(self, video_id: str, frame_index: int) -> str:
         return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
@@ -131,10 +165,17 @@ class LabelConfig:
         doc = {"segmenter": self.segmenter, "segmenter_flip": builtin_default(self.segmenter, self.flip),
                "segmenter_shift": builtin_default(self.segmenter, self.shift),
                "segmenter_refine": builtin_default(self.segmenter, self.refine),
+               # what the artifact's outputs mean: its contract, the inference's thresholds, the
+               # input it is given and its classes (the model file's checksum is in "models")
+               "segmenter_contract": self.contract if self.segmenter == "artifact" else None,
+               "segmenter_mask_classification": [self.object_mask_threshold, self.overlap_threshold]
+               if self.segmenter == "artifact" else None,
+               "segmenter_model": self.model_spec().to_json(),
                # the grouping's thresholds: a release that changes their defaults relabels
                "segmenter_postprocess": asdict(PostprocessConfig()) if self.segmenter != "precomputed" else None,
                "flow": self.flow, "flow_options": self.flow_options,
-               "tracker": json.loads(self.tracker.to_json()), "models": model_checksums,
+               "tracker": json.loads(self.tracker_for(self.model_spec().categories).to_json()),
+               "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
                "sinks": {"png": self.write_png, "overlay": self.write_overlay}}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

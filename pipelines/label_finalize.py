@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from operators import fs
 from operators.errors import InputError
 from operators.formats import segments_table
+from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
 from operators.formats.vps_layout import VpsImage
 from operators.metrics.stq import StqStats
@@ -48,6 +49,7 @@ class VideoTask:
     frame_count: int
     image_ids: list[str]
     gt_frames: list[GtFrame] | None = None  # None: no evaluation
+    categories: tuple[Category, ...] = CITYSCAPES_CATEGORIES  # the model's classes (overlay colours)
 
 
 @dataclass
@@ -129,7 +131,7 @@ def _write_overlay(task: VideoTask, staging: str, by_frame: dict, size) -> None:
         for index, rgb in enumerate(source.iter_frames()):
             rows = by_frame.get(index, [])
             ids = segments_table.rows_to_frame(rows).ids if rows else np.zeros(rgb.shape[:2], np.int32)
-            writer.write(render_overlay(rgb, ids))
+            writer.write(render_overlay(rgb, ids, categories=task.categories))
 
 
 def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, model_checksums: dict,

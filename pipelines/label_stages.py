@@ -279,9 +279,10 @@ class AssociateChunks:
 
 
 # ---------------------------------------------------------------------------- sink
-def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
+def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
-    (segments table part, PNGs) and return one summary row per video of the batch."""
+    (segments table part, PNGs) and return one summary row per video of the batch.
+    ``categories``: the model's classes (default Cityscapes'), which say what is a thing."""
     layout = OutputLayout(root)
     by_video: dict[str, list[dict]] = {}
     for row in rows_of(batch):
@@ -309,7 +310,8 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool) -> dict:
             tables = []
             for index, image_id, ids, segments in good:
                 frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
-                tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id))
+                tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
+                                                            *([categories] if categories else [])))
                 if write_png:
                     write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
             nonempty = [t for t in tables if t.num_rows]

@@ -67,7 +67,8 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
                 result.stage_cpu_seconds["flow"] += t3 - t2
                 result.stage_cpu_seconds["associate"] += t4 - t3
                 if segments_out is not None:
-                    rows.append(segments_table.frame_to_batch(out, video_id, index, image_id(video_id, index)))
+                    rows.append(segments_table.frame_to_batch(out, video_id, index, image_id(video_id, index),
+                                                              host.categories))
                     result.stage_cpu_seconds["sink"] += clock() - t4
                 if keep_frames:
                     tracked.append(out)

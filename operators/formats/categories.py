@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from operators.errors import CorruptFileError, FormatMismatchError
 
@@ -130,3 +130,17 @@ def read_categories(uri: str) -> tuple[Category, ...]:
 def categories_to_json(categories: Sequence[Category]) -> list[dict]:
     """The list form :func:`categories_from_json` reads (colours included)."""
     return [c.to_json() for c in categories]
+
+
+def check_against_gt(model: Sequence[Category], gt: Mapping[int, Category] | Sequence[Category],
+                     model_name: str) -> None:
+    """The model's classes must be classes of the GT it is evaluated against, thing or stuff
+    alike (else a metric would meet categories it cannot score). Raises
+    :class:`FormatMismatchError` naming the model and the classes that differ."""
+    by_id = gt if isinstance(gt, Mapping) else {c.id: c for c in gt}
+    missing = [c.id for c in model if c.id not in by_id]
+    differ = [c.id for c in model if c.id in by_id and by_id[c.id].isthing != c.isthing]
+    if missing or differ:
+        parts = ([f"category ids {missing[:10]} are not in the GT's categories"] if missing else []) + \
+                ([f"categories {differ[:10]} are things in one and stuff in the other"] if differ else [])
+        raise FormatMismatchError(model_name, "the model's categories do not fit the GT: " + "; ".join(parts))
