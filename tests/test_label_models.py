@@ -98,7 +98,7 @@ def test_label_takes_every_contract(tmp_path, ray_local):
         labelled = _frames_by_id(str(out / "segments"))
         for video_id, video in frames.items():
             for index, rgb in enumerate(video):
-                (expected,) = host([rgb])
+                (expected,) = host.segment([rgb])
                 rows = labelled.get((video_id, index), [])
                 where = f"{contract} {video_id} frame {index}"
                 _same_partition(rows, expected.ids, {s.id: s.category_id for s in expected.segments}, where)

@@ -93,7 +93,7 @@ def test_torchscript_model_through_the_host_equals_the_reference(tmp_path, names
     path = export(model, tmp_path / "mask2former.pt", torch.rand(1, 3, 64, 96))
     frames = _frames(4, 70, 100, seed=3)
     host = SegmentationHost("artifact", path, batch_size=3)
-    results = host(list(frames))
+    results = host.segment(list(frames))
     assert host.contract == "mask-classification"
     with torch.no_grad():
         raw = TinyMaskFormer(seed=1, names="detr").eval()(padded_input(frames))
@@ -105,7 +105,7 @@ def test_embedding_output_gives_maskpool_embeddings(tmp_path):
     path = export(TinyMaskFormer(seed=0, embedding_dim=5), tmp_path / "m.pt", torch.rand(1, 3, 64, 96))
     frames = _frames(2)
     host = SegmentationHost("artifact", path)
-    results = host(list(frames))
+    results = host.segment(list(frames))
     module = torch.jit.load(path)
     with torch.no_grad():
         embedding = module(padded_input(frames))["embedding"]
@@ -125,7 +125,7 @@ def test_finished_map_round_trip(tmp_path):
     one listed segment cropped away with the padding) comes back the same."""
     mask_path = export(TinyMaskFormer(seed=2), tmp_path / "mask.pt", torch.rand(1, 3, 64, 96))
     frames = _frames(2)
-    expected = SegmentationHost("artifact", mask_path)(list(frames))
+    expected = SegmentationHost("artifact", mask_path).segment(list(frames))
     panoptic = torch.zeros((2, 96, 128), dtype=torch.int32)
     rows = torch.zeros((2, 12, 3))
     for b, result in enumerate(expected):
@@ -136,7 +136,7 @@ def test_finished_map_round_trip(tmp_path):
     rows[:, 11] = torch.tensor([77.0, 10.0, 0.5])
     path = export(ReplayPanopticMap(panoptic, rows), tmp_path / "map.pt")
     host = SegmentationHost("artifact", path, batch_size=2)  # the replay answers a batch of both frames
-    again = host(list(frames))
+    again = host.segment(list(frames))
     assert host.contract == "panoptic-map"
     for a, b in zip(expected, again):
         np.testing.assert_array_equal(a.ids, b.ids)
@@ -148,11 +148,11 @@ def test_broken_outputs_name_the_model_file_and_the_frames(tmp_path):
     wrong_classes = export(TinyMaskFormer(classes=7), tmp_path / "seven.pt", torch.rand(1, 3, 64, 96))
     with pytest.raises(FormatMismatchError, match=r"seven.pt on input frame 0 … frame 1 .*'pred_logits' has 8 "
                                                   r"columns; the model's 19 classes need 20"):
-        SegmentationHost("artifact", wrong_classes, batch_size=2)(list(frames))
+        SegmentationHost("artifact", wrong_classes, batch_size=2).segment(list(frames))
     named = export(TinyMaskFormer(), tmp_path / "named.pt", torch.rand(1, 3, 64, 96))
     with pytest.raises(FormatMismatchError, match=r"named.pt on input .*mask-classification contract, but the "
                                                   r"panoptic-map contract was named"):
-        SegmentationHost("artifact", named, contract="panoptic-map")(list(frames))
+        SegmentationHost("artifact", named, contract="panoptic-map").segment(list(frames))
     panoptic = torch.ones((2, 70, 100), dtype=torch.int64)
     panoptic[1, 5, 5] = 9
     rows = torch.tensor([[[1.0, 3.0, 0.9]], [[1.0, 3.0, 0.9]]])
@@ -173,13 +173,13 @@ def test_broken_outputs_name_the_model_file_and_the_frames(tmp_path):
 def test_contract_held_to_after_the_first_batch(tmp_path):
     """An artifact's contract is detected once; a later batch in another contract is an error."""
     host = SegmentationHost("artifact", export(TinyMaskFormer(), tmp_path / "m.pt", torch.rand(1, 3, 64, 96)))
-    host(list(_frames(1)))
+    host.segment(list(_frames(1)))
     assert host.contract == "mask-classification"
     host.model = lambda images: {"panoptic": torch.ones(images.shape[0], *images.shape[2:], dtype=torch.long),
                                  "segments": torch.ones(images.shape[0], 1, 3)}
     with pytest.raises(FormatMismatchError, match="m.pt on input frame 0 .*panoptic-map contract, but the "
                                                   "mask-classification contract was named"):
-        host(list(_frames(1)))
+        host.segment(list(_frames(1)))
 
 
 def test_input_spec_beside_the_artifact(tmp_path):
@@ -204,7 +204,7 @@ def test_input_spec_beside_the_artifact(tmp_path):
 
     path = export(Echo(), tmp_path / "echo.pt")
     (tmp_path / "echo.pt.input.json").write_text(json.dumps(spec))
-    (result,) = SegmentationHost("artifact", path)(list(frames[:1]))
+    (result,) = SegmentationHost("artifact", path).segment(list(frames[:1]))
     assert result.segments[0].score == pytest.approx(float(images[:1].mean()), rel=1e-5)
     (tmp_path / "echo.pt.input.json").write_text(json.dumps({"channel_order": "BRG"}))
     with pytest.raises(FormatMismatchError, match=r"echo.pt.input.json: invalid input spec: channel_order"):
@@ -221,7 +221,7 @@ def test_categories_beside_the_artifact(tmp_path):
     host = SegmentationHost("artifact", path)
     assert [c.id for c in host.categories] == [7, 24, 33] and host.thing_ids == (1,)
     frames = _frames(2)
-    results = host(list(frames))
+    results = host.segment(list(frames))
     with torch.no_grad():
         raw = model.eval()(padded_input(frames))
     for b, result in enumerate(results):

@@ -25,6 +25,7 @@ class PrecomputedSegmenter:
         self.model_uri = model_uri
         self.model_sha256 = f"precomputed:{model_uri}"
         self.num_classes = num_classes or len(CITYSCAPES_CATEGORIES)
+        self.categories = CITYSCAPES_CATEGORIES  # the classes of the submission layout
         self._predictions = read_predictions(model_uri)
 
     def segment(self, frames: list[np.ndarray], image_ids: Sequence[object] | None = None) -> list[FrameSegments]:
