@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(module.run(args) or 0)
-    except TubeflowError as exc:
+    except TubeflowError as exc:  # one line; the exit code says which kind (operators/errors.py)
         print(f"tubeflow {name}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"tubeflow {name}: interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,25 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def tracker_config_from_option(value: str, option: str):
+    """A TrackerConfig from an option's JSON text or file; one InputError naming the file (or
+    the option) and the problem for a missing file, bad JSON, an unknown field, a wrong type or
+    a value out of range."""
+    from operators import fs
+    from operators.association import TrackerConfig
+    from operators.errors import InputError
+
+    inline = value.lstrip().startswith("{")
+    where = option if inline else value
+    try:
+        text = value if inline else fs.read_input(value).decode("utf-8")
+        return TrackerConfig.from_json(text)
+    except InputError as exc:
+        raise InputError(f"{option} {exc.where}", exc.problem) from None
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InputError(where, f"invalid tracker config: {exc}") from None
+
+
 def config_from_args(args: argparse.Namespace):
     from operators import fs
     from operators.association import TrackerConfig
@@ -79,8 +98,7 @@ def config_from_args(args: argparse.Namespace):
 
     tracker = TrackerConfig()
     if args.tracker_config:
-        text = args.tracker_config
-        tracker = TrackerConfig.from_json(text if text.lstrip().startswith("{") else fs.read_bytes(text).decode())
+        tracker = tracker_config_from_option(args.tracker_config, "--tracker-config")
     flow_options = {"checkpoint": args.flow_checkpoint} if args.flow == "raft" else {"preset": args.flow_preset}
     resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
                                association_actors=args.association_actors)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,6 +30,7 @@ from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, validate_frame
 from operators.formats.vps_layout import PredictionWriter, load_json, video_identity
 from operators.video.image_sequence import decode_image
+from pipelines.commit import STAGING_DIR, publish_staged, remove_tree, remove_tree_if_empty
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SEPARATORS = "_.-"
@@ -135,7 +137,9 @@ def track_video(frames: list[PerFrameImage], images: dict[str, str], perframe_di
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TrackerConfig.from_json(args.config) if args.config else TrackerConfig()
+    from jobs.label import tracker_config_from_option
+
+    config = tracker_config_from_option(args.config, "--config") if args.config else TrackerConfig()
     videos, categories = read_perframe(args.perframe_json)
     known = {c.id for c in categories}
     config = _with_things(config, categories)
@@ -143,8 +147,26 @@ def run(args: argparse.Namespace) -> int:
     keep = annotated_image_ids(args.only_annotated) if args.only_annotated else None
     flow = DisFlow(args.flow_preset)
     errors: list[str] = []
+    # everything is written under a staging prefix of this run and moved into --out only when the
+    # whole job went through: a job that fails (or is killed) leaves no partial output behind
+    staging = fs.join(args.out, STAGING_DIR, f"track-{uuid.uuid4().hex[:12]}")
+    try:
+        tracked_count, written = _track_into(staging, videos, images, args, config, flow, known, keep, categories,
+                                             errors)
+        publish_staged(staging, args.out, last=("pred.json",))
+    finally:
+        remove_tree(staging)
+        remove_tree_if_empty(fs.join(args.out, STAGING_DIR))
+    for line in errors:
+        print(f"tubeflow track: error: {line}", file=sys.stderr)
+    print(f"tracked {tracked_count} frames of {len(videos)} videos, wrote {written} into {args.out}"
+          + (f" ({len(errors)} frames skipped)" if errors else ""))
+    return 1 if errors else 0
+
+
+def _track_into(out: str, videos, images, args, config, flow, known, keep, categories, errors) -> tuple[int, int]:
     tracked_count = written = 0
-    with PredictionWriter(args.out) as writer:
+    with PredictionWriter(out) as writer:
         for video_id, frames in videos.items():
             tracker = VideoTracker(video_id, config)
             batches = []
@@ -155,13 +177,9 @@ def run(args: argparse.Namespace) -> int:
                     batches.append(segments_table.frame_to_batch(tracked, video_id, item.frame_index,
                                                                  str(item.image_id), categories))
             if batches:  # one Parquet file per video, written when the video is done
-                segments_table.write_segments_table(fs.join(args.out, SEGMENTS_DIR), batches)
+                segments_table.write_segments_table(fs.join(out, SEGMENTS_DIR), batches)
                 written += len(batches)
-    for line in errors:
-        print(f"tubeflow track: error: {line}", file=sys.stderr)
-    print(f"tracked {tracked_count} frames of {len(videos)} videos, wrote {written} into {args.out}"
-          + (f" ({len(errors)} frames skipped)" if errors else ""))
-    return 1 if errors else 0
+    return tracked_count, written
 
 
 def _with_things(config: TrackerConfig, categories: list[Category]) -> TrackerConfig:

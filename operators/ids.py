@@ -46,6 +46,8 @@ _KEY = re.compile(r"(?:[a-z0-9_-]|%[0-9A-F]{2})+")
 class IdError(TubeflowError):
     """An id that cannot be turned into a path (empty, invalid Unicode, too long)."""
 
+    exit_code = 2
+
     def __init__(self, kind: str, value: object, problem: str):
         self.kind, self.value, self.problem = kind, value, problem
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:60] + f"…' ({len(str(value))} characters)"

@@ -213,13 +213,28 @@ def commit_video(layout: OutputLayout, video_id: str, staging_uri: str, marker: 
     return marker
 
 
+def remove_tree_if_empty(uri: str) -> None:
+    """Delete a local directory when it is empty (object stores have no empty directories)."""
+    filesystem, path = fs.fresh(uri)
+    if fs._is_local(filesystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def remove_run_staging(layout: OutputLayout, run_id: str) -> None:
     """Delete what run ``run_id`` staged (and ``_staging/`` itself when no other run left anything)."""
     remove_tree(layout.run_staging(run_id))
-    filesystem, path = fs.fresh(layout.uri(STAGING_DIR))
-    if fs._is_local(filesystem):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)  # only when empty: another run's staging stays
+    remove_tree_if_empty(layout.uri(STAGING_DIR))
+
+
+def publish_staged(staging_uri: str, root: str, last: tuple[str, ...] = ()) -> list[str]:
+    """Move every file staged under ``staging_uri`` to the same relative name under ``root``,
+    the files named in ``last`` (e.g. an index such as ``pred.json``) after all others. For
+    jobs whose whole output is one unit (``track``); labelling commits per video instead."""
+    files = staged_files(staging_uri)
+    for relative in sorted(files, key=lambda r: (r in last, r)):
+        _move(fs.join(staging_uri, relative), fs.join(root, relative))
+    return files
 
 
 def _inside_root(relative: str) -> bool:

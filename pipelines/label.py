@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -32,9 +31,11 @@ from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import OutputLayout, committed_markers, is_current, recover, remove_run_staging, remove_tree
-from pipelines.label_config import LabelConfig
+from pipelines.label_config import LabelConfig, check_models
 from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_video
 from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
+from pipelines.lease import Lease, LeaseLostError, new_run_id
+from pipelines.migrate import check_layout_version
 from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video,
                                     write_frames)
 from pipelines.plan import VideoEntry, discover
@@ -228,8 +229,30 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
 
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
-          progress: bool = True, only_videos: list[str] | None = None, log=print) -> LabelRun:
-    """Label every video of ``input_uri`` into ``output_uri`` (see module doc)."""
+          progress: bool = True, only_videos: list[str] | None = None, log=print,
+          lease: Lease | None = None) -> LabelRun:
+    """Label every video of ``input_uri`` into ``output_uri`` (see module doc).
+
+    The run holds the output root's lease (:mod:`pipelines.lease`) from before it changes
+    anything until it returns; a caller that already holds it (``nightly``) passes ``lease``.
+    Raises :class:`~pipelines.lease.LeaseHeldError` when another live run holds the output.
+    """
+    # the door: everything the command is given is checked here, before the output is touched
+    # and before Ray starts (an InputError from here ends the command with exit code 2)
+    check_models(config)
+    entries = discover(input_uri)
+    if only_videos is not None:
+        entries = [e for e in entries if e.video_id in set(only_videos)]
+    options = {"address": address, "force": force, "progress": progress, "log": log}
+    if lease is not None:
+        return _label_holding(input_uri, entries, output_uri, config, lease=lease, **options)
+    with Lease(output_uri, new_run_id(), command="tubeflow label") as held:
+        return _label_holding(input_uri, entries, output_uri, config, lease=held, **options)
+
+
+def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, config: LabelConfig, *,
+                   address: str | None, force: bool, progress: bool, log, lease: Lease) -> LabelRun:
+    """:func:`label` once the output's lease is held."""
     import ray
     from tqdm import tqdm
 
@@ -237,11 +260,9 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     from pipelines.association_actor import AssociationPool
 
     started = time.perf_counter()
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = lease.run_id
     layout = OutputLayout(str(output_uri).rstrip("/"))
-    entries = discover(input_uri)
-    if only_videos is not None:
-        entries = [e for e in entries if e.video_id in set(only_videos)]
+    check_layout_version(layout)
     undone = recover(layout, run_id)
     if undone:
         log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")
@@ -331,6 +352,9 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
             for actor in pool.actors:
                 ray.kill(actor)
             remove_run_staging(layout, run_id)  # rows of failed videos that came late
+    if lease.lost:
+        raise LeaseLostError(lease.lost)
+    lease.check_holder()  # publishing below must cover only what this holder committed
     report = None
     if settings is not None:
         report = aggregate_metrics(layout, settings, [e.video_id for e in entries])

@@ -186,6 +186,30 @@ class LabelConfig:
         return doc
 
 
+def check_models(config: LabelConfig) -> None:
+    """Load what the run's models are made of once, in the driver, before anything starts: a
+    garbage ``--model`` (or RAFT checkpoint) is one :class:`InputError` naming the file, not a
+    traceback from every model actor after Ray started."""
+    if config.segmenter == "precomputed":
+        from operators.formats.vps_layout import read_predictions
+
+        read_predictions(config.model)
+    elif config.segmenter == "artifact":
+        from operators.segmentation.loading import load_artifact
+
+        load_artifact(config.model)
+    elif config.model:
+        from operators.segmentation.loading import load_builtin
+
+        load_builtin(config.model)
+    if config.flow == "raft":
+        checkpoint = config.flow_options.get("checkpoint")
+        if checkpoint:
+            from operators.flow.raft import load_raft_checkpoint
+
+            load_raft_checkpoint(str(checkpoint))
+
+
 def _sha256_of(uri: str) -> str:
     try:
         return hashlib.sha256(fs.read_bytes(uri)).hexdigest()

@@ -26,6 +26,7 @@ from operators.metrics.video import EvaluationSettings, FrameInputs, VideoEvalua
 from operators.metrics.vpq import VpqStats
 from operators.video import VideoWriter, open_video
 from operators.ids import png_name, video_key
+from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
 from pipelines.overlay import render_overlay
 
@@ -171,7 +172,8 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         counts = {"frames": task.frame_count, "segments": len(rows),
                   "tracks": len({r.track_id for r in rows if r.isthing and not r.iscrowd})}
         commit_video(layout, task.video_id, staging, CommitMarker(task.video_id, task.fingerprint, config_hash,
-                                                                  model_checksums, counts, [], run_id))
+                                                                  model_checksums, counts, [], run_id),
+                     guard=lambda: check_holder(root, run_id))  # fencing: never commit for a lost lease
         return VideoResult(task.video_id, "ok", counts["frames"], counts["segments"], counts["tracks"],
                            metrics=metrics)
     except Exception as exc:

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from operators import fs
 from operators.errors import FormatMismatchError, InputError
-from operators.video import IMAGE_EXTENSIONS, is_log, list_videos, open_video, split_stream_uri, \
-    stream_uri
+from operators.video import CONTAINER_EXTENSIONS, IMAGE_EXTENSIONS, LOG_EXTENSIONS, is_log, list_videos, open_video, \
+    split_stream_uri, stream_uri
 from operators.video.catalog import log_refs
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv")
@@ -179,11 +179,28 @@ def discover(input_uri: str) -> list[VideoEntry]:
         entries = read_manifest(input_uri)
     else:
         entries = [VideoEntry(ref.video_id, ref.uri, fingerprint(ref.uri)) for ref in list_videos(input_uri)]
+    if not entries:
+        raise InputError(input_uri, _nothing_to_label(input_uri))
     ids = [e.video_id for e in entries]
     if len(set(ids)) != len(ids):
         dup = sorted({v for v in ids if ids.count(v) > 1})
         raise FormatMismatchError(input_uri, f"two videos share the id(s) {dup} (e.g. a.mp4 and a.mkv)")
     return sorted(entries, key=lambda e: e.video_id)
+
+
+def _nothing_to_label(input_uri: str) -> str:
+    """What an input without any video holds, for the error that says so."""
+    if is_manifest(input_uri):
+        return "the manifest lists no video"
+    filesystem, path = fs.fresh(input_uri)
+    found = sorted(f[len(path.rstrip("/")):].lstrip("/") for f in filesystem.find(path))
+    kinds = sorted({("." + f.rsplit(".", 1)[-1].lower()) if "." in f.rsplit("/", 1)[-1] else "(no extension)"
+                    for f in found})
+    what = (f"{len(found)} file(s) tubeflow does not read ({', '.join(kinds[:6])}; e.g. {found[0]!r})"
+            if found else "nothing (an empty directory)")
+    return (f"holds no video: found {what}; tubeflow reads {'/'.join(CONTAINER_EXTENSIONS)} files, "
+            f"{'/'.join(LOG_EXTENSIONS)} logs, directories of {'/'.join(IMAGE_EXTENSIONS)} frames, or a .parquet/.csv "
+            "manifest")
 
 
 def chunk_ranges(frame_count: int, chunk_frames: int) -> list[tuple[int, int]]:

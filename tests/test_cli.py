@@ -31,14 +31,14 @@ def test_every_registered_command_module_has_the_command_interface():
         assert callable(module.add_arguments) and callable(module.run), name
 
 
-def test_tubeflow_error_is_printed_as_one_line_with_exit_code_1(monkeypatch, capsys):
+def test_input_error_ending_a_command_is_one_line_with_exit_code_2(monkeypatch, capsys):
     def failing_run(args):
         raise InputError("/data/video.mp4", "truncated container")
 
     fake = types.SimpleNamespace(add_arguments=lambda parser: None, run=failing_run)
     monkeypatch.setitem(cli.COMMANDS, "fake", ("fake_module", "a command that fails"))
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: fake)
-    assert cli.main(["fake"]) == 1
+    assert cli.main(["fake"]) == 2  # the command cannot run on its input as given
     err = capsys.readouterr().err
     assert err.strip() == "tubeflow fake: error: /data/video.mp4: truncated container"
     assert "Traceback" not in err

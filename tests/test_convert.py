@@ -77,5 +77,5 @@ def test_a_frame_without_segments_is_refused_by_name(tmp_path):
 @pytest.mark.parametrize("args", [["--to-table", "t"], ["--gt-json", "g", "--to-table", "t"],
                                   ["--table", "t"], ["--table", "t", "--to-gt-json", "g"], []])
 def test_incomplete_arguments_are_one_error(args, capsys):
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert "tubeflow convert: error:" in capsys.readouterr().err

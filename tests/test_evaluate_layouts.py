@@ -108,7 +108,7 @@ def test_table_inputs_report_bad_videos_by_partition(layouts, tmp_path, capsys):
     (["--gt-table", "T", "--pred-table", "P", "--executor", "local", "--address", "auto"], "leave out --executor local"),
 ])
 def test_inconsistent_inputs_are_one_error(tmp_path, args, message, capsys):
-    assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

@@ -105,7 +105,7 @@ def _check_output(out: str, run, hostile: list[str], frames: int = 2) -> None:
     filesystem, root = fs.fresh(out)
     names = [f[len(root.rstrip("/")) + 1:] for f in filesystem.find(root)]
     fixed = {"segments", "pan_pred", "annotations", "overlays", "_commits", "runs", "pred.json", "run_manifest.json",
-             "failures.parquet"}
+             "failures.parquet", "_layout.json", "_lease.json", "_lease.lock"}
     for name in names:
         top, *rest = name.split("/")
         assert top in fixed, name

@@ -194,7 +194,7 @@ def test_cli_names_a_missing_input(tmp_path, capsys):
 
     code = cli.main(["label", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"),
                      "--no-progress"])
-    assert code == 1 and "nothing" in capsys.readouterr().err
+    assert code == 2 and "nothing" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # starts a second Ray in its own process

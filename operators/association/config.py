@@ -7,6 +7,7 @@ table is measured on another corpus (seed 7), by ``tests/test_association_qualit
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from operators.formats.categories import CITYSCAPES_THING_IDS
@@ -105,6 +106,13 @@ class TrackerConfig:
             raise ValueError("pixel_weight and instance_weight must be ≥ 0 and not both 0")
         if self.max_lost_frames < 0:
             raise ValueError("max_lost_frames must be ≥ 0")
+        # thresholds above 1 are allowed: they switch a stage off (e.g. reid_threshold=1.01)
+        for name in ("thing_score_threshold", "min_affinity", "reid_threshold", "carry_lost_frames",
+                     "appearance_full_area", "reid_position_sigma", "reid_min_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.motion_history < 1 or self.colour_sample_pixels < 1 or self.first_track_id < 1:
+            raise ValueError("motion_history, colour_sample_pixels and first_track_id must be ≥ 1")
         if min(self.appearance_prior_std, self.appearance_obs_std) <= 0 or self.appearance_process_std < 0:
             raise ValueError("appearance standard deviations must be positive")
         if self.thing_category_ids and max(self.thing_category_ids) + 1 >= self.first_track_id:
@@ -119,9 +127,37 @@ class TrackerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrackerConfig":
-        record = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(record) - known)
+        """A config from JSON text; raises ``ValueError`` naming the first field that is unknown,
+        of the wrong type or out of range (the CLI turns it into one line naming the file)."""
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object of TrackerConfig fields, got {type(record).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(record) - set(known))
         if unknown:
-            raise ValueError(f"unknown TrackerConfig fields {unknown}")
+            raise ValueError(f"unknown TrackerConfig fields {unknown}; known: {sorted(known)}")
+        for name, value in record.items():
+            _check_type(name, str(known[name].type), value)
         return cls(**record)
+
+
+def _check_type(name: str, annotation: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` (from JSON) fits the field's annotation."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def int_tuple(v):
+        return isinstance(v, (list, tuple)) and all(is_int(x) for x in v)
+
+    checks = {"float": (lambda v: (is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"),
+              "int": (is_int, "an integer"), "str": (lambda v: isinstance(v, str), "a string"),
+              "bool": (lambda v: isinstance(v, bool), "true or false"),
+              "tuple[int, ...]": (int_tuple, "a list of integers"),
+              "tuple[tuple[int, ...], ...]": (lambda v: isinstance(v, (list, tuple)) and all(int_tuple(g) for g in v),
+                                              "a list of lists of integers")}
+    check, wanted = checks.get(annotation, (lambda v: True, ""))
+    if not check(value):
+        raise ValueError(f"field {name!r} must be {wanted}, got {json.dumps(value)}")
