@@ -8,19 +8,64 @@ store and sends the actor its reference, wrapped in a list so Ray does not resol
 way in; the actor holds the reference while the chunk is early and calls ``ray.get`` only when
 its turn comes. So no pixels pass through the driver, and none wait in the actor's memory.
 
-With ``checkpoint_dir`` set, every video's state is written there (atomically) after each
-chunk it consumed; an actor that was lost and restarted finds the file and resumes the video
-from the next chunk instead of restarting it.
+Faults. The actors restart when their process is lost (``max_restarts``) and Ray sends the
+calls that were in flight again (``max_task_retries``). With ``checkpoint_dir`` set, every
+video's state is saved into the output store after each push that consumed chunks, as
+``<checkpoint_dir>/<video key>/<first frame it expects>.npz`` (:class:`CheckpointStore`): state
+*at a chunk boundary*, so a pass that lost the actor's memory (its held chunks, the frames of a
+call whose answer never arrived) resumes the video from a boundary whose frames were all
+written (``resume_from``), on any node, instead of starting over. The tracker is deterministic,
+so a resumed video has exactly the ids of an uninterrupted one.
 """
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import ray
 
 from operators import fs
-from operators.ids import video_key
 from operators.association import TrackChunk, TrackedFrame, TrackerConfig, VideoOperator
+from operators.ids import video_key
+from pipelines.commit import remove_tree
+from pipelines.label_faults import MAX_TASK_RETRIES
+
+CHECKPOINTS_DIR = "association"
+"""The run's association checkpoints: ``_staging/<run>/association/`` (beside the videos' staging)."""
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """Association checkpoints under a prefix of the output store: one file per (video, chunk
+    boundary), ``<prefix>/<video key>/<boundary:08d>.npz``, where *boundary* is the first frame
+    the saved state expects. Every listing is fresh (no cached directory listing)."""
+
+    prefix: str
+
+    def video_prefix(self, video_id: str) -> str:
+        return fs.join(self.prefix, video_key(video_id))
+
+    def uri(self, video_id: str, boundary: int) -> str:
+        return fs.join(self.video_prefix(video_id), f"{int(boundary):08d}.npz")
+
+    def boundaries(self, video_id: str) -> list[int]:
+        """The boundaries of ``video_id`` that have a checkpoint, ascending."""
+        filesystem, path = fs.fresh(self.video_prefix(video_id))
+        try:
+            names = filesystem.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        stems = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return sorted(int(n[:-4]) for n in stems if n.endswith(".npz") and n[:-4].isdigit())
+
+    def save(self, video_id: str, op: VideoOperator) -> None:
+        fs.write_bytes(self.uri(video_id, op.next_start), op.checkpoint())
+
+    def load(self, video_id: str, boundary: int) -> VideoOperator:
+        return VideoOperator.restore(fs.read_bytes(self.uri(video_id, boundary)), resolve=_get_first)
+
+    def discard(self, video_id: str) -> None:
+        remove_tree(self.video_prefix(video_id))
 
 
 def actor_index(video_id: str, n_actors: int) -> int:
@@ -43,16 +88,15 @@ class AssociationActor:
                  checkpoint_dir: str | None = None):
         self.config = TrackerConfig.from_json(config_json) if config_json else TrackerConfig()
         self.max_buffered_chunks = max_buffered_chunks
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoints = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
         self.videos: dict[str, VideoOperator] = {}
 
-    def _checkpoint_uri(self, video_id: str) -> str:
-        return fs.join(self.checkpoint_dir, f"{video_key(video_id)}.association.npz")
-
-    def _operator(self, video_id: str) -> VideoOperator:
+    def _operator(self, video_id: str, resume_from: int) -> VideoOperator:
         if video_id not in self.videos:
-            if self.checkpoint_dir and fs.exists(self._checkpoint_uri(video_id)):
-                op = VideoOperator.restore(fs.read_bytes(self._checkpoint_uri(video_id)), resolve=_get_first)
+            if resume_from:  # a video resumed by a later pass: its state at that boundary
+                if self.checkpoints is None:
+                    raise ValueError(f"video {video_id}: resuming at frame {resume_from} needs checkpoints")
+                op = self.checkpoints.load(video_id, resume_from)
                 op.max_buffered_chunks = self.max_buffered_chunks
             else:
                 op = VideoOperator(video_id, self.config, max_buffered_chunks=self.max_buffered_chunks,
@@ -60,16 +104,19 @@ class AssociationActor:
             self.videos[video_id] = op
         return self.videos[video_id]
 
-    def push(self, video_id: str, start: int, stop: int, chunk_ref: list) -> list[TrackedFrame]:
+    def push(self, video_id: str, start: int, stop: int, chunk_ref: list, resume_from: int = 0) -> list[TrackedFrame]:
         """Offer chunk ``[start, stop)`` of ``video_id``; ``chunk_ref`` is ``[ObjectRef of a TrackChunk]``.
-        Returns the frames that became trackable (possibly of earlier held chunks), in order."""
-        op = self._operator(video_id)
-        if start < op.next_start:  # resent after a restore: already consumed before the checkpoint
+        Returns the frames that became trackable (possibly of earlier held chunks), in order.
+        ``resume_from``: the video's first chunk in this pass starts there, from its checkpoint."""
+        op = self._operator(video_id, resume_from)
+        if start < op.next_start:  # sent again after its frames were tracked: nothing new
             return []
+        if start in op.held_starts:  # sent again while held (its sender was retried): keep the newer reference
+            op.release(start)
         before = op.next_start
         out = op.push(start, stop, chunk_ref)
-        if self.checkpoint_dir and op.next_start != before:
-            fs.write_bytes(self._checkpoint_uri(video_id), op.checkpoint())
+        if self.checkpoints is not None and op.next_start != before:
+            self.checkpoints.save(video_id, op)  # before the frames leave: a boundary is never ahead of them
         return out
 
     def checkpoint(self, video_id: str) -> bytes:
@@ -92,20 +139,23 @@ class AssociationPool:
     """``n_actors`` association actors and the routing of videos to them.
 
     ``submit`` takes the ``ObjectRef`` of a :class:`TrackChunk` (not the chunk) and returns the
-    ``ObjectRef`` of the actor's answer (a list of :class:`TrackedFrame`).
+    ``ObjectRef`` of the actor's answer (a list of :class:`TrackedFrame`). The actors restart
+    when their process dies and the calls in flight are sent again (see the module doc).
     """
 
     def __init__(self, n_actors: int, config: TrackerConfig | None = None, max_buffered_chunks: int = 8,
                  checkpoint_dir: str | None = None, actor_options: dict | None = None):
         config_json = (config or TrackerConfig()).to_json()
-        self.actors = [AssociationActor.options(**(actor_options or {})).remote(
-            config_json, max_buffered_chunks, checkpoint_dir) for _ in range(n_actors)]
+        options = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES, **(actor_options or {})}
+        self.actors = [AssociationActor.options(**options).remote(config_json, max_buffered_chunks, checkpoint_dir)
+                       for _ in range(n_actors)]
 
     def actor_for(self, video_id: str):
         return self.actors[actor_index(video_id, len(self.actors))]
 
-    def submit(self, video_id: str, start: int, stop: int, chunk_ref: ray.ObjectRef) -> ray.ObjectRef:
-        return self.actor_for(video_id).push.remote(video_id, start, stop, [chunk_ref])
+    def submit(self, video_id: str, start: int, stop: int, chunk_ref: ray.ObjectRef,
+               resume_from: int = 0) -> ray.ObjectRef:
+        return self.actor_for(video_id).push.remote(video_id, start, stop, [chunk_ref], resume_from)
 
     def finish(self, video_id: str) -> ray.ObjectRef:
         return self.actor_for(video_id).finish.remote(video_id)

@@ -250,19 +250,8 @@ def recover(layout: OutputLayout, run_id: str | None = None) -> list[str]:
     no other run is alive: the staging of every run but ``run_id`` is then a dead run's."""
     undone = []
     for video_id, suffix in _commit_records(layout):
-        if suffix != PENDING_SUFFIX:
-            continue
-        pending = layout.pending_uri(video_id)
-        if read_marker(layout, video_id) is None:  # killed between steps 2 and 5
-            try:
-                listed = json.loads(fs.read_bytes(pending)).get("files", [])
-            except (FileNotFoundError, ValueError):
-                listed = []
-            for relative in listed:
-                if isinstance(relative, str) and _inside_root(relative):
-                    _remove(layout.uri(relative))
+        if suffix == PENDING_SUFFIX and undo_commit(layout, video_id):
             undone.append(video_id)
-        _remove(pending)
     filesystem, path = fs.fresh(layout.uri(STAGING_DIR))
     if run_id is None:
         remove_tree(layout.uri(STAGING_DIR))
@@ -270,4 +259,25 @@ def recover(layout: OutputLayout, run_id: str | None = None) -> list[str]:
         for name in filesystem.ls(path, detail=False):
             if name.rstrip("/").rsplit("/", 1)[-1] != run_id:
                 remove_tree(layout.uri(f"{STAGING_DIR}/{name.rstrip('/').rsplit('/', 1)[-1]}"))
+    return undone
+
+
+def undo_commit(layout: OutputLayout, video_id: str) -> bool:
+    """Finish what a commit of ``video_id`` killed midway left: with no marker standing, delete
+    every file its intent record names (returns True); then drop the intent. Also used by a run
+    whose commit task died while the run goes on (nothing else writes that video meanwhile)."""
+    pending = layout.pending_uri(video_id)
+    undone = False
+    if read_marker(layout, video_id) is None:  # killed between steps 2 and 5
+        try:
+            listed = json.loads(fs.read_bytes(pending)).get("files", [])
+        except FileNotFoundError:
+            return False  # no commit was under way
+        except ValueError:
+            listed = []
+        for relative in listed:
+            if isinstance(relative, str) and _inside_root(relative):
+                _remove(layout.uri(relative))
+        undone = True
+    _remove(pending)
     return undone

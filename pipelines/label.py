@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,8 +31,10 @@ from operators.ids import IdError, printable, video_key
 from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
-from pipelines.commit import OutputLayout, committed_markers, is_current, recover, remove_run_staging, remove_tree
+from pipelines.commit import (OutputLayout, committed_markers, is_current, read_marker, recover, remove_run_staging,
+                              remove_tree, undo_commit)
 from pipelines.label_config import LabelConfig, check_models
+from pipelines.label_faults import MAX_PASSES, MAX_TASK_RETRIES, VideoProgress, prepare_retry
 from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_video
 from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.lease import Lease, LeaseLostError, new_run_id
@@ -57,6 +60,9 @@ class LabelRun:
     actor construction (model loading) and the first chunk's trip through every stage."""
     frame_times: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since the start, frames labelled so far) at every row out of the sink."""
+    resumed: list[tuple[str, int]] = field(default_factory=list)
+    """(video, frame) of every video a later pass ran again after it lost a process, and the
+    frame it resumed from (0: started over)."""
 
     @property
     def failed(self) -> list[VideoResult]:
@@ -83,14 +89,22 @@ class LabelRun:
         return (end[1] - begin[1]) / (end[0] - begin[0]) if end[0] > begin[0] else 0.0
 
 
-@dataclass
-class _Progress:
-    """Driver-side accounting of one video from the sink's summary rows."""
+def _finalize_lost(layout: OutputLayout, run_id: str, p: VideoProgress, exc: BaseException) -> VideoResult | None:
+    """The finalize task of a video died (its worker was lost, after or during its commit):
+    the video's result when its commit point was reached, else None after undoing the partial
+    commit and resetting the video to start over in the next pass."""
+    from pipelines.label_stages import describe
 
-    frame_count: int = 0
-    frames_done: int = 0
-    error: str = ""
-    stage: str = ""
+    marker = read_marker(layout, p.video_id)
+    if marker is not None and marker.run_id == run_id:
+        counts = marker.counts
+        return VideoResult(p.video_id, "ok", int(counts.get("frames", 0)), int(counts.get("segments", 0)),
+                           int(counts.get("tracks", 0)))
+    undo_commit(layout, p.video_id)
+    p.frames.clear()  # the commit may have moved staged files away: start the video over
+    p.parts.clear()
+    p.lose(f"finalize: {describe(exc)}", "finalize")
+    return None
 
 
 def evaluation_settings(config: LabelConfig, categories) -> EvaluationSettings:
@@ -140,6 +154,10 @@ def _unusable_ids(video_ids: list[str]) -> dict[str, str]:
 
 
 FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
+# A lost process costs a retry, never the run (Ray Data's defaults are the same but unbounded:
+# a chunk that kills its worker every time would be retried forever).
+TASK_FAULTS = {"max_retries": MAX_TASK_RETRIES}
+ACTOR_FAULTS = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
 
 
 def stage_plan(config: LabelConfig, n_videos: int) -> dict:
@@ -184,7 +202,7 @@ def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
 
     return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
             "compute": ray.data.ActorPoolStrategy(size=plan["segment_actors"]),
-            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0}
+            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0, **ACTOR_FAULTS}
 
 
 @contextlib.contextmanager
@@ -194,38 +212,46 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
     import ray
 
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.target_max_block_size
+    saved = context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks
     # One chunk per block: actor pools receive work by block, so a block holding all of a
-    # video's chunks would go to one model actor while the others wait.
-    context.enable_progress_bars, context.target_max_block_size = progress, 1
+    # video's chunks would go to one model actor while the others wait. A block whose task failed
+    # for good (its worker lost MAX_TASK_RETRIES + 1 times) is dropped, not the run: its video
+    # comes back incomplete and the next pass retries it (pipelines/label_faults.py).
+    context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks = progress, 1, -1
     try:
         yield
     finally:
-        context.enable_progress_bars, context.target_max_block_size = saved
+        context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks = saved
 
 
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
                   categories=None):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
-    ``categories``: the model's classes (default Cityscapes')."""
+    ``categories``: the model's classes (default Cityscapes').
+
+    Every stage survives the loss of its process: tasks run again, actors restart and get
+    their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label_faults.py)."""
     import ray
 
+    # Ray 2.60 deprecates passing max_retries / max_restarts this way but has no other way yet.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     cpus = plan["cpus"]
     tasks = ray.data.TaskPoolStrategy(size=plan["task_concurrency"])
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
                                             "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
-                     compute=tasks)
-    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], compute=tasks)
+                     compute=tasks, **TASK_FAULTS)
+    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], compute=tasks, **TASK_FAULTS)
     ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
-                        num_cpus=cpus["flow"])
+                        num_cpus=cpus["flow"], **ACTOR_FAULTS)
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"])
+                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
+                        **ACTOR_FAULTS)
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,
                                                    "categories": categories},
-                          batch_size=1, num_cpus=cpus["sink"], compute=tasks)
+                          batch_size=1, num_cpus=cpus["sink"], compute=tasks, **TASK_FAULTS)
 
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
@@ -257,7 +283,7 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     from tqdm import tqdm
 
     from cluster.connect import ray_session
-    from pipelines.association_actor import AssociationPool
+    from pipelines.association_actor import CHECKPOINTS_DIR, AssociationPool, CheckpointStore
 
     started = time.perf_counter()
     run_id = lease.run_id
@@ -283,74 +309,102 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     results += [VideoResult(video_id, "failed", stage="plan", error=error) for video_id, error in id_errors.items()]
     todo = [e for e in todo if e.video_id not in id_errors]
     stage_cpu_seconds = {s: 0.0 for s in TIMED}
-    frames, first_output, frame_times = 0, 0.0, []
+    frames, first_output, frame_times, resumed = 0, 0.0, [], []
     with ray_session(address), ray_data_settings(progress):
         if todo:
             plan = stage_plan(config, len(todo))
-            pool = AssociationPool(plan["association_actors"], config.tracker_for(categories), max_buffered_chunks=1 << 16,
-                                   actor_options={"num_cpus": plan["cpus"]["associate"]})
-            rows = [{"video_id": e.video_id, "uri": e.uri, "gt_image_ids": json.dumps(gt_names.get(e.video_id, {}))}
-                    for e in todo]
+            checkpoints = CheckpointStore(fs.join(layout.run_staging(run_id), CHECKPOINTS_DIR))
             by_id = {e.video_id: e for e in todo}
-            state = {e.video_id: _Progress() for e in todo}
-            finalize = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"])
-            pending: dict = {}
+            finalize = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
 
-            def close(video_id: str) -> None:
-                p = state.pop(video_id)
-                pool.finish(video_id)
-                if p.error:
-                    remove_tree(layout.staging(run_id, video_id))
-                    results.append(VideoResult(video_id, "failed", p.frames_done, stage=p.stage, error=p.error))
-                    bar.update(1)
-                    return
-                entry = by_id[video_id]
-                image_ids = [gt_names.get(video_id, {}).get(i) or config.image_id(video_id, i)
-                             for i in range(p.frame_count)]
-                task = VideoTask(video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
-                                 gt_frames.get(video_id, []) if settings else None, categories)
-                pending[finalize.remote(layout.root, run_id, task, config_hash, checksums, settings,
-                                        config.write_png, config.write_overlay)] = video_id
+            def run_pass(waiting: dict[str, VideoProgress]) -> dict[str, VideoProgress]:
+                """One pass of the graph over ``waiting``; returns the videos it lost (see label_faults)."""
+                nonlocal frames, first_output
+                pool = AssociationPool(plan["association_actors"], config.tracker_for(categories),
+                                       max_buffered_chunks=1 << 16,
+                                       checkpoint_dir=checkpoints.prefix,
+                                       actor_options={"num_cpus": plan["cpus"]["associate"]})
+                running, lost, pending = dict(waiting), {}, {}
 
-            def collect(timeout: float) -> None:
-                if not pending:
-                    return
-                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
-                for ref in done:
-                    pending.pop(ref)
-                    results.append(ray.get(ref))
-                    bar.update(1)
+                def close(p: VideoProgress) -> None:
+                    del running[p.video_id]
+                    pool.finish(p.video_id)
+                    if p.error and p.lost:
+                        p.lose(f"{p.stage}: {p.error}", p.stage)
+                        lost[p.video_id] = p
+                    elif p.error:
+                        remove_tree(layout.staging(run_id, p.video_id))
+                        checkpoints.discard(p.video_id)
+                        results.append(VideoResult(p.video_id, "failed", len(p.frames), stage=p.stage, error=p.error))
+                        bar.update(1)
+                    else:
+                        entry, names = by_id[p.video_id], gt_names.get(p.video_id, {})
+                        image_ids = [names.get(i) or config.image_id(p.video_id, i) for i in range(p.frame_count)]
+                        task = VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
+                                         gt_frames.get(p.video_id, []) if settings else None, categories)
+                        pending[finalize.remote(layout.root, run_id, task, config_hash, checksums, settings,
+                                                config.write_png, config.write_overlay)] = p
+
+                def collect(timeout: float) -> None:
+                    done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout) if pending else ([], [])
+                    for ref in done:
+                        p = pending.pop(ref)
+                        try:
+                            results.append(ray.get(ref))
+                            checkpoints.discard(p.video_id)  # done with, committed or failed
+                        except ray.exceptions.RayError as exc:  # its worker died: it is not retried blindly
+                            result = _finalize_lost(layout, run_id, p, exc)
+                            if result is None:
+                                lost[p.video_id] = p
+                                continue
+                            results.append(result)
+                        bar.update(1)
+
+                rows = [{"video_id": v, "uri": by_id[v].uri, "gt_image_ids": json.dumps(gt_names.get(v, {})),
+                         "resume_from": p.resume_from} for v, p in waiting.items()]
+                try:
+                    for summary in build_dataset(rows, config, layout.root, run_id, pool, plan, categories).iter_rows():
+                        first_output = first_output or time.perf_counter() - started
+                        for s in TIMED:
+                            stage_cpu_seconds[s] += float(summary[f"t_{s}"])
+                        p = running.get(str(summary["video_id"]))
+                        if p is None:  # a row of a video already closed in this pass
+                            continue
+                        frames += p.add(summary)
+                        frame_times.append((time.perf_counter() - started, frames))
+                        if p.error or p.complete:
+                            close(p)
+                        collect(0)
+                        bar.set_postfix(failed=sum(r.status == "failed" for r in results),
+                                        fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
+                    for p in list(running.values()):  # frames that never came back: a process was lost
+                        p.error = p.error or f"only {len(p.frames)} of {p.frame_count} frames came back"
+                        p.stage, p.lost = p.stage or "associate", True
+                        close(p)
+                    while pending:
+                        collect(1.0)
+                finally:
+                    for actor in pool.actors:
+                        ray.kill(actor)
+                return lost
 
             with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
-                dataset = build_dataset(rows, config, layout.root, run_id, pool, plan, categories)
-                for summary in dataset.iter_rows():
-                    first_output = first_output or time.perf_counter() - started
-                    video_id = str(summary["video_id"])
-                    p = state.get(video_id)
-                    for s in TIMED:
-                        stage_cpu_seconds[s] += float(summary[f"t_{s}"])
-                    if p is None:
-                        continue
-                    p.frame_count = int(summary["frame_count"]) or p.frame_count
-                    p.frames_done += int(summary["frames_done"]) + int(summary["frames_failed"])
-                    frames += int(summary["frames_done"])
-                    frame_times.append((time.perf_counter() - started, frames))
-                    if summary["error"] and not p.error:
-                        p.error, p.stage = str(summary["error"]), str(summary["stage"])
-                    if p.error or p.frames_done >= p.frame_count > 0:
-                        close(video_id)
-                    collect(0)
-                    bar.set_postfix(failed=sum(r.status == "failed" for r in results),
-                                    fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
-                for video_id in list(state):  # frames that never came back (held behind a failed chunk)
-                    state[video_id].error = state[video_id].error or f"video {video_id}: only " \
-                        f"{state[video_id].frames_done} of {state[video_id].frame_count} frames were labelled"
-                    state[video_id].stage = state[video_id].stage or "associate"
-                    close(video_id)
-                while pending:
-                    collect(1.0)
-            for actor in pool.actors:
-                ray.kill(actor)
+                waiting = {e.video_id: VideoProgress(e.video_id) for e in todo}
+                for attempt in range(MAX_PASSES):
+                    if attempt:
+                        log(f"{len(waiting)} video(s) lost a worker; pass {attempt + 1} resumes them from their "
+                            "association checkpoints")
+                        for p in waiting.values():
+                            resumed.append((p.video_id, prepare_retry(layout, run_id, p,
+                                                                      checkpoints.boundaries(p.video_id))))
+                    waiting = run_pass(waiting)
+                    if not waiting:
+                        break
+                for p in waiting.values():
+                    remove_tree(layout.staging(run_id, p.video_id))
+                    results.append(VideoResult(p.video_id, "failed", len(p.frames), stage=p.lost_stage,
+                                               error=p.lost_error()))
+                    bar.update(1)
             remove_run_staging(layout, run_id)  # rows of failed videos that came late
     if lease.lost:
         raise LeaseLostError(lease.lost)
@@ -362,10 +416,11 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
         write_predictions_json(layout)
     seconds = time.perf_counter() - started
     run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_cpu_seconds, report,
-                   first_output, frame_times)
+                   first_output, frame_times, resumed)
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
-                                        "seconds": seconds, "frames": frames, "stage_cpu_seconds": stage_cpu_seconds},
+                                        "seconds": seconds, "frames": frames, "stage_cpu_seconds": stage_cpu_seconds,
+                                        "resumed": resumed},
                        run.results)
     return run
 
@@ -381,6 +436,9 @@ def summary_table(run: LabelRun) -> str:
     lines.append(f"{len(run.results)} videos: {counts['ok']} labelled, {counts['skipped']} skipped (unchanged), "
                  f"{counts['failed']} failed; {run.frames} frames in {run.seconds:.1f} s "
                  f"({run.frames_per_second:.1f} frames/s end to end, {run.steady_frames_per_second():.1f} once started)")
+    if run.resumed:
+        lines.append(f"{len(run.resumed)} video(s) lost a worker and ran again, resumed at frames "
+                     + ", ".join(f"{video}:{frame}" for video, frame in run.resumed))
     if run.report is not None:
         lines.append(f"VPQ {100 * run.report.vpq.vpq:.2f}  STQ {100 * run.report.stq['STQ']:.2f}")
     return "\n".join(lines)

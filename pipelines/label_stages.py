@@ -3,7 +3,8 @@
 Rows are video *chunks*:
 
 * plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index,
-  frame_count, image_ids`` (JSON list), ``error``/``stage`` (empty when fine);
+  frame_count, image_ids`` (JSON list), ``resume_from`` (the first frame this pass labels: a video
+  resumed from an association checkpoint skips the chunks before it), ``error``/``stage``;
 * decode adds ``rgb (n, H, W, 3) uint8`` and ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
   of the previous chunk, so flow at a chunk boundary is the same as inside a chunk);
 * segment adds ``panoptic (n, H, W) int32``, ``segments`` (JSON, per frame), ``embeddings
@@ -12,10 +13,12 @@ Rows are video *chunks*:
 * associate emits one row per chunk with the frames that became trackable (any number, possibly
   of earlier chunks): ``frame_indices (m,) int64, image_ids, frame_errors`` (JSON lists),
   ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
-* the sink writes them to the video's staging prefix and emits one small row per video and batch.
+* the sink writes them to the video's staging prefix and emits one small row per video and batch
+  (with the frames it wrote and the name of its segments part).
 
 A row that failed keeps flowing with ``error`` and ``stage`` set and empty arrays, so the
-driver learns about it from the sink's output like about any other row. Each stage adds its
+driver learns about it from the sink's output like about any other row; ``lost`` marks a
+failure caused by a lost process (not by the input), which the driver retries. Each stage adds its
 operator's CPU time to ``t_<stage>`` (seconds, :func:`operator_clock`) for the time shares.
 """
 from __future__ import annotations
@@ -85,11 +88,25 @@ def _failed(row: dict, stage: str, exc: BaseException) -> dict:
     return row
 
 
+def lost_process(exc: BaseException) -> bool:
+    """Whether ``exc`` says a process (worker, actor, node, an object's owner) was lost, not
+    that the input is bad: such a failure is worth another try; an input error is not."""
+    from ray.exceptions import RayError, RayTaskError
+
+    if isinstance(exc, RayTaskError):  # an exception raised inside the call: judge what it wraps
+        cause = exc.cause
+        return cause is not None and cause is not exc and lost_process(cause)
+    return isinstance(exc, RayError)
+
+
 # ---------------------------------------------------------------------------- plan, decode
 def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dict]:
-    """One video row (``video_id, uri, gt_image_ids`` JSON) → its chunk rows, or one error row."""
+    """One video row (``video_id, uri, gt_image_ids`` JSON, ``resume_from``) → its chunk rows
+    from ``resume_from`` on, or one error row."""
+    resume_from = int(video.get("resume_from") or 0)
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
-            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "error": "", "stage": ""}
+            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "resume_from": resume_from,
+            "error": "", "stage": ""}
     try:
         video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
@@ -104,8 +121,9 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
     except Exception as exc:  # an undecodable or empty video, an id that cannot be a path: a failure row
         return [_failed(base, "plan", exc)]
     count = chunks[-1].frame_end
-    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "error": "", "stage": ""}
-            for chunk, ids in zip(chunks, per_chunk)]
+    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "resume_from": resume_from,
+             "error": "", "stage": ""}
+            for chunk, ids in zip(chunks, per_chunk) if chunk.frame_start >= resume_from]
 
 
 def decode_chunk(row: dict) -> dict:
@@ -210,7 +228,8 @@ class FlowChunks:
 
 
 # ---------------------------------------------------------------------------- associate
-def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", failed: int = 0) -> dict:
+def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", failed: int = 0,
+                 lost: bool = False) -> dict:
     """The associate stage's output for one input chunk: the frames that became trackable (any
     number, possibly of earlier chunks the actor was holding), as one row. One row per chunk, not
     per frame: Ray Data moves every row out of this stage as a block of its own (one chunk per
@@ -227,7 +246,7 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
                                   for f in frames]) if frames else _empty(1, 1, dtype=np.int32),
             "segments": json.dumps([[s.to_json() for s in f.panoptic.segments] if not f.error else []
                                     for f in frames]),
-            "error": error, "stage": stage, "failed_frames": int(failed),
+            "error": error, "stage": stage, "failed_frames": int(failed), "lost": bool(lost),
             **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) for s in TIMED if s != "sink"}}
 
 
@@ -269,9 +288,10 @@ class AssociateChunks:
                                                {s.id: v for s, v in zip(infos, vectors)}
                                                if vectors is not None and vectors.shape[1] else None, image_id))
                 chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
-                tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk)))
+                tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
+                                                   int(row["resume_from"])))
             except Exception as exc:
-                out.append(_tracked_row(row, [], describe(exc), "associate", n))
+                out.append(_tracked_row(row, [], describe(exc), "associate", n, lost=lost_process(exc)))
                 continue
             row["t_associate"] = operator_clock() - start
             out.append(_tracked_row(row, tracked))
@@ -281,7 +301,10 @@ class AssociateChunks:
 # ---------------------------------------------------------------------------- sink
 def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
-    (segments table part, PNGs) and return one summary row per video of the batch.
+    (segments table part, PNGs) and return one summary row per video of the batch: counts, the
+    frames written (``frames``, JSON list) and the segments part's file name (``part``).
+
+    Writing a batch again (a retried task) writes the same files under the same names.
     ``categories``: the model's classes (default Cityscapes'), which say what is a thing."""
     layout = OutputLayout(root)
     by_video: dict[str, list[dict]] = {}
@@ -303,7 +326,8 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
         stage = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
                    "frames_failed": sum(int(r["failed_frames"]) for r in rows) + len(frame_errors), "segments": 0,
-                   "error": errors[0] if errors else "", "stage": stage,
+                   "error": errors[0] if errors else "", "stage": stage, "lost": any(bool(r["lost"]) for r in rows),
+                   "frames": json.dumps([index for index, *_ in good]), "part": "",
                    **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
         try:
             staging = layout.staging(run_id, video_id)
@@ -316,11 +340,12 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
                     write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
             nonempty = [t for t in tables if t.num_rows]
             if nonempty:
-                segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
+                (part,) = segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
+                summary["part"] = part.rsplit("/", 1)[-1]
             summary["segments"] = sum(t.num_rows for t in tables)
         except Exception as exc:
             summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + len(good),
-                           frames_done=0)
+                           frames_done=0, frames="[]")
         summary["t_sink"] = operator_clock() - start
         summaries.append(summary)
     return batch_of(summaries)

@@ -3,7 +3,7 @@ import numpy as np
 
 from association_scenes import CAR, PERSON, Box, scrambled_video
 from operators.association import TrackChunk, VideoTracker
-from pipelines.association_actor import AssociationPool, actor_index
+from pipelines.association_actor import AssociationPool, CheckpointStore, actor_index
 
 
 def frames_of(seed):
@@ -34,24 +34,42 @@ def test_pool_tracks_videos_from_out_of_order_chunk_refs(ray_local, tmp_path):
         assert [r.frame_index for r in got] == list(range(9))
         for r, want in zip(got, reference):
             np.testing.assert_array_equal(r.panoptic.ids, want.ids)
-    assert (tmp_path / "ckpt" / "0000.association.npz").exists()
+    # one checkpoint per push that consumed chunks, named by the frame the state expects next
+    assert CheckpointStore(str(tmp_path / "ckpt")).boundaries("0000") == [9]
 
 
-def test_a_restarted_pool_resumes_from_checkpoints(ray_local, tmp_path):
+def test_a_new_pool_resumes_a_video_from_its_checkpoint_in_the_store(ray_local, tmp_path):
     ray = ray_local
     frames = frames_of(2)
-    ckpt = str(tmp_path / "ckpt")
+    store = CheckpointStore(str(tmp_path / "ckpt"))
     tracker = VideoTracker("0002")
     reference = [tracker.update(f) for f in frames]
-    first = AssociationPool(1, checkpoint_dir=ckpt)
+    first = AssociationPool(1, checkpoint_dir=store.prefix)
     ray.get(first.submit("0002", 0, 3, ray.put(TrackChunk("0002", 0, 3, frames[:3]))))
+    ray.get(first.submit("0002", 3, 6, ray.put(TrackChunk("0002", 3, 6, frames[3:6]))))
     for actor in first.actors:
-        ray.kill(actor)                            # the actor is lost after its first chunk
-    second = AssociationPool(1, checkpoint_dir=ckpt)
-    resent = ray.get(second.submit("0002", 0, 3, ray.put(TrackChunk("0002", 0, 3, frames[:3]))))
-    assert resent == []                            # already consumed before the checkpoint
-    rest = ray.get(second.submit("0002", 3, 9, ray.put(TrackChunk("0002", 3, 9, frames[3:]))))
+        ray.kill(actor)                            # the actor and its memory are gone
+    assert store.boundaries("0002") == [3, 6]
+    second = AssociationPool(1, checkpoint_dir=store.prefix)
+    rest = ray.get(second.submit("0002", 3, 9, ray.put(TrackChunk("0002", 3, 9, frames[3:])), resume_from=3))
     assert [r.frame_index for r in rest] == list(range(3, 9))
     for r, want in zip(rest, reference[3:]):
         np.testing.assert_array_equal(r.panoptic.ids, want.ids)
     assert ray.get(second.finish("0002")) == []
+    store.discard("0002")
+    assert store.boundaries("0002") == []
+
+
+def test_a_chunk_sent_again_is_tracked_once(ray_local):
+    """A retried sender offers a held chunk again (with a new reference) or a chunk already
+    tracked: neither is an error, and no frame comes out twice."""
+    ray = ray_local
+    frames = frames_of(3)
+    pool = AssociationPool(1)
+    chunk = {s: TrackChunk("0003", s, s + 3, frames[s:s + 3]) for s in (0, 3, 6)}
+    assert ray.get(pool.submit("0003", 6, 9, ray.put(chunk[6]))) == []       # early: held
+    assert ray.get(pool.submit("0003", 6, 9, ray.put(chunk[6]))) == []       # again: replaces the held one
+    first = ray.get(pool.submit("0003", 0, 3, ray.put(chunk[0])))
+    assert ray.get(pool.submit("0003", 0, 3, ray.put(chunk[0]))) == []       # again after it was tracked
+    rest = ray.get(pool.submit("0003", 3, 6, ray.put(chunk[3])))
+    assert [f.frame_index for f in first + rest] == list(range(9))

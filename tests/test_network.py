@@ -133,3 +133,47 @@ def test_a_label_run_listens_on_loopback_only(tmp_path):
     names = {s[0] for s in seen}
     assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
     assert exposed(seen) == [], sorted(exposed(seen))
+
+
+@pytest.mark.slow  # a real `tubeflow label` in its own process, input on the moto S3 server
+def test_credentials_reach_no_log_manifest_or_error(s3_bucket, tmp_path, monkeypatch):
+    """A labelling job run with distinctive AWS credentials and Ray token, one of its videos
+    broken: none of the secrets appears in its console output, its manifest and failure rows,
+    any file it wrote, or the logs of its Ray session."""
+    import pyarrow.parquet as pq
+
+    from operators import fs
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    secrets_ = {"AWS_ACCESS_KEY_ID": "AKIATUBEFLOWTESTKEY7", "AWS_SECRET_ACCESS_KEY": "tubeflow-secret-Zq8Xw3",
+                "AWS_SESSION_TOKEN": "tubeflow-session-Rk2Lp9"}
+    for name, value in secrets_.items():
+        monkeypatch.setenv(name, value)  # moto accepts any key
+    token = tmp_path / "ray_token"
+    token.write_text("f0" * 32)
+    os.chmod(token, 0o600)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    corpus = make_corpus(tmp_path / "corpus", videos=1, frames=6)
+    fs.write_bytes(f"{s3_bucket}/in/0000.mp4", open(f"{corpus}/videos/0000.mp4", "rb").read())
+    fs.write_bytes(f"{s3_bucket}/in/broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{s3_bucket}/in", "--output", str(out),
+            "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
+            "--chunk-frames", "3", "--no-progress"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "broken.mp4" in stderr, stderr[-2000:]  # one failure row
+    texts = {"stdout": stdout, "stderr": stderr}
+    for path in out.rglob("*"):
+        if path.is_file():  # Parquet compresses its strings: read it as rows
+            texts[str(path)] = str(pq.read_table(path).to_pylist()) if path.suffix == ".parquet" else \
+                path.read_bytes().decode("latin-1")
+    (session,) = Path("/tmp/ray").glob(f"session_*_{proc.pid}")  # the run's own Ray: its logs
+    for path in (session / "logs").rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    assert any("run_manifest.json" in name for name in texts) and any("failures.parquet" in n for n in texts)
+    secrets_["ray token"] = "f0" * 32
+    leaks = [(name, where) for name, value in secrets_.items() for where, text in texts.items() if value in text]
+    assert leaks == []

@@ -81,6 +81,10 @@ class VideoOperator:
         """Starts of the chunks that arrived early and wait for their predecessors."""
         return sorted(self._held)
 
+    def release(self, start: int) -> None:
+        """Forget the held chunk starting at ``start`` (its sender will offer it again)."""
+        self._held.pop(start, None)
+
     def push(self, start: int, stop: int, chunk: object) -> list[TrackedFrame]:
         """Offer chunk ``[start, stop)``; returns the frames this made trackable, in order.
 

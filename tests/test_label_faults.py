@@ -1,0 +1,96 @@
+"""Where a video that lost a process resumes, what its staging keeps, and which failures are
+retried (the Ray-free parts of pipelines/label_faults.py; tests/test_faults.py kills real
+processes)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from operators.errors import InputError
+from operators.formats import segments_table
+from operators import fs
+from pipelines.commit import OutputLayout
+from pipelines.label_faults import VideoProgress, prepare_retry, resume_point
+from pipelines.label_stages import lost_process
+
+
+def progress(frames, parts) -> VideoProgress:
+    return VideoProgress("cam/1", frame_count=16, frames=set(frames), parts=dict(parts))
+
+
+def test_resume_at_the_last_checkpoint_before_the_first_missing_frame():
+    p = progress(range(8), {"a": (0, 3), "b": (4, 7)})
+    assert resume_point(p, [4, 8, 12]) == 8
+    assert resume_point(p, [4, 12]) == 4            # no checkpoint at 8: the one before
+    assert resume_point(p, []) == 0                 # none at all: start over
+    gap = progress([0, 1, 2, 3, 8, 9, 10, 11], {"a": (0, 3), "c": (8, 11)})
+    assert resume_point(gap, [4, 8, 12]) == 4       # frames 4..7 never came back
+
+
+def test_a_boundary_inside_a_staged_part_is_not_a_resume_point():
+    """A part written from one call that consumed chunks 0..7 cannot be cut at frame 4."""
+    p = progress(range(8), {"a": (0, 7)})
+    assert resume_point(p, [4]) == 0
+    assert resume_point(p, [4, 8]) == 8
+
+
+def test_prepare_retry_keeps_only_the_parts_before_the_resume_point(tmp_path):
+    layout, run = OutputLayout(str(tmp_path)), "run1"
+    staging = layout.staging(run, "cam/1")
+    partition = segments_table.partition_dir(fs.join(staging, "segments"), "cam/1")
+    names = ["part-00000000-00000003.parquet", "part-00000004-00000007.parquet",
+             "part-00000008-00000011.parquet",   # written after the loss, never reported
+             "part-00000002-00000005.parquet"]   # a late write of another grouping
+    for name in names:
+        fs.write_bytes(fs.join(partition, name), b"x")
+    p = progress(range(8), {names[0]: (0, 3), names[1]: (4, 7)})
+    assert prepare_retry(layout, run, p, [4, 8]) == 8
+    filesystem, path = fs.fresh(partition)
+    assert sorted(n.rsplit("/", 1)[-1] for n in filesystem.ls(path, detail=False)) == names[:2]
+    assert p.resume_from == 8 and p.frames == set(range(8))
+    p.frames.discard(5)                             # frame 5's row was lost after all
+    assert prepare_retry(layout, run, p, [4, 8]) == 4
+    assert sorted(n.rsplit("/", 1)[-1] for n in filesystem.ls(path, detail=False)) == names[:1]
+    assert p.frames == {0, 1, 2, 3} and set(p.parts) == {names[0]}
+    assert prepare_retry(layout, run, p, []) == 0   # no checkpoint: the whole staging goes
+    assert not fs.exists(staging) and p.frames == set() and p.parts == {}
+
+
+def test_a_summary_row_is_accounted_once_per_frame():
+    p = VideoProgress("v")
+    row = {"frame_count": 8, "frames": json.dumps([0, 1, 2, 3]), "part": "part-00000000-00000003.parquet",
+           "frames_failed": 0, "frames_done": 4, "error": "", "stage": "", "lost": False}
+    assert p.add(row) == 4 and not p.complete
+    p.add(row)                                      # the same frames again (a retried write)
+    assert len(p.frames) == 4 and not p.complete
+    p.add({**row, "frames": json.dumps([4, 5, 6, 7]), "part": "part-00000004-00000007.parquet"})
+    assert p.complete and p.parts == {"part-00000000-00000003.parquet": (0, 3), "part-00000004-00000007.parquet": (4, 7)}
+    p.add({**row, "error": "ActorDiedError: gone", "stage": "associate", "lost": True})
+    assert p.lost and p.error.startswith("ActorDiedError")
+    p.lose("associate: ActorDiedError: gone", "associate")
+    assert not p.lost and not p.error and p.lost_stage == "associate"
+    assert "lost a worker in each of 1 passes" in p.lost_error()
+
+
+def test_lost_processes_are_retried_and_bad_input_is_not():
+    from ray.exceptions import ActorDiedError, OwnerDiedError, RayTaskError, WorkerCrashedError
+
+    owner_died = OwnerDiedError("ab" * 14, None, "")
+    assert lost_process(ActorDiedError()) and lost_process(WorkerCrashedError()) and lost_process(owner_died)
+    assert lost_process(RayTaskError("push", "", owner_died).as_instanceof_cause())  # raised inside the actor
+    bad = InputError("video v frames 0..3", "chunk arrived twice")
+    assert not lost_process(RayTaskError("push", "", bad).as_instanceof_cause())
+    assert not lost_process(bad) and not lost_process(ValueError("x"))
+
+
+@pytest.mark.parametrize("resume_from, starts", [(0, [0, 4, 8]), (4, [4, 8]), (8, [8])])
+def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, starts):
+    from operators.synth import SynthConfig, write_corpus
+    from pipelines.label_stages import plan_video
+
+    write_corpus(str(tmp_path), SynthConfig(videos=1, frames=10, height=32, width=64, seed=0))
+    rows = plan_video({"video_id": "0000", "uri": str(tmp_path / "videos" / "0000.mp4"), "gt_image_ids": "{}",
+                       "resume_from": resume_from}, chunk_frames=4, image_id_format="{video_id}_{frame_index}")
+    assert [r["frame_start"] for r in rows] == starts
+    assert all(r["resume_from"] == resume_from and r["frame_count"] == 10 and not r["error"] for r in rows)
