@@ -24,6 +24,7 @@ PROBE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import numpy as np
     import ray
+    from operators.device import select_placement
     from operators.formats.vps_layout import PredictionWriter
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
     from pipelines.label import segment_stage_options, stage_plan
@@ -42,7 +43,8 @@ PROBE = textwrap.dedent("""
             super().__init__(host_kwargs)
             note = {{"gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                     "device": str(self.host.placement.device)}}
+                     # where a network host of this actor would run (precomputed predictions have none)
+                     "device": str(select_placement("auto").device)}}
             with open(os.path.join(probe_dir, f"actor-{{os.getpid()}}.json"), "w") as f:
                 json.dump(note, f)
 
