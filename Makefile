@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.tubeflow-installed
 CONSTRAINTS = .ci/constraints.txt
 DEMO   ?= /tmp/tubeflow-demo
 
-.PHONY: venv test test-slow bench demo clean constraints
+.PHONY: venv test test-slow bench demo clean constraints peers-venv bench-peers
 
 venv: $(STAMP)
 
@@ -40,5 +40,29 @@ constraints: $(STAMP)
 	  grep -viE '^(torch|triton|nvidia-|sympy|mpmath|networkx|filelock|jinja2|markupsafe|fsspec|typing.extensions|setuptools|pip)[=-]'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
+# The association peers (boxmot's box trackers) in a venv of their own, for
+# tests/benchmarks/bench_association_peers.py only: not part of `make test`. The CPU torch first
+# (as above), then boxmot without its dependencies (torchvision, timm, ultralytics… are for its
+# detectors and ReID, which the benchmark does not use) and the small packages its box trackers
+# import; tubeflow's own generator and metrics come from the work tree (PYTHONPATH), they need
+# only numpy, OpenCV, pyarrow and fsspec.
+PEERS_VENV ?= .venv-peers
+PEERS_PY    = $(PEERS_VENV)/bin/python
+PEERS_STAMP = $(PEERS_VENV)/.peers-installed
+
+peers-venv: $(PEERS_STAMP)
+
+$(PEERS_STAMP): pyproject.toml
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet --upgrade pip
+	$(PEERS_PY) -c "import torch" 2>/dev/null || $(PEERS_PY) -m pip install --quiet torch==2.13.0
+	$(PEERS_PY) -m pip install --quiet --no-deps boxmot==25.0.0
+	$(PEERS_PY) -m pip install --quiet -c $(CONSTRAINTS) numpy scipy 'filterpy>=1.4.5,<2' 'lapx>=0.5.5,<1' \
+	  scikit-learn pandas opencv-python-headless pyarrow fsspec platformdirs rich click tqdm typing-extensions pyyaml
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	PYTHONPATH=$(CURDIR) $(PEERS_PY) tests/benchmarks/bench_association_peers.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache build *.egg-info

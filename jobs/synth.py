@@ -1,7 +1,7 @@
 """``tubeflow synth``: write a deterministic synthetic driving-video corpus with GT.
 
     tubeflow synth --out DIR --videos N --frames T --height H --width W --seed S \
-        [--annotate-every 5] [--scenario default|occlusion|similar|small|deform]
+        [--annotate-every 5] [--scenario default|occlusion|similar|small|deform] [--speed 3] [--look-alikes]
 """
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default="default", choices=sorted(SCENARIOS),
                         help="which failure mode to stress (default: default)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the mp4s and of the motion model")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="hard footage: the scene moves SPEED x as far per frame (a frame rate reduced by "
+                             "that factor; the mp4s keep --fps)")
+    parser.add_argument("--look-alikes", action="store_true",
+                        help="hard footage: every instance of a class looks the same")
     parser.add_argument("--no-crowd", action="store_true", help="leave out the crowd (iscrowd=1) segment")
     parser.add_argument("--no-void", action="store_true", help="leave out the VOID hood and clutter")
 
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(videos=args.videos, frames=args.frames, height=args.height, width=args.width, seed=args.seed,
                       annotate_every=args.annotate_every, scenario=args.scenario, fps=args.fps,
-                      crowd=not args.no_crowd, void=not args.no_void)
+                      crowd=not args.no_crowd, void=not args.no_void, speed=args.speed, look_alikes=args.look_alikes)
     start = time.perf_counter()
     try:
         write_corpus(args.out, cfg, progress=lambda msg: print(f"tubeflow synth: {msg}", file=sys.stderr))

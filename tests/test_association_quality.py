@@ -20,8 +20,8 @@ import pytest
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.flow.dis import DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
-from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo
-from operators.metrics import VideoVpq, VpqStats, frame_table
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
+from operators.metrics import VideoVpq, VpqStats, frame_table, tracking
 
 THINGS = {c.id for c in CITYSCAPES_CATEGORIES if c.isthing}
 KS = (0, 5, 10, 15)
@@ -51,26 +51,8 @@ def vpq(videos: list[tuple[list[PanopticFrame], list[PanopticFrame]]], annotate_
 
 
 def id_switches(gts: list[PanopticFrame], preds: list[PanopticFrame]) -> tuple[int, int]:
-    """(ID switches, GT thing tracks): a switch is a GT track whose IoU > 0.5 match changes
-    predicted id between two frames in which it is matched (CLEAR-MOT's IDSW on masks)."""
-    last, tracks, switches = {}, set(), 0
-    for gt, pred in zip(gts, preds):
-        key = gt.ids.astype(np.int64) * (1 << 24) + pred.ids
-        values, counts = np.unique(key, return_counts=True)
-        g_ids, p_ids = np.divmod(values, 1 << 24)
-        g_area = dict(zip(*np.unique(gt.ids, return_counts=True)))
-        p_area = dict(zip(*np.unique(pred.ids, return_counts=True)))
-        for s in gt.segments:
-            if s.category_id not in THINGS or s.iscrowd:
-                continue
-            tracks.add(s.id)
-            sel = (g_ids == s.id) & (p_ids != VOID)
-            for p, inter in zip(p_ids[sel], counts[sel]):
-                if inter / (g_area[s.id] + p_area[p] - inter) > 0.5:
-                    if s.id in last and last[s.id] != p:
-                        switches += 1
-                    last[s.id] = p
-    return switches, len(tracks)
+    """(ID switches, GT thing tracks): CLEAR-MOT's IDSW on masks (:mod:`operators.metrics.tracking`)."""
+    return tracking.id_switches(gts, preds, THINGS)
 
 
 # ---------------------------------------------------------------- running the tracker

@@ -15,8 +15,9 @@ No Ray in here: the actor wrapper is :mod:`pipelines.association_actor`.
 """
 from operators.association.config import TrackerConfig
 from operators.association.track import Track, TrackerFrame, TrackState
+from operators.association import motion
 from operators.association.tracker import VideoTracker
 from operators.association.video_operator import TrackChunk, TrackedFrame, VideoOperator
 
-__all__ = ["TrackerConfig", "Track", "TrackerFrame", "TrackState", "VideoTracker", "TrackChunk", "TrackedFrame",
+__all__ = ["TrackerConfig", "motion", "Track", "TrackerFrame", "TrackState", "VideoTracker", "TrackChunk", "TrackedFrame",
            "VideoOperator"]

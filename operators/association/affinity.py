@@ -209,10 +209,3 @@ def fuse_affinities(pixel: np.ndarray | None, instance: np.ndarray | None, pixel
             total = total + w * matrix
             weight += w
     return total / weight
-
-
-def position_likelihood(predicted: np.ndarray, sigma: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """``exp(−|c_m − p_n|² / 2σ_n²)`` for predicted track positions ``(N, 2)``, per-track
-    ``sigma`` ``(N,)`` (pixels) and segment centroids ``(M, 2)``. Returns ``(N, M)``."""
-    d2 = ((np.asarray(centroids)[None, :, :] - np.asarray(predicted)[:, None, :]) ** 2).sum(axis=2)
-    return np.exp(-0.5 * d2 / np.asarray(sigma, np.float64)[:, None] ** 2)

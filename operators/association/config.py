@@ -10,7 +10,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from operators.formats.categories import CITYSCAPES_THING_IDS
+from operators.association.motion import MotionNoise
+from operators.formats.categories import CITYSCAPES_THING_IDS, CONFUSABLE_THINGS
 
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
@@ -30,9 +31,17 @@ class TrackerConfig:
     # --- which categories carry identities -------------------------------------------------
     thing_category_ids: tuple[int, ...] = CITYSCAPES_THING_IDS
     """Categories whose segments get track ids; every other category is stuff (id from the category)."""
-    confusable_categories: tuple[tuple[int, ...], ...] = ()
-    """Groups of thing categories that may match each other (e.g. ``((11, 12),)`` person ↔ rider);
-    a track keeps its identity and takes the category of the segment it matched."""
+    confusable_categories: tuple[tuple[int, ...], ...] = CONFUSABLE_THINGS
+    """Groups of thing categories that may match each other (default: person/rider,
+    car/truck/bus, motorcycle/bicycle — what segmenters confuse); a track keeps its identity
+    through a flip, and its class is the one of most (score-weighted, decayed) votes of its
+    matches (``class_memory``). ``()``: classes never mix."""
+    confusable_affinity: float = 0.8
+    """A (track, segment) pair of two different classes of one group has its affinity scaled by
+    this: a same-class candidate of equal evidence wins."""
+    class_memory: float = 0.9
+    """Decay per match of a track's class votes; the output class of a matched segment is the
+    track's (a one-frame car → truck flip neither breaks the tube nor mislabels it)."""
     thing_score_threshold: float = 0.0
     """Thing segments scored below this are dropped (VOID in the output). A segment without a
     score counts as 1.0 (ground truth, or a segmenter that gives none). Off by default: a
@@ -83,14 +92,36 @@ class TrackerConfig:
     0 = off. Needs the memory (``max_lost_frames`` ≥ this)."""
     reid_threshold: float = 0.2
     """Minimum re-identification score (appearance × position likelihood) to revive a lost track."""
-    reid_position_sigma: float = 1.5
-    """Std of the predicted-position error, in units of the track's size (sqrt of its area),
-    growing with sqrt(frames lost)."""
-    reid_min_size: float = 4.0
-    """Floor (pixels) of the size that scales the position spread, so a sliver of an object
-    that just entered or is almost hidden is not held to a 1-pixel prediction."""
     motion_history: int = 5
-    """Number of recent centroids from which a track's velocity is estimated."""
+    """Number of recent matches kept in a track's history (its size is the largest of them)."""
+
+    # --- motion model (Kalman on centroid and size, camera motion out, OC-SORT re-update) -------
+    motion_weight: float = 0.3
+    """Weight of the motion affinity (likelihood of the segment under the track's predicted
+    centroid and size) in the fused affinity of tracked tracks; 0 = off."""
+    motion_gate: float = 60.0
+    """Squared Mahalanobis distance (3 dimensions) beyond which a tracked track may not take a
+    segment unless their flow-warped overlap is at least ``motion_gate_overlap``."""
+    motion_gate_overlap: float = 0.5
+    motion_position_std: float = 0.05
+    """Process noise of the centroid per frame, as a fraction of the object's size."""
+    motion_velocity_std: float = 0.05
+    """Process noise of the velocity per frame (fraction of size): how fast the uncertainty of
+    a lost track grows."""
+    motion_observation_std: float = 0.1
+    """Noise of a measured centroid and size, as a fraction of the object's size."""
+    camera_motion: bool = True
+    """Take the camera's motion (a similarity fitted to the background's flow) out of the tracks'
+    motion before predicting them."""
+    reid_motion_gate: float = 30.0
+    """A lost track may take a segment only within this squared Mahalanobis distance of its
+    prediction (which widens with the time lost) …"""
+    reid_min_appearance: float = 0.3
+    """… and with at least this appearance affinity; both, and ``reid_threshold`` on their
+    product, must agree."""
+    exit_margin: float = 0.5
+    """A track not matched whose predicted centroid lies this many sizes beyond the frame's edge
+    has left: it is retired, not offered to a newcomer elsewhere. Negative = off."""
 
     # --- output ids --------------------------------------------------------------------------
     first_track_id: int = 1000
@@ -104,11 +135,16 @@ class TrackerConfig:
             raise ValueError(f"overlap must be one of {OVERLAP_MEASURES}, got {self.overlap!r}")
         if self.pixel_weight < 0 or self.instance_weight < 0 or self.pixel_weight + self.instance_weight <= 0:
             raise ValueError("pixel_weight and instance_weight must be ≥ 0 and not both 0")
+        if not 0.0 <= self.confusable_affinity <= 1.0 or not 0.0 <= self.class_memory <= 1.0:
+            raise ValueError("confusable_affinity and class_memory must lie in [0, 1]")
+        if self.motion_weight < 0 or min(self.motion_position_std, self.motion_velocity_std,
+                                         self.motion_observation_std) <= 0:
+            raise ValueError("motion_weight must be ≥ 0 and the motion standard deviations positive")
         if self.max_lost_frames < 0:
             raise ValueError("max_lost_frames must be ≥ 0")
         # thresholds above 1 are allowed: they switch a stage off (e.g. reid_threshold=1.01)
         for name in ("thing_score_threshold", "min_affinity", "reid_threshold", "carry_lost_frames",
-                     "appearance_full_area", "reid_position_sigma", "reid_min_size"):
+                     "appearance_full_area", "motion_gate", "reid_motion_gate", "reid_min_appearance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.motion_history < 1 or self.colour_sample_pixels < 1 or self.first_track_id < 1:
@@ -121,6 +157,14 @@ class TrackerConfig:
         object.__setattr__(self, "thing_category_ids", tuple(int(c) for c in self.thing_category_ids))
         object.__setattr__(self, "confusable_categories",
                            tuple(tuple(int(c) for c in group) for group in self.confusable_categories))
+
+    @property
+    def motion_noise(self) -> MotionNoise:
+        return MotionNoise(self.motion_position_std, self.motion_velocity_std, self.motion_observation_std)
+
+    #: fields of earlier versions that the motion model replaced: ignored when a checkpoint's
+    #: config is read back, so a run resumes from a checkpoint written before the change
+    RETIRED_FIELDS = frozenset({"reid_position_sigma", "reid_min_size"})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -135,6 +179,7 @@ class TrackerConfig:
             raise ValueError(f"not valid JSON ({exc})") from None
         if not isinstance(record, dict):
             raise ValueError(f"expected a JSON object of TrackerConfig fields, got {type(record).__name__}")
+        record = {k: v for k, v in record.items() if k not in cls.RETIRED_FIELDS}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(record) - set(known))
         if unknown:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators.association.appearance import GaussianAppearance
+from operators.association.motion import MotionState
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 
 
@@ -76,7 +77,10 @@ class TrackerFrame:
 @dataclass
 class Track:
     """One identity. ``history`` holds its last few matches as ``(frame_index, x, y, size)``:
-    centroid and sqrt(area) in pixels; ``appearance`` is its Gaussian appearance belief."""
+    centroid and sqrt(area) in pixels; ``appearance`` is its Gaussian appearance belief;
+    ``motion`` its Kalman state as of the last frame tracked (predicted through frames it
+    was lost); ``class_votes`` category → decayed sum of matched segments' scores, whose
+    argmax is ``category_id`` (track scoring: the class comes from the track's history)."""
 
     track_id: int
     category_id: int
@@ -86,6 +90,8 @@ class Track:
     appearance: GaussianAppearance | None
     history: list[tuple[int, float, float, float]] = field(default_factory=list)
     score: float = 1.0
+    motion: MotionState | None = None
+    class_votes: dict[int, float] = field(default_factory=dict)
 
     @property
     def size(self) -> float:
@@ -96,24 +102,21 @@ class Track:
     def frames_unseen(self, frame_index: int) -> int:
         return frame_index - self.last_frame
 
-    def velocity(self) -> tuple[float, float]:
-        """Pixels per frame from the oldest to the newest centroid of ``history`` (0 with one)."""
-        if len(self.history) < 2:
-            return 0.0, 0.0
-        (f0, x0, y0, _), (f1, x1, y1, _) = self.history[0], self.history[-1]
-        return (x1 - x0) / (f1 - f0), (y1 - y0) / (f1 - f0)
-
-    def predicted_centroid(self, frame_index: int) -> tuple[float, float]:
-        """Constant-velocity prediction of the centroid at ``frame_index``."""
-        _, x, y, _ = self.history[-1]
-        vx, vy = self.velocity()
-        gap = frame_index - self.last_frame
-        return x + vx * gap, y + vy * gap
+    def vote(self, category_id: int, score: float, memory: float) -> None:
+        """Add a matched segment's class to the votes (older votes decay by ``memory`` per
+        match) and take the class with the most votes; ties keep the current class."""
+        self.class_votes = {c: memory * v for c, v in self.class_votes.items()}
+        self.class_votes[category_id] = self.class_votes.get(category_id, 0.0) + max(score, 1e-3)
+        best = max(self.class_votes.values())
+        if self.class_votes.get(self.category_id, -1.0) < best - 1e-12:
+            self.category_id = min(c for c, v in self.class_votes.items() if v >= best - 1e-12)
 
     def to_json(self) -> dict:
         return {"track_id": self.track_id, "category_id": self.category_id, "state": self.state.value,
                 "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "history": [list(h) for h in self.history], "score": self.score,
+                "motion": None if self.motion is None else self.motion.to_json(),
+                "class_votes": [[c, v] for c, v in sorted(self.class_votes.items())],
                 "appearance": None if self.appearance is None else
                 {"mean": self.appearance.mean.tolist(), "var": self.appearance.var.tolist()}}
 
@@ -125,4 +128,6 @@ class Track:
         return cls(int(record["track_id"]), int(record["category_id"]), TrackState(record["state"]),
                    int(record["first_frame"]), int(record["last_frame"]), appearance,
                    [(int(f), float(x), float(y), float(z)) for f, x, y, z in record["history"]],
-                   float(record["score"]))
+                   float(record["score"]),
+                   None if record.get("motion") is None else MotionState.from_json(record["motion"]),
+                   {int(c): float(v) for c, v in record.get("class_votes", [])})

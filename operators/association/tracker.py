@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from operators.association import affinity
+from operators.association import affinity, motion
 from operators.association.appearance import GaussianAppearance, segment_statistics
 from operators.association.assignment import assign
 from operators.association.config import TrackerConfig
@@ -55,6 +55,13 @@ class _Observation:
     thing: np.ndarray              # (K,) bool: gets a track id
     dropped: np.ndarray            # (K,) bool: thing below the score threshold → VOID
     uses_embeddings: bool
+    camera: np.ndarray | None = None          # (2, 3) camera motion previous → this frame
+    predicted: dict | None = None              # track id → MotionState predicted for this frame
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """``(K, 3)`` observations of the motion model: centroid x, y and size sqrt(area)."""
+        return np.column_stack([self.centroids, np.sqrt(self.areas.astype(np.float64))])
 
 
 class VideoTracker:
@@ -142,9 +149,38 @@ class VideoTracker:
         if need_colour and frame.rgb is None:
             raise InputError(where, "the instance tracker needs the RGB frame (or segment embeddings)")
         colours, centroids = segment_statistics(frame.rgb if need_colour else None, index, n, cfg.colour_sample_pixels)
+        camera = None
+        if flow is not None and cfg.camera_motion and self.tracks:
+            camera = motion.camera_motion(flow, index, np.concatenate([[True], ~is_thing_class]))
         return _Observation(frame.frame_index, size, segments, index, areas[1:].astype(np.int64), overlap, warped,
                             embeddings if embeddings is not None else colours, centroids, thing, dropped,
-                            embeddings is not None)
+                            embeddings is not None, camera, self._predict(frame.frame_index, camera))
+
+    def _predict(self, frame_index: int, camera: np.ndarray | None) -> dict:
+        """Every track's motion state predicted for ``frame_index`` (the camera's motion taken out
+        first); the tracks themselves are not changed."""
+        noise, out = self.config.motion_noise, {}
+        steps = 1 if self.last_frame_index is None else frame_index - self.last_frame_index
+        for tid, track in self.tracks.items():
+            state = track.motion
+            if state is None:  # a track from a checkpoint written before the motion model
+                _, x, y, size = track.history[-1]
+                state = motion.initiate(np.array([x, y, size]), noise)
+            out[tid] = motion.predict(motion.apply_camera(state, camera), noise, steps)
+        return out
+
+    def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``."""
+        states = [obs.predicted[t.track_id] for t in tracks]
+        d2 = motion.mahalanobis_sq(np.array([m.mean for m in states]), np.array([m.cov for m in states]),
+                                   obs.boxes[cols], self.config.motion_noise)
+        return d2, motion.motion_affinity(d2)
+
+    def _class_factor(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
+        """1 where track and segment have the same class, ``confusable_affinity`` elsewhere."""
+        same = np.array([t.category_id for t in tracks])[:, None] == \
+            np.array([obs.segments[c].category_id for c in cols])[None, :]
+        return np.where(same, 1.0, self.config.confusable_affinity)
 
     @staticmethod
     def _compact_index(ids: np.ndarray, segments: list[SegmentInfo], where: str) -> tuple[np.ndarray, int]:
@@ -225,7 +261,15 @@ class VideoTracker:
         if cfg.instance_weight > 0:
             instance = self._instance_affinity(tracks, obs, cols)
         fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
-        pairs = assign(fused, self._gate(tracks, obs, cols), cfg.assignment, cfg.min_affinity)
+        gate = self._gate(tracks, obs, cols)
+        if cfg.motion_weight > 0:
+            d2, moving = self._motion_terms(tracks, obs, cols)
+            total = cfg.pixel_weight + cfg.instance_weight
+            fused = (total * fused + cfg.motion_weight * moving) / (total + cfg.motion_weight)
+            near = d2 <= cfg.motion_gate
+            gate &= near if pixel is None else near | (pixel >= cfg.motion_gate_overlap)
+        fused = fused * self._class_factor(tracks, obs, cols)
+        pairs = assign(fused, gate, cfg.assignment, cfg.min_affinity)
         return {int(cols[j]): tracks[i].track_id for i, j in pairs}
 
     # ------------------------------------------------------------------ 3. memory
@@ -248,11 +292,13 @@ class VideoTracker:
                             np.int64)
             if not cols.size:
                 break
-            predicted = np.array([t.predicted_centroid(obs.frame_index) for t in tracks])
-            sigma = np.array([cfg.reid_position_sigma * max(t.size, cfg.reid_min_size) * np.sqrt(gap) for t in tracks])
-            score = self._instance_affinity(tracks, obs, cols) * affinity.position_likelihood(
-                predicted, sigma, obs.centroids[cols])
-            pairs = assign(score, self._gate(tracks, obs, cols), cfg.assignment, cfg.reid_threshold)
+            # Motion, appearance and elapsed time must agree: the motion gate widens with the
+            # time lost (the filter's covariance), the appearance has a floor of its own.
+            d2, moving = self._motion_terms(tracks, obs, cols)
+            looks = self._instance_affinity(tracks, obs, cols)
+            score = looks * moving * self._class_factor(tracks, obs, cols)
+            gate = self._gate(tracks, obs, cols) & (d2 <= cfg.reid_motion_gate) & (looks >= cfg.reid_min_appearance)
+            pairs = assign(score, gate, cfg.assignment, cfg.reid_threshold)
             found.update({int(cols[j]): tracks[i].track_id for i, j in pairs})
         return found
 
@@ -265,30 +311,43 @@ class VideoTracker:
             matches[int(col)] = self.next_track_id
             self.next_track_id += 1
 
+        noise, categories = cfg.motion_noise, {}
         for col, tid in matches.items():
             seg = obs.segments[col]
             x, y = obs.centroids[col]
+            z = obs.boxes[col]
             descriptor = None if obs.descriptors is None else obs.descriptors[col]
             obs_std = float(self._obs_std(obs.areas[col]))
             track = self.tracks.get(tid)
             if track is None:
                 appearance = None if descriptor is None else GaussianAppearance.from_first(
                     descriptor, cfg.appearance_prior_std, obs_std)
-                track = Track(tid, seg.category_id, TrackState.TRACKED, obs.frame_index, obs.frame_index, appearance)
+                track = Track(tid, seg.category_id, TrackState.TRACKED, obs.frame_index, obs.frame_index, appearance,
+                              score=scores[col], motion=motion.initiate(z, noise))
                 self.tracks[tid] = track
-            elif descriptor is not None:
+            else:
+                gap = obs.frame_index - track.last_frame
+                predicted = obs.predicted[tid]
+                track.motion = motion.reupdate_after_gap(predicted, z, gap, noise) if gap >= 2 else \
+                    motion.update(predicted, z, noise)
+                track.score = cfg.class_memory * track.score + (1.0 - cfg.class_memory) * scores[col]
+            if descriptor is not None and track.first_frame != obs.frame_index:
                 track.appearance = (track.appearance.updated(descriptor, obs_std, cfg.appearance_process_std)
                                     if track.appearance is not None else GaussianAppearance.from_first(
                                         descriptor, cfg.appearance_prior_std, obs_std))
-            track.state, track.last_frame, track.category_id = TrackState.TRACKED, obs.frame_index, seg.category_id
+            track.state, track.last_frame = TrackState.TRACKED, obs.frame_index
+            track.vote(seg.category_id, scores[col], cfg.class_memory)
+            categories[col] = track.category_id
             track.history = (track.history + [(obs.frame_index, float(x), float(y),
                                                float(np.sqrt(obs.areas[col])))])[-cfg.motion_history:]
-            track.score = scores[col]
+        height, width = obs.size
         for tid in list(self.tracks):
             track = self.tracks[tid]
             if track.last_frame == obs.frame_index:
                 continue
-            if track.frames_unseen(obs.frame_index) > cfg.max_lost_frames:
+            track.motion = obs.predicted[tid]
+            if track.frames_unseen(obs.frame_index) > cfg.max_lost_frames or (
+                    cfg.exit_margin >= 0 and motion.outside_frame(track.motion, height, width, cfg.exit_margin)):
                 track.state = TrackState.REMOVED
                 del self.tracks[tid]
             else:
@@ -299,7 +358,8 @@ class VideoTracker:
             self.embedding_dim = obs.descriptors.shape[1]
         self.size, self.last_frame_index = obs.size, obs.frame_index
         self._carry_index(obs, matches)
-        return self._output_frame(obs, matches, scores)
+        return self._output_frame(obs, matches, [self.tracks[matches[c]].score if c in matches else sc
+                                                 for c, sc in enumerate(scores)], categories)
 
     def _carry_index(self, obs: _Observation, matches: dict[int, int]) -> None:
         """The next frame's previous index map: matched segments, plus the warped masks of lost
@@ -321,7 +381,8 @@ class VideoTracker:
         for k, (_, tid) in enumerate(carried):
             self.previous_track_of_index[len(obs.segments) + 1 + k] = tid
 
-    def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float]) -> PanopticFrame:
+    def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float],
+                      categories: dict[int, int]) -> PanopticFrame:
         out_of_col = np.zeros(len(obs.segments) + 1, np.int32)
         merged: dict[int, SegmentInfo] = {}
         for col, seg in enumerate(obs.segments):
@@ -336,7 +397,8 @@ class VideoTracker:
                 prev = merged[out_id]
                 bbox, area = _union_bbox(prev.bbox, bbox), prev.area + area
                 score = prev.score if score is None else max(score, prev.score or 0.0)
-            merged[out_id] = SegmentInfo(out_id, seg.category_id, area, tuple(bbox), int(seg.iscrowd), score)
+            merged[out_id] = SegmentInfo(out_id, categories.get(col, seg.category_id), area, tuple(bbox),
+                                         int(seg.iscrowd), score)
         ids = affinity.relabel(obs.index, out_of_col)
         return PanopticFrame(ids, [merged[k] for k in sorted(merged)])
 

@@ -58,6 +58,14 @@ CITYSCAPES_THING_GROUPS: tuple[tuple[int, ...], ...] = tuple(
     for names in (("person", "rider"), ("car",), ("truck", "bus", "train"), ("motorcycle", "bicycle")))
 
 
+# Thing classes a per-frame segmenter flips between from one frame to the next (one object, two
+# labels): person/rider, car/truck/bus, motorcycle/bicycle. The tracker lets a track match across
+# them and takes its class from its history; the synthetic perturbation flips within them.
+CONFUSABLE_THINGS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(CATEGORY_BY_NAME[n].id for n in names)
+    for names in (("person", "rider"), ("car", "truck", "bus"), ("motorcycle", "bicycle")))
+
+
 def categories_by_id(categories=CITYSCAPES_CATEGORIES) -> dict[int, Category]:
     return {c.id: c for c in categories}
 

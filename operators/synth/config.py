@@ -61,6 +61,15 @@ class SynthConfig:
     goes into ``gt_all/``. ``crowd`` adds a group of persons labelled as one ``iscrowd=1``
     segment, ``void`` the ego-vehicle hood and unlabelled clutter (VOID, id 0).
     ``things`` overrides the scenario's number of moving things.
+
+    Hard footage (driving logs labelled at a few frames per second, look-alike cars):
+
+    * ``speed``: the scene moves ``speed`` × as far between two frames as at ``fps`` (a frame
+      rate reduced by that factor: 3.0 is a 10 fps drive labelled at 3.3 fps). The mp4s keep
+      ``fps``; motion, articulation and the GT flow follow the reduced rate. The ego speed
+      stays capped (the backdrop zooms at most ~1.7× over a video), so the things gain most.
+    * ``look_alikes``: every instance of a class looks the same (the ``similar`` scenario's
+      appearance on any scenario), so only motion and position tell identities apart.
     """
 
     videos: int = 2
@@ -74,6 +83,8 @@ class SynthConfig:
     crowd: bool = True
     void: bool = True
     things: int | None = None
+    speed: float = 1.0
+    look_alikes: bool = False
 
     def __post_init__(self) -> None:
         def bad(field_name: str, problem: str) -> InputError:
@@ -92,6 +103,8 @@ class SynthConfig:
             raise bad("scenario", f"unknown scenario {self.scenario!r}; choose one of {sorted(SCENARIOS)}")
         if not self.fps > 0:
             raise bad("fps", f"must be positive, got {self.fps}")
+        if isinstance(self.speed, bool) or not isinstance(self.speed, (int, float)) or not 0 < self.speed <= 100:
+            raise bad("speed", f"must be a number in (0, 100], got {self.speed!r}")
         if self.things is not None and (isinstance(self.things, bool) or not isinstance(self.things, int)
                                         or not 0 <= self.things <= MAX_THINGS):
             raise bad("things", f"must be an integer between 0 and {MAX_THINGS}, got {self.things!r}")
@@ -99,7 +112,14 @@ class SynthConfig:
     @property
     def knobs(self) -> ScenarioKnobs:
         knobs = SCENARIOS[self.scenario]
-        return knobs if self.things is None else replace(knobs, things=self.things)
+        if self.things is not None:
+            knobs = replace(knobs, things=self.things)
+        return replace(knobs, same_appearance=True) if self.look_alikes else knobs
+
+    @property
+    def motion_fps(self) -> float:
+        """The frame rate the scene's motion is sampled at: ``fps / speed``."""
+        return self.fps / self.speed
 
     def video_id(self, video_index: int) -> str:
         return f"{video_index:04d}"

@@ -20,10 +20,10 @@ def build_scene(cfg: SynthConfig, video_index: int) -> Scene:
     camera_rng, street_rng, thing_rng, texture_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, video_index]).spawn(4))
     h, w, t = cfg.height, cfg.width, cfg.frames
-    camera = make_camera(camera_rng, h, w, t, cfg.fps)
+    camera = make_camera(camera_rng, h, w, t, cfg.motion_fps)
     street, road = backdrop(street_rng, camera, h, w, t, cfg.void)
     bodies = [sky(texture_rng, camera, h, w, t)] + street
-    things, category_of, iscrowd_of = make_things(thing_rng, camera, cfg.knobs, t, cfg.fps, h, road, cfg.crowd)
+    things, category_of, iscrowd_of = make_things(thing_rng, camera, cfg.knobs, t, cfg.motion_fps, h, road, cfg.crowd)
     bodies += things
     if cfg.void:
         bodies.append(hood(texture_rng, h, w, t))

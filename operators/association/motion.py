@@ -1,0 +1,211 @@
+"""The motion model of a track: a Kalman filter on the segment's centroid and size, with the
+camera's own motion taken out and OC-SORT's observation-centric re-update after a gap.
+
+State ``(x, y, s, vx, vy, vs)``: centroid (pixels), size ``s = sqrt(area)`` and their
+velocities per frame, constant-velocity model (SORT, Bewley et al. 2016; the noise scaled by
+the object's size as in ByteTrack's ``KalmanFilterXYAH``). Three additions, each a function:
+
+* **Camera motion** — :func:`camera_motion` fits one similarity transform (rotation, scale,
+  translation) to the optical flow of the background (pixels no thing segment claims) with
+  RANSAC: the flow field's global component. :func:`apply_camera` moves every track's state
+  (and its last observation) with it before the prediction, so the filter's velocity is the
+  object's own motion and a parked car stays put while the camera pans or drives past.
+* **Uncertainty that grows with time lost** — :func:`predict` adds process noise every frame,
+  so the position covariance of a track lost for g frames grows with g (≈ g³ through the
+  velocity term): the gate of re-identification widens as the track ages.
+* **Observation-centric re-update** (OC-SORT, Cao et al., CVPR 2023, Sec. 3.2 "ORU") — a track
+  found again after a gap of g frames re-estimates its velocity from the virtual trajectory
+  between its last observation and the new one, ``(z − z_last) / g``, instead of keeping the
+  velocity that coasted (and drifted) through the gap: :func:`reupdate_after_gap`.
+
+Arrays: a state's ``mean`` is ``(6,) float64``, ``cov`` ``(6, 6)``; batched functions take
+``(N, 6)`` means and ``(N, 6, 6)`` covariances.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+STATE_DIM = 6
+OBS_DIM = 3
+_F = np.eye(STATE_DIM)
+_F[:OBS_DIM, OBS_DIM:] = np.eye(OBS_DIM)
+_H = np.eye(OBS_DIM, STATE_DIM)
+
+
+@dataclass(frozen=True)
+class MotionNoise:
+    """Noise of the filter, as fractions of the object's size (pixels per pixel of size).
+
+    ``position``/``velocity``: process noise per frame of the centroid and its velocity;
+    ``observation``: of a measured centroid (mask noise, partial occlusion); ``size_factor``
+    scales all three for the size component (sizes change slower than positions move);
+    ``min_size``: sizes below it count as it for the noise.
+    """
+
+    position: float = 0.05
+    velocity: float = 0.05
+    observation: float = 0.1
+    initial_velocity: float = 0.5
+    size_factor: float = 0.5
+    min_size: float = 10.0
+
+    def _scale(self, s: float) -> np.ndarray:
+        s = max(float(s), self.min_size)  # a sliver's centroid is noisy by a pixel or two, whatever its size
+        return np.array([s, s, self.size_factor * s])
+
+
+@dataclass
+class MotionState:
+    """One track's filter: ``mean`` ``(6,)``, ``cov`` ``(6, 6)``, and ``anchor`` ``(3,)`` — its
+    last observation ``(x, y, s)`` carried along with the camera (the start of ORU's virtual
+    trajectory)."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    anchor: np.ndarray
+
+    @property
+    def position(self) -> np.ndarray:
+        return self.mean[:2]
+
+    @property
+    def size(self) -> float:
+        return float(self.mean[2])
+
+    def copy(self) -> "MotionState":
+        return MotionState(self.mean.copy(), self.cov.copy(), self.anchor.copy())
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean.tolist(), "cov": self.cov.ravel().tolist(), "anchor": self.anchor.tolist()}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "MotionState":
+        return cls(np.asarray(record["mean"], np.float64), np.asarray(record["cov"], np.float64).reshape(6, 6),
+                   np.asarray(record["anchor"], np.float64))
+
+
+def initiate(z: np.ndarray, noise: MotionNoise) -> MotionState:
+    """A new track at observation ``z = (x, y, s)``, at rest with a wide velocity prior."""
+    z = np.asarray(z, np.float64)
+    scale = noise._scale(z[2])
+    std = np.concatenate([noise.observation * scale, noise.initial_velocity * scale])
+    return MotionState(np.concatenate([z, np.zeros(OBS_DIM)]), np.diag(std ** 2), z.copy())
+
+
+def predict(state: MotionState, noise: MotionNoise, steps: int = 1) -> MotionState:
+    """The state ``steps`` frames later (constant velocity, process noise added every frame)."""
+    mean, cov = state.mean.copy(), state.cov.copy()
+    for _ in range(max(int(steps), 0)):
+        scale = noise._scale(mean[2])
+        q = np.diag(np.concatenate([noise.position * scale, noise.velocity * scale]) ** 2)
+        mean = _F @ mean
+        cov = _F @ cov @ _F.T + q
+    mean[2] = max(mean[2], 1.0)
+    return MotionState(mean, cov, state.anchor.copy())
+
+
+def update(state: MotionState, z: np.ndarray, noise: MotionNoise) -> MotionState:
+    """The Kalman update with observation ``z = (x, y, s)``; the anchor becomes ``z``."""
+    z = np.asarray(z, np.float64)
+    r = np.diag((noise.observation * noise._scale(z[2])) ** 2)
+    s = _H @ state.cov @ _H.T + r
+    gain = np.linalg.solve(s, _H @ state.cov).T
+    mean = state.mean + gain @ (z - _H @ state.mean)
+    cov = (np.eye(STATE_DIM) - gain @ _H) @ state.cov
+    return MotionState(mean, 0.5 * (cov + cov.T), z.copy())
+
+
+def reupdate_after_gap(state: MotionState, z: np.ndarray, gap: int, noise: MotionNoise) -> MotionState:
+    """OC-SORT's observation-centric re-update for a track found again after ``gap`` ≥ 2 frames.
+
+    OC-SORT replays the filter along the virtual trajectory that joins the last observation
+    and the new one; with a constant-velocity model that trajectory's velocity is
+    ``(z − anchor) / gap`` (both in the current camera frame), so the state restarts at ``z``
+    with that velocity, its uncertainty that of a velocity measured over ``gap`` frames.
+    """
+    z = np.asarray(z, np.float64)
+    scale = noise._scale(z[2])
+    velocity = (z - state.anchor) / max(gap, 1)
+    velocity_std = np.sqrt(2.0) * noise.observation * scale / max(gap, 1) + noise.velocity * scale
+    cov = np.diag(np.concatenate([noise.observation * scale, velocity_std]) ** 2)
+    return MotionState(np.concatenate([z, velocity]), cov, z.copy())
+
+
+# ---------------------------------------------------------------- camera motion
+def camera_motion(flow: np.ndarray, labels: np.ndarray | None = None, background: np.ndarray | None = None,
+                  samples: int = 1500, threshold_px: float = 2.0) -> np.ndarray | None:
+    """The camera's motion from the previous frame to this one: a ``(2, 3)`` similarity transform
+    ``p_now = A @ (p_prev, 1)``, or ``None`` when the background has too few flow samples.
+
+    ``flow``: ``(H, W, 2) float32`` from this frame to the previous one (pixel p of this frame
+    was at p + flow(p)); ``labels``: ``(H, W)`` compact index map and ``background``: ``(K + 1,)
+    bool``, which of its values to fit on (VOID and stuff, not things); ``None`` for all pixels. A regular subsample of about ``samples`` pixels; RANSAC with an inlier
+    threshold of ``threshold_px`` pixels, so moving objects and bad flow do not bend the fit.
+    """
+    height, width = flow.shape[:2]
+    stride = max(1, int(np.sqrt(height * width / max(samples, 1))))
+    ys, xs = np.mgrid[stride // 2:height:stride, stride // 2:width:stride]
+    if labels is not None and background is not None:
+        keep = np.asarray(background, bool)[labels[ys, xs]]
+        ys, xs = ys[keep], xs[keep]
+    if ys.size < 12:
+        return None
+    now = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32)
+    prev = now + flow[ys, xs].reshape(-1, 2)
+    transform, inliers = cv2.estimateAffinePartial2D(prev, now, method=cv2.RANSAC,
+                                                     ransacReprojThreshold=threshold_px, maxIters=200,
+                                                     confidence=0.99, refineIters=5)
+    if transform is None or inliers is None or int(inliers.sum()) < 12:
+        return None
+    return transform.astype(np.float64)
+
+
+def apply_camera(state: MotionState, transform: np.ndarray | None) -> MotionState:
+    """The state moved by a camera ``transform`` (``(2, 3)`` similarity; ``None`` = no motion):
+    positions mapped, velocities rotated and scaled, sizes scaled, covariance propagated."""
+    if transform is None:
+        return state
+    linear, shift = transform[:, :2], transform[:, 2]
+    scale = float(np.sqrt(abs(np.linalg.det(linear))))
+    jac = np.eye(STATE_DIM)
+    jac[:2, :2] = linear
+    jac[2, 2] = scale
+    jac[3:5, 3:5] = linear
+    jac[5, 5] = scale
+    mean = jac @ state.mean
+    mean[:2] += shift
+    anchor = np.concatenate([linear @ state.anchor[:2] + shift, [scale * state.anchor[2]]])
+    return MotionState(mean, jac @ state.cov @ jac.T, anchor)
+
+
+# ---------------------------------------------------------------- association terms
+def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise) -> np.ndarray:
+    """Squared Mahalanobis distances ``(N, M)`` of observations ``z`` ``(M, 3)`` under the
+    predicted observation distributions of ``N`` states (``means`` ``(N, 6)``, ``covs``
+    ``(N, 6, 6)``), the observation noise included (at each track's size)."""
+    means, covs, z = np.asarray(means, np.float64), np.asarray(covs, np.float64), np.asarray(z, np.float64)
+    if not len(means) or not len(z):
+        return np.zeros((len(means), len(z)))
+    r = (noise.observation * np.maximum(means[:, 2:3], noise.min_size) * np.array([1.0, 1.0, noise.size_factor])) ** 2
+    s = covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
+    inv = np.linalg.inv(s)
+    d = z[None, :, :] - means[:, None, :OBS_DIM]
+    return np.einsum("nmi,nij,nmj->nm", d, inv, d)
+
+
+def motion_affinity(d2: np.ndarray) -> np.ndarray:
+    """A squared Mahalanobis distance over the 3 observed dimensions made a [0, 1] affinity:
+    ``exp(−½ d² / 3)``, the likelihood relative to the mode as a geometric mean per dimension
+    (the form of :func:`operators.association.affinity.gaussian_affinity`)."""
+    return np.exp(-0.5 * np.asarray(d2) / OBS_DIM)
+
+
+def outside_frame(state: MotionState, height: int, width: int, margin: float = 0.5) -> bool:
+    """Whether the predicted centroid lies more than ``margin`` × size beyond the frame's edge:
+    the object has left (the centroid of a box half out sits on the edge)."""
+    x, y, s = state.mean[:3]
+    pad = margin * max(s, 1.0)
+    return bool(x < -pad or y < -pad or x > width - 1 + pad or y > height - 1 + pad)
