@@ -90,7 +90,7 @@ class TrackerConfig:
     """A lost track's mask keeps moving with the flow (into pixels no current thing claims) for
     up to this many frames, so the pixel tracker can take it up again after a missed detection;
     0 = off. Needs the memory (``max_lost_frames`` ≥ this)."""
-    reid_threshold: float = 0.2
+    reid_threshold: float = 0.01
     """Minimum re-identification score (appearance × position likelihood) to revive a lost track."""
     motion_history: int = 5
     """Number of recent matches kept in a track's history (its size is the largest of them)."""
@@ -105,7 +105,7 @@ class TrackerConfig:
     motion_gate_overlap: float = 0.5
     motion_position_std: float = 0.05
     """Process noise of the centroid per frame, as a fraction of the object's size."""
-    motion_velocity_std: float = 0.05
+    motion_velocity_std: float = 0.5
     """Process noise of the velocity per frame (fraction of size): how fast the uncertainty of
     a lost track grows."""
     motion_observation_std: float = 0.1

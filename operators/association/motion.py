@@ -46,7 +46,7 @@ class MotionNoise:
     """
 
     position: float = 0.05
-    velocity: float = 0.05
+    velocity: float = 0.5
     observation: float = 0.1
     initial_velocity: float = 0.5
     size_factor: float = 0.5
@@ -182,6 +182,12 @@ def apply_camera(state: MotionState, transform: np.ndarray | None) -> MotionStat
 
 
 # ---------------------------------------------------------------- association terms
+def _innovation_cov(means: np.ndarray, covs: np.ndarray, noise: MotionNoise) -> np.ndarray:
+    """``(N, 3, 3)``: the covariance of the predicted observation, observation noise included."""
+    r = (noise.observation * np.maximum(means[:, 2:3], noise.min_size) * np.array([1.0, 1.0, noise.size_factor])) ** 2
+    return covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
+
+
 def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise) -> np.ndarray:
     """Squared Mahalanobis distances ``(N, M)`` of observations ``z`` ``(M, 3)`` under the
     predicted observation distributions of ``N`` states (``means`` ``(N, 6)``, ``covs``
@@ -189,9 +195,7 @@ def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: Mo
     means, covs, z = np.asarray(means, np.float64), np.asarray(covs, np.float64), np.asarray(z, np.float64)
     if not len(means) or not len(z):
         return np.zeros((len(means), len(z)))
-    r = (noise.observation * np.maximum(means[:, 2:3], noise.min_size) * np.array([1.0, 1.0, noise.size_factor])) ** 2
-    s = covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
-    inv = np.linalg.inv(s)
+    inv = np.linalg.inv(_innovation_cov(means, covs, noise))
     d = z[None, :, :] - means[:, None, :OBS_DIM]
     return np.einsum("nmi,nij,nmj->nm", d, inv, d)
 
