@@ -39,8 +39,8 @@ from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_v
 from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.lease import Lease, LeaseLostError, new_run_id
 from pipelines.migrate import check_layout_version
-from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video,
-                                    write_frames)
+from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, describe,
+                                    plan_video, write_frames)
 from pipelines.plan import VideoEntry, discover
 
 
@@ -93,8 +93,6 @@ def _finalize_lost(layout: OutputLayout, run_id: str, p: VideoProgress, exc: Bas
     """The finalize task of a video died (its worker was lost, after or during its commit):
     the video's result when its commit point was reached, else None after undoing the partial
     commit and resetting the video to start over in the next pass."""
-    from pipelines.label_stages import describe
-
     marker = read_marker(layout, p.video_id)
     if marker is not None and marker.run_id == run_id:
         counts = marker.counts
@@ -363,22 +361,27 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
                 rows = [{"video_id": v, "uri": by_id[v].uri, "gt_image_ids": json.dumps(gt_names.get(v, {})),
                          "resume_from": p.resume_from} for v, p in waiting.items()]
                 try:
-                    for summary in build_dataset(rows, config, layout.root, run_id, pool, plan, categories).iter_rows():
-                        first_output = first_output or time.perf_counter() - started
-                        for s in TIMED:
-                            stage_cpu_seconds[s] += float(summary[f"t_{s}"])
-                        p = running.get(str(summary["video_id"]))
-                        if p is None:  # a row of a video already closed in this pass
-                            continue
-                        frames += p.add(summary)
-                        frame_times.append((time.perf_counter() - started, frames))
-                        if p.error or p.complete:
-                            close(p)
-                        collect(0)
-                        bar.set_postfix(failed=sum(r.status == "failed" for r in results),
-                                        fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
+                    gone = ""
+                    try:
+                        for summary in build_dataset(rows, config, layout.root, run_id, pool, plan,
+                                                     categories).iter_rows():
+                            first_output = first_output or time.perf_counter() - started
+                            for s in TIMED:
+                                stage_cpu_seconds[s] += float(summary[f"t_{s}"])
+                            p = running.get(str(summary["video_id"]))
+                            if p is None:  # a row of a video already closed in this pass
+                                continue
+                            frames += p.add(summary)
+                            frame_times.append((time.perf_counter() - started, frames))
+                            if p.error or p.complete:
+                                close(p)
+                            collect(0)
+                            bar.set_postfix(failed=sum(r.status == "failed" for r in results),
+                                            fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
+                    except ray.exceptions.RayError as exc:  # the executor gave up (e.g. actors dying as they start)
+                        gone = f"the pass stopped: {describe(exc)}"
                     for p in list(running.values()):  # frames that never came back: a process was lost
-                        p.error = p.error or f"only {len(p.frames)} of {p.frame_count} frames came back"
+                        p.error = p.error or gone or f"only {len(p.frames)} of {p.frame_count} frames came back"
                         p.stage, p.lost = p.stage or "associate", True
                         close(p)
                     while pending:

@@ -94,3 +94,44 @@ def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, st
                        "resume_from": resume_from}, chunk_frames=4, image_id_format="{video_id}_{frame_index}")
     assert [r["frame_start"] for r in rows] == starts
     assert all(r["resume_from"] == resume_from and r["frame_count"] == 10 and not r["error"] for r in rows)
+
+
+def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkeypatch):
+    """Ray Data raising a system error mid-pass (its actors kept dying as they started) loses
+    the pass's videos, not the run: the next pass labels them, with the clean rows."""
+    from ray.exceptions import ActorDiedError
+
+    import pipelines.label as label_module
+    from pipelines.label import label
+    from pipelines.label_config import LabelConfig
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", videos=2, frames=6)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=3)
+    clean = label(f"{corpus}/videos", str(tmp_path / "clean"), config, progress=False, log=lambda *_: None)
+    real, calls = label_module.build_dataset, []
+
+    class GivesUp:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def iter_rows(self):
+            rows = iter(self.dataset.iter_rows())
+            yield next(rows)  # one row gets through, then the executor aborts
+            raise ActorDiedError()
+
+    def build(*args, **kwargs):
+        calls.append(args[0])
+        dataset = real(*args, **kwargs)
+        return GivesUp(dataset) if len(calls) == 1 else dataset
+
+    monkeypatch.setattr(label_module, "build_dataset", build)
+    messages = []
+    run = label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=messages.append)
+    assert [r.status for r in run.results] == ["ok", "ok"] and len(calls) == 2
+    assert sorted(v for v, _ in run.resumed) == ["0000", "0001"] and "pass 2" in messages[-1]
+    assert [row["resume_from"] for row in calls[1]] == [start for _, start in sorted(run.resumed)]
+    columns = ["video_id", "frame_index", "track_id", "category_id", "area", "mask"]
+    assert segments_table.read_segments_table(str(tmp_path / "out" / "segments")).select(columns).equals(
+        segments_table.read_segments_table(str(tmp_path / "clean" / "segments")).select(columns))
+    assert clean.resumed == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,8 @@ class Killer(threading.Thread):
                 process.send_signal(signal.SIGKILL)
             except psutil.Error:
                 continue
-            kind = title.split("(")[1].split(")")[0] if "(" in title else title.split(".")[0]
+            names = re.findall(r"\(([^()]+)\)", title)  # ray::MapWorker(MapBatches(SegmentChunks)).submit
+            kind = "->".join(names) if names else title.removeprefix("ray::").split(".")[0]
             self.kills[kind] = self.kills.get(kind, 0) + 1
 
 
@@ -121,8 +123,9 @@ def check(out: Path, videos: list[str], reference) -> list[str]:
         problems.append(f"committed {len(markers)} of {len(videos)} videos")
     for video_id, marker in markers.items():
         missing = [f for f in marker.files if not (out / f).exists()]
-        partition = out / "segments" / f"video_id={video_id}"
-        stray = sorted(f"segments/video_id={video_id}/{f}" for f in os.listdir(partition)) if partition.exists() else []
+        partition = Path(segments_table.partition_dir(str(out / "segments"), video_id))
+        prefix = f"segments/{partition.name}"
+        stray = sorted(f"{prefix}/{f}" for f in os.listdir(partition)) if partition.exists() else []
         stray = [f for f in stray if f not in marker.files]
         if missing or stray:
             problems.append(f"video {video_id}: missing {missing[:3]}, not owned by its marker {stray[:3]}")
