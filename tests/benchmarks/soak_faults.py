@@ -2,7 +2,9 @@
 
 While a run lives, a killer SIGKILLs a random process of the run's own Ray every few seconds:
 a stage's actor or task (segmentation, flow, association feeder or actor, plan/decode, sink,
-finalize), or an idle worker when none runs; in the first ``--driver-kill-runs`` runs it kills,
+finalize; idle workers are left alone: a worker starting up to host an actor is one, and on a
+loaded machine killing those every few seconds starves the run); in the first
+``--driver-kill-runs`` runs it kills,
 now and then, the driver itself instead (its whole process group, Ray included). The run is
 started again until it exits 0. Then every video must be
 committed exactly once (one marker, every file it names present, no other file in its segments
@@ -40,7 +42,6 @@ from operators.synth.perturb import scramble_ids  # noqa: E402
 
 IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
 STAGE_TITLES = ("ray::MapWorker(", "ray::AssociationActor", "ray::FlatMap(", "ray::MapBatches(", "ray::finalize_video")
-IDLE_TITLE = "ray::IDLE"
 
 
 def make_corpus(root: Path, videos: int, frames: int, height: int, width: int) -> None:
@@ -90,17 +91,14 @@ class Killer(threading.Thread):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.kills["driver"] = self.kills.get("driver", 0) + 1
                 return
-            stages, idle = [], []
+            victims = []
             for process in root.children(recursive=True):
                 try:
                     title = (process.cmdline() or [""])[0]
                 except psutil.Error:
                     continue
                 if title.startswith(STAGE_TITLES):
-                    stages.append((process, title))
-                elif title.startswith(IDLE_TITLE):
-                    idle.append((process, title))
-            victims = stages or idle
+                    victims.append((process, title))
             if not victims:
                 continue
             process, title = self.rng.choice(victims)
@@ -139,7 +137,7 @@ def check(out: Path, videos: list[str], reference) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="working directory (deleted first)")
+    parser.add_argument("--out", required=True, help="working directory (deleted first, see --reuse-corpus)")
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--height", type=int, default=64)
@@ -150,13 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-kill-runs", type=int, default=3, help="runs whose driver may be killed")
     parser.add_argument("--max-runs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-corpus", action="store_true", help="keep the corpus and clean rows of an earlier "
+                                                                     "soak with the same sizes in --out")
     args = parser.parse_args(argv)
     work = Path(args.out)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    stamp = f"{args.videos} {args.frames} {args.height} {args.width}"
     started = time.perf_counter()
-    make_corpus(work / "corpus", args.videos, args.frames, args.height, args.width)
-    reference = clean_rows(work / "corpus", work / "clean")
+    if args.reuse_corpus and (work / "corpus.stamp").exists() and (work / "corpus.stamp").read_text() == stamp:
+        reference = sorted_rows(work / "clean")
+        shutil.rmtree(work / "out", ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        make_corpus(work / "corpus", args.videos, args.frames, args.height, args.width)
+        reference = clean_rows(work / "corpus", work / "clean")
+        (work / "corpus.stamp").write_text(stamp)
     print(f"corpus and clean rows: {time.perf_counter() - started:.1f} s", flush=True)
     out = work / "out"
     argv_label = [sys.executable, "-m", "jobs.cli", "label", "--input", str(work / "corpus" / "videos"), "--output",
