@@ -1,5 +1,6 @@
 """Small models of the three output contracts for tests, exported as a user would (TorchScript),
-and a slow, obviously-correct per-pixel reference of Mask2Former's panoptic inference.
+a slow, obviously-correct per-pixel reference of Mask2Former's panoptic inference, and
+Mask2Former's own code for it, ported line by line.
 
 The reference shares no code with :mod:`operators.segmentation.mask_classification`: the input
 is padded with numpy, the bilinear upsampling is PyTorch's ``align_corners=False`` formula
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,6 +59,8 @@ class TinyMaskFormer(nn.Module):
             return {"class_queries_logits": logits, "masks_queries_logits": masks}
         if self.names == "tuple":
             return logits, masks
+        if self.names == "hf-tuple":  # transformers traced with torchscript=True: hidden states follow
+            return logits, masks, features, (features, features)
         out = {"pred_logits": logits, "pred_masks": masks}
         if self.embedding is not None:
             out["embedding"] = self.embedding(features)
@@ -176,3 +180,44 @@ def reference_panoptic(class_logits: np.ndarray, mask_logits: np.ndarray, padded
         rows.append((len(rows) + 1, label, score))
         ids[mine] = len(rows)
     return ReferenceFrame(ids, rows, events)
+
+
+def mask2former_panoptic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, is_thing: list[bool],
+                                   object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8):
+    """Mask2Former's own ``panoptic_inference`` (facebookresearch/Mask2Former,
+    ``mask_former_model.py``), ported line by line for one image: ``mask_cls (Q, K+1)``,
+    ``mask_pred (Q, H, W)`` mask logits already upsampled and cropped to the frame →
+    (panoptic (H, W) int32, [(id, class)])."""
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    mask_pred = mask_pred.sigmoid()
+    keep = labels.ne(mask_cls.shape[-1] - 1) & (scores > object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_pred[keep]
+    cur_prob_masks = cur_scores.view(-1, 1, 1) * cur_masks
+    h, w = cur_masks.shape[-2:]
+    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
+    segments_info = []
+    current_segment_id = 0
+    if cur_masks.shape[0] == 0:
+        return panoptic_seg, segments_info
+    cur_mask_ids = cur_prob_masks.argmax(0)
+    stuff_memory_list = {}
+    for k in range(cur_classes.shape[0]):
+        pred_class = cur_classes[k].item()
+        isthing = is_thing[pred_class]
+        mask_area = (cur_mask_ids == k).sum().item()
+        original_area = (cur_masks[k] >= 0.5).sum().item()
+        mask = (cur_mask_ids == k) & (cur_masks[k] >= 0.5)
+        if mask_area > 0 and original_area > 0 and mask.sum().item() > 0:
+            if mask_area / original_area < overlap_threshold:
+                continue
+            if not isthing:
+                if int(pred_class) in stuff_memory_list:
+                    panoptic_seg[mask] = stuff_memory_list[int(pred_class)]
+                    continue
+                stuff_memory_list[int(pred_class)] = current_segment_id + 1
+            current_segment_id += 1
+            panoptic_seg[mask] = current_segment_id
+            segments_info.append((current_segment_id, int(pred_class)))
+    return panoptic_seg, segments_info
+
+

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mask_models import ReplayPanopticMap, TinyMaskFormer, export, padded_input, reference_panoptic
+from mask_models import (ReplayPanopticMap, TinyMaskFormer, export, mask2former_panoptic_inference, padded_input,
+                         reference_panoptic)
 from operators.errors import FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, read_categories
 from operators.segmentation.contracts import InputSpec, contract_outputs
@@ -85,10 +86,34 @@ def test_reference_cases_cover_merges_and_overlap_drops():
     assert totals["merged"] > 0 and totals["dropped_overlap"] > 0
 
 
-@pytest.mark.parametrize("names", ["detr", "hf", "tuple"])
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_inference_equals_mask2former_code(seed):
+    """Against Mask2Former's own code (every mask upsampled, a loop of boolean masks per image):
+    100 queries, a batch of four, thresholds of both kinds."""
+    model = TinyMaskFormer(queries=100, seed=seed).eval()
+    frames = _frames(4, 70, 100, seed=seed)
+    images = padded_input(frames)
+    with torch.no_grad():
+        outputs = model(images)
+    full = torch.nn.functional.interpolate(outputs["pred_masks"], size=(96, 128), mode="bilinear",
+                                           align_corners=False)[..., :70, :100]
+    segments = 0
+    for config in (MaskClassificationConfig(), MaskClassificationConfig(0.5, 0.6)):
+        maps = mask_classification_panoptic(outputs["pred_logits"], outputs["pred_masks"], (96, 128), (70, 100),
+                                            torch.tensor(IS_THING), config)
+        for b in range(4):
+            ids, rows = mask2former_panoptic_inference(outputs["pred_logits"][b], full[b], IS_THING,
+                                                       config.object_mask_threshold, config.overlap_threshold)
+            assert torch.equal(maps.ids[b].int(), ids) and [(i, c) for i, c, _ in maps.rows(b)] == rows
+            segments += len(rows)
+    assert segments >= 8
+
+
+@pytest.mark.parametrize("names", ["detr", "hf", "tuple", "hf-tuple"])
 def test_torchscript_model_through_the_host_equals_the_reference(tmp_path, names):
     """A TorchScript export with Cityscapes' 19 classes and the default input: no adapter, no
-    option; the contract is detected from the outputs (our names, Hugging Face's, a tuple)."""
+    option; the contract is detected from the outputs (our names, Hugging Face's, a tuple, a
+    Hugging Face tuple with hidden states after the logits and masks)."""
     model = TinyMaskFormer(seed=1, names=names)
     path = export(model, tmp_path / "mask2former.pt", torch.rand(1, 3, 64, 96))
     frames = _frames(4, 70, 100, seed=3)

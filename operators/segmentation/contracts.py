@@ -175,16 +175,19 @@ def _contract_of_dict(outputs: dict) -> tuple[str, dict] | None:
 
 
 def _contract_of_sequence(outputs: tuple | list) -> tuple[str, dict] | None:
-    if not outputs or not all(isinstance(v, torch.Tensor) for v in outputs):
+    """By shapes: Panoptic-DeepLab's 3 or 4 heads; (logits, masks[, embedding]) — or a longer
+    tuple led by logits and masks, as Hugging Face models traced with ``torchscript=True``
+    return them (the rest is hidden states, left alone); (panoptic, segments[, embedding])."""
+    if len(outputs) < 2 or not all(isinstance(v, torch.Tensor) for v in outputs[:2]):
         return None
-    first = outputs[0]
-    if first.dim() == 4 and len(outputs) in (3, 4):
+    first, second = outputs[0], outputs[1]
+    if first.dim() == 4 and len(outputs) in (3, 4) and all(isinstance(v, torch.Tensor) for v in outputs):
         return "panoptic-deeplab", dict(zip(OUTPUT_KEYS, outputs))
-    if first.dim() == 3 and len(outputs) in (2, 3) and outputs[1].dim() in (3, 4):
-        if first.is_floating_point() and outputs[1].dim() == 4:
-            return "mask-classification", dict(zip(("pred_logits", "pred_masks", "embedding"), outputs))
-        if not first.is_floating_point() and outputs[1].dim() == 3:
-            return "panoptic-map", dict(zip(("panoptic", "segments", "embedding"), outputs))
+    extra = {"embedding": outputs[2]} if len(outputs) == 3 and isinstance(outputs[2], torch.Tensor) else {}
+    if first.dim() == 3 and first.is_floating_point() and second.dim() == 4:
+        return "mask-classification", {"pred_logits": first, "pred_masks": second, **extra}
+    if first.dim() == 3 and not first.is_floating_point() and second.dim() == 3 and len(outputs) <= 3:
+        return "panoptic-map", {"panoptic": first, "segments": second, **extra}
     return None
 
 
