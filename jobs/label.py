@@ -70,6 +70,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
     parser.add_argument("--force", action="store_true", help="reprocess videos that are already committed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="keep the local copies of remote videos after the run (default: removed; they live in a "
+                             "private directory per run under TUBEFLOW_CACHE, ~/.cache/tubeflow)")
 
 
 def tracker_config_from_option(value: str, option: str):
@@ -137,5 +140,5 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.label import label
 
     result = label(args.input, args.output, config_from_args(args), address=args.address, force=args.force,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, keep_cache=args.keep_cache)
     return report(result, "label")

@@ -25,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.nightly import nightly
 
     result = nightly(args.input, args.output, config_from_args(args), address=args.address, force=args.force,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, keep_cache=args.keep_cache)
     return report(result, "nightly")

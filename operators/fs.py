@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -129,35 +130,85 @@ def local_copy(uri: str) -> str:
     """A local filesystem path holding the bytes of ``uri``.
 
     OpenCV opens containers (mp4, avi, mkv) by path only. Local files are used in place;
-    remote ones are downloaded whole into the cache directory (``TUBEFLOW_CACHE``), named
+    remote ones are downloaded whole into the cache directory (:func:`cache_dir`), named
     by the URI and the remote file's identity (``ukey``: ETag / mtime and size), so a file
     overwritten remotely is fetched again, never served stale. The workers of a node share
     the cache, so a download lands under a temporary name and is renamed into place: a
     copy already handed out is never truncated by another worker fetching the same file.
 
-    The cache is bounded (``TUBEFLOW_CACHE_MAX_GB``, default 20): after a download, the
-    least recently used copies are deleted until it fits (see :func:`evict_cache`).
+    The copies are private (directory 0700, files 0600: they are someone's videos) and bounded
+    (``TUBEFLOW_CACHE_MAX_GB``, default 20): after a download, the least recently used copies
+    are deleted until it fits (see :func:`evict_cache`).
     """
     filesystem_, path = filesystem(uri)
     if _is_local(filesystem_):
         return path
     key = hashlib.sha256(f"{uri}\0{filesystem_.ukey(path)}".encode()).hexdigest()
-    cached = os.path.join(_cache_dir(), key + os.path.splitext(path)[1])  # the extension tells FFmpeg the format
+    ext = os.path.splitext(path)[1]
+    ext = ext if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", ext) else ""  # the extension tells FFmpeg the format
+    directory = cache_dir()
+    cached = os.path.join(directory, key + ext)
     try:
         os.utime(cached)  # a hit: mark it recently used
         return cached
     except FileNotFoundError:
         pass
-    os.makedirs(_cache_dir(), exist_ok=True)
-    tmp = os.path.join(_cache_dir(), f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(directory, f".{key}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         filesystem_.get_file(path, tmp)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, cached)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     evict_cache(keep=cached)
     return cached
+
+
+RUN_CACHE_ENV = "TUBEFLOW_RUN_CACHE"
+
+
+def cache_dir() -> str:
+    """The directory of local copies, created private (0700): the current run's own
+    (``TUBEFLOW_RUN_CACHE``, set by :func:`run_cache`) or else the shared base
+    (``TUBEFLOW_CACHE``, default ``~/.cache/tubeflow``)."""
+    directory = os.environ.get(RUN_CACHE_ENV) or _cache_base()
+    _private_dir(directory)
+    return directory
+
+
+def _cache_base() -> str:
+    return os.environ.get("TUBEFLOW_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tubeflow"))
+
+
+def _private_dir(directory: str) -> None:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_mode & 0o077:
+        os.chmod(directory, 0o700)  # an older release left it world-readable
+
+
+@contextlib.contextmanager
+def run_cache(run_id: str, keep: bool = False) -> Iterator[str]:
+    """The block's local copies go to a directory of their own under the cache base, private,
+    removed at the end unless ``keep``. Processes started inside the block (a local Ray's
+    workers) inherit it through ``TUBEFLOW_RUN_CACHE``; workers of a Ray that was already
+    running keep using the shared base (private and bounded, not removed)."""
+    base = _cache_base()
+    _private_dir(base)
+    directory = os.path.join(base, "runs", run_id)
+    _private_dir(os.path.dirname(directory))
+    _private_dir(directory)
+    saved = os.environ.get(RUN_CACHE_ENV)
+    os.environ[RUN_CACHE_ENV] = directory
+    try:
+        yield directory
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_CACHE_ENV, None)
+        else:
+            os.environ[RUN_CACHE_ENV] = saved
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 CACHE_GRACE_SECONDS = 600.0
@@ -174,7 +225,7 @@ def evict_cache(keep: str | None = None, max_bytes: int | None = None) -> list[s
     if max_bytes is None:
         max_bytes = int(float(os.environ.get("TUBEFLOW_CACHE_MAX_GB", "20")) * 1e9)
     entries = []
-    with os.scandir(_cache_dir()) as it:
+    with os.scandir(cache_dir()) as it:
         for entry in it:
             if entry.name.startswith(".") or not entry.is_file():
                 continue
@@ -195,8 +246,6 @@ def evict_cache(keep: str | None = None, max_bytes: int | None = None) -> list[s
     return deleted
 
 
-def _cache_dir() -> str:
-    return os.environ.get("TUBEFLOW_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tubeflow"))
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

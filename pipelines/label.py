@@ -254,12 +254,14 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
 
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
           progress: bool = True, only_videos: list[str] | None = None, log=print,
-          lease: Lease | None = None) -> LabelRun:
+          lease: Lease | None = None, keep_cache: bool = False) -> LabelRun:
     """Label every video of ``input_uri`` into ``output_uri`` (see module doc).
 
     The run holds the output root's lease (:mod:`pipelines.lease`) from before it changes
     anything until it returns; a caller that already holds it (``nightly``) passes ``lease``.
     Raises :class:`~pipelines.lease.LeaseHeldError` when another live run holds the output.
+    Local copies of remote videos go to the run's own private cache, removed at the end
+    unless ``keep_cache`` (:func:`operators.fs.run_cache`).
     """
     # the door: everything the command is given is checked here, before the output is touched
     # and before Ray starts (an InputError from here ends the command with exit code 2)
@@ -268,10 +270,11 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     if only_videos is not None:
         entries = [e for e in entries if e.video_id in set(only_videos)]
     options = {"address": address, "force": force, "progress": progress, "log": log}
-    if lease is not None:
+    with contextlib.ExitStack() as stack:
+        if lease is None:
+            lease = stack.enter_context(Lease(output_uri, new_run_id(), command="tubeflow label"))
+        stack.enter_context(fs.run_cache(lease.run_id, keep=keep_cache))
         return _label_holding(input_uri, entries, output_uri, config, lease=lease, **options)
-    with Lease(output_uri, new_run_id(), command="tubeflow label") as held:
-        return _label_holding(input_uri, entries, output_uri, config, lease=held, **options)
 
 
 def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, config: LabelConfig, *,

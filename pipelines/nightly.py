@@ -1,19 +1,33 @@
 """Nightly reprocessing: label what is new or changed, then rebuild the run-level outputs
-(``pred.json``, ``metrics/``) over every committed video of the output root."""
+(``pred.json``, ``metrics/``) over every committed video of the output root.
+
+The whole night — labelling and the rebuild — holds the output's lease (:mod:`pipelines.lease`),
+and the rebuild reads fresh listings of the commit markers, so it covers exactly the videos
+committed when it runs (on S3 too, where a cached listing once hid this night's videos)."""
 from __future__ import annotations
 
 from pipelines.commit import OutputLayout
 from pipelines.label import LabelRun, evaluation_settings, label
 from pipelines.label_config import LabelConfig
 from pipelines.label_outputs import aggregate_metrics, write_predictions_json
+from pipelines.lease import Lease, new_run_id
 
 
 def nightly(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None,
-            force: bool = False, progress: bool = True, log=print) -> LabelRun:
+            force: bool = False, progress: bool = True, log=print, keep_cache: bool = False) -> LabelRun:
     """:func:`pipelines.label.label` (unchanged videos are skipped by their commit markers),
     then metrics and ``pred.json`` over the whole output, not only this night's corpus."""
-    run = label(input_uri, output_uri, config, address=address, force=force, progress=progress, log=log)
+    with Lease(output_uri, new_run_id(), command="tubeflow nightly") as lease:
+        return _nightly_holding(input_uri, output_uri, config, lease, address=address, force=force,
+                                progress=progress, log=log, keep_cache=keep_cache)
+
+
+def _nightly_holding(input_uri: str, output_uri: str, config: LabelConfig, lease: Lease, *, address: str | None,
+                     force: bool, progress: bool, log, keep_cache: bool) -> LabelRun:
+    run = label(input_uri, output_uri, config, address=address, force=force, progress=progress, log=log, lease=lease,
+                keep_cache=keep_cache)
     layout = OutputLayout(str(output_uri).rstrip("/"))
+    lease.check_holder()
     if config.gt_json:
         from operators.formats.vps_layout import read_ground_truth
 
