@@ -180,7 +180,7 @@ class _S3Store:
                     isinstance(exc, (FileExistsError, FileNotFoundError)):
                 raise _Conflict() from None
             raise
-        self.fs.invalidate_cache()
+        self.fs.invalidate_cache(f"{self.bucket}/{self.key}")  # this object only: no listing is refreshed here
         return response["ETag"]
 
 

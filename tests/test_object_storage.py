@@ -61,7 +61,8 @@ def _nights(corpus, base: str) -> dict:
             "staging": fs.exists(f"{out}/_staging")}
 
 
-def test_label_add_videos_nightly_on_s3_equals_local_files(corpus, tmp_path, s3_bucket, ray_local):
+def test_label_add_videos_nightly_on_s3_equals_local_files(corpus, tmp_path, s3_bucket, ray_local, monkeypatch):
+    monkeypatch.setenv("TUBEFLOW_LEASE_SECONDS", "3600")  # no renewal (a write) between listing and publishing
     local = _nights(corpus, str(tmp_path / "local"))
     remote = _nights(corpus, f"{s3_bucket}/night")
     videos = ["0000", "0001", "0002", "0003"]
