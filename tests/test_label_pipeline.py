@@ -223,6 +223,8 @@ def test_input_and_output_on_s3(labelled, s3_bucket):
     assert table.select(["frame_index", "track_id", "area"]).to_pylist() == \
         local.select(["frame_index", "track_id", "area"]).to_pylist()
     assert not fs.exists(f"{out}/_staging")
+    cache = os.environ["TUBEFLOW_CACHE"]  # the run's private copies of the S3 video are gone
+    assert os.path.isdir(f"{cache}/runs") and not [f for _, _, files in os.walk(cache) for f in files]
 
 
 def test_nightly_reprocesses_only_the_changed_video(labelled):
