@@ -4,10 +4,11 @@
                    [--model URI] [--contract auto|panoptic-deeplab|mask-classification|panoptic-map]
                    [--flow dis|raft] [--gt GT_JSON] [--chunk-frames N] [--png] [--overlay] [--force]
 
-``--input`` is a directory / bucket prefix of videos (mp4, avi, mkv, mov) and frame
-directories, or a manifest (Parquet/CSV: video_id, uri[, gt]). Outputs under ``--output``:
+``--input`` is a directory / bucket prefix of videos (mp4, avi, mkv, mov), frame directories
+and driving logs (.mcap, .bag: one video per camera topic), or a manifest (Parquet/CSV:
+video_id, uri[, gt, topic]). Outputs under ``--output``:
 ``segments/`` (Parquet, hive-partitioned by video), ``pan_pred/`` + ``pred.json`` (--png),
-``overlays/<video>.mp4`` (--overlay), ``metrics/`` (with --gt), ``run_manifest.json``,
+``overlays/<video>.mp4`` (--overlay), ``review/`` (--review mcap), ``metrics/`` (with --gt), ``run_manifest.json``,
 ``failures.parquet``. Videos already committed with the same input and config are skipped.
 Exit code 0 when every video was labelled (or skipped), 1 when some failed.
 """
@@ -52,7 +53,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="frames per model forward pass (default: 1 on CPU, 8 on GPU)")
     parser.add_argument("--png", action="store_true", help="also write pan_pred/ + pred.json (submission layout)")
-    parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.mp4 (tracks coloured)")
+    parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.mp4 (tracks coloured, "
+                                                               "ids, class names, legend, time)")
+    parser.add_argument("--review", choices=("mcap",), default=None,
+                        help="mcap: also write review/<log>.mcap per log (the labels as an image topic + "
+                             "foxglove.ImageAnnotations, stamped like the camera, for Foxglove), a thumbnail per video "
+                             "and review/index.html (videos worst first)")
     parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="horizontal-flip test-time augmentation of the segmenter (default: on for the "
@@ -113,7 +119,8 @@ def config_from_args(args: argparse.Namespace):
                            contract=None if args.contract == "auto" else args.contract,
                            object_mask_threshold=args.object_mask_threshold,
                            overlap_threshold=args.overlap_threshold,
-                           write_png=args.png, write_overlay=args.overlay, device=args.device, resources=resources)
+                           write_png=args.png, write_overlay=args.overlay, review=args.review, device=args.device,
+                           resources=resources)
     except ValueError as exc:
         from operators.errors import InputError
 

@@ -2,6 +2,7 @@
 
     tubeflow synth --out DIR --videos N --frames T --height H --width W --seed S \
         [--annotate-every 5] [--scenario default|occlusion|similar|small|deform] [--speed 3] [--look-alikes]
+        [--format mp4|mcap|bag]
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hard footage: every instance of a class looks the same")
     parser.add_argument("--no-crowd", action="store_true", help="leave out the crowd (iscrowd=1) segment")
     parser.add_argument("--no-void", action="store_true", help="leave out the VOID hood and clutter")
+    parser.add_argument("--format", choices=("mp4", "mcap", "bag"), default="mp4",
+                        help="mp4: one file per video; mcap / bag: driving logs (ROS 2 MCAP / ROS 1 bag), two cameras "
+                             "per log (JPEG front, raw rgb8 rear) and a speed topic, each on an uneven clock")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                       crowd=not args.no_crowd, void=not args.no_void, speed=args.speed, look_alikes=args.look_alikes)
     start = time.perf_counter()
     try:
-        write_corpus(args.out, cfg, progress=lambda msg: print(f"tubeflow synth: {msg}", file=sys.stderr))
+        write_corpus(args.out, cfg, progress=lambda msg: print(f"tubeflow synth: {msg}", file=sys.stderr),
+                     video_format=args.format)
     except OSError as exc:  # unwritable directory, full disk, missing bucket
         raise InputError(args.out, f"cannot write the corpus: {exc}") from None
     seconds = time.perf_counter() - start

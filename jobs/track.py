@@ -34,7 +34,7 @@ from pipelines.commit import STAGING_DIR, publish_staged, remove_tree, remove_tr
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SEPARATORS = "_.-"
-SEGMENTS_DIR = "segments"  # OUT/segments/video_id=<id>/part-….parquet
+SEGMENTS_DIR = "segments"  # OUT/segments/video_key=<key>/part-….parquet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

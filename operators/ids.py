@@ -8,7 +8,7 @@ names, annotations, overlays, metric tables, commit markers, staging) goes throu
 
 The key is the id's UTF-8 bytes, each byte outside ``[a-z0-9_-]`` written ``%XX`` (two
 upper-case hex digits) — the percent escape Hive and pyarrow's hive partitioning decode, so
-``video_id=<key>`` partitions read back as the original id. Hence a key
+``video_key=<key>`` partitions read back as the original id. Hence a key
 
 * is one safe path component: no separator of either kind, never ``.``/``..``, never
   starts with a dot (hidden files are how writers stage temporaries), no control
@@ -32,7 +32,7 @@ import string
 from operators.errors import TubeflowError
 
 MAX_VIDEO_KEY = 180
-"""Longest key of a video id: ``video_id=<key>``, ``<key>.pending.json`` and the default image
+"""Longest key of a video id: ``video_key=<key>``, ``<key>.pending.json`` and the default image
 ids ``<video id>_NNNNNN`` (key + 7) all stay well under 255 bytes."""
 MAX_IMAGE_KEY = 200
 """Longest key of an image id (``pan_pred/<key>.png``)."""

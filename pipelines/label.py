@@ -42,6 +42,7 @@ from pipelines.migrate import check_layout_version
 from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, describe,
                                     plan_video, write_frames)
 from pipelines.plan import VideoEntry, discover
+from pipelines.review import video_sources, write_review_outputs
 
 
 @dataclass
@@ -344,7 +345,7 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
                         task = VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
                                          gt_frames.get(p.video_id, []) if settings else None, categories)
                         pending[finalize.remote(layout.root, run_id, task, config_hash, checksums, settings,
-                                                config.write_png, config.write_overlay)] = p
+                                                config.write_png, config.write_overlay, config.review)] = p
 
                 def collect(timeout: float) -> None:
                     done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout) if pending else ([], [])
@@ -420,13 +421,15 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
         report = aggregate_metrics(layout, settings, [e.video_id for e in entries])
     if config.write_png:
         write_predictions_json(layout)
+    if config.review or config.write_overlay:
+        write_review_outputs(layout, entries, config, results)
     seconds = time.perf_counter() - started
     run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, frames, stage_cpu_seconds, report,
                    first_output, frame_times, resumed)
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
                                         "seconds": seconds, "frames": frames, "stage_cpu_seconds": stage_cpu_seconds,
-                                        "resumed": resumed},
+                                        "resumed": resumed, "sources": video_sources(entries)},
                        run.results)
     return run
 

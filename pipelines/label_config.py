@@ -63,6 +63,8 @@ class LabelConfig:
       default, on for the built-in network; two forward passes per frame).
     * ``shift``: half-cell shift test-time augmentation of the segmenter (None: the host's
       default, on for the built-in network; twice the forward passes again).
+    * ``review``: ``"mcap"`` writes per log a review MCAP of the labels for Foxglove, per video a
+      thumbnail, and ``review/index.html`` (videos worst first); see :mod:`pipelines.review`.
     * ``refine``: guided refinement of the segmenter's semantic map (None: the host's default,
       on for the built-in network).
     * ``contract``: an artifact's output contract (None: detected from its outputs);
@@ -91,6 +93,7 @@ class LabelConfig:
     overlap_threshold: float = 0.8
     write_png: bool = False
     write_overlay: bool = False
+    review: str | None = None  # "mcap": review logs for Foxglove + review/index.html (pipelines/review.py)
     device: str = "auto"
     resources: StageResources = field(default_factory=StageResources)
 
@@ -107,6 +110,8 @@ class LabelConfig:
             raise ValueError(f"--contract {self.contract!r}: one of {CONTRACTS}, for --segmenter artifact")
         if not (0 <= self.object_mask_threshold <= 1 and 0 <= self.overlap_threshold <= 1):
             raise ValueError("--object-mask-threshold and --overlap-threshold must be in [0, 1]")
+        if self.review not in (None, "mcap"):
+            raise ValueError(f"unknown review format {self.review!r}; choose mcap")
         if self.gt_json and not self.gt_dir:
             object.__setattr__(self, "gt_dir", fs.join(self.gt_json.rsplit("/", 1)[0], "panoptic"))
 
@@ -177,7 +182,7 @@ class LabelConfig:
                "tracker": json.loads(self.tracker_for(self.model_spec().categories).to_json()),
                "models": model_checksums,
                "gt": [self.gt_json, self.gt_dir, self.stride, list(self.ks)], "image_id_format": self.image_id_format,
-               "sinks": {"png": self.write_png, "overlay": self.write_overlay}}
+               "sinks": {"png": self.write_png, "overlay": self.write_overlay, "review": self.review}}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:

@@ -1,5 +1,6 @@
-"""Finishing one video once all its frames are staged: per-video annotations, metric sums
-against the GT, the overlay video, then the commit (:mod:`pipelines.commit`).
+"""Finishing one video once all its frames are staged: per-video annotations (with each
+frame's ``timestamp_ns``), metric sums against the GT, the overlay video, the review outputs
+(:mod:`pipelines.review`), then the commit (:mod:`pipelines.commit`).
 
 This runs as one Ray task per video (launched by the driver when the sink has reported
 every frame of the video); everything it reads is in the video's staging prefix, so it needs
@@ -24,11 +25,14 @@ from operators.formats.vps_layout import VpsImage
 from operators.metrics.stq import StqStats
 from operators.metrics.video import EvaluationSettings, FrameInputs, VideoEvaluation, VideoInputs, evaluate_video
 from operators.metrics.vpq import VpqStats
+from operators.review.overlay import legend_classes, render_overlay
 from operators.video import VideoWriter, open_video
 from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
-from pipelines.overlay import render_overlay
+from pipelines.label_stages import FRAME_TIMES_DIR, read_frame_times
+from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
+                              write_thumbnail)
 
 
 @dataclass
@@ -126,24 +130,29 @@ def _evaluate(task: VideoTask, staging: str, scratch: str, by_frame: dict, size,
     return evaluation
 
 
-def _write_overlay(task: VideoTask, staging: str, by_frame: dict, size) -> None:
+def _write_overlay(task: VideoTask, staging: str, by_frame: dict, times: dict) -> None:
+    legend = legend_classes([s for rows in by_frame.values() for s in labelled_segments(rows)], task.categories)
     with open_video(task.uri) as source, VideoWriter(fs.join(staging, overlay_rel(task.video_id)),
                                                      fps=source.meta.fps or 10.0) as writer:
-        for index, rgb in enumerate(source.iter_frames()):
+        for index, (rgb, timestamp) in enumerate(source.iter_timed()):
             rows = by_frame.get(index, [])
-            ids = segments_table.rows_to_frame(rows).ids if rows else np.zeros(rgb.shape[:2], np.int32)
-            writer.write(render_overlay(rgb, ids, categories=task.categories))
+            writer.write(render_overlay(rgb, frame_ids(rows, rgb.shape[:2]), labelled_segments(rows),
+                                        timestamp_ns=times.get(index, timestamp), legend=legend,
+                                        categories=task.categories))
 
 
 def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, model_checksums: dict,
-                   settings: EvaluationSettings | None, write_png: bool, write_overlay: bool) -> VideoResult:
-    """Annotations, metrics and overlay of one fully staged video, then its commit."""
+                   settings: EvaluationSettings | None, write_png: bool, write_overlay: bool,
+                   review: str | None = None) -> VideoResult:
+    """Annotations, metrics, overlay and review outputs of one fully staged video, then its commit."""
     layout = OutputLayout(root)
     staging = layout.staging(run_id, task.video_id)
     scratch = layout.scratch(run_id, task.video_id)
     stage = "finalize"
     try:
         by_frame, size = _staged_frames(staging, task.frame_count, None)
+        times = read_frame_times(staging)
+        remove_tree(fs.join(staging, FRAME_TIMES_DIR))  # read once here, not an output
         if size is None:  # no segment in any frame: the size comes from the video
             with open_video(task.uri) as source:
                 size = source.meta.size
@@ -151,7 +160,7 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         for index, image_id in enumerate(task.image_ids):
             rows = by_frame.get(index, [])
             images.append({"id": image_id, "file_name": png_name(image_id), "width": size[1], "height": size[0],
-                           "video_id": task.video_id, "frame_index": index})
+                           "video_id": task.video_id, "frame_index": index, "timestamp_ns": times.get(index)})
             annotations.append({"image_id": image_id, "file_name": png_name(image_id), "segments_info": [
                 SegmentInfo(r.track_id, r.category_id, r.area, tuple(r.bbox), int(r.iscrowd), r.score).to_json()
                 for r in rows]})
@@ -163,10 +172,18 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
             evaluation = _evaluate(task, staging, scratch, by_frame, size, settings, write_png)
             write_video_metrics(fs.join(staging, metrics_rel(task.video_id)), evaluation)
             stq = evaluation.stq.result()
-            metrics = {"stq": float(stq["STQ"]), "aq": float(stq["AQ"])}
+            metrics = {"stq": float(stq["STQ"]), "aq": float(stq["AQ"]),
+                       "vpq": float(evaluation.vpq.result(settings.categories, settings.ks).vpq)}
         if write_overlay:
             stage = "overlay"
-            _write_overlay(task, staging, by_frame, size)
+            _write_overlay(task, staging, by_frame, times)
+        if review:
+            stage = "review"
+            write_review_part(fs.join(staging, review_part_rel(task.video_id)), task.uri, task.frame_count, by_frame,
+                              size, times, task.categories)
+        if review or write_overlay:
+            write_thumbnail(fs.join(staging, thumbnail_rel(task.video_id)), task.uri, task.frame_count, by_frame,
+                            times, task.categories)
         stage = "commit"
         rows = [r for frame_rows in by_frame.values() for r in frame_rows]
         counts = {"frames": task.frame_count, "segments": len(rows),

@@ -67,13 +67,18 @@ def write_run_manifest(layout: OutputLayout, run_id: str, document: dict, result
 
 
 def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker] | None = None) -> int:
-    """``pred.json`` over every committed video (its PNGs are in ``pan_pred/``); returns the frame count."""
+    """``pred.json`` over every committed video (its PNGs are in ``pan_pred/``); returns the frame count.
+
+    Beside the submission layout's ``annotations`` it lists the ``images`` (id, size, video_id,
+    frame_index, timestamp_ns), which evaluators ignore and joins on time need."""
     markers = committed_markers(layout) if markers is None else markers
-    annotations = []
+    images, annotations = [], []
     for video_id, marker in markers.items():
         if annotations_rel(video_id) in marker.files:
-            annotations.extend(json.loads(fs.read_bytes(layout.uri(annotations_rel(video_id))))["annotations"])
-    fs.write_bytes(layout.uri("pred.json"), json.dumps({"annotations": annotations}).encode())
+            doc = json.loads(fs.read_bytes(layout.uri(annotations_rel(video_id))))
+            images.extend(doc.get("images", []))
+            annotations.extend(doc["annotations"])
+    fs.write_bytes(layout.uri("pred.json"), json.dumps({"images": images, "annotations": annotations}).encode())
     return len(annotations)
 
 

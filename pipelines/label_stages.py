@@ -5,16 +5,19 @@ Rows are video *chunks*:
 * plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index,
   frame_count, image_ids`` (JSON list), ``resume_from`` (the first frame this pass labels: a video
   resumed from an association checkpoint skips the chunks before it), ``error``/``stage``;
-* decode adds ``rgb (n, H, W, 3) uint8`` and ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
-  of the previous chunk, so flow at a chunk boundary is the same as inside a chunk);
+* decode adds ``rgb (n, H, W, 3) uint8``, ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
+  of the previous chunk, so flow at a chunk boundary is the same as inside a chunk) and
+  ``timestamps`` (JSON list of each frame's ``timestamp_ns``, null where the source has none);
 * segment adds ``panoptic (n, H, W) int32``, ``segments`` (JSON, per frame), ``embeddings
   (Σ segments, D) float32`` (rows in segment order);
 * flow adds ``flow (n, H, W, 2) float32`` (current → previous; frame 0 of a video has none);
 * associate emits one row per chunk with the frames that became trackable (any number, possibly
-  of earlier chunks): ``frame_indices (m,) int64, image_ids, frame_errors`` (JSON lists),
+  of earlier chunks): ``uri``, ``frame_indices (m,) int64, image_ids, timestamps, frame_errors``
+  (JSON lists),
   ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
-* the sink writes them to the video's staging prefix and emits one small row per video and batch
-  (with the frames it wrote and the name of its segments part).
+* the sink writes them to the video's staging prefix (segments rows with their time, source URI
+  and topic; the frames' times) and emits one small row per video and batch (with the frames it
+  wrote and the name of its segments part).
 
 A row that failed keeps flowing with ``error`` and ``stage`` set and empty arrays, so the
 driver learns about it from the sink's output like about any other row; ``lost`` marks a
@@ -34,7 +37,7 @@ from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
 from operators import fs
 from operators.ids import image_key, png_name, video_key
-from operators.video import open_video
+from operators.video import open_video, split_stream_uri
 from pipelines.commit import OutputLayout
 from pipelines.plan import plan_chunks
 
@@ -131,12 +134,14 @@ def decode_chunk(row: dict) -> dict:
     row = dict(row)
     start = operator_clock()
     row["rgb"], row["prev_rgb"] = _empty(1, 1, 3), _empty(1, 1, 3)
+    row["timestamps"] = "[]"  # each frame's timestamp_ns (None where the source has no times)
     if not row["error"]:
         try:
             a, b = int(row["frame_start"]), int(row["frame_end"])
             with open_video(row["uri"]) as source:
-                frames = source.read(max(a - 1, 0), b)
+                frames, times = source.read_timed(max(a - 1, 0), b)
             row["prev_rgb"], row["rgb"] = (frames[:1], frames[1:]) if a > 0 else (_empty(*frames.shape[1:]), frames)
+            row["timestamps"] = json.dumps(times[1:] if a > 0 else times)
         except Exception as exc:
             _failed(row, "decode", exc)
     row["t_decode"] = operator_clock() - start
@@ -238,9 +243,10 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
     stages were done after 22 s, the run after 84 s)."""
     good = [f for f in frames if not f.error]
     shape = good[0].panoptic.ids.shape if good else (1, 1)
-    return {"video_id": row["video_id"], "frame_count": int(row["frame_count"]),
+    return {"video_id": row["video_id"], "uri": row["uri"], "frame_count": int(row["frame_count"]),
             "frame_indices": np.array([f.frame_index for f in frames], np.int64),
-            "image_ids": json.dumps([f.image_id for f in frames]),
+            "image_ids": json.dumps([f.image_id[0] for f in frames]),
+            "timestamps": json.dumps([f.image_id[1] for f in frames]),
             "frame_errors": json.dumps([f.error or "" for f in frames]),
             "panoptic": np.stack([f.panoptic.ids.astype(np.int32) if not f.error else np.zeros(shape, np.int32)
                                   for f in frames]) if frames else _empty(1, 1, dtype=np.int32),
@@ -278,7 +284,10 @@ class AssociateChunks:
             try:
                 ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
                 frames, offset = [], 0
-                for i, (image_id, segs) in enumerate(zip(json.loads(row["image_ids"]), segments)):
+                # The tracker carries image_id through untouched for the writers; the frame's time
+                # rides with it, since a frame can come back with a later chunk's row.
+                labels = zip(json.loads(row["image_ids"]), json.loads(row["timestamps"]))
+                for i, (image_id, segs) in enumerate(zip(labels, segments)):
                     infos = [SegmentInfo.from_json(s) for s in segs]
                     vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
                     offset += len(infos)
@@ -299,6 +308,39 @@ class AssociateChunks:
 
 
 # ---------------------------------------------------------------------------- sink
+FRAME_TIMES_DIR = "frame_times"  # staging only: finalize reads it and removes it before the commit
+
+
+def write_frame_times(staging: str, times: list[tuple[int, int | None]]) -> None:
+    """One small Parquet file of (frame_index, timestamp_ns) per sink write, named by its frames
+    (a retried write replaces its own file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"frame_index": pa.array([i for i, _ in times], pa.int32()),
+                      "timestamp_ns": pa.array([t for _, t in times], pa.int64())})
+    first, last = min(i for i, _ in times), max(i for i, _ in times)
+    with fs.atomic_write(fs.join(staging, FRAME_TIMES_DIR, f"part-{first:08d}-{last:08d}.parquet")) as f:
+        pq.write_table(table, f)
+
+
+def read_frame_times(staging: str) -> dict[int, int | None]:
+    """frame_index → timestamp_ns of every staged frame (empty when nothing was staged)."""
+    import pyarrow.parquet as pq
+
+    root = fs.join(staging, FRAME_TIMES_DIR)
+    filesystem, path = fs.filesystem(root)
+    if not filesystem.exists(path):
+        return {}
+    out = {}
+    for name in sorted(filesystem.find(path)):
+        if name.endswith(".parquet") and "/." not in name[len(path):]:
+            with filesystem.open(name, "rb") as f:
+                table = pq.read_table(f)
+            out.update(zip(table["frame_index"].to_pylist(), table["timestamp_ns"].to_pylist()))
+    return out
+
+
 def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
     (segments table part, PNGs) and return one summary row per video of the batch: counts, the
@@ -313,15 +355,15 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
     summaries = []
     for video_id, rows in by_video.items():
         start = operator_clock()
-        good, frame_errors = [], []  # (frame index, image id, ids, segments) of the frames to write; errors of the rest
+        good, frame_errors = [], []  # (frame index, image id, time, ids, segments) of the frames to write; errors
         for r in rows:
-            frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["frame_errors"]), r["panoptic"],
-                         json.loads(r["segments"]))
-            for index, image_id, error, ids, segments in frames:
+            frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["timestamps"]),
+                         json.loads(r["frame_errors"]), r["panoptic"], json.loads(r["segments"]))
+            for index, image_id, timestamp, error, ids, segments in frames:
                 if error:
                     frame_errors.append(error)
                 else:
-                    good.append((int(index), image_id, ids, segments))
+                    good.append((int(index), image_id, timestamp, ids, segments))
         errors = [r["error"] for r in rows if r["error"]] + frame_errors
         stage = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
@@ -331,17 +373,22 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
                    **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
         try:
             staging = layout.staging(run_id, video_id)
+            source_uri, topic = split_stream_uri(str(rows[0]["uri"]))
             tables = []
-            for index, image_id, ids, segments in good:
+            for index, image_id, timestamp, ids, segments in good:
                 frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
                 tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
-                                                            *([categories] if categories else [])))
+                                                            *([categories] if categories else []),
+                                                            timestamp_ns=timestamp, source_uri=source_uri,
+                                                            topic=topic))
                 if write_png:
                     write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
             nonempty = [t for t in tables if t.num_rows]
             if nonempty:
                 (part,) = segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
                 summary["part"] = part.rsplit("/", 1)[-1]
+            if good:  # every frame's time, also of frames without segments (finalize reads it)
+                write_frame_times(staging, [(index, timestamp) for index, _, timestamp, _, _ in good])
             summary["segments"] = sum(t.num_rows for t in tables)
         except Exception as exc:
             summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + len(good),

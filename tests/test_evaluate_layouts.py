@@ -90,7 +90,7 @@ def test_table_inputs_report_bad_videos_by_partition(layouts, tmp_path, capsys):
     root, _, _ = layouts
     pred_table = tmp_path / "pred_table"
     shutil.copytree(root / "pred_table", pred_table)
-    (part,) = (pred_table / "video_id=0005").glob("*.parquet")
+    (part,) = (pred_table / "video_key=0005").glob("*.parquet")
     part.write_bytes(b"not parquet")
     code = main(["evaluate", "--gt-table", str(root / "gt_table"), "--pred-table", str(pred_table),
                  "--out", str(tmp_path / "out"), "--no-progress", "--executor", "local", "--workers", "1"])

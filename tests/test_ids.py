@@ -105,13 +105,13 @@ def _check_output(out: str, run, hostile: list[str], frames: int = 2) -> None:
     filesystem, root = fs.fresh(out)
     names = [f[len(root.rstrip("/")) + 1:] for f in filesystem.find(root)]
     fixed = {"segments", "pan_pred", "annotations", "overlays", "_commits", "runs", "pred.json", "run_manifest.json",
-             "failures.parquet", "_layout.json", "_lease.json", "_lease.lock"}
+             "failures.parquet", "_layout.json", "_lease.json", "_lease.lock", "review", "thumbnails"}
     for name in names:
         top, *rest = name.split("/")
         assert top in fixed, name
         for part in rest:
             stem = part.split(".", 1)[0]
-            stem = stem[len("video_id="):] if stem.startswith("video_id=") else stem
+            stem = stem[len("video_key="):] if stem.startswith("video_key=") else stem
             assert SAFE_NAME.fullmatch(stem) or part.startswith("part-") or top == "runs", name
     partitions = [n.split("/")[1] for n in names if n.startswith("segments/")]
     assert len({p.lower() for p in set(partitions)}) == len(set(partitions)) == len(hostile)

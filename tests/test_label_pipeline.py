@@ -126,13 +126,15 @@ def test_overlay_has_every_frame_with_consistent_colours(labelled):
     colour (:func:`track_colour` of its id), in every frame it appears in."""
     import cv2
 
-    from pipelines.overlay import track_colour
+    from operators.review.overlay import track_colour
 
     uri = f"{labelled['out']}/overlays/0000.mp4"
     with open_video(uri) as overlay, open_video(f"{labelled['videos']}/0000.mp4") as source:
         assert overlay.meta.frame_count == source.meta.frame_count == 10
-        assert overlay.meta.size == source.meta.size
-        shown, under = list(overlay.read(0, 10)), list(source.read(0, 10))
+        # the frame, then the legend of the video's classes below it
+        assert overlay.meta.width == source.meta.width and overlay.meta.height > source.meta.height
+        shown = [f[:source.meta.height] for f in overlay.read(0, 10)]
+        under = list(source.read(0, 10))
     table = segments_table.read_segments_table(f"{labelled['out']}/segments")
     frames = {f.frame_index: f.frame for f in segments_table.iter_table_frames(table) if f.video_id == "0000"}
     checked = 0
@@ -246,8 +248,8 @@ def test_nightly_reprocesses_only_the_changed_video(labelled):
     # one complete output: the same rows as before, and no file the marker does not own
     rows_after = segments_table.read_segments_table(f"{labelled['out']}/segments", ["0001"], columns).to_pylist()
     assert rows_after == rows_before
-    partition = f"{labelled['out']}/segments/video_id=0001"
-    assert sorted(f"segments/video_id=0001/{f}" for f in os.listdir(partition)) == \
+    partition = f"{labelled['out']}/segments/video_key=0001"
+    assert sorted(f"segments/video_key=0001/{f}" for f in os.listdir(partition)) == \
         [f for f in after["0001"].files if f.startswith("segments/")]
     assert run.report is not None and run.report.vpq.vpq == pytest.approx(labelled["run"].report.vpq.vpq)
 
@@ -331,8 +333,8 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
     table = segments_table.read_segments_table(str(out / "segments"))
     rebuilt = {(f.video_id, f.frame_index): f.frame.ids for f in segments_table.iter_table_frames(table)}
     for video_id, marker in markers.items():
-        partition = out / "segments" / f"video_id={video_id}"
-        assert sorted(f"segments/video_id={video_id}/{f}" for f in os.listdir(partition)) == \
+        partition = out / "segments" / f"video_key={video_id}"
+        assert sorted(f"segments/video_key={video_id}/{f}" for f in os.listdir(partition)) == \
             [f for f in marker.files if f.startswith("segments/")]  # no stray part of the killed attempt
         for index, expected in enumerate(reference.frames[video_id]):
             got = rebuilt.get((video_id, index), np.zeros_like(expected.ids))
@@ -377,10 +379,13 @@ def test_association_rows_carry_a_chunk_of_frames_to_the_sink(tmp_path):
 
     ids = np.zeros((4, 6), np.int32)
     ids[:, :3], ids[:, 3:] = 1000, 21001  # road (category 0) and a tracked car (category 13)
-    good = [TrackedFrame("v", i, f"v_{i}", PanopticFrame(ids, [SegmentInfo(1000, 0, 12), SegmentInfo(21001, 13, 12)]))
+    # the tracker carries (image id, timestamp_ns) through as the frames' image_id
+    good = [TrackedFrame("v", i, (f"v_{i}", 1000 + i), PanopticFrame(ids, [SegmentInfo(1000, 0, 12),
+                                                                         SegmentInfo(21001, 13, 12)]))
             for i in (3, 5)]
-    rejected = TrackedFrame("v", 4, "v_4", None, "frame 4: wrong size")
-    chunk = {"video_id": "v", "frame_count": 8, "t_decode": 0.5, "t_segment": 1.0, "t_flow": 0.25, "t_associate": 0.1}
+    rejected = TrackedFrame("v", 4, ("v_4", None), None, "frame 4: wrong size")
+    chunk = {"video_id": "v", "uri": "drive.mcap#/cam", "frame_count": 8, "t_decode": 0.5, "t_segment": 1.0,
+             "t_flow": 0.25, "t_associate": 0.1}
     held = _tracked_row(chunk, [])  # a chunk held until its predecessor arrives: no frames yet
     assert held["panoptic"].shape[0] == 0 and held["frame_indices"].shape == (0,)
     row = _tracked_row(chunk, [good[0], rejected, good[1]])
@@ -392,6 +397,9 @@ def test_association_rows_carry_a_chunk_of_frames_to_the_sink(tmp_path):
     assert summary["segments"].tolist() == [4] and summary["t_segment"].tolist() == [1.0]
     table = segments_table.read_segments_table(OutputLayout(str(tmp_path)).staging("run", "v") + "/segments")
     assert sorted(set(table["frame_index"].to_pylist())) == [3, 5]
+    assert sorted(set(zip(table["frame_index"].to_pylist(), table["timestamp_ns"].to_pylist()))) == [(3, 1003),
+                                                                                                      (5, 1005)]
+    assert set(zip(table["source_uri"].to_pylist(), table["topic"].to_pylist())) == {("drive.mcap", "/cam")}
 
 
 def test_builtin_model_through_ray_data_equals_the_sequential_loop(labelled, tmp_path):

@@ -50,15 +50,16 @@ def busy_frame(seed: int, segments: int = 60) -> PanopticFrame:
 
 
 def test_schema_is_explicit_and_documented():
-    assert SEGMENTS_SCHEMA.names == ["video_id", "frame_index", "image_id", "track_id", "category_id", "isthing",
-                                     "iscrowd", "area", "bbox", "score", "mask"]
+    assert SEGMENTS_SCHEMA.names == ["video_id", "frame_index", "timestamp_ns", "image_id", "track_id", "category_id",
+                                     "isthing", "iscrowd", "area", "bbox", "score", "mask", "source_uri", "topic"]
     assert SEGMENTS_SCHEMA.field("track_id").type == pa.int64()
     assert SEGMENTS_SCHEMA.field("frame_index").type == pa.int32()
     assert SEGMENTS_SCHEMA.field("score").nullable and not SEGMENTS_SCHEMA.field("area").nullable
     mask = SEGMENTS_SCHEMA.field("mask").type
     assert [(f.name, f.type) for f in mask] == [("size", pa.list_(pa.int32())), ("counts", pa.binary())]
     assert all(f.metadata and f.metadata[b"doc"] for f in SEGMENTS_SCHEMA)
-    assert "video_id" not in FILE_SCHEMA.names
+    assert "video_id" in FILE_SCHEMA.names  # the files carry the id, not only the directory name
+    assert SEGMENTS_SCHEMA.field("timestamp_ns").nullable and SEGMENTS_SCHEMA.field("topic").nullable
 
 
 def test_rows_hold_the_segments_pixels():
@@ -92,7 +93,7 @@ def test_png_to_parquet_to_png_is_lossless(tmp_path):
     root = str(tmp_path / "segments")
     written = write_segments_table(root, batches)
     assert sorted(os.path.relpath(p, root) for p in written) == [
-        "video_id=0000/part-00000000-00000004.parquet", "video_id=0001/part-00000010-00000012.parquet"]
+        "video_key=0000/part-00000000-00000004.parquet", "video_key=0001/part-00000010-00000012.parquet"]
 
     table = read_segments_table(root)
     assert table.schema.equals(SEGMENTS_SCHEMA, check_metadata=False)
@@ -132,16 +133,16 @@ def test_rewriting_a_chunk_replaces_it_and_video_filter_prunes(tmp_path):
     other = frame_to_batch(busy_frame(2), "other", 0, "img2")
     write_segments_table(root, [pa.Table.from_batches([other]), frame_to_batch(busy_frame(3), "other", 1, "i3")])
     assert write_segments_table(root, []) == []
-    assert sorted(os.listdir(root)) == ["video_id=a%2Fb%20c", "video_id=other"]
+    assert sorted(os.listdir(root)) == ["video_key=a%2Fb%20c", "video_key=other"]
     table = read_segments_table(root, video_ids=["a/b c"])
     assert table.num_rows == batch.num_rows
     assert set(table["video_id"].to_pylist()) == {"a/b c"}
-    # the files themselves are plain Parquet without the partition column
+    # the files themselves are plain Parquet holding the video_id column
     assert read_segments_table(root, video_ids=["other"])["frame_index"].to_pylist() == \
         [0] * other.num_rows + [1] * len(busy_frame(3).segments)
-    part = pq.read_table(os.path.join(root, "video_id=other", "part-00000000-00000001.parquet"))
-    assert part.schema.names == FILE_SCHEMA.names
-    assert pq.read_schema(os.path.join(root, "video_id=other", "part-00000000-00000001.parquet")) \
+    part = pq.read_table(os.path.join(root, "video_key=other", "part-00000000-00000001.parquet"))
+    assert part.schema.names == FILE_SCHEMA.names and set(part["video_id"].to_pylist()) == {"other"}
+    assert pq.read_schema(os.path.join(root, "video_key=other", "part-00000000-00000001.parquet")) \
         .field("track_id").metadata[b"doc"].startswith(b"panoptic segment id")
 
 
@@ -197,7 +198,7 @@ def test_damaged_masks_and_files_are_rejected(tmp_path):
     text_mask = {"size": row.mask["size"], "counts": row.mask["counts"].decode()}  # RLE from JSON: text counts
     text_counts = [type(row)(**{**row.__dict__, "mask": text_mask})]
     np.testing.assert_array_equal(rows_to_frame(text_counts).ids != 0, rows_to_frame([row]).ids != 0)
-    bad = tmp_path / "t" / "video_id=x" / "part-00000000-00000000.parquet"
+    bad = tmp_path / "t" / "video_key=x" / "part-00000000-00000000.parquet"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(CorruptFileError, match=rf"{tmp_path / 't'}: cannot read the segments table: .*{bad.name}"):
@@ -230,3 +231,56 @@ def test_memory_uri():
 
 def test_s3_uri(s3_bucket):
     _round_trip_remote(f"{s3_bucket}/segments")
+
+
+def _table_with_times(root: str) -> dict:
+    """Two videos whose ids a type-inferring reader would turn into integers, with times."""
+    frames = {}
+    for video, t0 in (("0000", 1_700_000_000_000_000_000), ("0001", 1_700_000_000_020_000_000)):
+        for k in range(3):
+            frame = busy_frame(seed=10 * int(video) + k, segments=4)
+            frames[(video, k)] = frame
+            write_segments_table(root, frame_to_batch(frame, video, k, f"{video}_{k}", timestamp_ns=t0 + k * 100_000_000,
+                                                      source_uri=f"s3://fleet/{video}.mcap", topic="/cam"))
+    return frames
+
+
+def test_duckdb_and_polars_read_the_id_column_and_join_on_time(tmp_path):
+    """The README's one-liners: the video_id column stays text (Polars infers partition values'
+    types), the partition key does not clash with it, and two cameras join on time."""
+    duckdb = pytest.importorskip("duckdb")
+    pl = pytest.importorskip("polars")
+    root = str(tmp_path / "segments")
+    _table_with_times(root)
+    glob = f"{root}/*/*.parquet"
+    ids = duckdb.sql(f"SELECT DISTINCT video_id FROM read_parquet('{glob}', hive_partitioning = true) "
+                     "ORDER BY video_id").fetchall()
+    assert ids == [("0000",), ("0001",)]
+    # the frame of video 0001 within 30 ms of each frame of 0000
+    pairs = duckdb.sql(f"""
+        WITH f AS (SELECT DISTINCT video_id, frame_index, timestamp_ns FROM read_parquet('{glob}'))
+        SELECT a.frame_index, b.frame_index FROM f a JOIN f b
+          ON a.video_id = '0000' AND b.video_id = '0001' AND abs(a.timestamp_ns - b.timestamp_ns) < 30000000
+        ORDER BY 1""").fetchall()
+    assert pairs == [(0, 0), (1, 1), (2, 2)]
+    df = pl.scan_parquet(glob, hive_partitioning=True).collect()
+    assert df.schema["video_id"] == pl.String and sorted(df["video_id"].unique().to_list()) == ["0000", "0001"]
+    frames = df.select("video_id", "frame_index", "timestamp_ns").unique().sort("timestamp_ns")
+    joined = frames.filter(pl.col("video_id") == "0000").join_asof(
+        frames.filter(pl.col("video_id") == "0001"), on="timestamp_ns", strategy="nearest", tolerance=30_000_000)
+    assert joined["frame_index_right"].to_list() == [0, 1, 2]
+
+
+def test_tables_of_the_first_layout_are_still_read(tmp_path):
+    """version 1: ROOT/video_id=<id>/ files without the video_id column or the new columns."""
+    root = tmp_path / "old"
+    frame = busy_frame(4)
+    batch = frame_to_batch(frame, "a b", 2, "img")
+    legacy = pa.Table.from_batches([batch]).drop_columns(["video_id", "timestamp_ns", "source_uri", "topic"])
+    (root / "video_id=a%20b").mkdir(parents=True)
+    pq.write_table(legacy, root / "video_id=a%20b" / "part-00000002-00000002.parquet")
+    write_segments_table(str(root), frame_to_batch(busy_frame(5), "new", 0, "img", timestamp_ns=7))
+    table = read_segments_table(str(root))
+    assert table["video_id"].to_pylist() == ["a b"] * batch.num_rows + ["new"] * len(busy_frame(5).segments)
+    assert set(table.filter(pa.compute.equal(table["video_id"], "a b"))["timestamp_ns"].to_pylist()) == {None}
+    assert read_segments_table(str(root), video_ids=["a b"]).num_rows == batch.num_rows

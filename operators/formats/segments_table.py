@@ -6,11 +6,20 @@ Polars, pandas, Spark) can filter segments by video, class or track without touc
 pixels, and ``pycocotools.mask.decode`` turns a mask back into pixels. A frame's rows
 rebuild its PanopticFrame exactly: PNG → table → PNG is lossless.
 
-On disk the table is hive-partitioned by video: ``ROOT/video_id=<id>/part-<a>-<b>.parquet``
-(``<id>`` percent-encoded, ``a``..``b`` the first and last frame in the file), one file per
-write of a video's rows; the ``video_id`` column lives in the directory name, not in the
-files. File names are deterministic, so a retried chunk overwrites its own file instead of
-adding duplicate rows; every file is written atomically.
+On disk the table is hive-partitioned by video: ``ROOT/video_key=<key>/part-<a>-<b>.parquet``
+(``<key>`` the id's path key, :func:`operators.ids.video_key`; ``a``..``b`` the first and last
+frame in the file), one file per write of a video's rows. The files carry the original
+``video_id`` as a column: the partition's name is only an encoded form of it, and readers that
+infer partition types (Polars reads ``video_id=0000`` as the integer 0) would otherwise change it. The partition
+key is named ``video_key`` so that it never clashes with the column in DuckDB or Polars.
+Tables written before (``video_id=<id>`` directories, no column in the files) are still read.
+File names are deterministic, so a retried chunk overwrites its own file instead of adding
+duplicate rows; every file is written atomically.
+
+``timestamp_ns`` is the frame's time (a log's header stamp, a container's presentation time;
+null for frame directories), and ``source_uri`` / ``topic`` say where the frame came from (a
+log and its camera topic; topic null for containers and frame directories), so labels can be
+joined with the other sensors of a drive.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo, validate_frame
-from operators.ids import video_key
+from operators.ids import id_of_key, video_key
 
 
 def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -42,8 +51,13 @@ RLE_TYPE = pa.struct([
 ])
 
 SEGMENTS_SCHEMA = pa.schema([
-    _field("video_id", pa.string(), "video identity; the hive partition key on disk"),
+    _field("video_id", pa.string(), "video identity (a log's camera: <log id>:<topic>); on disk also "
+                                    "encoded in the partition directory video_key=<key>"),
     _field("frame_index", pa.int32(), "0-based frame number within the video"),
+    _field("timestamp_ns", pa.int64(), "the frame's time in ns: a log message's header stamp (its log time "
+                                       "when the stamp is zero); a container's presentation time from the "
+                                       "stream start, plus its recorded creation time (Unix) if any; null for "
+                                       "frame directories", nullable=True),
     _field("image_id", pa.string(), "image id of the frame (Cityscapes-VPS image id / file stem)"),
     _field("track_id", pa.int64(), "panoptic segment id (R + 256G + 65536B in the PNG); for things the "
                                    "identity of the object, the same in every frame of the video"),
@@ -54,11 +68,16 @@ SEGMENTS_SCHEMA = pa.schema([
     _field("bbox", pa.list_(pa.int32()), "[x, y, w, h] of the mask, in pixels"),
     _field("score", pa.float32(), "prediction confidence; null for ground truth", nullable=True),
     _field("mask", RLE_TYPE, "the segment's pixels as COCO RLE: {size: [H, W], counts}"),
-], metadata={"tubeflow.table": "segments", "tubeflow.version": "1",
+    _field("source_uri", pa.string(), "the video file or log the frame was read from", nullable=True),
+    _field("topic", pa.string(), "the log's camera topic; null for containers and frame directories",
+           nullable=True),
+], metadata={"tubeflow.table": "segments", "tubeflow.version": "2",
              "doc": "one row per (video_id, frame_index, segment) of a video panoptic segmentation"})
 
-# What a Parquet file holds: the partition key lives in the directory name.
-FILE_SCHEMA = SEGMENTS_SCHEMA.remove(SEGMENTS_SCHEMA.get_field_index("video_id"))
+# What a Parquet file holds: every column, video_id included (the directory name is an encoding of it).
+FILE_SCHEMA = SEGMENTS_SCHEMA
+PARTITION_KEY = "video_key"
+_LEGACY_PARTITION_KEY = "video_id"  # tables of version 1: the id only in the directory name
 
 
 @dataclass
@@ -76,6 +95,9 @@ class SegmentRow:
     bbox: tuple[int, int, int, int]
     score: float | None
     mask: dict
+    timestamp_ns: int | None = None
+    source_uri: str | None = None
+    topic: str | None = None
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -110,8 +132,11 @@ def _counts_bytes(counts: bytes | str) -> bytes:
 
 
 def frame_to_rows(frame: PanopticFrame, video_id: str, frame_index: int, image_id: str,
-                  categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES) -> list[SegmentRow]:
-    """The rows of one frame, in ``frame.segments`` order.
+                  categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES, *,
+                  timestamp_ns: int | None = None, source_uri: str | None = None,
+                  topic: str | None = None) -> list[SegmentRow]:
+    """The rows of one frame, in ``frame.segments`` order (``timestamp_ns``, ``source_uri`` and
+    ``topic`` are the frame's, the same on every row).
 
     The frame is validated first (PNG ids and segments_info agree, categories known), so the
     rows hold every non-VOID pixel. ``area`` and ``bbox`` are computed from the mask, the
@@ -130,7 +155,8 @@ def frame_to_rows(frame: PanopticFrame, video_id: str, frame_index: int, image_i
         rows.append(SegmentRow(str(video_id), int(frame_index), str(image_id), int(seg.id), int(seg.category_id),
                                bool(by_id[seg.category_id].isthing), bool(seg.iscrowd), int(mask_utils.area(rle)),
                                (x, y, w, h), seg.score, {"size": [int(v) for v in rle["size"]],
-                                                         "counts": rle["counts"]}))
+                                                         "counts": rle["counts"]},
+                               None if timestamp_ns is None else int(timestamp_ns), source_uri, topic))
     return rows
 
 
@@ -140,9 +166,11 @@ def rows_to_batch(rows: Iterable[SegmentRow]) -> pa.RecordBatch:
 
 
 def frame_to_batch(frame: PanopticFrame, video_id: str, frame_index: int, image_id: str,
-                   categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES) -> pa.RecordBatch:
-    """One frame → its RecordBatch (see :func:`frame_to_rows`)."""
-    return rows_to_batch(frame_to_rows(frame, video_id, frame_index, image_id, categories))
+                   categories: Mapping[int, Category] | Iterable[Category] = CITYSCAPES_CATEGORIES,
+                   **where) -> pa.RecordBatch:
+    """One frame → its RecordBatch (see :func:`frame_to_rows`; ``where``: ``timestamp_ns``,
+    ``source_uri``, ``topic``)."""
+    return rows_to_batch(frame_to_rows(frame, video_id, frame_index, image_id, categories, **where))
 
 
 def table_to_rows(table: pa.Table | pa.RecordBatch) -> list[SegmentRow]:
@@ -226,9 +254,16 @@ def iter_table_frames(table: pa.Table) -> Iterator[TableFrame]:
 
 
 def partition_dir(root_uri: str, video_id: str) -> str:
-    """``ROOT/video_id=<key>``: the id's path key (:func:`operators.ids.video_key`), percent
-    escapes that pyarrow's hive partitioning decodes back into the original id."""
-    return fs.join(root_uri, f"video_id={video_key(video_id)}")
+    """``ROOT/video_key=<key>``: the id's path key (:func:`operators.ids.video_key`)."""
+    return fs.join(root_uri, f"{PARTITION_KEY}={video_key(video_id)}")
+
+
+def _legacy_partition_dirs(root_uri: str, video_id: str) -> list[str]:
+    """Where tables written before the ``video_key`` partitions kept a video's files: under the
+    id rule (``video_id=<key>``) and before it (``video_id=<urllib quote>``)."""
+    dirs = [fs.join(root_uri, f"{_LEGACY_PARTITION_KEY}={video_key(video_id)}"),
+            fs.join(root_uri, f"{_LEGACY_PARTITION_KEY}={quote(str(video_id), safe='')}")]
+    return list(dict.fromkeys(dirs))
 
 
 def write_segments_table(root_uri: str,
@@ -246,7 +281,7 @@ def write_segments_table(root_uri: str,
         table = table.select(SEGMENTS_SCHEMA.names).cast(SEGMENTS_SCHEMA)
     written = []
     for video_id in pc.unique(table["video_id"]).to_pylist():
-        part = table.filter(pc.equal(table["video_id"], video_id)).drop_columns(["video_id"])
+        part = table.filter(pc.equal(table["video_id"], video_id))
         part = part.replace_schema_metadata(FILE_SCHEMA.metadata)
         first, last = pc.min(part["frame_index"]).as_py(), pc.max(part["frame_index"]).as_py()
         uri = fs.join(partition_dir(root_uri, video_id), f"part-{first:08d}-{last:08d}.parquet")
@@ -270,14 +305,27 @@ def read_segments_table(root_uri: str, video_ids: Iterable[str] | None = None,
     files = sorted(f for f in filesystem.find(path) if f.endswith(".parquet") and "/." not in f[len(path):])
     import pyarrow.dataset as ds  # here: it imports pandas (seconds), which the per-video readers never need
 
-    partitioning = ds.partitioning(pa.schema([SEGMENTS_SCHEMA.field("video_id")]), flavor="hive")
+    wanted = None if video_ids is None else {str(v) for v in video_ids}
+    current, legacy = [], []
+    for f in files:
+        key, _, value = f[len(path):].lstrip("/").split("/", 1)[0].partition("=")
+        if wanted is not None and (id_of_key(value) or unquote(value)) not in wanted:
+            continue  # partition pruning: only the directories of the videos asked for
+        (legacy if key == _LEGACY_PARTITION_KEY else current).append(f)
+    tables = []
     try:
-        dataset = ds.dataset(files, schema=SEGMENTS_SCHEMA, format="parquet", filesystem=filesystem,
-                             partitioning=partitioning, partition_base_dir=path)
-        filter_ = None if video_ids is None else ds.field("video_id").isin([str(v) for v in video_ids])
-        table = dataset.to_table(filter=filter_)
+        if current:
+            tables.append(ds.dataset(current, schema=SEGMENTS_SCHEMA, format="parquet",
+                                     filesystem=filesystem).to_table())
+        if legacy:
+            partitioning = ds.partitioning(pa.schema([SEGMENTS_SCHEMA.field("video_id")]), flavor="hive")
+            tables.append(ds.dataset(legacy, schema=SEGMENTS_SCHEMA, format="parquet", filesystem=filesystem,
+                                     partitioning=partitioning, partition_base_dir=path).to_table())
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorruptFileError(root_uri, f"cannot read the segments table: {exc}") from None
+    table = pa.concat_tables(tables) if tables else SEGMENTS_SCHEMA.empty_table()
+    if wanted is not None:
+        table = table.filter(pc.is_in(table["video_id"], pa.array(sorted(wanted), pa.string())))
     table = table.sort_by([("video_id", "ascending"), ("frame_index", "ascending")])
     return table.select(columns or SEGMENTS_SCHEMA.names)
 
@@ -286,28 +334,28 @@ def read_video_rows(root_uri: str, video_id: str, columns: list[str] | None = No
     """The rows of one video sorted by frame_index, read from its partition directory only
     (one listing of that directory, never of the whole table: a task scoring one video of
     100,000 reads what it needs). A video absent from the table has no rows."""
-    filesystem, path = fs.fresh(partition_dir(root_uri, video_id))
-    try:
-        names = filesystem.ls(path, detail=False)
-    except FileNotFoundError:
-        # a table written before the id rule (operators/ids.py) named partitions by urllib's quote
-        legacy = fs.join(root_uri, f"video_id={quote(str(video_id), safe='')}")
+    names, filesystem = [], None
+    for directory in [partition_dir(root_uri, video_id), *_legacy_partition_dirs(root_uri, video_id)]:
+        filesystem, path = fs.fresh(directory)
         try:
-            names = filesystem.ls(fs.filesystem(legacy)[1], detail=False) if legacy != partition_dir(root_uri, video_id) \
-                else []
+            names = filesystem.ls(path, detail=False)
         except FileNotFoundError:
-            names = []
-    except OSError as exc:
-        raise CorruptFileError(partition_dir(root_uri, video_id), f"cannot list the partition: {exc}") from None
+            continue
+        except OSError as exc:
+            raise CorruptFileError(directory, f"cannot list the partition: {exc}") from None
+        break
     files = sorted(n for n in names if n.endswith(".parquet") and not n.rsplit("/", 1)[-1].startswith("."))
     parts = []
     for name in files:
         try:
-            part = pq.read_table(name, filesystem=filesystem, schema=FILE_SCHEMA)
-        except (pa.ArrowInvalid, OSError) as exc:
+            part = pq.read_table(name, filesystem=filesystem)
+            # every column of the schema; an older file lacks video_id and the time columns (null)
+            arrays = [pa.array([str(video_id)] * part.num_rows, pa.string()) if field.name == "video_id" else
+                      part[field.name].cast(field.type) if field.name in part.column_names else
+                      pa.nulls(part.num_rows, field.type) for field in SEGMENTS_SCHEMA]
+            parts.append(pa.Table.from_arrays(arrays, schema=SEGMENTS_SCHEMA))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, KeyError) as exc:
             raise CorruptFileError(name, f"cannot read the segments table file: {exc}") from None
-        parts.append(part.add_column(0, SEGMENTS_SCHEMA.field("video_id"),
-                                     pa.array([str(video_id)] * part.num_rows, pa.string())))
     table = pa.concat_tables(parts) if parts else SEGMENTS_SCHEMA.empty_table()
     table = table.sort_by([("frame_index", "ascending")])
     return table.select(columns or SEGMENTS_SCHEMA.names)
@@ -325,9 +373,12 @@ def list_videos(root_uri: str) -> list[str]:
         names = filesystem.ls(path.rstrip("/"), detail=False)
     except FileNotFoundError:
         raise CorruptFileError(root_uri, "segments table not found") from None
-    prefix = "video_id="
-    return sorted(unquote(n.rsplit("/", 1)[-1][len(prefix):]) for n in names
-                  if n.rsplit("/", 1)[-1].startswith(prefix))
+    ids = set()
+    for name in names:
+        key, sep, value = name.rsplit("/", 1)[-1].partition("=")
+        if sep and key in (PARTITION_KEY, _LEGACY_PARTITION_KEY):
+            ids.add(id_of_key(value) or unquote(value))
+    return sorted(ids)
 
 
 CATEGORIES_FILE = "_categories.json"

@@ -1,7 +1,8 @@
 """Writing a synthetic corpus to disk (any fsspec URI) in the layout every task reads::
 
     DIR/corpus.json                          config, videos and their image ids (written last)
-    DIR/videos/<video_id>.mp4                all frames (OpenCV, mp4v)
+    DIR/videos/<video_id>.mp4                all frames (OpenCV, mp4v); or, with video_format mcap/bag,
+    DIR/logs/log_KKKK.mcap|bag               two videos per log as camera topics (operators/synth/logs.py)
     DIR/frames/<image_id>_leftImg8bit.png    every frame, RGB PNG
     DIR/gt/panoptic_gt.json + gt/panoptic/   annotated frames (frame_index % annotate_every == 0)
     DIR/gt_all/panoptic_gt.json + gt_all/panoptic/   every frame
@@ -41,8 +42,14 @@ def _vps_image(cfg: SynthConfig, frame: SynthFrame) -> VpsImage:
                     frame.frame_index)
 
 
-def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | None = None) -> dict:
+def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | None = None,
+                 video_format: str = "mp4") -> dict:
     """Render every video of ``cfg`` and write the corpus under ``out`` (a path or URI).
+
+    ``video_format`` ``mcap`` or ``bag`` writes the videos as driving logs
+    ``logs/log_KKKK.<ext>`` instead of mp4s, two cameras per log
+    (:func:`operators.synth.logs.synth_log_frames`); the GT then names each video by its camera
+    stream (``log_0000:/camera/front/image_raw/compressed``), as ``tubeflow label`` does.
 
     Returns the ``corpus.json`` document. ``corpus.json`` and each GT JSON are written after
     the files they name, every file atomically, so an interrupted run never leaves a JSON
@@ -68,8 +75,16 @@ def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | N
             if progress is not None:
                 progress(f"video {video_id}: {len(image_ids)} frames")
 
+    if video_format not in ("mp4", "mcap", "bag"):
+        raise ValueError(f"unknown video format {video_format!r}; choose mp4, mcap or bag")
+    if video_format == "mp4":
+        frames = every_frame()
+    else:
+        from operators.synth.logs import synth_log_frames
+
+        frames = synth_log_frames(out, cfg, video_format, videos, progress)
     all_json, all_png = fs.join(out, "gt_all", GT_JSON), fs.join(out, "gt_all", "panoptic")
-    write_ground_truth(all_json, all_png, every_frame(), CITYSCAPES_CATEGORIES, png_name=gt_png_name)
+    write_ground_truth(all_json, all_png, frames, CITYSCAPES_CATEGORIES, png_name=gt_png_name)
 
     # The benchmark GT is a subset of gt_all: read those frames back instead of rendering twice.
     all_doc = json.loads(fs.read_bytes(all_json))
@@ -87,7 +102,9 @@ def write_corpus(out: str, cfg: SynthConfig, progress: Callable[[str], None] | N
                        CITYSCAPES_CATEGORIES, png_name=gt_png_name)
 
     doc = {"generator": "tubeflow synth", "config": cfg.to_json(),
-           "layout": {"frames": "frames/{image_id}_leftImg8bit.png", "videos": "videos/{video_id}.mp4",
+           "layout": {"frames": "frames/{image_id}_leftImg8bit.png",
+                      **({"videos": "videos/{video_id}.mp4"} if video_format == "mp4" else
+                         {"logs": f"logs/log_{{k:04d}}.{video_format}"}),
                       "gt": f"gt/{GT_JSON}", "gt_all": f"gt_all/{GT_JSON}", "flow": "flow/{image_id}.flo"},
            "videos": videos}
     fs.write_bytes(fs.join(out, CORPUS_JSON), json.dumps(doc, indent=1).encode())

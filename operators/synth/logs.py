@@ -185,3 +185,51 @@ def log_schedule(n_frames: int, fps: float, seed: int, start_ns: int, phase_ns: 
                                             + rng.uniform(-0.2, 0.2, n_frames) * period).astype(np.int64)
     delays = rng.integers(2_000_000, 15_000_000, n_frames)
     return [(int(s), int(s + d)) for s, d in zip(stamps, delays)]
+
+
+FRONT, REAR, SPEED = (CameraStream("/camera/front/image_raw/compressed", "jpeg"),
+                      CameraStream("/camera/rear/image_raw", "rgb8"), "/vehicle/speed")
+LOG_START_NS = 1_700_000_000_000_000_000  # 2023-11-14 22:13:20 UTC: stamps look like a real drive's
+
+
+def log_id(log_index: int) -> str:
+    return f"log_{log_index:04d}"
+
+
+def synth_log_frames(out: str, cfg, log_format: str, videos: list[dict], progress=None):
+    """Write the videos of ``cfg`` as logs ``out/logs/log_KKKK.<mcap|bag>``, two videos per log
+    (video 2k on the front camera as JPEG ``CompressedImage``, video 2k+1 on the rear camera as
+    raw rgb8 ``Image``; an odd last video rides alone) with a ``std_msgs/Float64`` speed at 25 Hz
+    and each camera on its own uneven clock (:func:`log_schedule`). Yields ``(VpsImage,
+    PanopticFrame)`` of every frame for the GT, whose ``video_id`` is the camera stream's
+    (``log_KKKK:/camera/front/image_raw/compressed``); appends each stream to ``videos``."""
+    from operators.formats.flo import write_flo
+    from operators.formats.vps_layout import VpsImage
+    from operators.synth.corpus import encode_rgb_png, frame_png_name
+    from operators.synth.render import generate_video
+    from operators.video.logs import log_video_id
+
+    for k in range((cfg.videos + 1) // 2):
+        name = log_id(k)
+        rel = f"logs/{name}.{log_format}"
+        cameras = [(FRONT, 2 * k)] + ([(REAR, 2 * k + 1)] if 2 * k + 1 < cfg.videos else [])
+        start = LOG_START_NS + k * 3_600_000_000_000
+        with LogWriter(fs.join(out, rel)) as log:
+            for n in range(int(cfg.frames / cfg.fps * 25) + 1):
+                log.add_scalar(SPEED, 8.0 + 0.1 * n, start + n * 40_000_000)
+            for camera, v in cameras:
+                schedule = log_schedule(cfg.frames, cfg.fps, seed=cfg.seed * 1000 + v, start_ns=start,
+                                        phase_ns=17_000_000 * (v % 2))
+                video_id, image_ids = log_video_id(name, camera.topic), []
+                for frame, (stamp, log_time) in zip(generate_video(cfg, v), schedule):
+                    log.add_frame(camera, frame.rgb, stamp, log_time)
+                    fs.write_bytes(fs.join(out, "frames", frame_png_name(frame.image_id)), encode_rgb_png(frame.rgb))
+                    if frame.flow is not None:
+                        write_flo(fs.join(out, "flow", f"{frame.image_id}.flo"), frame.flow)
+                    image_ids.append(frame.image_id)
+                    yield VpsImage(frame.image_id, frame_png_name(frame.image_id), cfg.width, cfg.height, video_id,
+                                   frame.frame_index), frame.panoptic
+                videos.append({"video_id": video_id, "log": rel, "topic": camera.topic, "image_ids": image_ids,
+                               "annotated_image_ids": [i for j, i in enumerate(image_ids) if j % cfg.annotate_every == 0]})
+        if progress is not None:
+            progress(f"log {name}: {len(cameras)} cameras x {cfg.frames} frames")
