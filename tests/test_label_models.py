@@ -183,7 +183,7 @@ def test_model_categories_must_fit_the_gt():
 
 
 def test_overlay_paints_stuff_in_the_model_category_colours():
-    from pipelines.overlay import render_overlay
+    from operators.review.overlay import render_overlay
 
     from operators.formats.categories import categories_from_json
 
