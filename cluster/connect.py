@@ -110,6 +110,32 @@ def runtime_env(working_dir: str | None) -> dict | None:
     return {"working_dir": working_dir, "excludes": list(EXCLUDES)}
 
 
+@contextlib.contextmanager
+def _monitor_without_metrics_server() -> Iterator[None]:
+    """Start the local Ray's autoscaler monitor without its Prometheus metrics server.
+
+    With Ray's job-server install (``ray[default]``, which brings ``prometheus_client``) the
+    monitor of every ``ray.init()`` serves metrics on port 44217, dashboard or not (on
+    127.0.0.1 in :func:`loopback_only` mode, else 0.0.0.0): a port of its own, fixed, that
+    every local run on the machine contends for. A local embedded Ray has no autoscaler to
+    report on: its monitor is started without a metrics address, as Ray does when none is
+    given (tests/test_cluster.py lists the listening sockets of a local run).
+    """
+    import ray._private.services as services
+
+    start_monitor = services.start_monitor
+
+    def without_metrics(*args, **kwargs):
+        kwargs["monitor_ip"] = None
+        return start_monitor(*args, **kwargs)
+
+    services.start_monitor = without_metrics
+    try:
+        yield
+    finally:
+        services.start_monitor = start_monitor
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             working_dir: str | None = None, dashboard: bool = False, log_to_driver: bool = False) -> bool:
     """Initialise Ray unless it already is; returns True when this call started it (the caller
@@ -128,9 +154,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     stack = contextlib.ExitStack()
     stack.enter_context(loopback_only())
     try:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host=LOOPBACK,
-                 _node_ip_address=LOOPBACK, runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver,
-                 _system_config=LOCAL_SYSTEM_CONFIG)
+        with _monitor_without_metrics_server():
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host=LOOPBACK,
+                     _node_ip_address=LOOPBACK, runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver,
+                     _system_config=LOCAL_SYSTEM_CONFIG)
     except BaseException:
         stack.close()
         raise

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``label`` and ``nightly``."""
+    from cluster.gpus import GPU_MODES
     from pipelines.label_config import CONTRACTS, DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
 
     parser.add_argument("--address", default=None, help="Ray cluster ('auto' inside `ray job submit`, "
@@ -69,10 +70,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="guided refinement of the segmenter's semantic map with the frame's edges (default: "
                              "on for the built-in network, off for artifacts)")
-    parser.add_argument("--device", default="auto", help="model device: auto (GPU when Ray gives one), cpu, cuda")
-    parser.add_argument("--segment-actors", type=int, default=None, help="segmentation actors (default: #GPUs, "
-                                                                         "else CPUs/2)")
-    parser.add_argument("--flow-actors", type=int, default=None, help="flow actors (default CPUs/2)")
+    parser.add_argument("--device", default="auto", help="model device inside an actor: auto (GPU when Ray gives "
+                                                         "one), cpu, cuda")
+    parser.add_argument("--gpus", choices=GPU_MODES, default="auto",
+                        help="what the model actors ask Ray for: gpu (one GPU each, whatever the cluster has now: "
+                             "an autoscaler adds GPU nodes), cpu (none), auto (default: GPUs when the cluster has "
+                             "them or its autoscaler can launch them)")
+    parser.add_argument("--segment-actors", type=int, default=None, help="most segmentation actors (default: the "
+                                                                         "GPUs the cluster can have, else 3/4 of "
+                                                                         "the CPUs)")
+    parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
     parser.add_argument("--force", action="store_true", help="reprocess videos that are already committed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,9 +116,9 @@ def config_from_args(args: argparse.Namespace):
     if args.tracker_config:
         tracker = tracker_config_from_option(args.tracker_config, "--tracker-config")
     flow_options = {"checkpoint": args.flow_checkpoint} if args.flow == "raft" else {"preset": args.flow_preset}
-    resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
-                               association_actors=args.association_actors)
     try:
+        resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
+                                   association_actors=args.association_actors, gpus=args.gpus)
         return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,

@@ -159,23 +159,35 @@ TASK_FAULTS = {"max_retries": MAX_TASK_RETRIES}
 ACTOR_FAULTS = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
 
 
-def stage_plan(config: LabelConfig, n_videos: int) -> dict:
-    """Actor counts, GPU use and logical CPUs per stage from what the cluster offers.
+def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
+    """Actor pools (min, max), GPU requests and logical CPUs per stage from what the cluster
+    offers and what ``--gpus`` asks (``choice``: a :class:`cluster.gpus.GpuChoice`, read from the
+    connected cluster when None).
 
-    The actors hold their CPUs for the whole run; if they and one decode and one sink task
-    would not fit in the cluster's CPUs, every stage's share is scaled down to fit (else an
-    actor never starts and the run waits forever). Logical CPUs only order the scheduling;
-    the processes still share the physical cores.
+    Model actor pools autoscale (Ray Data adds actors up to the max while work waits, and the
+    cluster's autoscaler adds nodes for actors that do not fit) where the cluster can grow; on a
+    cluster that cannot (the local embedded Ray) they start at their max. The actors hold their
+    CPUs for the whole run; if the most of them and one decode and one sink task would not fit in
+    the cluster's CPUs, every stage's share is scaled down to fit (else an actor never starts and
+    the run waits forever). Logical CPUs only order the scheduling; the processes still share the
+    physical cores.
     """
     import ray
 
+    from cluster.gpus import gpu_choice
+
+    choice = choice or gpu_choice(config.resources.gpus)
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), int(total.get("GPU", 0))
     r = config.resources
-    plan = {"gpus": gpus,
-            # without GPUs the model dominates: ~3/4 of the cores segment, the rest compute flow
-            "segment_actors": r.segment_actors or (gpus if gpus else max(1, int(cpus) - int(cpus) // 4)),
-            "flow_actors": r.flow_actors or max(1, int(cpus) // 4),
+    # one GPU per actor: as many actors as GPUs the cluster can have (None: no bound known)
+    gpu_max = max(1, choice.gpus_max) if choice.gpus_max is not None else None
+    # without GPUs the model dominates: ~3/4 of the cores segment, the rest compute flow
+    segment_max = r.segment_actors or (gpu_max if choice.use_gpus else max(1, int(cpus) - int(cpus) // 4))
+    flow_max = r.flow_actors or max(1, int(cpus) // 4)
+    plan = {"gpus": gpus, "use_gpus": choice.use_gpus, "gpu_choice": choice.to_json(),
+            "segment_actors": (1 if choice.can_grow else segment_max, segment_max),
+            "flow_actors": (1 if choice.can_grow else flow_max, flow_max),
             "association_actors": r.association_actors or max(1, min(n_videos, max(1, int(cpus) // 2))),
             # Fractional CPUs would let Ray start 4-5 decode and sink tasks per core, each in a
             # worker process of its own that first imports numpy, OpenCV, Arrow (~1-2 s of CPU
@@ -184,24 +196,33 @@ def stage_plan(config: LabelConfig, n_videos: int) -> dict:
             "task_concurrency": max(1, int(cpus) // 2)}
     shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
               "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
-    held = (plan["segment_actors"] * (0 if gpus else shares["segment"]) + plan["flow_actors"] * shares["flow"]
+    held = ((0 if choice.use_gpus else segment_max * shares["segment"]) + flow_max * shares["flow"]
             + plan["association_actors"] * (shares["associate"] + shares["feeder"]) + shares["decode"]
             + 2 * shares["sink"])
     scale = min(1.0, 0.95 * cpus / held)
     plan["cpus"] = {stage: round(share * scale, 4) for stage, share in shares.items()}
-    if gpus:  # a GPU actor needs little CPU; never let it crowd out the CPU stages
-        plan["cpus"]["segment"] = min(plan["cpus"]["segment"], 0.1 * cpus / max(1, plan["segment_actors"]))
+    if choice.use_gpus:  # a GPU actor needs little CPU; never let it crowd out the CPU stages
+        plan["cpus"]["segment"] = min(plan["cpus"]["segment"], 0.1 * cpus / max(1, gpus, segment_max or 1))
     return plan
 
 
 def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
-    """``map_batches`` arguments of the segmentation stage: an actor pool, one GPU per actor
-    when the cluster has GPUs (Ray then sets each actor's CUDA_VISIBLE_DEVICES to its own id)."""
+    """``map_batches`` arguments of the segmentation stage: an autoscaling actor pool, one GPU per
+    actor when the plan asks for GPUs (Ray then sets each actor's CUDA_VISIBLE_DEVICES to its own id)."""
+    return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
+            "compute": actor_pool(plan["segment_actors"]),
+            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["use_gpus"] else 0, **ACTOR_FAULTS}
+
+
+def actor_pool(sizes: tuple[int, int | None]):
+    """Ray Data's actor pool for (min, max) actors: fixed when they agree, else autoscaling
+    (max None: no bound, the cluster's autoscaler decides)."""
     import ray
 
-    return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
-            "compute": ray.data.ActorPoolStrategy(size=plan["segment_actors"]),
-            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["gpus"] else 0, **ACTOR_FAULTS}
+    low, high = sizes
+    if low == high:
+        return ray.data.ActorPoolStrategy(size=low)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
 
 
 @contextlib.contextmanager
@@ -243,7 +264,7 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.map(decode_chunk, num_cpus=cpus["decode"], compute=tasks, **TASK_FAULTS)
     ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
-                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=plan["flow_actors"]),
+                        batch_size=1, compute=actor_pool(plan["flow_actors"]),
                         num_cpus=cpus["flow"], **ACTOR_FAULTS)
     ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
@@ -312,9 +333,13 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     todo = [e for e in todo if e.video_id not in id_errors]
     stage_cpu_seconds = {s: 0.0 for s in TIMED}
     frames, first_output, frame_times, resumed = 0, 0.0, [], []
+    model_resources = None  # what the model stages asked Ray for, and why (run manifest)
     with ray_session(address), ray_data_settings(progress):
         if todo:
             plan = stage_plan(config, len(todo))
+            model_resources = {key: plan[key] for key in ("gpu_choice", "segment_actors", "flow_actors")}
+            log(f"model stages: {plan['gpu_choice']['reason']}; segmentation actors {plan['segment_actors']}, "
+                f"flow actors {plan['flow_actors']} (min, max)")
             checkpoints = CheckpointStore(fs.join(layout.run_staging(run_id), CHECKPOINTS_DIR))
             by_id = {e.video_id: e for e in todo}
             finalize = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
@@ -429,7 +454,8 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
                                         "seconds": seconds, "frames": frames, "stage_cpu_seconds": stage_cpu_seconds,
-                                        "resumed": resumed, "sources": video_sources(entries)},
+                                        "resumed": resumed, "sources": video_sources(entries),
+                                        "model_resources": model_resources},
                        run.results)
     return run
 

@@ -28,7 +28,8 @@ DEFAULT_IMAGE_ID = "{video_id}_{frame_index:06d}"
 
 @dataclass(frozen=True)
 class StageResources:
-    """Logical CPUs per task/actor of each stage, and actor counts (None: chosen from the cluster).
+    """Logical CPUs per task/actor of each stage, the most actors of each pool (None: chosen from the
+    cluster), and whether the model actors ask for GPUs.
 
     Fractions let every stage hold a slot at once on a small machine: with whole CPUs, two
     model actor pools on a 2-CPU machine would hold both CPUs and starve the decode tasks.
@@ -44,6 +45,14 @@ class StageResources:
     segment_actors: int | None = None
     flow_actors: int | None = None
     association_actors: int | None = None
+    gpus: str = "auto"
+    """What the model actors ask Ray for: ``auto``, ``cpu``, ``gpu`` (:mod:`cluster.gpus`)."""
+
+    def __post_init__(self) -> None:
+        from cluster.gpus import GPU_MODES
+
+        if self.gpus not in GPU_MODES:
+            raise ValueError(f"unknown gpus {self.gpus!r}; choose one of {GPU_MODES}")
 
 
 @dataclass(frozen=True)

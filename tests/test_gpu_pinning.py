@@ -73,7 +73,8 @@ def test_segmentation_actors_get_one_fake_gpu_each_and_run_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["plan"]["gpus"] == 2 and result["plan"]["segment_actors"] == 2  # one actor per GPU
+    assert result["plan"]["gpus"] == 2 and result["plan"]["use_gpus"]
+    assert result["plan"]["segment_actors"] == [2, 2]  # one actor per GPU; no autoscaler: a fixed pool
     notes = [json.loads(p.read_text()) for p in sorted(probe_dir.iterdir())]
     assert len(notes) == 2
     assert sorted(g for n in notes for g in n["gpu_ids"]) == ["0", "1"]  # one distinct GPU id per actor
@@ -88,9 +89,10 @@ def test_segmentation_actors_get_one_fake_gpu_each_and_run_on_cpu(tmp_path):
 def test_without_gpus_the_segmentation_stage_asks_for_none(ray_local, tmp_path):
     config = LabelConfig(segmenter="precomputed", model=str(tmp_path))
     plan = stage_plan(config, n_videos=3)
-    assert plan["gpus"] == 0 and plan["segment_actors"] == 2 and plan["flow_actors"] == 1
+    assert plan["gpus"] == 0 and plan["segment_actors"] == (2, 2) and plan["flow_actors"] == (1, 1)
+    assert not plan["use_gpus"] and "no autoscaler" in plan["gpu_choice"]["reason"]
     assert segment_stage_options(config, plan)["num_gpus"] == 0
-    held = (plan["segment_actors"] * plan["cpus"]["segment"] + plan["flow_actors"] * plan["cpus"]["flow"]
+    held = (plan["segment_actors"][1] * plan["cpus"]["segment"] + plan["flow_actors"][1] * plan["cpus"]["flow"]
             + plan["association_actors"] * (plan["cpus"]["associate"] + plan["cpus"]["feeder"]))
     assert held + plan["cpus"]["decode"] + plan["cpus"]["sink"] <= 2  # actors leave room for the tasks
 
