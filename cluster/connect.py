@@ -36,6 +36,10 @@ EXCLUDES = [".venv", ".git", "**/__pycache__", "*.mp4", "*.parquet", ".pytest_ca
 LOCAL_SYSTEM_CONFIG = {"num_workers_soft_limit": 32, "idle_worker_killing_time_threshold_ms": 600_000}
 
 
+# A local Ray exports no Prometheus metrics (nothing scrapes them; with ray[default] installed
+# the dashboard agent would serve them over HTTP on a port of its own).
+NO_METRICS = {"enable_metrics_collection": False}
+
 LOOPBACK = "127.0.0.1"
 # Ray (2.60) binds its gRPC servers (GCS, raylet, every core worker) to 0.0.0.0 unless the node's
 # IP is a loopback address, and ``ray.init(_node_ip_address="127.0.0.1")`` alone does not make it
@@ -111,29 +115,33 @@ def runtime_env(working_dir: str | None) -> dict | None:
 
 
 @contextlib.contextmanager
-def _monitor_without_metrics_server() -> Iterator[None]:
-    """Start the local Ray's autoscaler monitor without its Prometheus metrics server.
+def _as_without_job_server() -> Iterator[None]:
+    """Start a local Ray's helper processes as Ray starts them without its job-server install.
 
-    With Ray's job-server install (``ray[default]``, which brings ``prometheus_client``) the
-    monitor of every ``ray.init()`` serves metrics on port 44217, dashboard or not (on
-    127.0.0.1 in :func:`loopback_only` mode, else 0.0.0.0): a port of its own, fixed, that
-    every local run on the machine contends for. A local embedded Ray has no autoscaler to
-    report on: its monitor is started without a metrics address, as Ray does when none is
-    given (tests/test_cluster.py lists the listening sockets of a local run).
+    With ``ray[default]`` installed (the job server, dashboard and metrics: ``tubeflow[cluster]``)
+    every ``ray.init()``, dashboard or not, also starts HTTP servers: the dashboard agent's job
+    agent, its Prometheus metrics export (a free port) and the autoscaler monitor's metrics page
+    (port 44217, fixed, that every local run on the machine contends for). A local embedded Ray
+    needs none of them: the agents are started in Ray's ``--minimal`` mode, as when those
+    dependencies are absent, with metrics collection off (:data:`NO_METRICS`), and the monitor
+    without a metrics address, as when none is given (tests/test_cluster.py asks every listening
+    socket of a local run whether it answers HTTP).
     """
     import ray._private.services as services
+    import ray._private.utils as utils
 
-    start_monitor = services.start_monitor
+    start_monitor, dependency_error = services.start_monitor, utils.get_dashboard_dependency_error
 
     def without_metrics(*args, **kwargs):
         kwargs["monitor_ip"] = None
         return start_monitor(*args, **kwargs)
 
     services.start_monitor = without_metrics
+    utils.get_dashboard_dependency_error = lambda: "a local tubeflow Ray runs its agents minimal"
     try:
         yield
     finally:
-        services.start_monitor = start_monitor
+        services.start_monitor, utils.get_dashboard_dependency_error = start_monitor, dependency_error
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -154,10 +162,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     stack = contextlib.ExitStack()
     stack.enter_context(loopback_only())
     try:
-        with _monitor_without_metrics_server():
+        with _as_without_job_server() if not dashboard else contextlib.nullcontext():
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host=LOOPBACK,
                      _node_ip_address=LOOPBACK, runtime_env=runtime_env(working_dir), log_to_driver=log_to_driver,
-                     _system_config=LOCAL_SYSTEM_CONFIG)
+                     _system_config=LOCAL_SYSTEM_CONFIG if dashboard else {**LOCAL_SYSTEM_CONFIG, **NO_METRICS})
     except BaseException:
         stack.close()
         raise

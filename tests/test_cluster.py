@@ -273,7 +273,7 @@ def test_gpu_mode_asks_one_gpu_per_segmentation_actor_from_an_autoscaling_pool(r
     plan = stage_plan(config, n_videos=3, choice=choose_gpus("gpu", 0, None))
     options = segment_stage_options(config, plan)
     assert plan["segment_actors"] == (1, None) and options["num_gpus"] == 1  # no GPU here: still asked
-    assert options["compute"].min_size == 1 and options["compute"].max_size is None
+    assert options["compute"].min_size == 1 and options["compute"].max_size == float("inf")  # Ray Data: no bound
     bounded = stage_plan(config, 3, choice=choose_gpus("auto", 0, [NodeType("g", {"GPU": 1}, 3)]))
     assert bounded["segment_actors"] == (1, 3) and bounded["flow_actors"][0] == 1
     assert bounded["cpus"]["segment"] <= 0.1 * 2  # a GPU actor holds little of the CPUs
@@ -380,26 +380,58 @@ def test_the_night_is_the_cronjobs_scheduled_date():
 
 
 LISTENERS = r"""
-import json, os, sys, time
+import http.client, json, os, sys, time
 sys.path.insert(0, {root!r})
 from cluster.connect import connect
 import ray
 
 connect(num_cpus=1)
-node = ray._private.worker._global_node
-session = node.get_session_dir_path().encode()
-found = {{}}
-for _ in range(8):  # the helper processes start their servers over the first seconds
-    time.sleep(1)
-    pids = {{os.getpid()}}
+
+
+@ray.remote
+class Probe:
+    def ready(self):
+        return True
+
+
+@ray.remote
+def task():
+    return 1
+
+
+actor = Probe.remote()  # workers, and the agents Ray starts for them
+assert ray.get(actor.ready.remote()) and ray.get(task.remote()) == 1
+
+
+def descendants(root):
+    parent = {{}}
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and session in open(f"/proc/{{entry}}/cmdline", "rb").read():
-                pids.add(int(entry))
-        except OSError:
+            if entry.isdigit():
+                parent[int(entry)] = int(open(f"/proc/{{entry}}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             pass
+    tree, grew = {{root}}, True
+    while grew:
+        more = {{pid for pid, ppid in parent.items() if ppid in tree}} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def hex_address(text):
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1]), int(port, 16)
+    return ("127.0.0.1" if raw[-4:][::-1] == bytes([127, 0, 0, 1]) else "::"), int(port, 16)
+
+
+found = {{}}
+for _ in range(15):  # the helper processes start their servers over the first seconds
+    time.sleep(1)
     inodes = {{}}
-    for pid in pids:
+    for pid in descendants(os.getpid()):
         try:
             for fd in os.listdir(f"/proc/{{pid}}/fd"):
                 link = os.readlink(f"/proc/{{pid}}/fd/{{fd}}")
@@ -412,19 +444,31 @@ for _ in range(8):  # the helper processes start their servers over the first se
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 pid = inodes[fields[9]]
-                argv = open(f"/proc/{{pid}}/cmdline", "rb").read().decode().split("\0")
+                argv = open(f"/proc/{{pid}}/cmdline", "rb").read().decode(errors="replace").split("\0")
                 name = "driver" if pid == os.getpid() else os.path.basename(
                     next((a for a in argv if a.endswith(".py")), argv[0]))
-                found[f"{{fields[1]}}/{{table}}"] = name
-print(json.dumps({{"listeners": found, "webui": node.address_info.get("webui_url")}}))
+                found[hex_address(fields[1])] = name
+http_servers = []
+for (host, port), name in found.items():
+    try:  # Ray's gRPC servers drop an HTTP/1.1 request; a dashboard, job agent or metrics page answers it
+        conn = http.client.HTTPConnection("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout=3)
+        conn.request("GET", "/")
+        http_servers.append([name, port, conn.getresponse().status])
+    except (OSError, http.client.HTTPException):
+        pass
+print(json.dumps({{"listeners": sorted(set(found.values())), "http": http_servers,
+                  "webui": ray._private.worker._global_node.address_info.get("webui_url")}}))
 ray.shutdown()
 """
 
 
-def test_local_embedded_ray_starts_no_dashboard_and_only_rays_core_servers_listen(tmp_path):
+def test_local_embedded_ray_starts_no_dashboard_and_serves_no_http(tmp_path):
     """With the job server installed (ray[default]: the dev install has it), the local default
-    still starts no dashboard, job server or metrics server: only Ray's own GCS, raylet and the
-    driver listen (on 44217 the autoscaler monitor would serve metrics on 0.0.0.0 if let)."""
+    still starts no dashboard, job server or metrics server: of every listening socket of the
+    driver's process tree (Ray's gRPC servers: GCS, raylet, workers, agents) none answers HTTP,
+    but Ray's runtime-env agent (as without ray[default]), and neither the dashboard process nor
+    the autoscaler monitor listens (the monitor would serve metrics on port 44217 if let, the
+    dashboard agent its Prometheus export)."""
     import subprocess
 
     import aiohttp_cors  # noqa: F401  (the job server's dependencies: the dev install has tubeflow[cluster])
@@ -436,4 +480,8 @@ def test_local_embedded_ray_starts_no_dashboard_and_only_rays_core_servers_liste
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["webui"]
-    assert result["listeners"] and set(result["listeners"].values()) <= {"gcs_server", "raylet", "driver"}, result
+    assert {"gcs_server", "raylet", "driver"} <= set(result["listeners"]), result  # the sockets were seen
+    assert not {"dashboard.py", "monitor.py"} & set(result["listeners"]), result
+    # no dashboard, job agent or metrics page; only the runtime-env agent, part of Ray's core
+    # (it answers with 401 without the token), serves HTTP, as it did without ray[default]
+    assert [name for name, _, _ in result["http"]] in ([], ["ray::RuntimeEnvAgent"]), result
