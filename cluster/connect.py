@@ -176,6 +176,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 _local_modes: list[contextlib.ExitStack] = []  # the loopback mode of the local Ray this module started
 
 
+def started_locally() -> bool:
+    """Whether the Ray this process uses is a local one that :func:`connect` started (no cluster,
+    no autoscaler)."""
+    return bool(_local_modes)
+
+
 def disconnect() -> None:
     """Shut Ray down and leave the local-only mode :func:`connect` entered."""
     import ray

@@ -153,10 +153,17 @@ def autoscaler_node_types() -> tuple[list[NodeType] | None, str]:
 
 
 def gpu_choice(mode: str) -> GpuChoice:
-    """:func:`choose_gpus` for the Ray this process is connected to."""
+    """:func:`choose_gpus` for the Ray this process is connected to. ``gpu`` on a local Ray
+    without GPUs is an input error: nothing could ever add one, the actors would wait forever."""
     import ray
 
+    from cluster.connect import started_locally
+    from operators.errors import InputError
+
     gpus_now = int(ray.cluster_resources().get("GPU", 0))
+    if mode == "gpu" and not gpus_now and started_locally():
+        raise InputError("--gpus gpu", "this machine has no GPU and a local Ray has no autoscaler to add one "
+                                       "(use --address to join a cluster, or --gpus auto)")
     if mode == "cpu":
         return choose_gpus(mode, gpus_now, None)
     types, source = autoscaler_node_types()

@@ -279,6 +279,15 @@ def test_gpu_mode_asks_one_gpu_per_segmentation_actor_from_an_autoscaling_pool(r
     assert bounded["cpus"]["segment"] <= 0.1 * 2  # a GPU actor holds little of the CPUs
 
 
+def test_gpu_mode_on_a_local_ray_without_gpus_is_refused_not_left_waiting(ray_local):
+    from cluster.gpus import gpu_choice
+    from operators.errors import InputError
+
+    with pytest.raises(InputError, match="--gpus gpu.*no autoscaler"):
+        gpu_choice("gpu")
+    assert not gpu_choice("auto").use_gpus
+
+
 def test_gpus_option_reaches_the_stage_resources():
     from jobs.label import config_from_args
 
