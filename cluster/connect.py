@@ -119,8 +119,9 @@ def _as_without_job_server() -> Iterator[None]:
     """Start a local Ray's helper processes as Ray starts them without its job-server install.
 
     With ``ray[default]`` installed (the job server, dashboard and metrics: ``tubeflow[cluster]``)
-    every ``ray.init()``, dashboard or not, also starts HTTP servers: the dashboard agent's job
-    agent, its Prometheus metrics export (a free port) and the autoscaler monitor's metrics page
+    every ``ray.init()``, dashboard or not, also starts HTTP servers: the dashboard agent's
+    Prometheus metrics export (a free port; the agent also loads its job agent) and the autoscaler
+    monitor's metrics page
     (port 44217, fixed, that every local run on the machine contends for). A local embedded Ray
     needs none of them: the agents are started in Ray's ``--minimal`` mode, as when those
     dependencies are absent, with metrics collection off (:data:`NO_METRICS`), and the monitor
