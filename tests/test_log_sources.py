@@ -218,3 +218,64 @@ def test_frame_directories_have_no_times(tmp_path):
         cv2.imwrite(str(tmp_path / f"f{k}.png"), rgb[..., ::-1])
     with open_video(str(tmp_path)) as source:
         assert source.read_timed(0, 3)[1] == [None, None, None]
+
+
+def _rewrite(src: str, dst: str, **writer_options) -> None:
+    """Copy an MCAP's schemas, channels and messages byte for byte into a differently laid out file."""
+    from mcap.reader import make_reader
+    from mcap.writer import Writer
+
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        writer = Writer(out, **writer_options)
+        writer.start(profile="ros2")
+        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
+        channels = {i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
+                    for i, c in summary.channels.items()}
+        for _, channel, message in reader.iter_messages(log_time_order=True):
+            writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time)
+        writer.finish()
+
+
+@pytest.mark.parametrize("layout", ["unchunked", "no message index"])
+def test_mcaps_without_an_index_are_read_by_scanning(tmp_path, layout):
+    from mcap.writer import IndexType
+
+    indexed = str(tmp_path / "indexed.mcap")
+    write_log(indexed)
+    other = str(tmp_path / "other.mcap")
+    _rewrite(indexed, other, **({"use_chunking": False} if layout == "unchunked" else {"index_types": IndexType.NONE}))
+    with open_log(other) as opened:
+        assert not opened.indexed or opened._table(CAMERAS[1].topic)[0][1] < 0  # the scanning path
+    for camera in (CAMERAS[1], CAMERAS[2]):
+        with open_video(stream_uri(indexed, camera.topic)) as a, open_video(stream_uri(other, camera.topic)) as b:
+            assert b.meta.frame_count == a.meta.frame_count == N
+            got, times = b.read_timed(5, 9)
+            want, want_times = a.read_timed(5, 9)
+        np.testing.assert_array_equal(got, want)
+        assert times == want_times
+
+
+def test_raw_encodings_decode_to_the_same_rgb():
+    from types import SimpleNamespace
+
+    from operators.video.ros_images import decode_raw
+
+    rgb = frames_of(4, 1, 6, 10)[0]
+    wide = (rgb.astype(np.uint16) << 8) | 0x5A  # 16-bit: the 8-bit value on top, noise below
+
+    def message(encoding, pixels, bigendian=0, pad=0):
+        rows = pixels.reshape(pixels.shape[0], -1).view(np.uint8)
+        rows = np.pad(rows, ((0, 0), (0, pad)))  # a row stride larger than the row
+        return SimpleNamespace(encoding=encoding, height=pixels.shape[0], width=pixels.shape[1],
+                               step=rows.shape[1], is_bigendian=bigendian, data=rows.tobytes())
+
+    np.testing.assert_array_equal(decode_raw(message("rgb8", rgb, pad=3), "w"), rgb)
+    np.testing.assert_array_equal(decode_raw(message("bgr8", rgb[..., ::-1].copy()), "w"), rgb)
+    np.testing.assert_array_equal(decode_raw(message("rgb16", wide), "w"), rgb)
+    np.testing.assert_array_equal(decode_raw(message("bgr16", wide[..., ::-1].byteswap().copy(), bigendian=1), "w"),
+                                  rgb)
+    with pytest.raises(CorruptFileError, match="needs 180 bytes, the message holds 120"):
+        decode_raw(SimpleNamespace(encoding="rgb8", height=6, width=10, step=30, is_bigendian=0, data=bytes(120)),
+                   "drive.bag topic /c message 3")

@@ -156,10 +156,14 @@ class McapLog(CameraLog):
         if channel_id not in self._decoders:
             schema = self._schemas.get(channel.schema_id)
             try:
-                self._decoders[channel_id] = DecoderFactory().decoder_for("cdr", schema)
+                decoder = DecoderFactory().decoder_for("cdr", schema)
             except Exception as exc:  # noqa: BLE001
                 raise FormatMismatchError(where, f"schema {schema.name if schema else '?'} does not parse "
                                                  f"({exc})") from None
+            if decoder is None:  # no schema, or not a ros2msg one (ros2idl, …)
+                raise FormatMismatchError(where, f"schema encoding {schema.encoding if schema else 'none'!r} is not "
+                                                 "supported (ROS 2 .msg definitions, 'ros2msg', are read)")
+            self._decoders[channel_id] = decoder
         try:
             return self._decoders[channel_id](data)
         except Exception as exc:  # noqa: BLE001 — a truncated CDR buffer raises struct/index errors

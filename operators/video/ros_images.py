@@ -1,6 +1,6 @@
 """ROS camera messages → RGB frames: ``sensor_msgs/CompressedImage`` (JPEG, PNG) and
-``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1, 8UC1, 8UC3, bayer_*8,
-yuv422/uyvy, yuyv), whatever library decoded the message (``mcap-ros2-support`` gives ``bytes``,
+``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8, the 16-bit rgb16/bgr16/rgba16/bgra16/
+mono16/16UC1, 8UC1, 8UC3, bayer_*8, yuv422/uyvy, yuyv), whatever library decoded the message (``mcap-ros2-support`` gives ``bytes``,
 ``rosbags`` numpy arrays).
 
 Anything else (``compressedDepth``, 32-bit float images, a payload that does not decode) raises
@@ -23,6 +23,8 @@ _RAW = {
     "rgba8": (4, np.uint8, cv2.COLOR_RGBA2RGB), "bgra8": (4, np.uint8, cv2.COLOR_BGRA2RGB),
     "mono8": (1, np.uint8, cv2.COLOR_GRAY2RGB), "8uc1": (1, np.uint8, cv2.COLOR_GRAY2RGB),
     "mono16": (1, np.uint16, cv2.COLOR_GRAY2RGB), "16uc1": (1, np.uint16, cv2.COLOR_GRAY2RGB),
+    "rgb16": (3, np.uint16, None), "bgr16": (3, np.uint16, cv2.COLOR_BGR2RGB),
+    "rgba16": (4, np.uint16, cv2.COLOR_RGBA2RGB), "bgra16": (4, np.uint16, cv2.COLOR_BGRA2RGB),
     # Bayer patterns are named by the sensor's first two rows; OpenCV names them by the second
     # row's 2nd and 3rd pixels, hence the apparent swap (the same table as ROS' cv_bridge).
     "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2RGB), "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2RGB),
