@@ -279,3 +279,25 @@ def test_raw_encodings_decode_to_the_same_rgb():
     with pytest.raises(CorruptFileError, match="needs 180 bytes, the message holds 120"):
         decode_raw(SimpleNamespace(encoding="rgb8", height=6, width=10, step=30, is_bigendian=0, data=bytes(120)),
                    "drive.bag topic /c message 3")
+
+
+@pytest.mark.parametrize("ext", ["mcap", "bag"])
+def test_logs_at_any_fsspec_uri(tmp_path, ext):
+    """A prefix on another filesystem (memory://): discovery, ranges and stamps as from local disk.
+    The MCAP is read in place through fsspec (range reads); the bag is copied to the local cache."""
+    import fsspec
+
+    local = str(tmp_path / f"drive.{ext}")
+    write_log(local)
+    prefix = f"memory://logs-{ext}-{tmp_path.name}"
+    with open(local, "rb") as f:
+        fsspec.filesystem("memory").pipe(f"{prefix}/day1/drive.{ext}".replace("memory://", "/"), f.read())
+    refs = list_videos(prefix)
+    assert [r.video_id for r in refs] == sorted(f"day1/drive:{c.topic}" for c in CAMERAS)
+    camera = CAMERAS[2]
+    with open_video(stream_uri(f"{prefix}/day1/drive.{ext}", camera.topic)) as remote, \
+            open_video(stream_uri(local, camera.topic)) as disk:
+        got, times = remote.read_timed(7, 12)
+        want, want_times = disk.read_timed(7, 12)
+    np.testing.assert_array_equal(got, want)
+    assert times == want_times
