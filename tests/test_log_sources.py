@@ -301,3 +301,26 @@ def test_logs_at_any_fsspec_uri(tmp_path, ext):
         want, want_times = disk.read_timed(7, 12)
     np.testing.assert_array_equal(got, want)
     assert times == want_times
+
+
+def test_a_second_open_reuses_the_frame_table(tmp_path, monkeypatch):
+    """A decode worker opens a log once per chunk: the message indexes are read once per process,
+    and a rewritten log (another summary) is indexed anew."""
+    import mcap.records
+
+    path = str(tmp_path / "cached.mcap")
+    write_log(path, chunk_size=4_000)
+    real, reads = mcap.records.MessageIndex.read, []
+    monkeypatch.setattr(mcap.records.MessageIndex, "read", staticmethod(lambda stream: reads.append(1) or real(stream)))
+    topic = CAMERAS[1].topic
+    with open_video(stream_uri(path, topic)) as source:
+        first = source.read(3, 5)
+    assert reads
+    reads.clear()
+    with open_video(stream_uri(path, topic)) as source:
+        np.testing.assert_array_equal(source.read(3, 5), first)
+    assert reads == []
+    write_log(path, unstamped=5, chunk_size=3_000)  # the same name, other bytes
+    with open_video(stream_uri(path, topic)) as source:
+        source.read(3, 5)
+    assert reads

@@ -6,7 +6,9 @@ index lists ``(log time, offset in the decompressed chunk)`` of every message of
 in one chunk, and sits uncompressed after its chunk. So the frame table of a topic — frame
 ``k`` is in chunk ``c`` at offset ``o`` — is built from a few small reads per chunk, without
 decompressing anything, and reading frames ``[a, b)`` decompresses only the chunks that hold
-them (each once per read, its CRC checked), then decodes the messages at their offsets.
+them (each once per read, its CRC checked), then decodes the messages at their offsets. A
+process keeps the frame tables it built (by log, topic and summary), so the label pipeline's
+decode workers, which open a log once per chunk, read its message indexes once.
 
 A file written without a summary or without message indexes is read by scanning: once to
 count, and again for every read. That is correct but slow, and :attr:`McapLog.indexed` says
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections import OrderedDict
 from typing import Iterator
 
 from operators import fs
@@ -28,6 +31,12 @@ from operators.video.ros_images import is_camera_type
 
 _MESSAGE_OPCODE, _MESSAGE_INDEX_OPCODE = 0x05, 0x07
 _MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+
+# Frame tables built in this process, by log and topic and the summary they were built from: a
+# decode worker of the label pipeline opens the same log once per chunk, and a long remote log's
+# message indexes are thousands of small range reads. A changed file has another summary.
+_TABLES: OrderedDict = OrderedDict()
+_TABLES_KEPT = 64
 
 
 class McapLog(CameraLog):
@@ -89,9 +98,22 @@ class McapLog(CameraLog):
 
     # -- the frame table ---------------------------------------------------------------------
 
+    def _cache_key(self, topic: str) -> tuple | None:
+        if not self.indexed:
+            return None
+        chunks = self._summary.chunk_indexes
+        stats = self._summary.statistics
+        return (self.uri, topic, len(chunks), chunks[-1].chunk_start_offset, chunks[-1].chunk_length,
+                stats.message_count if stats else -1)
+
     def _table(self, topic: str) -> list[tuple[int, int, int]]:
         if topic in self._tables:
             return self._tables[topic]
+        key = self._cache_key(topic)
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
+            self._tables[topic] = _TABLES[key]
+            return _TABLES[key]
         ids = self._channel_ids(topic)
         entries: list[tuple[int, int, int]] = []
         if self.indexed:
@@ -115,6 +137,10 @@ class McapLog(CameraLog):
             entries = [(m.log_time, -1, n) for n, (_, _, m) in enumerate(self._scan(topic))]
         entries.sort()
         self._tables[topic] = entries
+        if key is not None and entries and entries[0][1] >= 0:
+            _TABLES[key] = entries
+            while len(_TABLES) > _TABLES_KEPT:
+                _TABLES.popitem(last=False)
         return entries
 
     def _scan(self, topic: str):
