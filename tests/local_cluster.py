@@ -176,4 +176,5 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not os.environ.get("TUBEFLOW_KEEP_CLUSTER_DIR"):  # kept to read the nodes' logs after a failure
+            shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -4,9 +4,13 @@
   submit command of cluster/README.md (its buckets replaced by local folders) goes through the
   job server with ``--working-dir .``; the outputs are committed and the segmentation actors ran
   on the GPU node. The nightly submitter, run twice against the same job server, submits once.
+* A head whose autoscaler (Ray's fake multi-node provider) has a GPU node type at zero: the
+  job's ``--gpus auto`` reads that node type, the model actors ask for GPUs, and the autoscaler
+  launches the node they run on.
 
 Each cluster is :class:`local_cluster.LocalCluster`: its own ports and temp dir, stopped by
-ending only its own processes (never ``ray stop``).
+ending only its own processes (never ``ray stop``); one runs at a time (the autoscaler test
+stops its cluster before the two-node one starts).
 """
 from __future__ import annotations
 
@@ -64,6 +68,43 @@ def check_outputs(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
     return make_corpus(tmp_path_factory.mktemp("cluster") / "corpus", videos=2, frames=8, height=64, width=128)
+
+
+def fake_autoscaler_config() -> dict:
+    """Ray's fake multi-node provider: nodes are Ray processes on this machine, started by the
+    head's autoscaler; one GPU node type, at zero."""
+    return {"cluster_name": "tubeflow-fake", "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+            "provider": {"type": "fake_multinode", "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "use_node_id_as_ip": True},
+            "auth": {"ssh_user": "ubuntu"},
+            "available_node_types": {
+                "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
+                GPU_NODE_TYPE: {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                                "max_workers": 1}},
+            "head_node_type": "ray.head.default", "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+            "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+
+
+def test_gpus_auto_makes_the_autoscaler_launch_a_gpu_node(corpus, tmp_path):
+    cluster = LocalCluster(head_cpus=2, autoscaling_config=fake_autoscaler_config())
+    try:
+        assert len(cluster.nodes()) == 1  # the head alone: no GPU anywhere yet
+        out = tmp_path / "labels"
+        done = submit_as_the_readme_says(cluster, corpus, str(out))
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:] + cluster.node_logs()
+        manifest = check_outputs(out)
+        choice = manifest["model_resources"]["gpu_choice"]
+        assert choice["use_gpus"] and choice["gpus_now"] == 0 and GPU_NODE_TYPE in choice["reason"], choice
+        assert f"can launch {GPU_NODE_TYPE}" in done.stdout
+        gpu_nodes = [n["id"] for n in cluster.nodes() if n["resources"].get("GPU")]
+        assert len(gpu_nodes) == 1  # launched by the autoscaler for the job's GPU actors
+        placed = gpu_actor_nodes(cluster)
+        assert placed and set(placed) == set(gpu_nodes), (placed, gpu_nodes)
+    finally:
+        cluster.stop()
+    assert cluster.own_pids() == []
 
 
 @pytest.fixture(scope="module")
