@@ -44,21 +44,23 @@ constraints: $(STAMP)
 # tests/benchmarks/bench_association_peers.py only: not part of `make test`. The CPU torch first
 # (as above), then boxmot without its dependencies (torchvision, timm, ultralytics… are for its
 # detectors and ReID, which the benchmark does not use) and the small packages its box trackers
-# import; tubeflow's own generator and metrics come from the work tree (PYTHONPATH), they need
-# only numpy, OpenCV, pyarrow and fsspec.
+# import; tubeflow's own generator, tracker and metrics come from the work tree (PYTHONPATH), with
+# tubeflow's dependencies less torch and Ray (read from pyproject.toml, so the list stays in step).
 PEERS_VENV ?= .venv-peers
 PEERS_PY    = $(PEERS_VENV)/bin/python
 PEERS_STAMP = $(PEERS_VENV)/.peers-installed
+TUBEFLOW_LIGHT_DEPS = $(PEERS_PY) -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith(('torch', 'ray'))))"
 
 peers-venv: $(PEERS_STAMP)
 
-$(PEERS_STAMP): pyproject.toml
+$(PEERS_STAMP): pyproject.toml Makefile
 	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_PY) -m pip install --quiet --upgrade pip
 	$(PEERS_PY) -c "import torch" 2>/dev/null || $(PEERS_PY) -m pip install --quiet torch==2.13.0
 	$(PEERS_PY) -m pip install --quiet --no-deps boxmot==25.0.0
-	$(PEERS_PY) -m pip install --quiet -c $(CONSTRAINTS) numpy scipy 'filterpy>=1.4.5,<2' 'lapx>=0.5.5,<1' \
-	  scikit-learn pandas opencv-python-headless pyarrow fsspec platformdirs rich click tqdm typing-extensions pyyaml
+	$(TUBEFLOW_LIGHT_DEPS) > $(PEERS_VENV)/tubeflow-deps.txt
+	$(PEERS_PY) -m pip install --quiet -c $(CONSTRAINTS) -r $(PEERS_VENV)/tubeflow-deps.txt \
+	  'filterpy>=1.4.5,<2' 'lapx>=0.5.5,<1' scikit-learn pandas platformdirs rich click typing-extensions pyyaml pytest
 	touch $(PEERS_STAMP)
 
 bench-peers: $(PEERS_STAMP)

@@ -63,6 +63,21 @@ def test_mahalanobis_prefers_the_predicted_position():
     assert np.all(motion.motion_affinity(d2) <= 1.0)
 
 
+def test_a_collapsed_visible_size_costs_less_than_the_same_jump_in_position():
+    """Partial occlusion shrinks the measured size at once; the filter trusts sizes less than
+    centroids (``size_observation``), so a car half hidden still passes the gate."""
+    z = np.array([50.0, 30.0, 40.0])
+    state = motion.initiate(z, NOISE)
+    for _ in range(5):  # a parked car, seen a few times: its velocity is known to be ~0
+        state = motion.update(motion.predict(state, NOISE), z, NOISE)
+    state = motion.predict(state, NOISE)
+    shrunk, moved = np.array([[50.0, 30.0, 8.0]]), np.array([[82.0, 30.0, 40.0]])
+    d2 = [motion.mahalanobis_sq(state.mean[None], state.cov[None], z, NOISE)[0, 0] for z in (shrunk, moved)]
+    assert d2[0] < d2[1]
+    strict = motion.MotionNoise(size_observation=NOISE.observation * NOISE.size_factor)
+    assert motion.mahalanobis_sq(state.mean[None], state.cov[None], shrunk, strict)[0, 0] > d2[0]
+
+
 # ---------------------------------------------------------------- in the tracker
 def run(tracker, frames):
     return [tracker.update(f) for f, _, _ in frames]
@@ -155,3 +170,4 @@ def test_a_checkpoint_from_before_the_motion_model_resumes():
     assert {int(o.ids[gt.ids == 14001].max()) for o, (_, gt, _) in zip(outputs, video[4:])} == {1000}
     with pytest.raises(ValueError, match="unknown"):
         TrackerConfig.from_json(json.dumps({**config, "no_such_knob": 1}))
+

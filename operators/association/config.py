@@ -109,7 +109,10 @@ class TrackerConfig:
     """Process noise of the velocity per frame (fraction of size): how fast the uncertainty of
     a lost track grows."""
     motion_observation_std: float = 0.1
-    """Noise of a measured centroid and size, as a fraction of the object's size."""
+    """Noise of a measured centroid, as a fraction of the object's size."""
+    motion_size_observation_std: float = 0.3
+    """Noise of a measured size (sqrt of the area), as a fraction of it: partial occlusion
+    shrinks the visible size from one frame to the next."""
     camera_motion: bool = True
     """Take the camera's motion (a similarity fitted to the background's flow) out of the tracks'
     motion before predicting them."""
@@ -138,7 +141,7 @@ class TrackerConfig:
         if not 0.0 <= self.confusable_affinity <= 1.0 or not 0.0 <= self.class_memory <= 1.0:
             raise ValueError("confusable_affinity and class_memory must lie in [0, 1]")
         if self.motion_weight < 0 or min(self.motion_position_std, self.motion_velocity_std,
-                                         self.motion_observation_std) <= 0:
+                                         self.motion_observation_std, self.motion_size_observation_std) <= 0:
             raise ValueError("motion_weight must be ≥ 0 and the motion standard deviations positive")
         if self.max_lost_frames < 0:
             raise ValueError("max_lost_frames must be ≥ 0")
@@ -160,7 +163,8 @@ class TrackerConfig:
 
     @property
     def motion_noise(self) -> MotionNoise:
-        return MotionNoise(self.motion_position_std, self.motion_velocity_std, self.motion_observation_std)
+        return MotionNoise(self.motion_position_std, self.motion_velocity_std, self.motion_observation_std,
+                           size_observation=self.motion_size_observation_std)
 
     #: fields of earlier versions that the motion model replaced: ignored when a checkpoint's
     #: config is read back, so a run resumes from a checkpoint written before the change

@@ -42,7 +42,8 @@ class MotionNoise:
     ``position``/``velocity``: process noise per frame of the centroid and its velocity;
     ``observation``: of a measured centroid (mask noise, partial occlusion); ``size_factor``
     scales all three for the size component (sizes change slower than positions move);
-    ``min_size``: sizes below it count as it for the noise.
+    ``min_size``: sizes below it count as it for the noise; ``size_observation``: noise of a
+    measured size (an occluder halves the visible size from one frame to the next).
     """
 
     position: float = 0.05
@@ -51,6 +52,13 @@ class MotionNoise:
     initial_velocity: float = 0.5
     size_factor: float = 0.5
     min_size: float = 10.0
+    size_observation: float = 0.3
+
+    def _observation_std(self, s) -> np.ndarray:
+        """Std of a measured (x, y, size) at size ``s`` (scalar or ``(N, 1)``): the visible size of
+        a partly hidden object drops at once, so a measured size is far less sure than a centroid."""
+        s = np.maximum(s, self.min_size)
+        return s * np.array([self.observation, self.observation, self.size_observation])
 
     def _scale(self, s: float) -> np.ndarray:
         s = max(float(s), self.min_size)  # a sliver's centroid is noisy by a pixel or two, whatever its size
@@ -97,20 +105,39 @@ def initiate(z: np.ndarray, noise: MotionNoise) -> MotionState:
 
 def predict(state: MotionState, noise: MotionNoise, steps: int = 1) -> MotionState:
     """The state ``steps`` frames later (constant velocity, process noise added every frame)."""
-    mean, cov = state.mean.copy(), state.cov.copy()
+    means, covs, anchors = predict_batch(state.mean[None], state.cov[None], state.anchor[None], None, noise, steps)
+    return MotionState(means[0], covs[0], anchors[0])
+
+
+def predict_batch(means: np.ndarray, covs: np.ndarray, anchors: np.ndarray, transform: np.ndarray | None,
+                  noise: MotionNoise, steps: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Many tracks at once: the camera ``transform`` applied (:func:`apply_camera`), then
+    ``steps`` frames of :func:`predict`. ``means`` ``(N, 6)``, ``covs`` ``(N, 6, 6)``,
+    ``anchors`` ``(N, 3)``; returns new arrays of the same shapes (one numpy pass per step,
+    not one per track: 40 tracks cost what one does)."""
+    means, covs, anchors = (np.array(a, np.float64, copy=True) for a in (means, covs, anchors))
+    if transform is not None:
+        jac, shift, scale = _camera_jacobian(transform)
+        means = means @ jac.T
+        means[:, :2] += shift
+        covs = jac @ covs @ jac.T
+        anchors[:, :2] = anchors[:, :2] @ jac[:2, :2].T + shift
+        anchors[:, 2] *= scale
+    factors = np.array([1.0, 1.0, noise.size_factor])
     for _ in range(max(int(steps), 0)):
-        scale = noise._scale(mean[2])
-        q = np.diag(np.concatenate([noise.position * scale, noise.velocity * scale]) ** 2)
-        mean = _F @ mean
-        cov = _F @ cov @ _F.T + q
-    mean[2] = max(mean[2], 1.0)
-    return MotionState(mean, cov, state.anchor.copy())
+        size = np.maximum(means[:, 2], noise.min_size)[:, None] * factors
+        q = np.concatenate([noise.position * size, noise.velocity * size], axis=1) ** 2
+        means = means @ _F.T
+        covs = _F @ covs @ _F.T
+        covs[:, np.arange(STATE_DIM), np.arange(STATE_DIM)] += q
+    means[:, 2] = np.maximum(means[:, 2], 1.0)
+    return means, covs, anchors
 
 
 def update(state: MotionState, z: np.ndarray, noise: MotionNoise) -> MotionState:
     """The Kalman update with observation ``z = (x, y, s)``; the anchor becomes ``z``."""
     z = np.asarray(z, np.float64)
-    r = np.diag((noise.observation * noise._scale(z[2])) ** 2)
+    r = np.diag(noise._observation_std(z[2]) ** 2)
     s = _H @ state.cov @ _H.T + r
     gain = np.linalg.solve(s, _H @ state.cov).T
     mean = state.mean + gain @ (z - _H @ state.mean)
@@ -163,28 +190,30 @@ def camera_motion(flow: np.ndarray, labels: np.ndarray | None = None, background
     return transform.astype(np.float64)
 
 
+def _camera_jacobian(transform: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(6, 6)`` map of a state under a ``(2, 3)`` similarity, its shift ``(2,)`` and scale."""
+    linear, shift = transform[:, :2], transform[:, 2]
+    scale = float(np.sqrt(abs(np.linalg.det(linear))))
+    jac = np.eye(STATE_DIM)
+    jac[:2, :2] = jac[3:5, 3:5] = linear
+    jac[2, 2] = jac[5, 5] = scale
+    return jac, shift, scale
+
+
 def apply_camera(state: MotionState, transform: np.ndarray | None) -> MotionState:
     """The state moved by a camera ``transform`` (``(2, 3)`` similarity; ``None`` = no motion):
     positions mapped, velocities rotated and scaled, sizes scaled, covariance propagated."""
     if transform is None:
         return state
-    linear, shift = transform[:, :2], transform[:, 2]
-    scale = float(np.sqrt(abs(np.linalg.det(linear))))
-    jac = np.eye(STATE_DIM)
-    jac[:2, :2] = linear
-    jac[2, 2] = scale
-    jac[3:5, 3:5] = linear
-    jac[5, 5] = scale
-    mean = jac @ state.mean
-    mean[:2] += shift
-    anchor = np.concatenate([linear @ state.anchor[:2] + shift, [scale * state.anchor[2]]])
-    return MotionState(mean, jac @ state.cov @ jac.T, anchor)
+    means, covs, anchors = predict_batch(state.mean[None], state.cov[None], state.anchor[None], transform,
+                                         MotionNoise(), steps=0)
+    return MotionState(means[0], covs[0], anchors[0])
 
 
 # ---------------------------------------------------------------- association terms
 def _innovation_cov(means: np.ndarray, covs: np.ndarray, noise: MotionNoise) -> np.ndarray:
     """``(N, 3, 3)``: the covariance of the predicted observation, observation noise included."""
-    r = (noise.observation * np.maximum(means[:, 2:3], noise.min_size) * np.array([1.0, 1.0, noise.size_factor])) ** 2
+    r = noise._observation_std(means[:, 2:3]) ** 2
     return covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
 
 

@@ -159,15 +159,20 @@ class VideoTracker:
     def _predict(self, frame_index: int, camera: np.ndarray | None) -> dict:
         """Every track's motion state predicted for ``frame_index`` (the camera's motion taken out
         first); the tracks themselves are not changed."""
-        noise, out = self.config.motion_noise, {}
+        noise = self.config.motion_noise
         steps = 1 if self.last_frame_index is None else frame_index - self.last_frame_index
-        for tid, track in self.tracks.items():
-            state = track.motion
-            if state is None:  # a track from a checkpoint written before the motion model
+        states = []
+        for track in self.tracks.values():
+            if track.motion is None:  # a track from a checkpoint written before the motion model
                 _, x, y, size = track.history[-1]
-                state = motion.initiate(np.array([x, y, size]), noise)
-            out[tid] = motion.predict(motion.apply_camera(state, camera), noise, steps)
-        return out
+                states.append(motion.initiate(np.array([x, y, size]), noise))
+            else:
+                states.append(track.motion)
+        if not states:
+            return {}
+        means, covs, anchors = motion.predict_batch(np.array([m.mean for m in states]), np.array([m.cov for m in states]),
+                                                    np.array([m.anchor for m in states]), camera, noise, steps)
+        return {tid: motion.MotionState(m, c, a) for tid, m, c, a in zip(self.tracks, means, covs, anchors)}
 
     def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``."""
