@@ -21,7 +21,7 @@ import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import ijson
 

@@ -7,8 +7,8 @@ smaller sizes. Each video has 3 annotated 16×12 frames (a few segments, VOID, c
 switches: ``tests/metrics_cases.random_video``), so the figures are the job's own cost per
 video, not pixels. Every run is ``tubeflow evaluate`` in its own process, default executor
 (no cluster: a process pool on the machine's cores), timed from launch to exit; the driver's
-peak memory is its own ``ru_maxrss`` (the pool's processes are not counted: they are the
-workers).
+peak memory is its own high-water RSS (``VmHWM``; the pool's processes are not counted:
+they are the workers).
 
 Printed per layout and size: wall seconds per video and its ratio to the smallest size
 (target: ≤ 1.2× from 1k to 4k: flat), the driver's peak RSS and its growth per added video
@@ -30,27 +30,31 @@ import numpy as np
 import pytest
 
 from operators.formats.categories import CITYSCAPES_CATEGORIES
-from operators.formats.panoptic import PanopticFrame, encode_panoptic_png
+from operators.formats.panoptic import encode_panoptic_png
 from operators.formats.vps_layout import VpsAnnotation, VpsImage
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = tuple(int(n) for n in os.environ.get("TUBEFLOW_BENCH_SCALE", "1000,4000,10000").split(","))
 FRAMES, DISTINCT = 3, 16  # frames per video; distinct videos whose pixels are reused under new ids
 
-_PEAK = """
-import resource, sys, time
+# The peak is VmHWM: ru_maxrss survives exec on Linux, so a child of this (large) pytest
+# process would report pytest's own peak.
+_HIGH_WATER = "print('PEAK_KB', [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+
+_PEAK = f"""
+import sys
 from jobs.cli import main
 code = main(sys.argv[1:])
-print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+{_HIGH_WATER}
 sys.exit(code)
 """
 
-_WHOLE_FILE = """
-import resource, sys
+_WHOLE_FILE = f"""
+import sys
 from operators.formats.vps_layout import read_ground_truth, read_predictions
 from operators.metrics.video import plan_videos
 plans = plan_videos(read_ground_truth(sys.argv[1], sys.argv[2]), read_predictions(sys.argv[3]))
-print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+{_HIGH_WATER}
 """
 
 
