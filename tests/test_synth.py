@@ -299,7 +299,7 @@ def test_cli_writes_a_corpus(tmp_path, capsys):
                                        (["--videos", "0"], "videos"), (["--annotate-every", "0"], "annotate_every")])
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, bad, word):
     args = ["synth", "--out", str(tmp_path / "x"), "--frames", "2", "--height", "48", "--width", "96"] + bad
-    assert cli.main(args) == 1
+    assert cli.main(args) == 2  # the command cannot run as given (README: exit codes)
     err = capsys.readouterr().err
     assert err.startswith("tubeflow synth: error: ") and word in err and "Traceback" not in err
     assert not (tmp_path / "x" / "corpus.json").exists()
