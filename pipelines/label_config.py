@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -121,6 +122,7 @@ class LabelConfig:
             raise ValueError("--object-mask-threshold and --overlap-threshold must be in [0, 1]")
         if self.review not in (None, "mcap"):
             raise ValueError(f"unknown review format {self.review!r}; choose mcap")
+        _check_image_id_format(self.image_id_format)
         if self.gt_json and not self.gt_dir:
             object.__setattr__(self, "gt_dir", fs.join(self.gt_json.rsplit("/", 1)[0], "panoptic"))
 
@@ -198,6 +200,19 @@ class LabelConfig:
         doc = asdict(self)
         doc["tracker"] = json.loads(self.tracker.to_json())
         return doc
+
+
+def _check_image_id_format(text: str) -> None:
+    """Image ids name PNG files (``pan_pred/<key>.png``): a format that does not tell videos and
+    frames apart would give two frames one file, the later overwriting the earlier."""
+    try:
+        names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(text) if name}
+        text.format(video_id="v", frame_index=0)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"--image-id-format {text!r} is not a format of video_id and frame_index ({exc!r})") from None
+    if not {"video_id", "frame_index"} <= names:
+        raise ValueError(f"--image-id-format {text!r} must use both {{video_id}} and {{frame_index}}: else two frames "
+                         "get one image id (and one PNG)")
 
 
 def check_models(config: LabelConfig) -> None:

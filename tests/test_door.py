@@ -191,3 +191,13 @@ def test_track_that_fails_leaves_no_partial_output(tmp_path, monkeypatch):
     assert cli.main(argv) == 0
     assert (out / "pred.json").exists() and len(list((out / "pan_pred").glob("*.png"))) == 4
     assert not (out / "_staging").exists()
+
+
+@pytest.mark.parametrize("fmt, problem", [("{video_id}_frame", "must use both {video_id} and {frame_index}"),
+                                          ("frame_{frame_index:06d}", "must use both"),
+                                          ("{video}_{frame_index}", "is not a format of video_id and frame_index"),
+                                          ("{video_id}_{frame_index:q}", "is not a format")])
+def test_an_image_id_format_that_would_give_two_frames_one_png_is_refused(tmp_path, capsys, videos, no_ray, fmt,
+                                                                          problem):
+    code, err = run_label(tmp_path, capsys, "--image-id-format", fmt)
+    assert code == 2 and len(err.splitlines()) == 1 and problem in err, err
