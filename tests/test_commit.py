@@ -145,3 +145,20 @@ def test_process_killed_during_commits_then_rerun(tmp_path):
             staging = stage(layout, "final", v, "final", 2)
             commit_video(layout, v, staging, CommitMarker(v, "fp-final", "cfg", {}, {"version": "final"}, [], "final"))
         assert assert_one_complete_output(layout, v) == "final"
+
+
+def test_recover_keeps_the_current_runs_staging_and_never_deletes_outside_the_root(tmp_path):
+    """Staging is per run: recovery (run under the lease, so every other run is dead) deletes the
+    dead runs' staging, never the current run's; a pending intent or marker naming a path outside
+    the root (a tampered record in a shared store) deletes nothing there."""
+    layout = OutputLayout(str(tmp_path / "out"))
+    dead, live = stage(layout, "dead-run", "a", "v0", 1), stage(layout, "live-run", "b", "v1", 1)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    fs.write_bytes(layout.pending_uri("c"), json.dumps({"video_id": "c", "files": ["../precious.txt", "/etc/x",
+                                                                                   "a/../../precious.txt"]}).encode())
+    assert recover(layout, "live-run") == ["c"]
+    assert not os.path.exists(dead) and staged_files(live) and outside.read_text() == "keep"
+    fs.write_bytes(layout.marker_uri("d"), CommitMarker("d", "f", "c", {}, {}, ["../precious.txt"], "r").to_json())
+    commit_video(layout, "d", stage(layout, "live-run", "d", "v1", 1), marker("d", "v1"))
+    assert outside.read_text() == "keep" and read_marker(layout, "d").run_id == "v1"
