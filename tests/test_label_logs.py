@@ -111,7 +111,7 @@ def test_review_mcap_opens_with_the_expected_topics_schemas_and_stamps(mcap_run)
             f"{REAR}/panoptic/annotations": (ANNOTATIONS_SCHEMA, "jsonschema")}
         assert all(json.loads(s.data)["title"] == s.name for s in topics.values())
         messages = [(c.topic, m.log_time, json.loads(m.data)) for _, c, m in reader.iter_messages()]
-    from operators.video.logs import LogTopicSource
+    from operators.video.log_source import LogTopicSource
 
     for camera in (FRONT, REAR):
         video_id = f"log_0000:{camera}"

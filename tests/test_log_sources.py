@@ -12,7 +12,7 @@ import pytest
 from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.synth.logs import CameraStream, LogWriter, log_schedule
 from operators.video import ContainerSource, VideoWriter, list_videos, open_video, stream_uri
-from operators.video.logs import LogTopicSource, open_log
+from operators.video.log_source import LogTopicSource, open_log
 from pipelines.plan import discover
 
 START = 1_700_000_000_000_000_000

@@ -129,3 +129,8 @@ class SynthConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def frame_png_name(image_id: str) -> str:
+    """File name of a synthetic frame image (Cityscapes naming), for mp4 and log corpora alike."""
+    return f"{image_id}_leftImg8bit.png"

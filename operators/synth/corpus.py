@@ -21,16 +21,12 @@ from operators.formats.categories import CITYSCAPES_CATEGORIES
 from operators.formats.flo import write_flo
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, encode_rgb_png, read_panoptic_png
 from operators.formats.vps_layout import VpsImage, write_ground_truth
-from operators.synth.config import SynthConfig
+from operators.synth.config import SynthConfig, frame_png_name
 from operators.synth.render import SynthFrame, generate_video
 from operators.video.writer import VideoWriter
 
 CORPUS_JSON = "corpus.json"
 GT_JSON = "panoptic_gt.json"
-
-
-def frame_png_name(image_id: str) -> str:
-    return f"{image_id}_leftImg8bit.png"
 
 
 def gt_png_name(image: VpsImage) -> str:

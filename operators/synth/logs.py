@@ -205,7 +205,8 @@ def synth_log_frames(out: str, cfg, log_format: str, videos: list[dict], progres
     (``log_KKKK:/camera/front/image_raw/compressed``); appends each stream to ``videos``."""
     from operators.formats.flo import write_flo
     from operators.formats.vps_layout import VpsImage
-    from operators.synth.corpus import encode_rgb_png, frame_png_name
+    from operators.formats.panoptic import encode_rgb_png
+    from operators.synth.config import frame_png_name
     from operators.synth.render import generate_video
     from operators.video.logs import log_video_id
 

@@ -9,7 +9,8 @@ from RGB frames atomically.
 from operators.video.catalog import VideoRef, list_videos, open_video
 from operators.video.container import ContainerSource
 from operators.video.image_sequence import ImageSequenceSource
-from operators.video.logs import LOG_EXTENSIONS, LogTopicSource, is_log, log_video_id, split_stream_uri, stream_uri
+from operators.video.log_source import LogTopicSource
+from operators.video.logs import LOG_EXTENSIONS, is_log, log_video_id, split_stream_uri, stream_uri
 from operators.video.source import CONTAINER_EXTENSIONS, IMAGE_EXTENSIONS, VideoMeta, VideoSource
 from operators.video.writer import VideoWriter
 

@@ -9,7 +9,8 @@ from operators import fs
 from operators.errors import CorruptFileError, FormatMismatchError
 from operators.video.container import ContainerSource
 from operators.video.image_sequence import ImageSequenceSource
-from operators.video.logs import LOG_EXTENSIONS, LogTopicSource, is_log, log_video_id, open_log, split_stream_uri, stream_uri
+from operators.video.log_source import LogTopicSource, open_log
+from operators.video.logs import LOG_EXTENSIONS, is_log, log_video_id, split_stream_uri, stream_uri
 from operators.video.source import CONTAINER_EXTENSIONS, IMAGE_EXTENSIONS, VideoSource
 
 
