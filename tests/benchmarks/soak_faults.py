@@ -1,10 +1,8 @@
 """Soak: ``tubeflow label`` on many small videos under random SIGKILLs, rerun until it exits 0.
 
 While a run lives, a killer SIGKILLs a random process of the run's own Ray every few seconds:
-a stage's actor or task (segmentation, flow, association feeder or actor, plan/decode, sink,
-finalize; idle workers are left alone: a worker starting up to host an actor is one, and on a
-loaded machine killing those every few seconds starves the run); in the first
-``--driver-kill-runs`` runs it kills,
+a stage's actor or task while it works on a chunk (segmentation, flow, association feeder or
+actor, plan/decode, sink, finalize); in the first ``--driver-kill-runs`` runs it kills,
 now and then, the driver itself instead (its whole process group, Ray included). The run is
 started again until it exits 0. Then every video must be
 committed exactly once (one marker, every file it names present, no other file in its segments
@@ -41,7 +39,12 @@ from operators.synth import SynthConfig, generate_video, write_corpus  # noqa: E
 from operators.synth.perturb import scramble_ids  # noqa: E402
 
 IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
-STAGE_TITLES = ("ray::MapWorker(", "ray::AssociationActor", "ray::FlatMap(", "ray::MapBatches(", "ray::finalize_video")
+# Processes at work: an actor's title gains the method it runs (``.submit``, ``.push``); a task's
+# title is its name only while it runs. Actors starting up (``.__init__``) or idle are left alone:
+# on a loaded machine a start-up takes longer than the interval between kills, and killing them
+# would only starve the run.
+BUSY_ACTOR_TITLES = (".submit", ".push")
+TASK_TITLES = ("ray::FlatMap(", "ray::MapBatches(", "ray::finalize_video")
 
 
 def make_corpus(root: Path, videos: int, frames: int, height: int, width: int) -> None:
@@ -97,7 +100,7 @@ class Killer(threading.Thread):
                     title = (process.cmdline() or [""])[0]
                 except psutil.Error:
                     continue
-                if title.startswith(STAGE_TITLES):
+                if title.startswith(TASK_TITLES) or (title.startswith("ray::") and title.endswith(BUSY_ACTOR_TITLES)):
                     victims.append((process, title))
             if not victims:
                 continue
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--chunk-frames", type=int, default=4)
-    parser.add_argument("--kill-every", default="2,5", help="seconds between kills: MIN,MAX (default 2,5)")
+    parser.add_argument("--kill-every", default="3,6", help="seconds between kills: MIN,MAX (default 3,6)")
     parser.add_argument("--driver-share", type=float, default=0.05, help="share of kills that hit the driver")
     parser.add_argument("--driver-kill-runs", type=int, default=3, help="runs whose driver may be killed")
     parser.add_argument("--max-runs", type=int, default=40)
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"{args.videos} {args.frames} {args.height} {args.width}"
     started = time.perf_counter()
     if args.reuse_corpus and (work / "corpus.stamp").exists() and (work / "corpus.stamp").read_text() == stamp:
-        reference = sorted_rows(work / "clean")
+        reference = None  # read after the soak
         shutil.rmtree(work / "out", ignore_errors=True)
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode == 0:
             break
     seconds = time.perf_counter() - soak_started
+    reference = sorted_rows(work / "clean") if reference is None else reference
     problems = check(out, sorted(p.stem for p in (work / "corpus" / "videos").glob("*.mp4")), reference)
     print(f"\n{args.videos} videos x {args.frames} frames at {args.width}x{args.height}: {len(codes)} runs "
           f"({len(codes) - 1} reruns), exit codes {codes}, {sum(kills.values())} kills survived {kills}, "
