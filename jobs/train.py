@@ -11,7 +11,7 @@ The shipped weights were made by::
 
     tubeflow train --out operators/segmentation/weights/panoptic_synth.pt --eval-videos 4
 
-(see the README section "Models" for the measured time and PQ).
+(see operators/segmentation/weights/MODEL_CARD.md for the measured time and PQ).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ CITYSCAPES_THING_IDS: tuple[int, ...] = tuple(c.id for c in CITYSCAPES_CATEGORIE
 # the groups return them apart. Cityscapes files its things under two categories, "human" and
 # "vehicle"; splitting "vehicle" further by shape — cars; large vehicles (truck, bus, train),
 # whose pixels the semantic head confuses among themselves; two-wheelers — measured better on
-# both synthetic seeds (README "Models": held-out PQ 56.5 → 57.6 with flip augmentation).
+# both synthetic seeds (model card: held-out PQ 56.5 → 57.6 with flip augmentation).
 CITYSCAPES_THING_GROUPS: tuple[tuple[int, ...], ...] = tuple(
     tuple(CATEGORY_BY_NAME[n].id for n in names)
     for names in (("person", "rider"), ("car",), ("truck", "bus", "train"), ("motorcycle", "bicycle")))

@@ -87,16 +87,16 @@ class SegmentationHost:
     network on every frame and on its mirror image and averages the two sets of heads
     (:func:`~operators.segmentation.postprocess.average_with_mirror`): two forward passes per
     frame, ~20 % more host time on CPU, held-out PQ 56.8 → 58.6 with session 6's weights
-    b041d594 (README "Models"). ``shift`` (default: the same) also runs the network on every frame
+    b041d594 (model card: operators/segmentation/weights/MODEL_CARD.md). ``shift`` (default: the same) also runs the network on every frame
     moved by half a cell of the heads' grid (2 px for the stride-4 built-in network) and
     averages both sets of heads at full resolution
     (:func:`~operators.segmentation.postprocess.average_with_shifted`): twice the forward
     passes again, for the finer sampling that thin and small segments need: held-out 58.6 →
-    59.1, tuning seed 59.0 → 60.3 (README "Models"). ``refine`` (default: the same) snaps the
+    59.1, tuning seed 59.0 → 60.3 (model card: operators/segmentation/weights/MODEL_CARD.md). ``refine`` (default: the same) snaps the
     semantic map to the frame's edges before the grouping: the class probabilities, upsampled
     from the heads' stride-4 grid, are guided-filtered with the frame as the guide
     (:func:`~operators.segmentation.refine.refine_semantic`; radius, ε and subsampling in
-    ``postprocess``): with b041d594, tuning seed 60.3 → 64.4, held-out 59.1 → 65.3 (README "Models").
+    ``postprocess``): with b041d594, tuning seed 60.3 → 64.4, held-out 59.1 → 65.3 (model card: operators/segmentation/weights/MODEL_CARD.md).
     """
 
     def __init__(self, backend: str = "builtin", model_uri: str | None = None, batch_size: int | None = None,

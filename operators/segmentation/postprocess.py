@@ -45,7 +45,7 @@ class PostprocessConfig:
     kernels 25–31 are within 0.1 of each other. Session 5, shipped weights 6359633c with flip
     augmentation and the four thing groups: threshold 0.2 / 0.3 / 0.4 / 0.5 / 0.6 at kernel 41
     → PQ 57.5 / 57.9 / 58.6 / 58.3 / 56.4, kernel 31 / 41 / 51 at 0.3 → 57.4 / 57.9 / 57.9
-    (README "Models"). A pixel whose own object has no center still joins an instance — that
+    (model card: operators/segmentation/weights/MODEL_CARD.md). A pixel whose own object has no center still joins an instance — that
     of the nearest center, split off by its class group — so fewer, surer centers pay.
     """
 
@@ -216,7 +216,7 @@ def panoptic_postprocess(outputs: dict[str, torch.Tensor], size: tuple[int, int]
     together — a rider on its bicycle, a pedestrian in front of a car, a car behind a bus —
     often get one center from a stride-4 heatmap; the groups return them apart (tuning seed
     555000: Cityscapes' human/vehicle categories PQ 52.4 → 54.0; ``CITYSCAPES_THING_GROUPS``,
-    which also split cars, large vehicles and two-wheelers, a further +1.2; README "Models").
+    which also split cars, large vehicles and two-wheelers, a further +1.2; model card).
     """
     full = upsample_outputs(outputs, size)
     probs = full["semantic"].contiguous().softmax(dim=1)  # (B, C, H, W); NCHW: softmax over C is faster there

@@ -8,7 +8,7 @@ segment's IoU clears 0.5. The colour guided filter refits the class probabilitie
 window, as a linear function of the frame's RGB, so each boundary moves onto the colour
 edge beneath it. It is linear in its input (probabilities stay a distribution) and costs a
 few box filters per class (the Fast Guided Filter's subsampling divides that by ~4 here).
-On the tuning seed it lifted session 6's weights from PQ 60.3 to 64.4 (README "Models"),
+On the tuning seed it lifted session 6's weights from PQ 60.3 to 64.4 (model card: operators/segmentation/weights/MODEL_CARD.md),
 most of it as SQ, where an oracle with ground-truth class maps had put the headroom (PQ 77.4
 with the network's own centers and offsets). Deep Guided Filter (Wu et al., CVPR 2018)
 learns the same step end to end; this one has no parameters to train.

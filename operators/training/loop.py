@@ -41,7 +41,7 @@ class TrainConfig:
     # 7500 steps: the recipe end to end in ≤ 30 min on the project's 2-core VMs (26.6 min in
     # session 7, 0.195 s per step under Ray). 11000 steps (sessions 4–6) scored 1.3–1.7 PQ more
     # with the same inference (tuning 64.7 vs 63.4, held-out 65.3 vs 63.6) but took 37–39 min
-    # there; `--steps 11000` where time allows (README "Models").
+    # there; `--steps 11000` where time allows (model card: operators/segmentation/weights/MODEL_CARD.md).
     steps: int = 7500
     batch_pairs: int = 2
     # Whole 256×512 frames: an object's center is always in view, so its offsets can be

@@ -50,7 +50,7 @@ class LossWeights:
     # Panoptic-DeepLab weights the CE of small-instance pixels by 3. Session-2 pilots of 600
     # steps starved the stuff classes with it (held-out PQ 8.9 with 3 vs 15.6 with 1), but they
     # called "small" < 64² px — nearly every instance at 256×512. Scaled to the frame (< 16² px,
-    # ``TrainConfig.small_instance_area``), 11000 steps (session 6, README "Models"): tuning seed
+    # ``TrainConfig.small_instance_area``), 11000 steps (session 6; model card): tuning seed
     # 59.0 vs 58.7 with flip, 60.3 vs 59.2 with flip and the half-cell shift; held-out 59.1 vs
     # 58.8 with both. Shipped.
     small_instance: float = 3.0
