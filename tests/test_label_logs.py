@@ -188,11 +188,14 @@ def test_bad_logs_fail_alone_with_clear_errors(tmp_path, ray_local, capsys):
     ids = np.zeros((40, 56), np.int32)
     ids[20:, :], ids[5:15, 10:30] = 1, 21001  # road and a car
     frame = PanopticFrame(ids, segments_from_ids(ids, {1: 0, 21001: 13}))
-    with PredictionWriter(str(tmp_path / "pred")) as writer:
-        for k in range(4):
-            writer.add(f"{k:06d}", frame)
+    with PredictionWriter(str(tmp_path / "pred")) as writer:  # image ids name their video (checked at the door)
+        for log in ("bad", "bad1"):
+            for topic in ("/cam/good", "/cam/bad", "/cam/depth"):
+                for k in range(4):
+                    writer.add(f"{log}:{topic}_{k:06d}", frame)
     code = cli.main(["label", "--input", str(logs), "--output", str(tmp_path / "out"), "--segmenter", "precomputed",
-                     "--model", str(tmp_path / "pred"), "--image-id-format", "{frame_index:06d}", "--no-progress"])
+                     "--model", str(tmp_path / "pred"), "--image-id-format", "{video_id}_{frame_index:06d}",
+                     "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
     assert sorted(committed_markers(OutputLayout(str(tmp_path / "out")))) == ["bad1:/cam/good", "bad:/cam/good"]
