@@ -108,7 +108,6 @@ def tracker_config_from_option(value: str, option: str):
 
 
 def config_from_args(args: argparse.Namespace):
-    from operators import fs
     from operators.association import TrackerConfig
     from pipelines.label_config import LabelConfig, StageResources
 
