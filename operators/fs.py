@@ -251,3 +251,48 @@ def evict_cache(keep: str | None = None, max_bytes: int | None = None) -> list[s
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+class StagedFile:
+    """Base of writers that build one file at a local path (:func:`atomic_local_path`, held open
+    across calls) and publish it under ``uri`` only when closed: ``close()`` publishes,
+    ``abort()`` discards, ``with`` does the one or the other. A subclass finishes or releases its
+    own handles in ``_finish()`` / ``_release()``; neither runs twice."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        self._staging = atomic_local_path(self.uri)
+        self.local_path = self._staging.__enter__()
+
+    def _finish(self) -> None:
+        """Complete the file at :attr:`local_path` (flush, write indexes, close handles)."""
+
+    def _release(self) -> None:
+        """Close the handles of a file that is being discarded."""
+
+    def close(self) -> None:
+        """Finish the file and publish it under :attr:`uri`."""
+        if self._staging is None:
+            return
+        self._finish()
+        staging, self._staging = self._staging, None
+        staging.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Discard everything written; nothing appears under :attr:`uri`."""
+        if self._staging is None:
+            return
+        with contextlib.suppress(Exception):  # the file is being thrown away: a handle's error changes nothing
+            self._release()
+        staging, self._staging = self._staging, None
+        with contextlib.suppress(RuntimeError):  # the generator re-raises the error it is handed
+            staging.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

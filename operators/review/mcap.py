@@ -100,15 +100,14 @@ def annotations_message(segments: Sequence[LabelledSegment], stamp_ns: int,
     return {"circles": [], "points": points, "texts": texts}
 
 
-class ReviewLogWriter:
+class ReviewLogWriter(fs.StagedFile):
     """Write a review MCAP to any fsspec URI, atomically (see the module doc)."""
 
     def __init__(self, uri: str):
         from mcap.writer import CompressionType, Writer
 
-        self.uri = str(uri)
-        self._staging = fs.atomic_local_path(self.uri)
-        self._file = open(self._staging.__enter__(), "wb")
+        super().__init__(uri)
+        self._file = open(self.local_path, "wb")
         self._writer = Writer(self._file, compression=CompressionType.ZSTD)
         self._writer.start(profile="", library="tubeflow")
         self._schemas = {name: self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
@@ -140,23 +139,12 @@ class ReviewLogWriter:
                         annotations_message(segments, stamp_ns, categories), log_time_ns)
         self.frames += 1
 
-    def close(self) -> None:
-        if self._staging is None:
-            return
+    def _finish(self) -> None:
         self._writer.finish()
         self._file.close()
-        staging, self._staging = self._staging, None
-        staging.__exit__(None, None, None)
 
-    def abort(self) -> None:
-        if self._staging is None:
-            return
+    def _release(self) -> None:
         self._file.close()
-        staging, self._staging = self._staging, None
-        try:
-            staging.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
 
     def __enter__(self) -> "ReviewLogWriter":
         return self

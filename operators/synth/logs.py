@@ -10,7 +10,6 @@ phase, jitter and transport delay, and the log holds its messages in log-time or
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -75,7 +74,7 @@ def camera_message(stream: CameraStream, rgb: np.ndarray, stamp_ns: int, frame_i
             "step": pixels.strides[0], "data": pixels.tobytes()}
 
 
-class LogWriter:
+class LogWriter(fs.StagedFile):
     """Write a log (``.mcap`` or ``.bag`` by extension) to any fsspec URI, atomically.
 
     Messages may be added in any order; MCAP readers order by log time, and the bag writer
@@ -83,13 +82,12 @@ class LogWriter:
     """
 
     def __init__(self, uri: str, *, chunk_size: int = 256 * 1024):
-        self.uri = str(uri)
-        self.format = "mcap" if self.uri.lower().endswith(".mcap") else "bag" if self.uri.lower().endswith(".bag") \
-            else None
+        name = str(uri).lower()
+        self.format = "mcap" if name.endswith(".mcap") else "bag" if name.endswith(".bag") else None
         if self.format is None:
-            raise ValueError(f"a log is a .mcap or .bag file, got {self.uri}")
-        self._staging = fs.atomic_local_path(self.uri)
-        self._path = self._staging.__enter__()
+            raise ValueError(f"a log is a .mcap or .bag file, got {uri}")
+        super().__init__(uri)
+        self._path = self.local_path
         self._schemas: dict[str, object] = {}
         self._connections: dict[str, object] = {}
         if self.format == "mcap":
@@ -142,37 +140,18 @@ class LogWriter:
         """A ``std_msgs/Float64`` on a non-image topic (a speed, a steering angle)."""
         self.add_message(topic, "std_msgs/msg/Float64", {"data": float(value)}, log_time_ns)
 
-    def close(self) -> None:
-        if self._staging is None:
-            return
+    def _finish(self) -> None:
         if self.format == "mcap":
             self._writer.finish()
             self._file.close()
         else:
             self._writer.close()
-        staging, self._staging = self._staging, None
-        staging.__exit__(None, None, None)
 
-    def abort(self) -> None:
-        if self._staging is None:
-            return
-        with contextlib.suppress(Exception):
-            if self.format == "mcap":
-                self._file.close()
-            else:
-                self._writer.close()
-        staging, self._staging = self._staging, None
-        with contextlib.suppress(RuntimeError):
-            staging.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-    def __enter__(self) -> "LogWriter":
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            self.close()
+    def _release(self) -> None:
+        if self.format == "mcap":
+            self._file.close()
         else:
-            self.abort()
+            self._writer.close()
 
 
 def log_schedule(n_frames: int, fps: float, seed: int, start_ns: int, phase_ns: int = 0) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ import numpy as np
 from operators import fs
 
 
-class VideoWriter:
+class VideoWriter(fs.StagedFile):
     """Write ``(H, W, 3) uint8`` RGB frames into a video at ``uri``.
 
     Frames go to a hidden local temporary file (OpenCV writes by path only); :meth:`close`
@@ -24,11 +24,11 @@ class VideoWriter:
     def __init__(self, uri: str, fps: float, *, fourcc: str = "mp4v"):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        self.uri, self.fps, self.fourcc = str(uri), float(fps), fourcc
+        super().__init__(uri)
+        self.fps, self.fourcc = float(fps), fourcc
         self.frames_written = 0
         self._size: tuple[int, int] | None = None  # (H, W)
-        self._staging = fs.atomic_local_path(self.uri)
-        self._path = self._staging.__enter__()
+        self._path = self.local_path
         self._writer: cv2.VideoWriter | None = None
 
     def write(self, rgb: np.ndarray) -> None:
@@ -53,12 +53,16 @@ class VideoWriter:
         for rgb in frames:
             self.write(rgb)
 
-    def close(self) -> None:
-        """Finish the file and publish it under :attr:`uri`."""
-        if self._staging is None:
-            return
+    def _finish(self) -> None:
         if self._writer is None:
             self.abort()
+            raise ValueError(f"no frame was written to {self.uri}")
+        self._writer.release()
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
             raise ValueError(f"no frame was written to {self.uri}")
         self._writer.release()
         staging, self._staging = self._staging, None
