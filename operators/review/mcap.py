@@ -146,15 +146,6 @@ class ReviewLogWriter(fs.StagedFile):
     def _release(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "ReviewLogWriter":
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def merge_review_logs(parts: Iterable[str], uri: str) -> int:
     """Merge review MCAPs (one per camera topic) into one log at ``uri``, messages in log-time

@@ -1,7 +1,6 @@
 """Writing an mp4 (or avi/mkv) from RGB frames to any fsspec URI, atomically."""
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import cv2
@@ -63,26 +62,3 @@ class VideoWriter(fs.StagedFile):
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-            raise ValueError(f"no frame was written to {self.uri}")
-        self._writer.release()
-        staging, self._staging = self._staging, None
-        staging.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        """Discard everything written; nothing appears under :attr:`uri`."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if self._staging is not None:
-            staging, self._staging = self._staging, None
-            with contextlib.suppress(RuntimeError):  # the generator re-raises the error it is handed
-                staging.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
