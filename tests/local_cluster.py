@@ -26,20 +26,35 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+_GIVEN_PORTS: set[int] = set()
+_WORKER_RANGES: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port that this process has not handed out before: the OS may give the same
+    ephemeral port to two binds in a row once the first socket is closed, and Ray refuses a node
+    whose components were given one port twice."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def node_ports() -> list[str]:
-    """``ray start`` options that give every server of one node its own free port."""
-    first = free_port()
-    worker_low = 20000 + (first % 20000)
+    """``ray start`` options that give every server of one node its own free port; the worker
+    port range lies below Linux's ephemeral range (32768-60999), where :func:`free_port`'s picks
+    fall, and apart from the other nodes' ranges."""
+    low = 10000 + free_port() % 20000
+    while any(abs(low - other) <= 200 for other in _WORKER_RANGES):
+        low = 10000 + (low + 401 - 10000) % 20000
+    _WORKER_RANGES.append(low)
     return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 200}"]
+            f"--min-worker-port={low}", f"--max-worker-port={low + 200}"]
 
 
 class LocalCluster:
