@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from operators import fs
-from operators.errors import CorruptFileError, InputError
+from operators.errors import CorruptFileError
 from operators.video.logs import CameraLog, LogMessage, first_index_at
 from operators.video.ros_images import is_camera_type
 
@@ -59,8 +59,7 @@ class BagLog(CameraLog):
 
     def messages(self, topic: str, a: int, b: int) -> Iterator[LogMessage]:
         times = self.log_times(topic)
-        if not 0 <= a <= b <= len(times):
-            raise InputError(f"{self.uri} topic {topic}", f"messages [{a}, {b}) outside its {len(times)}")
+        self.check_range(topic, a, b, len(times))
         if a == b:
             return
         k = first_index_at(times, a)

@@ -18,6 +18,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterator
 
+from operators.errors import InputError
+
 LOG_EXTENSIONS = (".mcap", ".bag")
 STREAM_SEPARATOR = "#"
 
@@ -71,6 +73,11 @@ class CameraLog(abc.ABC):
     @abc.abstractmethod
     def messages(self, topic: str, a: int, b: int) -> Iterator[LogMessage]:
         """Messages ``a .. b-1`` of ``topic``, decoded; reads only the chunks that hold them."""
+
+    def check_range(self, topic: str, a: int, b: int, count: int) -> None:
+        """Refuse messages ``[a, b)`` of a topic that holds ``count``."""
+        if not 0 <= a <= b <= count:
+            raise InputError(f"{self.uri} topic {topic}", f"messages [{a}, {b}) outside its {count}")
 
     def close(self) -> None:  # noqa: B027 — a reader without a handle has nothing to free
         pass

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 from operators import fs
-from operators.errors import CorruptFileError, FormatMismatchError, InputError
+from operators.errors import CorruptFileError, FormatMismatchError
 from operators.video.logs import CameraLog, LogMessage
 from operators.video.ros_images import is_camera_type
 
@@ -198,8 +198,7 @@ class McapLog(CameraLog):
 
     def messages(self, topic: str, a: int, b: int) -> Iterator[LogMessage]:
         table = self._table(topic)
-        if not 0 <= a <= b <= len(table):
-            raise InputError(f"{self.uri} topic {topic}", f"messages [{a}, {b}) outside its {len(table)}")
+        self.check_range(topic, a, b, len(table))
         if a == b:
             return
         if table[a][1] < 0:  # no index: scan
