@@ -312,6 +312,8 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     run_id = lease.run_id
     layout = OutputLayout(str(output_uri).rstrip("/"))
     check_layout_version(layout)
+    if lease.stopped:
+        log(f"stopped {len(lease.stopped)} process(es) a killed run left writing to this output")
     undone = recover(layout, run_id)
     if undone:
         log(f"recovered from an interrupted run: partial outputs of {len(undone)} video(s) removed")

@@ -8,6 +8,14 @@ lease and refuses with one line naming the holder (run id, host, pid, command) a
 at once when the holder ran on this host and its process is gone, else ``ttl`` seconds after
 its last renewal (``TUBEFLOW_LEASE_SECONDS``, default 60); the next run takes it over.
 
+A killed driver does not take its workers with it: the Ray it started locally runs each worker
+in a process group of its own, and those workers go on (for up to a minute, measured) writing
+the dead run's staging and even committing. So a run tags every process it starts with its run
+id (the environment variable ``TUBEFLOW_RUN_ID``, inherited by Ray's processes), and a run
+taking over the lease of a holder that died on this host first stops (SIGKILL) every process
+still carrying the holder's run id, before it recovers anything. On a cluster reached with
+``--address``, Ray itself stops a dead driver's workers.
+
 Every change of the lease is a compare-and-set against the version the writer read, so two
 runs racing for one lease cannot both win:
 
@@ -47,6 +55,7 @@ from operators.errors import TubeflowError
 
 LEASE_NAME = "_lease.json"
 LOCK_NAME = "_lease.lock"
+RUN_ENV = "TUBEFLOW_RUN_ID"  # set in the holder's environment: every process it starts carries it
 
 
 def default_ttl() -> float:
@@ -94,14 +103,19 @@ class LeaseRecord:
         on this host — its process still exists."""
         if self.released or self.expires_at <= now:
             return False
-        if self.host == socket.gethostname() and self.pid != os.getpid():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-        return True
+        return not self.died_here()
+
+    def died_here(self) -> bool:
+        """Whether the holder ran on this host and its process is gone."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self, now: float) -> str:
         since = _dt.datetime.fromtimestamp(self.acquired_at, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -232,6 +246,8 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str = ""
+        self.stopped: list[int] = []  # processes of a killed holder that this run stopped on taking over
+        self._environment: str | None = None
 
     def _record(self, now: float, released: bool = False) -> LeaseRecord:
         return LeaseRecord(self.run_id, socket.gethostname(), os.getpid(), getpass.getuser(), self.command,
@@ -245,6 +261,8 @@ class Lease:
             holder = LeaseRecord.from_json(data) if data is not None else None
             if holder is not None and holder.run_id != self.run_id and holder.live(now):
                 raise LeaseHeldError(f"{self.root}: in use by {holder.describe(now)}")
+            if holder is not None and holder.run_id != self.run_id and holder.died_here():
+                self.stopped += stop_run_processes(holder.run_id)
             self._acquired_at = now
             try:
                 self._version = self._store.write(self._record(now).to_json(), version)
@@ -252,6 +270,8 @@ class Lease:
                 continue  # another run changed the lease between our read and write: look again
             self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.run_id}", daemon=True)
             self._thread.start()
+            self._environment = os.environ.get(RUN_ENV)
+            os.environ[RUN_ENV] = self.run_id  # inherited by the Ray this run starts (see module doc)
             return self
         data, _ = self._store.read()
         holder = LeaseRecord.from_json(data) if data else None
@@ -282,6 +302,11 @@ class Lease:
         check_holder(self.root, self.run_id)
 
     def release(self) -> None:
+        if os.environ.get(RUN_ENV) == self.run_id:
+            if self._environment is None:
+                del os.environ[RUN_ENV]
+            else:
+                os.environ[RUN_ENV] = self._environment
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -306,6 +331,44 @@ def check_holder(root: str, run_id: str) -> None:
     if holder is None or holder.run_id != run_id or holder.released or holder.expires_at <= now:
         raise LeaseLostError(f"{root}: run {run_id} no longer holds the output's lease"
                              + (f"; the lease names {holder.describe(now)}" if holder else ""))
+
+
+def run_processes(run_id: str) -> list[int]:
+    """This user's live processes on this host that carry ``run_id`` in their environment
+    (empty where there is no ``/proc``; a zombie's environment reads empty)."""
+    needle = f"{RUN_ENV}={run_id}".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    environment = f.read()
+            except OSError:  # gone meanwhile, or another user's
+                continue
+            if needle in environment.split(b"\0"):
+                found.append(int(name))
+    return found
+
+
+def stop_run_processes(run_id: str, wait: float = 10.0) -> list[int]:
+    """SIGKILL every process still carrying ``run_id`` (a killed holder's Ray workers) and wait
+    until none is left; returns their pids. Raises :class:`LeaseHeldError` when one survives."""
+    import signal
+
+    stopped: list[int] = []
+    deadline = time.monotonic() + wait
+    while pids := run_processes(run_id):
+        if time.monotonic() > deadline:
+            raise LeaseHeldError(f"processes of the killed run {run_id} do not stop (pids "
+                                 f"{', '.join(map(str, pids))}); stop them and run again")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        stopped += [p for p in pids if p not in stopped]
+        time.sleep(0.05)
+    return stopped
 
 
 def new_run_id() -> str:

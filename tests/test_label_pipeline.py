@@ -326,7 +326,7 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
     assert {r.video_id for r in rerun.results if r.status == "skipped"} == set(killed_with)
     markers = committed_markers(OutputLayout(str(out)))
     assert sorted(markers) == [f"{v:04d}" for v in range(6)]
-    assert not (out / "_staging").exists()
+    assert not (out / "_staging").exists(), sorted(str(p.relative_to(out)) for p in (out / "_staging").rglob("*"))
     host = PrecomputedSegmenter(f"{corpus}/perframe")
     videos = [(v, f"{corpus}/videos/{v}.mp4") for v in markers]
     reference = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))

@@ -2,7 +2,10 @@
 dead holder's lease is taken over, compare-and-set on local files and on S3 (moto)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +13,8 @@ import time
 import pytest
 
 from operators import fs
-from pipelines.lease import LEASE_NAME, Lease, LeaseHeldError, LeaseLostError, LeaseRecord, check_holder
+from pipelines.lease import (LEASE_NAME, RUN_ENV, Lease, LeaseHeldError, LeaseLostError, LeaseRecord, check_holder,
+                             run_processes)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -78,3 +82,30 @@ def test_compare_and_set_lets_one_of_two_racers_win(root):
     store.write(b'{"third": 1}', version2)
     with pytest.raises(_Conflict):
         store.write(b'{"fourth": 1}', version2)  # a stale version never overwrites
+
+
+def test_taking_over_a_killed_holder_stops_the_processes_it_left(tmp_path):
+    """A killed driver's Ray workers live on in process groups of their own and go on writing;
+    the run that takes the lease over stops every process carrying the dead run's id first."""
+    root = str(tmp_path / "out")
+    code = ("import sys, os, subprocess, time; sys.path.insert(0, os.getcwd()); from pipelines.lease import Lease;"
+            f"Lease({root!r}, 'run-dead', ttl=600).acquire();"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True);"
+            "print(w.pid, flush=True); time.sleep(600)")
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(driver.stdout.readline())
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert run_processes("run-dead") == [worker]  # /proc shows initial environments: not the driver
+        driver.kill()
+        driver.wait()
+        assert run_processes("run-dead") == [worker]  # the driver is gone, its worker is not
+        with Lease(root, "run-b") as lease:
+            assert lease.stopped == [worker] and run_processes("run-dead") == []
+            assert os.environ[RUN_ENV] == "run-b"
+        assert os.environ.get(RUN_ENV) != "run-b"
+        assert unrelated.poll() is None  # nothing without the dead run's id is touched
+    finally:
+        unrelated.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
