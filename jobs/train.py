@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 
 from operators import fs
-from operators.segmentation.host import BUILTIN_WEIGHTS
+from operators.segmentation.spec import BUILTIN_WEIGHTS
 from operators.training.losses import LossWeights
 from operators.training.loop import TRAIN_PRECISIONS, TRAIN_SCENARIOS, TrainConfig
 

@@ -19,10 +19,9 @@ import cv2
 from operators import fs
 from operators.association import TrackerConfig
 from operators.errors import InputError
+from operators.segmentation.spec import CONTRACTS
 
 SEGMENTERS = ("builtin", "artifact", "precomputed")
-# operators.segmentation.contracts.CONTRACTS, named here so that the CLI's parser needs no torch
-CONTRACTS = ("panoptic-deeplab", "mask-classification", "panoptic-map")
 FLOWS = ("dis", "raft")
 DEFAULT_IMAGE_ID = "{video_id}_{frame_index:06d}"
 
@@ -80,7 +79,7 @@ class LabelConfig:
     * ``contract``: an artifact's output contract (None: detected from its outputs);
       ``object_mask_threshold`` / ``overlap_threshold``: the mask-classification inference's
       (:mod:`operators.segmentation.mask_classification`). The artifact's input spec and
-      categories come from the JSON files beside it (:mod:`operators.segmentation.contracts`).
+      categories come from the JSON files beside it (:mod:`operators.segmentation.spec`).
     """
 
     segmenter: str = "builtin"
@@ -128,7 +127,7 @@ class LabelConfig:
 
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
-        from operators.segmentation.mask_classification import MaskClassificationConfig
+        from operators.segmentation.spec import MaskClassificationConfig
 
         return {"backend": self.segmenter, "model_uri": self.model, "batch_size": self.batch_size,
                 "device": self.device, "flip": self.flip, "shift": self.shift,
@@ -138,7 +137,7 @@ class LabelConfig:
     def model_spec(self):
         """The segmenter's :class:`~operators.segmentation.contracts.ModelSpec` (input spec and
         categories): an artifact's from the JSON files beside it, else the defaults."""
-        from operators.segmentation.contracts import ModelSpec, read_model_spec
+        from operators.segmentation.spec import ModelSpec, read_model_spec
 
         return read_model_spec(self.model) if self.segmenter == "artifact" else ModelSpec()
 
@@ -159,14 +158,13 @@ class LabelConfig:
     def model_checksums(self) -> dict[str, str]:
         """SHA-256 of what the models are made of (weights file; predictions' pred.json), read once
         on the driver so the config hash changes when the weights do."""
-        from operators.segmentation.host import BUILTIN_WEIGHTS
-        from operators.segmentation.loading import read_model_file
+        from operators.segmentation.spec import BUILTIN_WEIGHTS
 
         out = {}
         if self.segmenter == "precomputed":
             out["segmenter"] = _sha256_of(fs.join(self.model, "pred.json"))
         else:
-            out["segmenter"] = read_model_file(self.model or BUILTIN_WEIGHTS).sha256
+            out["segmenter"] = _sha256_of(self.model or BUILTIN_WEIGHTS)
         if self.flow == "raft":
             out["flow"] = _sha256_of(str(self.flow_options.get("checkpoint", "")))
         else:
@@ -175,8 +173,7 @@ class LabelConfig:
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
         """SHA-256 (hex, 16 chars) of everything that determines the outputs' content."""
-        from operators.segmentation.host import builtin_default
-        from operators.segmentation.postprocess import PostprocessConfig
+        from operators.segmentation.spec import PostprocessConfig, builtin_default
 
         doc = {"segmenter": self.segmenter, "segmenter_flip": builtin_default(self.segmenter, self.flip),
                "segmenter_shift": builtin_default(self.segmenter, self.shift),

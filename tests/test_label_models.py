@@ -18,7 +18,6 @@ from operators.formats.categories import CITYSCAPES_CATEGORIES, Category, check_
 from operators.segmentation.contracts import CONTRACTS
 from operators.synth import SynthConfig, write_corpus
 from operators.video import open_video
-from pipelines.label_config import CONTRACTS as CLI_CONTRACTS
 from pipelines.label_config import LabelConfig
 
 IS_THING = [c.isthing for c in CITYSCAPES_CATEGORIES]
@@ -145,7 +144,6 @@ def test_contract_options_reach_the_host_from_label_and_nightly():
     from jobs import label as label_job
     from jobs import nightly as nightly_job
 
-    assert CLI_CONTRACTS == CONTRACTS
     for job in (label_job, nightly_job):
         parser = argparse.ArgumentParser()
         job.add_arguments(parser)
@@ -192,3 +190,15 @@ def test_overlay_paints_stuff_in_the_model_category_colours():
     painted = render_overlay(rgb, ids, alpha=1.0, categories=categories_from_json(OWN_CATEGORIES, "x"))
     assert tuple(painted[1, 1]) == (10, 20, 30)
     assert tuple(render_overlay(rgb, ids, alpha=1.0)[1, 1]) == CITYSCAPES_CATEGORIES[7].color
+
+
+def test_the_driver_hashes_the_config_without_importing_torch():
+    """torch costs seconds to import; only the processes where a model lives need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipelines.label_config import LabelConfig, check_models; config = LabelConfig();"
+            "check_models(config); config.config_hash(config.model_checksums()); config.host_kwargs();"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

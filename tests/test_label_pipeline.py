@@ -309,11 +309,14 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
             "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
             "--chunk-frames", "4", "--no-progress"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(argv, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed_run.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(argv, cwd=root, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "_commits").exists():
         time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed: " + \
+        log.read_text(errors="replace")[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
     killed_with = sorted(committed_markers(OutputLayout(str(out))))

@@ -13,7 +13,7 @@ from mask_models import (ReplayPanopticMap, TinyMaskFormer, export, mask2former_
                          reference_panoptic)
 from operators.errors import FormatMismatchError
 from operators.formats.categories import CITYSCAPES_CATEGORIES, read_categories
-from operators.segmentation.contracts import InputSpec, contract_outputs
+from operators.segmentation.contracts import InputSpec, contract_outputs, prepare_input
 from operators.segmentation.host import SegmentationHost
 from operators.segmentation.mask_classification import MaskClassificationConfig, mask_classification_panoptic
 
@@ -212,13 +212,13 @@ def test_input_spec_beside_the_artifact(tmp_path):
     spec = {"channel_order": "BGR", "value_range": [0, 255], "mean": [103.53, 116.28, 123.675],
             "std": [57.375, 57.12, 58.395], "padding_multiple": 64, "padding_value": 0.0}
     frames = _frames(2)
-    images = InputSpec(**spec).prepare(torch.from_numpy(frames))
+    images = prepare_input(InputSpec(**spec), torch.from_numpy(frames))
     expected = (frames[..., ::-1].astype(np.float32) - np.array(spec["mean"], np.float32)) / np.array(spec["std"],
                                                                                                      np.float32)
     assert images.shape == (2, 3, 128, 128)
     np.testing.assert_allclose(images[:, :, :70, :100].permute(0, 2, 3, 1).numpy(), expected, rtol=1e-5, atol=1e-5)
     assert (images[:, :, 70:] == 0).all() and (images[:, :, :, 100:] == 0).all()
-    default = InputSpec().prepare(torch.from_numpy(frames))
+    default = prepare_input(InputSpec(), torch.from_numpy(frames))
     assert torch.equal(default, padded_input(frames))
 
     class Echo(torch.nn.Module):  # a finished map whose one segment's score is the input's mean

@@ -98,8 +98,9 @@ def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_pa
             "precomputed", "--model", str(corpus / "perframe"), "--image-id-format", IMAGE_ID, "--chunk-frames", "2",
             "--png", "--no-progress"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(argv, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed_run.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(argv, cwd=root, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     filesystem, commits = fs.fresh(f"{out}/_commits")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -107,6 +108,8 @@ def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_pa
         if filesystem.exists(commits) and filesystem.ls(commits):
             break
         time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed: " + \
+        log.read_text(errors="replace")[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_with = sorted(committed_markers(OutputLayout(out)))

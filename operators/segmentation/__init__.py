@@ -1,7 +1,5 @@
 """Per-frame panoptic segmentation: the built-in bottom-up network (``model``), its batched
-post-processing (``postprocess``), safe model loading (``loading``), device placement
-(``device``) and the model host used by the pipelines (``host``)."""
-from operators.segmentation.host import BUILTIN_WEIGHTS, SegmentationHost
-from operators.segmentation.postprocess import FrameSegments, PostprocessConfig
-
-__all__ = ["BUILTIN_WEIGHTS", "FrameSegments", "PostprocessConfig", "SegmentationHost"]
+post-processing (``postprocess``), safe model loading (``loading``), the output contracts of
+hosted models (``contracts``), what the driver reads of a model without torch (``spec``) and
+the model host used by the pipelines (``host``). Nothing is imported here: importing a
+submodule that needs no torch (``spec``) must not load torch."""

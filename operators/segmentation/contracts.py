@@ -14,142 +14,41 @@ tuple in the listed order):
   category_id, score) [, ``embedding``]: a model's own post-processing
   (:mod:`operators.segmentation.panoptic_map`).
 
-Beside an artifact ``model.pt`` (any fsspec URI) the host reads, when present:
-
-* ``model.pt.input.json`` — :class:`InputSpec`: channel order, value range, mean/std, padding
-  multiple (default: RGB in [0, 1], padded by replication to a multiple of 32);
-* ``model.pt.categories.json`` — the model's classes, COCO-panoptic style (``[{"id", "name",
-  "isthing"}, …]``), class index i = entry i (default: the 19 Cityscapes classes).
+The input spec and class list an artifact declares are read by :mod:`operators.segmentation.spec`
+(no torch there: the driver reads them); this module holds the tensor side.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators import fs
-from operators.errors import CorruptFileError, FormatMismatchError
-from operators.formats.categories import CITYSCAPES_CATEGORIES, Category, categories_to_json, read_categories
+from operators.errors import FormatMismatchError
 from operators.segmentation.mask_classification import OUTPUT_NAMES as MASK_NAMES
 from operators.segmentation.model import OUTPUT_KEYS
+from operators.segmentation.spec import CONTRACTS, InputSpec, ModelSpec, read_model_spec
 
-CONTRACTS = ("panoptic-deeplab", "mask-classification", "panoptic-map")
-INPUT_SPEC_SUFFIX = ".input.json"
-CATEGORIES_SUFFIX = ".categories.json"
+__all__ = ["CONTRACTS", "InputSpec", "ModelSpec", "contract_outputs", "prepare_input", "read_model_spec"]
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a model wants its input ``(B, 3, H, W) float32``.
-
-    ``channel_order`` "RGB" or "BGR"; ``value_range`` (lo, hi): pixel value 0 → lo, 255 → hi;
-    then ``(x - mean) / std`` per channel (in the model's channel order and value range);
-    H and W padded at the bottom/right to multiples of ``padding_multiple``, by replicating
-    the edge (``padding_value`` None) or with a constant in the model's input space (e.g. 0.0
-    after normalisation, as detectron2's ImageList pads).
-    """
-
-    channel_order: str = "RGB"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    padding_multiple: int = 32
-    padding_value: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        for name, size in (("value_range", 2), ("mean", 3), ("std", 3)):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != size or not all(np.isfinite(value)):
-                raise ValueError(f"{name} must be {size} finite numbers, got {getattr(self, name)!r}")
-            object.__setattr__(self, name, value)
-        if any(s == 0 for s in self.std):
-            raise ValueError("std must not be 0")
-        if isinstance(self.padding_multiple, bool) or int(self.padding_multiple) != self.padding_multiple \
-                or self.padding_multiple < 1:
-            raise ValueError(f"padding_multiple must be a whole number ≥ 1, got {self.padding_multiple!r}")
-        object.__setattr__(self, "padding_multiple", int(self.padding_multiple))
-        if self.padding_value is not None:
-            object.__setattr__(self, "padding_value", float(self.padding_value))
-
-    @classmethod
-    def from_json(cls, document: object, where: str) -> "InputSpec":
-        if not isinstance(document, dict):
-            raise FormatMismatchError(where, "input spec must be a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(document) - known)
-        if unknown:
-            raise FormatMismatchError(where, f"unknown input spec fields {unknown} (known: {sorted(known)})")
-        try:
-            return cls(**document)
-        except (TypeError, ValueError) as exc:
-            raise FormatMismatchError(where, f"invalid input spec: {exc}") from None
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        m = self.padding_multiple
-        return -(-height // m) * m, -(-width // m) * m
-
-    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames (B, H, W, 3) uint8`` on the device → the model's padded ``(B, 3, H', W')``
-        float32 input. The default spec gives exactly ``frames / 255`` edge-replicated."""
-        height, width = frames.shape[1:3]
-        images = frames.permute(0, 3, 1, 2).float().div_(255.0)
-        if self.channel_order == "BGR":
-            images = images.flip(1)
-        low, high = self.value_range
-        if (low, high) != (0.0, 1.0):
-            images = images * (high - low) + low
-        if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
-            mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-            images = (images - mean) / std
-        padded = self.padded_size(height, width)
-        if padded != (height, width):
-            pad = (0, padded[1] - width, 0, padded[0] - height)
-            images = F.pad(images, pad, mode="replicate") if self.padding_value is None else \
-                F.pad(images, pad, mode="constant", value=self.padding_value)
-        return images
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A hosted model's input spec and class list (the class index i is ``categories[i]``)."""
-
-    input: InputSpec = field(default_factory=InputSpec)
-    categories: tuple[Category, ...] = CITYSCAPES_CATEGORIES
-
-    def to_json(self) -> dict:
-        return {"input": self.input.to_json(), "categories": categories_to_json(self.categories)}
-
-    @property
-    def category_ids(self) -> tuple[int, ...]:
-        return tuple(c.id for c in self.categories)
-
-    @property
-    def thing_indices(self) -> tuple[int, ...]:
-        """Class indices of the thing classes."""
-        return tuple(i for i, c in enumerate(self.categories) if c.isthing)
-
-
-def read_model_spec(model_uri: str) -> ModelSpec:
-    """The :class:`ModelSpec` of an artifact from the JSON files beside it (defaults where absent)."""
-    spec_uri, categories_uri = model_uri + INPUT_SPEC_SUFFIX, model_uri + CATEGORIES_SUFFIX
-    spec = InputSpec()
-    if fs.exists(spec_uri):
-        try:
-            document = json.loads(fs.read_bytes(spec_uri))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(spec_uri, f"not valid JSON ({exc})") from None
-        spec = InputSpec.from_json(document, spec_uri)
-    categories = read_categories(categories_uri) if fs.exists(categories_uri) else CITYSCAPES_CATEGORIES
-    return ModelSpec(spec, categories)
+def prepare_input(spec: InputSpec, frames: torch.Tensor) -> torch.Tensor:
+    """``frames (B, H, W, 3) uint8`` on the device → the model's padded ``(B, 3, H', W')``
+    float32 input. The default spec gives exactly ``frames / 255`` edge-replicated."""
+    height, width = frames.shape[1:3]
+    images = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    if spec.channel_order == "BGR":
+        images = images.flip(1)
+    low, high = spec.value_range
+    if (low, high) != (0.0, 1.0):
+        images = images * (high - low) + low
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        mean = torch.tensor(spec.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, device=images.device).view(1, 3, 1, 1)
+        images = (images - mean) / std
+    padded = spec.padded_size(height, width)
+    if padded != (height, width):
+        pad = (0, padded[1] - width, 0, padded[0] - height)
+        images = F.pad(images, pad, mode="replicate") if spec.padding_value is None else \
+            F.pad(images, pad, mode="constant", value=spec.padding_value)
+    return images
 
 
 def _describe(outputs: object) -> str:

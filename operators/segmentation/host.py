@@ -34,7 +34,7 @@ from operators.formats.categories import (CITYSCAPES_CATEGORIES, CITYSCAPES_THIN
                                           Category, default_colour)
 from operators.formats.panoptic import PanopticFrame
 from operators.device import Placement, select_placement
-from operators.segmentation.contracts import CONTRACTS, ModelSpec, contract_outputs, read_model_spec
+from operators.segmentation.contracts import CONTRACTS, ModelSpec, contract_outputs, prepare_input, read_model_spec
 from operators.segmentation.loading import load_artifact, load_builtin, validate_outputs
 from operators.segmentation.mask_classification import (MaskClassificationConfig, mask_classification_panoptic,
                                                         validate_mask_outputs)
@@ -45,8 +45,8 @@ from operators.segmentation.postprocess import (FrameSegments, PostprocessConfig
                                                 average_with_shifted, mask_pool, panoptic_postprocess,
                                                 translate_images, upsample_outputs)
 from operators.segmentation.refine import refine_semantic
+from operators.segmentation.spec import BUILTIN_WEIGHTS, builtin_default
 
-BUILTIN_WEIGHTS = str(Path(__file__).parent / "weights" / "panoptic_synth.pt")
 BACKENDS = ("builtin", "artifact")
 """The networks a host runs; ``precomputed`` predictions are served by :class:`PrecomputedSegmenter`."""
 
@@ -57,15 +57,6 @@ def default_batch_size(placement: Placement) -> int:
     thread: 270–324 ms/frame at batch 1, 368 at batch 4 — the batch's activations and
     full-resolution post-processing tensors fall out of the caches)."""
     return 8 if placement.device.type == "cuda" else 1
-
-
-def builtin_default(backend: str, asked: bool | None) -> bool:
-    """Whether a host runs an inference option of the built-in network's recipe (flip and
-    half-cell shift test-time augmentation, guided refinement of the semantic map): as
-    ``asked``, and when not told (None) for the built-in network (its shipped PQ is measured
-    with them), not for a user's artifact (whose cost we would multiply, and whose outputs we
-    would alter, unasked)."""
-    return backend == "builtin" if asked is None else bool(asked)
 
 
 class SegmentationHost:
@@ -225,7 +216,7 @@ class SegmentationHost:
         """``(B, H, W, 3) uint8`` → the model's ``(B, 3, H', W')`` float input on the device, as
         its input spec says (default: RGB in [0, 1], padded bottom/right by replication to
         multiples of 32 as the built-in network needs)."""
-        images = self.spec.input.prepare(self.placement.to_device(frames))
+        images = prepare_input(self.spec.input, self.placement.to_device(frames))
         # the permuted frames are NHWC in memory already; say which layout the model gets
         return images.contiguous(memory_format=self._memory_format)
 

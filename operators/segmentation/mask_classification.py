@@ -26,7 +26,6 @@ the few objects a frame holds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +33,10 @@ import torch.nn.functional as F
 from operators.errors import FormatMismatchError
 from operators.segmentation.panoptic_map import PanopticMaps, check_stride
 from operators.segmentation.postprocess import first_argmax
+from operators.segmentation.spec import MaskClassificationConfig
 
 # The output names of the contract: ours (Mask2Former's own) and Hugging Face transformers'.
 OUTPUT_NAMES = (("pred_logits", "pred_masks"), ("class_queries_logits", "masks_queries_logits"))
-
-
-@dataclass(frozen=True)
-class MaskClassificationConfig:
-    """Thresholds of the panoptic inference (Mask2Former's defaults for its panoptic models:
-    ``OBJECT_MASK_THRESHOLD`` 0.8, ``OVERLAP_THRESHOLD`` 0.8)."""
-
-    object_mask_threshold: float = 0.8
-    overlap_threshold: float = 0.8
-
-    def __post_init__(self) -> None:
-        for name in ("object_mask_threshold", "overlap_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 def validate_mask_outputs(outputs: dict[str, torch.Tensor], images: torch.Tensor, num_classes: int,

@@ -28,46 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
+from operators.segmentation.spec import PostprocessConfig
 
 LABEL_DIVISOR = 1000  # segment id = LABEL_DIVISOR · (category_id + 1) + k, as in the synthetic GT
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Thresholds of the grouping. Areas and the NMS kernel are in pixels of the output (input)
-    resolution.
-
-    Tuned at 256×512 on the tuning seed 555000 (80 frames; never the held-out seed). A wide NMS
-    window removes the network's spurious secondary peaks that split objects (session-3
-    weights a3f2bd24: kernel 7 → 31, PQ 43.5 → 45.5); the longer-trained weights of session 4
-    have higher peaks, and a higher threshold drops their weak spurious ones (0c943383 with the
-    human/vehicle groups: threshold 0.05 / 0.1 / 0.2 / 0.3 → PQ 53.4 / 54.0 / 54.2 / 54.3);
-    kernels 25–31 are within 0.1 of each other. Session 5, shipped weights 6359633c with flip
-    augmentation and the four thing groups: threshold 0.2 / 0.3 / 0.4 / 0.5 / 0.6 at kernel 41
-    → PQ 57.5 / 57.9 / 58.6 / 58.3 / 56.4, kernel 31 / 41 / 51 at 0.3 → 57.4 / 57.9 / 57.9
-    (model card: operators/segmentation/weights/MODEL_CARD.md). A pixel whose own object has no center still joins an instance — that
-    of the nearest center, split off by its class group — so fewer, surer centers pay.
-    """
-
-    center_threshold: float = 0.4
-    nms_kernel: int = 41
-    top_k: int = 64
-    stuff_area: int = 64
-    # 64 → 32 with the guided refinement (session 7, b041d594: thing_area 16 / 24 / 32 / 48 / 64 →
-    # tuning PQ 64.6 / 64.7 / 64.7 / 64.6 / 64.4; shipped ae4d2507: 63.4 at 32, 63.0 at 64): sharper
-    # masks make small things worth keeping.
-    thing_area: int = 32
-    # Guided refinement of the semantic map (``SegmentationHost(refine=)``, ``refine.py``):
-    # window radius (pixels of the output), ε of the ridge fit (colours in [0, 1]) and the Fast
-    # Guided Filter's subsampling. Session 7, session 6's weights b041d594, flip + shift, tuning seed
-    # 555000 (60.3 without): radius 4 / 6 / 8 / 10 (subsample 1, ε 1e-4) → PQ 63.2 / 63.6 / 63.8
-    # / 63.2; ε 1e-3 / 1e-4 / 1e-5 (radius 6–8) → 62.8 / 63.6–63.8 / 63.9–64.1; subsample 2 /
-    # 4 (radius 8, ε 1e-5) → 64.3 / 63.8 against 64.1 at 1, for a quarter / a sixteenth of the
-    # work; radius 6 / 8 / 10 at subsample 2 → 64.4 / 64.3 / 63.7. A grey guide instead of
-    # RGB: 60.8 at best (the synthetic corpus's edges are colour edges).
-    refine_radius: int = 6
-    refine_eps: float = 1e-5
-    refine_subsample: int = 2
 
 
 @dataclass
