@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``label`` and ``nightly``."""
     from cluster.gpus import GPU_MODES
-    from pipelines.label_config import CONTRACTS, DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
+    from pipelines.label.config import CONTRACTS, DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
 
     parser.add_argument("--address", default=None, help="Ray cluster ('auto' inside `ray job submit`, "
                                                         "'ray://host:10001'); default: in-process local Ray")
@@ -109,7 +109,7 @@ def tracker_config_from_option(value: str, option: str):
 
 def config_from_args(args: argparse.Namespace):
     from operators.association import TrackerConfig
-    from pipelines.label_config import LabelConfig, StageResources
+    from pipelines.label.config import LabelConfig, StageResources
 
     tracker = TrackerConfig()
     if args.tracker_config:

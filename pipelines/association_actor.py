@@ -28,7 +28,7 @@ from operators import fs
 from operators.association import TrackChunk, TrackedFrame, TrackerConfig, VideoOperator
 from operators.ids import video_key
 from pipelines.commit import remove_tree
-from pipelines.label_faults import MAX_TASK_RETRIES
+from pipelines.label.faults import MAX_TASK_RETRIES
 
 CHECKPOINTS_DIR = "association"
 """The run's association checkpoints: ``_staging/<run>/association/`` (beside the videos' staging)."""

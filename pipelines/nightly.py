@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pipelines.commit import OutputLayout
 from pipelines.label import LabelRun, evaluation_settings, label
-from pipelines.label_config import LabelConfig
-from pipelines.label_outputs import aggregate_metrics, write_predictions_json
+from pipelines.label.config import LabelConfig
+from pipelines.label.outputs import aggregate_metrics, write_predictions_json
 from pipelines.lease import Lease, new_run_id
 
 

@@ -1,6 +1,6 @@
 """Review outputs of a labelling run (``--review mcap``, ``--overlay``):
 
-* per video (staged and committed with it, by :func:`pipelines.label_finalize.finalize_video`):
+* per video (staged and committed with it, by :func:`pipelines.label.finalize.finalize_video`):
   ``review/parts/<video>.mcap`` — the labels of one camera as a review log
   (:mod:`operators.review.mcap`), and ``thumbnails/<video>.jpg`` — one labelled frame;
 * per run, from the committed videos only (like ``pred.json``): ``review/<log>.mcap`` — the

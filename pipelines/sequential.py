@@ -16,7 +16,7 @@ from operators.flow import make_flow
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame
 from operators.video import open_video
-from pipelines.label_stages import TIMED, operator_clock
+from pipelines.label.stages import TIMED, operator_clock
 
 
 @dataclass

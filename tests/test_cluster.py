@@ -19,8 +19,8 @@ from cluster import nightly_submit
 from cluster.connect import cluster_summary, connect, runtime_env
 from cluster.gpus import NodeType, choose_gpus, monitor_config_path, node_types_from_config
 from jobs import cli
-from pipelines.label import segment_stage_options, stage_plan
-from pipelines.label_config import LabelConfig, StageResources
+from pipelines.label.driver import segment_stage_options, stage_plan
+from pipelines.label.config import LabelConfig, StageResources
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -22,7 +22,7 @@ import pytest
 from operators.formats import segments_table
 from pipelines.commit import STAGING_DIR, OutputLayout, committed_markers
 from pipelines.label import label
-from pipelines.label_config import LabelConfig
+from pipelines.label.config import LabelConfig
 from test_label_pipeline import IMAGE_ID, make_corpus
 
 pytestmark = pytest.mark.slow

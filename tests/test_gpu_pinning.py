@@ -14,8 +14,8 @@ import sys
 import textwrap
 
 from operators.device import select_placement
-from pipelines.label import segment_stage_options, stage_plan
-from pipelines.label_config import LabelConfig
+from pipelines.label.driver import segment_stage_options, stage_plan
+from pipelines.label.config import LabelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +27,9 @@ PROBE = textwrap.dedent("""
     from operators.device import select_placement
     from operators.formats.vps_layout import PredictionWriter
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
-    from pipelines.label import segment_stage_options, stage_plan
-    from pipelines.label_config import LabelConfig
-    from pipelines.label_stages import SegmentChunks
+    from pipelines.label.driver import segment_stage_options, stage_plan
+    from pipelines.label.config import LabelConfig
+    from pipelines.label.stages import SegmentChunks
 
     probe_dir, preds = sys.argv[1], sys.argv[2]
     ids = np.zeros((64, 64), np.int32); ids[:32] = 7

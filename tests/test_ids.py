@@ -19,7 +19,7 @@ from operators.ids import MAX_VIDEO_KEY, IdError, id_of_key, image_key, path_key
 from operators.synth import SynthConfig, generate_video, write_corpus
 from pipelines.commit import OutputLayout, committed_markers
 from pipelines.label import label
-from pipelines.label_config import LabelConfig
+from pipelines.label.config import LabelConfig
 
 IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
 HOSTILE = ["../../../../escape/pwn", "/abs/olute", "C:\\win\\path", "..\\..\\back", ".hidden", "..", ".",

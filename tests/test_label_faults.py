@@ -1,5 +1,5 @@
 """Where a video that lost a process resumes, what its staging keeps, and which failures are
-retried (the Ray-free parts of pipelines/label_faults.py; tests/test_faults.py kills real
+retried (the Ray-free parts of pipelines/label/faults.py; tests/test_faults.py kills real
 processes)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from operators.errors import InputError
 from operators.formats import segments_table
 from operators import fs
 from pipelines.commit import OutputLayout
-from pipelines.label_faults import VideoProgress, prepare_retry, resume_point
-from pipelines.label_stages import lost_process
+from pipelines.label.faults import VideoProgress, prepare_retry, resume_point
+from pipelines.label.stages import lost_process
 
 
 def progress(frames, parts) -> VideoProgress:
@@ -87,7 +87,7 @@ def test_lost_processes_are_retried_and_bad_input_is_not():
 @pytest.mark.parametrize("resume_from, starts", [(0, [0, 4, 8]), (4, [4, 8]), (8, [8])])
 def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, starts):
     from operators.synth import SynthConfig, write_corpus
-    from pipelines.label_stages import plan_video
+    from pipelines.label.stages import plan_video
 
     write_corpus(str(tmp_path), SynthConfig(videos=1, frames=10, height=32, width=64, seed=0))
     rows = plan_video({"video_id": "0000", "uri": str(tmp_path / "videos" / "0000.mp4"), "gt_image_ids": "{}",
@@ -101,9 +101,9 @@ def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkey
     the pass's videos, not the run: the next pass labels them, with the clean rows."""
     from ray.exceptions import ActorDiedError
 
-    import pipelines.label as label_module
+    import pipelines.label.driver as label_module
     from pipelines.label import label
-    from pipelines.label_config import LabelConfig
+    from pipelines.label.config import LabelConfig
     from test_label_pipeline import IMAGE_ID, make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", videos=2, frames=6)

@@ -18,7 +18,7 @@ from operators.formats.categories import CITYSCAPES_CATEGORIES, Category, check_
 from operators.segmentation.contracts import CONTRACTS
 from operators.synth import SynthConfig, write_corpus
 from operators.video import open_video
-from pipelines.label_config import LabelConfig
+from pipelines.label.config import LabelConfig
 
 IS_THING = [c.isthing for c in CITYSCAPES_CATEGORIES]
 # a model's own classes: COCO-style ids, not contiguous, not Cityscapes'
@@ -197,7 +197,7 @@ def test_the_driver_hashes_the_config_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from pipelines.label_config import LabelConfig, check_models; config = LabelConfig();"
+    code = ("import sys; from pipelines.label.config import LabelConfig, check_models; config = LabelConfig();"
             "check_models(config); config.config_hash(config.model_checksums()); config.host_kwargs();"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

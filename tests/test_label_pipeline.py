@@ -25,7 +25,7 @@ from operators.synth.perturb import scramble_ids
 from operators.video import open_video
 from pipelines.commit import OutputLayout, committed_markers
 from pipelines.label import LabelRun, label
-from pipelines.label_config import LabelConfig
+from pipelines.label.config import LabelConfig
 from pipelines.sequential import label_sequentially
 
 IMAGE_ID = "{video_id}_{frame_index:04d}_synth"
@@ -356,7 +356,7 @@ def test_steady_frames_per_second_leaves_out_start_up_and_tail():
 def test_ray_data_settings_are_restored_when_a_run_raises(tmp_path, ray_local, monkeypatch):
     import ray
 
-    import pipelines.label as label_module
+    import pipelines.label.driver as label_module
 
     corpus = make_corpus(tmp_path / "corpus", videos=1, frames=2)
     context = ray.data.DataContext.get_current()
@@ -378,7 +378,7 @@ def test_association_rows_carry_a_chunk_of_frames_to_the_sink(tmp_path):
     may be rejected), and the sink writes every good frame and counts the rejected ones."""
     from operators.association.video_operator import TrackedFrame
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
-    from pipelines.label_stages import _tracked_row, batch_of, write_frames
+    from pipelines.label.stages import _tracked_row, batch_of, write_frames
 
     ids = np.zeros((4, 6), np.int32)
     ids[:, :3], ids[:, 3:] = 1000, 21001  # road (category 0) and a tracked car (category 13)

@@ -18,7 +18,7 @@ from operators.formats.vps_layout import PredictionWriter
 from operators.synth import SynthConfig, generate_video, write_corpus
 from pipelines.commit import OutputLayout, committed_markers
 from pipelines.label import label
-from pipelines.label_config import LabelConfig
+from pipelines.label.config import LabelConfig
 from pipelines.nightly import nightly
 
 IMAGE_ID = "{video_id}_{frame_index:04d}_synth"

@@ -93,7 +93,7 @@ def test_worst_first_by_vpq_with_gt_else_by_new_ids_per_100_frames(tmp_path):
 
 @pytest.mark.parametrize("bad", ["avi", "json"])
 def test_review_is_only_mcap(bad):
-    from pipelines.label_config import LabelConfig
+    from pipelines.label.config import LabelConfig
 
     with pytest.raises(ValueError, match="unknown review format"):
         LabelConfig(review=bad)

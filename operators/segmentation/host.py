@@ -19,7 +19,7 @@ builds either):
 
 ``segment(frames, image_ids)`` maps a list of ``(H, W, 3) uint8`` frames to a list of
 :class:`~operators.segmentation.postprocess.FrameSegments`; the Ray wrapper is the label
-pipeline's (``pipelines/label_stages.py``).
+pipeline's (``pipelines/label/stages.py``).
 """
 from __future__ import annotations
 

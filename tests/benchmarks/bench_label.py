@@ -74,7 +74,7 @@ def make_corpus(out: str, videos: int, frames: int, height: int, width: int) -> 
 
 def default_config(corpus: str, chunk_frames: int):
     from operators.segmentation.host import BUILTIN_WEIGHTS
-    from pipelines.label_config import LabelConfig
+    from pipelines.label.config import LabelConfig
 
     if os.path.exists(BUILTIN_WEIGHTS):
         return LabelConfig(chunk_frames=chunk_frames, image_id_format=IMAGE_ID), "builtin"

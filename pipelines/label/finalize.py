@@ -30,7 +30,7 @@ from operators.video import VideoWriter, open_video
 from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
-from pipelines.label_stages import FRAME_TIMES_DIR, read_frame_times
+from pipelines.label.stages import FRAME_TIMES_DIR, read_frame_times
 from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
                               write_thumbnail)
 
@@ -194,7 +194,7 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         return VideoResult(task.video_id, "ok", counts["frames"], counts["segments"], counts["tracks"],
                            metrics=metrics)
     except Exception as exc:
-        from pipelines.label_stages import describe
+        from pipelines.label.stages import describe
 
         remove_tree(staging)
         return VideoResult(task.video_id, "failed", stage=stage, error=describe(exc))

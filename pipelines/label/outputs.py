@@ -25,7 +25,7 @@ from operators.metrics.report import EvaluationReport, build_report, write_repor
 from operators.metrics.totals import Totals
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers
-from pipelines.label_finalize import VideoResult, annotations_rel, metrics_rel, read_video_metrics
+from pipelines.label.finalize import VideoResult, annotations_rel, metrics_rel, read_video_metrics
 
 FAILURE_SCHEMA = pa.schema([("video_id", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 

@@ -33,13 +33,13 @@ from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import (OutputLayout, committed_markers, is_current, read_marker, recover, remove_run_staging,
                               remove_tree, undo_commit)
-from pipelines.label_config import LabelConfig, check_models
-from pipelines.label_faults import MAX_PASSES, MAX_TASK_RETRIES, VideoProgress, prepare_retry
-from pipelines.label_finalize import GtFrame, VideoResult, VideoTask, finalize_video
-from pipelines.label_outputs import aggregate_metrics, write_predictions_json, write_run_manifest
+from pipelines.label.config import LabelConfig, check_models
+from pipelines.label.faults import MAX_PASSES, MAX_TASK_RETRIES, VideoProgress, prepare_retry
+from pipelines.label.finalize import GtFrame, VideoResult, VideoTask, finalize_video
+from pipelines.label.outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.lease import Lease, LeaseLostError, new_run_id
 from pipelines.migrate import check_layout_version
-from pipelines.label_stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, describe,
+from pipelines.label.stages import (TIMED, AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, describe,
                                     plan_video, write_frames)
 from pipelines.plan import VideoEntry, discover
 from pipelines.review import video_sources, write_review_outputs
@@ -236,7 +236,7 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
     # One chunk per block: actor pools receive work by block, so a block holding all of a
     # video's chunks would go to one model actor while the others wait. A block whose task failed
     # for good (its worker lost MAX_TASK_RETRIES + 1 times) is dropped, not the run: its video
-    # comes back incomplete and the next pass retries it (pipelines/label_faults.py).
+    # comes back incomplete and the next pass retries it (pipelines/label/faults.py).
     context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks = progress, 1, -1
     try:
         yield
@@ -250,7 +250,7 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ``categories``: the model's classes (default Cityscapes').
 
     Every stage survives the loss of its process: tasks run again, actors restart and get
-    their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label_faults.py)."""
+    their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label/faults.py)."""
     import ray
 
     # Ray 2.60 deprecates passing max_retries / max_restarts this way but has no other way yet.
@@ -347,7 +347,7 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
             finalize = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
 
             def run_pass(waiting: dict[str, VideoProgress]) -> dict[str, VideoProgress]:
-                """One pass of the graph over ``waiting``; returns the videos it lost (see label_faults)."""
+                """One pass of the graph over ``waiting``; returns the videos it lost (see pipelines.label.faults)."""
                 nonlocal frames, first_output
                 pool = AssociationPool(plan["association_actors"], config.tracker_for(categories),
                                        max_buffered_chunks=1 << 16,
