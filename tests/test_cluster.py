@@ -19,7 +19,7 @@ from cluster import nightly_submit
 from cluster.connect import cluster_summary, connect, runtime_env
 from cluster.gpus import NodeType, choose_gpus, monitor_config_path, node_types_from_config
 from jobs import cli
-from pipelines.label.driver import segment_stage_options, stage_plan
+from pipelines.label.graph import segment_stage_options, stage_plan
 from pipelines.label.config import LabelConfig, StageResources
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 from operators.device import select_placement
-from pipelines.label.driver import segment_stage_options, stage_plan
+from pipelines.label.graph import segment_stage_options, stage_plan
 from pipelines.label.config import LabelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ PROBE = textwrap.dedent("""
     from operators.device import select_placement
     from operators.formats.vps_layout import PredictionWriter
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
-    from pipelines.label.driver import segment_stage_options, stage_plan
+    from pipelines.label.graph import segment_stage_options, stage_plan
     from pipelines.label.config import LabelConfig
     from pipelines.label.stages import SegmentChunks
 

@@ -101,7 +101,7 @@ def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkey
     the pass's videos, not the run: the next pass labels them, with the clean rows."""
     from ray.exceptions import ActorDiedError
 
-    import pipelines.label.driver as label_module
+    import pipelines.label.graph as label_module
     from pipelines.label import label
     from pipelines.label.config import LabelConfig
     from test_label_pipeline import IMAGE_ID, make_corpus

@@ -356,7 +356,7 @@ def test_steady_frames_per_second_leaves_out_start_up_and_tail():
 def test_ray_data_settings_are_restored_when_a_run_raises(tmp_path, ray_local, monkeypatch):
     import ray
 
-    import pipelines.label.driver as label_module
+    import pipelines.label.graph as label_module
 
     corpus = make_corpus(tmp_path / "corpus", videos=1, frames=2)
     context = ray.data.DataContext.get_current()

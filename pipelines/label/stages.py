@@ -238,7 +238,7 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
     """The associate stage's output for one input chunk: the frames that became trackable (any
     number, possibly of earlier chunks the actor was holding), as one row. One row per chunk, not
     per frame: Ray Data moves every row out of this stage as a block of its own (one chunk per
-    block, see :func:`pipelines.label.ray_data_settings`), and per-frame blocks made the
+    block, see :func:`pipelines.label.graph.ray_data_settings`), and per-frame blocks made the
     executor's per-block cost the bottleneck on short clips (100 videos x 10 frames: the upstream
     stages were done after 22 s, the run after 84 s)."""
     good = [f for f in frames if not f.error]

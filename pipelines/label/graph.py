@@ -1,0 +1,143 @@
+"""The Ray Data graph of a labelling run and the resources of its stages.
+
+::
+
+    videos ─ plan+decode (CPU tasks) ─ segment (model actor pool; 1 GPU each when the cluster
+    has GPUs) ─ flow (actor pool) ─ associate (per-video actors, sharded by video id, chunks
+    in frame order, ObjectRefs) ─ sink (staging: segments table, PNGs) ─► summary rows
+
+Ray Data streams chunks through the stages with backpressure, so memory is bounded by the
+blocks in flight, not by the corpus. The stages themselves are in :mod:`pipelines.label.stages`;
+what the driver does with the sink's rows is :mod:`pipelines.label.passes`.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator
+
+from pipelines.label.config import LabelConfig
+from pipelines.label.faults import MAX_TASK_RETRIES
+from pipelines.label.stages import AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video, write_frames
+
+FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
+# A lost process costs a retry, never the run (Ray Data's defaults are the same but unbounded:
+# a chunk that kills its worker every time would be retried forever).
+TASK_FAULTS = {"max_retries": MAX_TASK_RETRIES}
+ACTOR_FAULTS = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
+
+
+def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
+    """Actor pools (min, max), GPU requests and logical CPUs per stage from what the cluster
+    offers and what ``--gpus`` asks (``choice``: a :class:`cluster.gpus.GpuChoice`, read from the
+    connected cluster when None).
+
+    Model actor pools autoscale (Ray Data adds actors up to the max while work waits, and the
+    cluster's autoscaler adds nodes for actors that do not fit) where the cluster can grow; on a
+    cluster that cannot (the local embedded Ray) they start at their max. The actors hold their
+    CPUs for the whole run; if the most of them and one decode and one sink task would not fit in
+    the cluster's CPUs, every stage's share is scaled down to fit (else an actor never starts and
+    the run waits forever). Logical CPUs only order the scheduling; the processes still share the
+    physical cores.
+    """
+    import ray
+
+    from cluster.gpus import gpu_choice
+
+    choice = choice or gpu_choice(config.resources.gpus)
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 1)), int(total.get("GPU", 0))
+    r = config.resources
+    # one GPU per actor: as many actors as GPUs the cluster can have (None: no bound known)
+    gpu_max = max(1, choice.gpus_max) if choice.gpus_max is not None else None
+    # without GPUs the model dominates: ~3/4 of the cores segment, the rest compute flow
+    segment_max = r.segment_actors or (gpu_max if choice.use_gpus else max(1, int(cpus) - int(cpus) // 4))
+    flow_max = r.flow_actors or max(1, int(cpus) // 4)
+    plan = {"gpus": gpus, "use_gpus": choice.use_gpus, "gpu_choice": choice.to_json(),
+            "segment_actors": (1 if choice.can_grow else segment_max, segment_max),
+            "flow_actors": (1 if choice.can_grow else flow_max, flow_max),
+            "association_actors": r.association_actors or max(1, min(n_videos, max(1, int(cpus) // 2))),
+            # Fractional CPUs would let Ray start 4-5 decode and sink tasks per core, each in a
+            # worker process of its own that first imports numpy, OpenCV, Arrow (~1-2 s of CPU
+            # each): on a small machine that start-up costs more than the decoding. One task per
+            # two cores keeps the decoder ahead of the models (decode is ~2 % of operator time).
+            "task_concurrency": max(1, int(cpus) // 2)}
+    shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
+              "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
+    held = ((0 if choice.use_gpus else segment_max * shares["segment"]) + flow_max * shares["flow"]
+            + plan["association_actors"] * (shares["associate"] + shares["feeder"]) + shares["decode"]
+            + 2 * shares["sink"])
+    scale = min(1.0, 0.95 * cpus / held)
+    plan["cpus"] = {stage: round(share * scale, 4) for stage, share in shares.items()}
+    if choice.use_gpus:  # a GPU actor needs little CPU; never let it crowd out the CPU stages
+        plan["cpus"]["segment"] = min(plan["cpus"]["segment"], 0.1 * cpus / max(1, gpus, segment_max or 1))
+    return plan
+
+
+def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
+    """``map_batches`` arguments of the segmentation stage: an autoscaling actor pool, one GPU per
+    actor when the plan asks for GPUs (Ray then sets each actor's CUDA_VISIBLE_DEVICES to its own id)."""
+    return {"fn_constructor_kwargs": {"host_kwargs": config.host_kwargs()}, "batch_size": 1,
+            "compute": actor_pool(plan["segment_actors"]),
+            "num_cpus": plan["cpus"]["segment"], "num_gpus": 1 if plan["use_gpus"] else 0, **ACTOR_FAULTS}
+
+
+def actor_pool(sizes: tuple[int, int | None]):
+    """Ray Data's actor pool for (min, max) actors: fixed when they agree, else autoscaling
+    (max None: no bound, the cluster's autoscaler decides)."""
+    import ray
+
+    low, high = sizes
+    if low == high:
+        return ray.data.ActorPoolStrategy(size=low)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+
+
+@contextlib.contextmanager
+def ray_data_settings(progress: bool) -> Iterator[None]:
+    """This process's Ray Data settings for a labelling run, restored afterwards, also when
+    the run raises (they are process-wide: a notebook's next dataset would inherit them)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks
+    # One chunk per block: actor pools receive work by block, so a block holding all of a
+    # video's chunks would go to one model actor while the others wait. A block whose task failed
+    # for good (its worker lost MAX_TASK_RETRIES + 1 times) is dropped, not the run: its video
+    # comes back incomplete and the next pass retries it (pipelines/label/faults.py).
+    context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks = progress, 1, -1
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.target_max_block_size, context.max_errored_blocks = saved
+
+
+def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
+                  categories=None):
+    """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
+    ``categories``: the model's classes (default Cityscapes').
+
+    Every stage survives the loss of its process: tasks run again, actors restart and get
+    their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label/faults.py)."""
+    import ray
+
+    # Ray 2.60 deprecates passing max_retries / max_restarts this way but has no other way yet.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    cpus = plan["cpus"]
+    tasks = ray.data.TaskPoolStrategy(size=plan["task_concurrency"])
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
+                                            "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
+                     compute=tasks, **TASK_FAULTS)
+    ds = ds.map(decode_chunk, num_cpus=cpus["decode"], compute=tasks, **TASK_FAULTS)
+    ds = ds.map_batches(SegmentChunks, **segment_stage_options(config, plan))
+    ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
+                        batch_size=1, compute=actor_pool(plan["flow_actors"]),
+                        num_cpus=cpus["flow"], **ACTOR_FAULTS)
+    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
+                        **ACTOR_FAULTS)
+    return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,
+                                                   "categories": categories},
+                          batch_size=1, num_cpus=cpus["sink"], compute=tasks, **TASK_FAULTS)
+
