@@ -3,7 +3,7 @@ import numpy as np
 
 from association_scenes import CAR, PERSON, Box, scrambled_video
 from operators.association import TrackChunk, VideoTracker
-from pipelines.association_actor import AssociationPool, CheckpointStore, actor_index
+from pipelines.label.association_actor import AssociationPool, CheckpointStore, actor_index
 
 
 def frames_of(seed):

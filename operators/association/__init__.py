@@ -11,7 +11,7 @@ Public API::
     outputs = op.push(start, stop, TrackChunk("0000", start, stop, frames))
     blob = op.checkpoint(); op = VideoOperator.restore(blob)
 
-No Ray in here: the actor wrapper is :mod:`pipelines.association_actor`.
+No Ray in here: the actor wrapper is :mod:`pipelines.label.association_actor`.
 """
 from operators.association.config import TrackerConfig
 from operators.association.track import Track, TrackerFrame, TrackState

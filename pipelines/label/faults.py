@@ -11,7 +11,7 @@ incomplete (or with a row marked ``lost``), and the driver runs it again in a ne
 the last chunk boundary that has both
 
 * an association checkpoint in the output store (written by the actor after every push that
-  consumed chunks, :class:`pipelines.association_actor.CheckpointStore`), and
+  consumed chunks, :class:`pipelines.label.association_actor.CheckpointStore`), and
 * every frame before it staged, in segments parts that end before it (parts written after the
   loss, or straddling the boundary, are deleted first).
 

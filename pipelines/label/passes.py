@@ -71,7 +71,7 @@ class LabelPasses:
         """Every pass over ``todo``; a result for each of its videos ends in ``results``."""
         import ray
 
-        from pipelines.association_actor import CHECKPOINTS_DIR, CheckpointStore
+        from pipelines.label.association_actor import CHECKPOINTS_DIR, CheckpointStore
 
         self.by_id = {e.video_id: e for e in todo}
         self.checkpoints = CheckpointStore(fs.join(self.layout.run_staging(self.run_id), CHECKPOINTS_DIR))
@@ -98,7 +98,7 @@ class LabelPasses:
         """One pass of the graph over ``waiting``; returns the videos it lost (see faults)."""
         import ray
 
-        from pipelines.association_actor import AssociationPool
+        from pipelines.label.association_actor import AssociationPool
 
         config, layout, run_id, plan, bar = self.config, self.layout, self.run_id, self.plan, self.bar
         finalize = self.finalize

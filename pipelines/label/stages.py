@@ -261,7 +261,7 @@ class AssociateChunks:
     became trackable (possibly of earlier chunks it was holding), in frame order.
 
     The chunk goes into the object store from this worker and only its reference travels to
-    the actor (:class:`pipelines.association_actor.AssociationPool`): no pixels pass through
+    the actor (:class:`pipelines.label.association_actor.AssociationPool`): no pixels pass through
     the driver. ``pool`` is built by the driver and shared by every replica of this stage.
     """
 
