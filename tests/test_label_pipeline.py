@@ -274,10 +274,10 @@ def test_config_hash_follows_the_model_checksum_and_not_the_scheduling(tmp_path,
     assert LabelConfig(refine=True).config_hash(checksums) == base
     assert LabelConfig(refine=False).config_hash(checksums) != base
     # so do the grouping's defaults: a release that changes them must relabel
-    import operators.segmentation.postprocess as postprocess
+    import operators.segmentation.spec as spec  # where the config hash reads them (no torch there)
 
-    defaults = postprocess.PostprocessConfig()
-    monkeypatch.setattr(postprocess, "PostprocessConfig", lambda: replace(defaults, thing_area=defaults.thing_area + 1))
+    defaults = spec.PostprocessConfig()
+    monkeypatch.setattr(spec, "PostprocessConfig", lambda: replace(defaults, thing_area=defaults.thing_area + 1))
     assert builtin.config_hash(checksums) != base
 
 
