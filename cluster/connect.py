@@ -116,33 +116,31 @@ def runtime_env(working_dir: str | None) -> dict | None:
 
 @contextlib.contextmanager
 def _as_without_job_server() -> Iterator[None]:
-    """Start a local Ray's helper processes as Ray starts them without its job-server install.
+    """Start a local Ray with only the processes a local run uses: the GCS, the raylet and
+    its agents in Ray's ``--minimal`` mode (as without its job-server install), metrics
+    collection off (:data:`NO_METRICS`), and neither the API server nor the autoscaler monitor.
 
     With ``ray[default]`` installed (the job server, dashboard and metrics: ``tubeflow[cluster]``)
     every ``ray.init()``, dashboard or not, also starts HTTP servers: the dashboard agent's
-    Prometheus metrics export (a free port; the agent also loads its job agent) and the autoscaler
-    monitor's metrics page
-    (port 44217, fixed, that every local run on the machine contends for). A local embedded Ray
-    needs none of them: the agents are started in Ray's ``--minimal`` mode, as when those
-    dependencies are absent, with metrics collection off (:data:`NO_METRICS`), and the monitor
-    without a metrics address, as when none is given (tests/test_cluster.py asks every listening
-    socket of a local run whether it answers HTTP).
+    Prometheus metrics export and the monitor's metrics page (port 44217, fixed, that every
+    local run on the machine contends for). A local embedded Ray serves no dashboard and has no
+    nodes to scale, so the API server (which ``ray.init`` waits for: 1–5 s of every run's
+    start-up on this 2-core machine, plus ~1 s of shutdown) and the monitor are not started at
+    all (tests/test_cluster.py asks every listening socket of a local run whether it answers
+    HTTP; :func:`connect` with ``dashboard=True`` starts them as usual).
     """
+    import ray._private.node as node
     import ray._private.services as services
     import ray._private.utils as utils
 
-    start_monitor, dependency_error = services.start_monitor, utils.get_dashboard_dependency_error
-
-    def without_metrics(*args, **kwargs):
-        kwargs["monitor_ip"] = None
-        return start_monitor(*args, **kwargs)
-
-    services.start_monitor = without_metrics
+    saved = node.Node.start_monitor, services.start_api_server, utils.get_dashboard_dependency_error
+    node.Node.start_monitor = lambda self: None
+    services.start_api_server = lambda *args, **kwargs: (None, None)  # (dashboard URL, process)
     utils.get_dashboard_dependency_error = lambda: "a local tubeflow Ray runs its agents minimal"
     try:
         yield
     finally:
-        services.start_monitor, utils.get_dashboard_dependency_error = start_monitor, dependency_error
+        node.Node.start_monitor, services.start_api_server, utils.get_dashboard_dependency_error = saved
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,

@@ -465,7 +465,14 @@ for (host, port), name in found.items():
         http_servers.append([name, port, conn.getresponse().status])
     except (OSError, http.client.HTTPException):
         pass
-print(json.dumps({{"listeners": sorted(set(found.values())), "http": http_servers,
+programs = set()
+for pid in descendants(os.getpid()):
+    try:
+        argv = open(f"/proc/{{pid}}/cmdline", "rb").read().decode(errors="replace").split("\0")
+        programs.add(os.path.basename(next((a for a in argv if a.endswith(".py")), argv[0])))
+    except OSError:
+        pass
+print(json.dumps({{"listeners": sorted(set(found.values())), "http": http_servers, "programs": sorted(programs),
                   "webui": ray._private.worker._global_node.address_info.get("webui_url")}}))
 ray.shutdown()
 """
@@ -491,6 +498,8 @@ def test_local_embedded_ray_starts_no_dashboard_and_serves_no_http(tmp_path):
     assert not result["webui"]
     assert {"gcs_server", "raylet", "driver"} <= set(result["listeners"]), result  # the sockets were seen
     assert not {"dashboard.py", "monitor.py"} & set(result["listeners"]), result
+    # nor run at all: ray.init waits seconds for the API server, and a local Ray has no nodes to scale
+    assert "raylet" in result["programs"] and not {"dashboard.py", "monitor.py"} & set(result["programs"]), result
     # no dashboard, job agent or metrics page; only the runtime-env agent, part of Ray's core
     # (it answers with 401 without the token), serves HTTP, as it did without ray[default]
     assert [name for name, _, _ in result["http"]] in ([], ["ray::RuntimeEnvAgent"]), result
