@@ -149,7 +149,13 @@ def test_overlay_has_every_frame_with_consistent_colours(labelled):
     assert checked >= 20
 
 
-def test_rerun_skips_committed_videos(labelled):
+def test_rerun_skips_committed_videos(labelled, monkeypatch):
+    import cluster.connect
+
+    def no_ray(*_, **__):
+        raise AssertionError("a run with nothing to label started Ray")
+
+    monkeypatch.setattr(cluster.connect, "ray_session", no_ray)
     again = label(labelled["videos"], labelled["out"], labelled["config"], progress=False, only_videos=GOOD,
                   log=lambda *_: None)
     assert {r.video_id: r.status for r in again.results} == {"0000": "skipped", "0001": "skipped"}

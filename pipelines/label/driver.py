@@ -156,8 +156,7 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     """:func:`label` once the output's lease is held."""
     from tqdm import tqdm
 
-    from cluster.connect import ray_session
-    from pipelines.label.graph import ray_data_settings, stage_plan
+    from pipelines.label.graph import stage_plan
 
     started = time.perf_counter()
     run_id = lease.run_id
@@ -187,7 +186,7 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     passes = LabelPasses(config, layout, run_id, {}, categories, GroundTruthIndex(settings, gt_frames, gt_names),
                          config_hash, checksums, started=started, results=results, log=log)
     model_resources = None  # what the model stages asked Ray for, and why (run manifest)
-    with ray_session(address), ray_data_settings(progress):
+    with _ray_for_work(bool(todo), address, progress):
         if todo:
             passes.plan = plan = stage_plan(config, len(todo))
             model_resources = {key: plan[key] for key in ("gpu_choice", "segment_actors", "flow_actors")}
@@ -217,6 +216,20 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
                                         "model_resources": model_resources},
                        run.results)
     return run
+
+
+@contextlib.contextmanager
+def _ray_for_work(needed: bool, address: str | None, progress: bool):
+    """Ray and Ray Data's settings for the run's work; none when every video is skipped (a
+    rerun over an unchanged corpus, a nightly with nothing new) — Ray's start-up is seconds."""
+    if not needed:
+        yield
+        return
+    from cluster.connect import ray_session
+    from pipelines.label.graph import ray_data_settings
+
+    with ray_session(address), ray_data_settings(progress):
+        yield
 
 
 def summary_table(run: LabelRun) -> str:
