@@ -26,9 +26,11 @@ operator's CPU time to ``t_<stage>`` (seconds, :func:`operator_clock`) for the t
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import traceback
+from typing import Callable
 
 import numpy as np
 
@@ -91,6 +93,51 @@ def _failed(row: dict, stage: str, exc: BaseException) -> dict:
     return row
 
 
+def stage(name: str, *, blank: Callable[[dict], None] | None = None, skip_failed: bool = True,
+          passed: Callable[[dict], dict] | None = None, failed: Callable[[dict, BaseException], dict] | None = None):
+    """The skeleton every stage of the graph shares, around a function of one row (its last
+    positional argument; a method's ``self`` comes first):
+
+    * ``blank(row)`` first gives the row this stage's columns, empty, so that a row that failed
+      (here or upstream) still has the schema of the others;
+    * a row that failed upstream skips the work (when ``skip_failed``); ``passed(row)`` makes it
+      this stage's output row (default: the row as it is);
+    * an exception in the work becomes a failure row of this stage: ``failed(row, exc)``
+      (default: ``error`` and ``stage`` set on the row);
+    * the operator's CPU seconds go into the output row's ``t_<name>`` (:func:`operator_clock`).
+    """
+    def wrap(work: Callable[..., dict]) -> Callable[..., dict]:
+        @functools.wraps(work)
+        def run(*args, **kwargs) -> dict:
+            *owner, row = args
+            start = operator_clock()
+            row = dict(row)
+            if blank is not None:
+                blank(row)
+            if skip_failed and row["error"]:
+                out = passed(row) if passed is not None else row
+            else:
+                try:
+                    out = work(*owner, row, **kwargs)
+                except Exception as exc:
+                    out = failed(row, exc) if failed is not None else _failed(row, name, exc)
+            out[f"t_{name}"] = operator_clock() - start
+            return out
+        return run
+    return wrap
+
+
+def map_rows(batch: dict, row_stage: Callable[[dict], dict], drop: tuple[str, ...] = ()) -> dict:
+    """A batch stage from a row stage: every row of ``batch`` through it, less the ``drop`` columns."""
+    rows = []
+    for row in rows_of(batch):
+        out = row_stage(row)
+        for key in drop:
+            out.pop(key, None)
+        rows.append(out)
+    return batch_of(rows)
+
+
 def lost_process(exc: BaseException) -> bool:
     """Whether ``exc`` says a process (worker, actor, node, an object's owner) was lost, not
     that the input is bad: such a failure is worth another try; an input error is not."""
@@ -129,22 +176,19 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
             for chunk, ids in zip(chunks, per_chunk) if chunk.frame_start >= resume_from]
 
 
-def decode_chunk(row: dict) -> dict:
-    """Decode the chunk's frames plus the frame before it (for the boundary flow)."""
-    row = dict(row)
-    start = operator_clock()
+def _blank_decode(row: dict) -> None:
     row["rgb"], row["prev_rgb"] = _empty(1, 1, 3), _empty(1, 1, 3)
     row["timestamps"] = "[]"  # each frame's timestamp_ns (None where the source has no times)
-    if not row["error"]:
-        try:
-            a, b = int(row["frame_start"]), int(row["frame_end"])
-            with open_video(row["uri"]) as source:
-                frames, times = source.read_timed(max(a - 1, 0), b)
-            row["prev_rgb"], row["rgb"] = (frames[:1], frames[1:]) if a > 0 else (_empty(*frames.shape[1:]), frames)
-            row["timestamps"] = json.dumps(times[1:] if a > 0 else times)
-        except Exception as exc:
-            _failed(row, "decode", exc)
-    row["t_decode"] = operator_clock() - start
+
+
+@stage("decode", blank=_blank_decode)
+def decode_chunk(row: dict) -> dict:
+    """Decode the chunk's frames plus the frame before it (for the boundary flow)."""
+    a, b = int(row["frame_start"]), int(row["frame_end"])
+    with open_video(row["uri"]) as source:
+        frames, times = source.read_timed(max(a - 1, 0), b)
+    row["prev_rgb"], row["rgb"] = (frames[:1], frames[1:]) if a > 0 else (_empty(*frames.shape[1:]), frames)
+    row["timestamps"] = json.dumps(times[1:] if a > 0 else times)
     return row
 
 
@@ -182,22 +226,20 @@ class SegmentChunks:
         match_threads_to_cpus()  # after the host: it imports torch
 
     def __call__(self, batch: dict) -> dict:
-        rows = []
-        for row in rows_of(batch):
-            start = operator_clock()
-            row["panoptic"], row["segments"], row["embeddings"] = _empty(1, 1, dtype=np.int32), "[]", \
-                _empty(0, dtype=np.float32)
-            if not row["error"]:
-                try:
-                    results = self.host.segment(list(row["rgb"]), json.loads(row["image_ids"]))
-                    row["panoptic"] = np.stack([r.ids.astype(np.int32) for r in results])
-                    row["segments"] = json.dumps([[s.to_json() for s in r.segments] for r in results])
-                    row["embeddings"] = np.concatenate([r.embeddings.astype(np.float32) for r in results])
-                except Exception as exc:
-                    _failed(row, "segment", exc)
-            row["t_segment"] = operator_clock() - start
-            rows.append(row)
-        return batch_of(rows)
+        return map_rows(batch, self.segment)
+
+    @staticmethod
+    def _blank(row: dict) -> None:
+        row["panoptic"], row["segments"], row["embeddings"] = _empty(1, 1, dtype=np.int32), "[]", \
+            _empty(0, dtype=np.float32)
+
+    @stage("segment", blank=_blank)
+    def segment(self, row: dict) -> dict:
+        results = self.host.segment(list(row["rgb"]), json.loads(row["image_ids"]))
+        row["panoptic"] = np.stack([r.ids.astype(np.int32) for r in results])
+        row["segments"] = json.dumps([[s.to_json() for s in r.segments] for r in results])
+        row["embeddings"] = np.concatenate([r.embeddings.astype(np.float32) for r in results])
+        return row
 
 
 # ---------------------------------------------------------------------------- flow
@@ -212,24 +254,22 @@ class FlowChunks:
         match_threads_to_cpus()  # after the estimator: RAFT imports torch, DIS does not
 
     def __call__(self, batch: dict) -> dict:
-        rows = []
-        for row in rows_of(batch):
-            start = operator_clock()
-            rgb, prev = row.pop("rgb"), row.pop("prev_rgb")
-            row["rgb"], row["flow"] = rgb, _empty(1, 1, 2, dtype=np.float32)
-            if not row["error"]:
-                try:
-                    flows = np.zeros((*rgb.shape[:3], 2), np.float32)
-                    for i in range(len(rgb)):
-                        previous = rgb[i - 1] if i > 0 else (prev[0] if len(prev) else None)
-                        if previous is not None:
-                            flows[i] = self.estimate(rgb[i], previous)
-                    row["flow"] = flows
-                except Exception as exc:
-                    _failed(row, "flow", exc)
-            row["t_flow"] = operator_clock() - start
-            rows.append(row)
-        return batch_of(rows)
+        return map_rows(batch, self.flow, drop=("prev_rgb",))  # the boundary frame is used up here
+
+    @staticmethod
+    def _blank(row: dict) -> None:
+        row["flow"] = _empty(1, 1, 2, dtype=np.float32)
+
+    @stage("flow", blank=_blank)
+    def flow(self, row: dict) -> dict:
+        rgb, prev = row["rgb"], row["prev_rgb"]
+        flows = np.zeros((*rgb.shape[:3], 2), np.float32)
+        for i in range(len(rgb)):
+            previous = rgb[i - 1] if i > 0 else (prev[0] if len(prev) else None)
+            if previous is not None:
+                flows[i] = self.estimate(rgb[i], previous)
+        row["flow"] = flows
+        return row
 
 
 # ---------------------------------------------------------------------------- associate
@@ -269,42 +309,45 @@ class AssociateChunks:
         self.pool = pool
 
     def __call__(self, batch: dict) -> dict:
+        return map_rows(batch, self.associate)
+
+    @staticmethod
+    def _failed_upstream(row: dict) -> dict:
+        """A chunk that failed upstream: all its frames failed (all of the video's for a plan error)."""
+        n = int(row["frame_end"]) - int(row["frame_start"])
+        failed = max(n, 1) if row["chunk_index"] >= 0 else int(row["frame_count"]) or 1
+        return _tracked_row(row, [], row["error"], row["stage"], failed)
+
+    @staticmethod
+    def _lost_chunk(row: dict, exc: BaseException) -> dict:
+        """The association lost the chunk; ``lost`` when a process went, which a later pass retries."""
+        n = int(row["frame_end"]) - int(row["frame_start"])
+        return _tracked_row(row, [], describe(exc), "associate", n, lost=lost_process(exc))
+
+    @stage("associate", passed=_failed_upstream, failed=_lost_chunk)
+    def associate(self, row: dict) -> dict:
         import ray
 
         from operators.association import TrackChunk, TrackerFrame
 
-        out = []
-        for row in rows_of(batch):
-            start = operator_clock()
-            n = int(row["frame_end"]) - int(row["frame_start"])
-            if row["error"]:
-                failed = max(n, 1) if row["chunk_index"] >= 0 else int(row["frame_count"]) or 1
-                out.append(_tracked_row(row, [], row["error"], row["stage"], failed))
-                continue
-            try:
-                ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
-                frames, offset = [], 0
-                # The tracker carries image_id through untouched for the writers; the frame's time
-                # rides with it, since a frame can come back with a later chunk's row.
-                labels = zip(json.loads(row["image_ids"]), json.loads(row["timestamps"]))
-                for i, (image_id, segs) in enumerate(zip(labels, segments)):
-                    infos = [SegmentInfo.from_json(s) for s in segs]
-                    vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
-                    offset += len(infos)
-                    index = int(row["frame_start"]) + i
-                    frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
-                                               row["flow"][i] if index > 0 else None,
-                                               {s.id: v for s, v in zip(infos, vectors)}
-                                               if vectors is not None and vectors.shape[1] else None, image_id))
-                chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
-                tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
-                                                   int(row["resume_from"])))
-            except Exception as exc:
-                out.append(_tracked_row(row, [], describe(exc), "associate", n, lost=lost_process(exc)))
-                continue
-            row["t_associate"] = operator_clock() - start
-            out.append(_tracked_row(row, tracked))
-        return batch_of(out)
+        ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
+        frames, offset = [], 0
+        # The tracker carries image_id through untouched for the writers; the frame's time
+        # rides with it, since a frame can come back with a later chunk's row.
+        labels = zip(json.loads(row["image_ids"]), json.loads(row["timestamps"]))
+        for i, (image_id, segs) in enumerate(zip(labels, segments)):
+            infos = [SegmentInfo.from_json(s) for s in segs]
+            vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
+            offset += len(infos)
+            index = int(row["frame_start"]) + i
+            frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
+                                       row["flow"][i] if index > 0 else None,
+                                       {s.id: v for s, v in zip(infos, vectors)}
+                                       if vectors is not None and vectors.shape[1] else None, image_id))
+        chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
+        tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
+                                           int(row["resume_from"])))
+        return _tracked_row(row, tracked)
 
 
 # ---------------------------------------------------------------------------- sink
@@ -341,6 +384,38 @@ def read_frame_times(staging: str) -> dict[int, int | None]:
     return out
 
 
+def _sink_failed(summary: dict, exc: BaseException) -> dict:
+    """Writing the video's frames failed: none of them counts as done."""
+    summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + summary["frames_done"],
+                   frames_done=0, frames="[]")
+    return summary
+
+
+@stage("sink", skip_failed=False, failed=_sink_failed)
+def _stage_video(summary: dict, *, layout: OutputLayout, run_id: str, good: list, uri: str, write_png: bool,
+                 categories) -> dict:
+    """Write one video's good frames of a batch to its staging prefix; ``summary`` says what was written."""
+    video_id = summary["video_id"]
+    staging = layout.staging(run_id, video_id)
+    source_uri, topic = split_stream_uri(uri)
+    tables = []
+    for index, image_id, timestamp, ids, segments in good:
+        frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
+        tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
+                                                    *([categories] if categories else []),
+                                                    timestamp_ns=timestamp, source_uri=source_uri, topic=topic))
+        if write_png:
+            write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
+    nonempty = [t for t in tables if t.num_rows]
+    if nonempty:
+        (part,) = segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
+        summary["part"] = part.rsplit("/", 1)[-1]
+    if good:  # every frame's time, also of frames without segments (finalize reads it)
+        write_frame_times(staging, [(index, timestamp) for index, _, timestamp, _, _ in good])
+    summary["segments"] = sum(t.num_rows for t in tables)
+    return summary
+
+
 def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
     (segments table part, PNGs) and return one summary row per video of the batch: counts, the
@@ -354,7 +429,6 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
         by_video.setdefault(str(row["video_id"]), []).append(row)
     summaries = []
     for video_id, rows in by_video.items():
-        start = operator_clock()
         good, frame_errors = [], []  # (frame index, image id, time, ids, segments) of the frames to write; errors
         for r in rows:
             frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["timestamps"]),
@@ -365,34 +439,12 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
                 else:
                     good.append((int(index), image_id, timestamp, ids, segments))
         errors = [r["error"] for r in rows if r["error"]] + frame_errors
-        stage = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
+        stage_name = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
                    "frames_failed": sum(int(r["failed_frames"]) for r in rows) + len(frame_errors), "segments": 0,
-                   "error": errors[0] if errors else "", "stage": stage, "lost": any(bool(r["lost"]) for r in rows),
-                   "frames": json.dumps([index for index, *_ in good]), "part": "",
-                   **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
-        try:
-            staging = layout.staging(run_id, video_id)
-            source_uri, topic = split_stream_uri(str(rows[0]["uri"]))
-            tables = []
-            for index, image_id, timestamp, ids, segments in good:
-                frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
-                tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
-                                                            *([categories] if categories else []),
-                                                            timestamp_ns=timestamp, source_uri=source_uri,
-                                                            topic=topic))
-                if write_png:
-                    write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
-            nonempty = [t for t in tables if t.num_rows]
-            if nonempty:
-                (part,) = segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
-                summary["part"] = part.rsplit("/", 1)[-1]
-            if good:  # every frame's time, also of frames without segments (finalize reads it)
-                write_frame_times(staging, [(index, timestamp) for index, _, timestamp, _, _ in good])
-            summary["segments"] = sum(t.num_rows for t in tables)
-        except Exception as exc:
-            summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + len(good),
-                           frames_done=0, frames="[]")
-        summary["t_sink"] = operator_clock() - start
-        summaries.append(summary)
+                   "error": errors[0] if errors else "", "stage": stage_name,
+                   "lost": any(bool(r["lost"]) for r in rows), "frames": json.dumps([index for index, *_ in good]),
+                   "part": "", **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
+        summaries.append(_stage_video(summary, layout=layout, run_id=run_id, good=good, uri=str(rows[0]["uri"]),
+                                      write_png=write_png, categories=categories))
     return batch_of(summaries)
