@@ -18,11 +18,13 @@ import argparse
 import sys
 import uuid
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import numpy as np
 
 from operators import fs
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association.frame_loop import track_frames
 from operators.errors import FormatMismatchError, InputError, TubeflowError
 from operators.flow.dis import PRESETS, DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
@@ -112,10 +114,10 @@ def annotated_image_ids(gt_json: str) -> set[str]:
     return {str(a["image_id"]) for a in doc["annotations"]}
 
 
-def track_video(frames: list[PerFrameImage], images: dict[str, str], perframe_dir: str, tracker: VideoTracker,
-                flow: DisFlow, known_categories: set[int], errors: list[str]):
-    """Yield (PerFrameImage, tracked PanopticFrame) for the frames of one video; bad frames go to ``errors``."""
-    previous_rgb = None
+def tracker_frames(frames: list[PerFrameImage], images: dict[str, str], perframe_dir: str,
+                   known_categories: set[int], errors: list[str]) -> Iterator[TrackerFrame]:
+    """The frames of one video as the tracker takes them: image and per-frame prediction read and
+    checked; a bad frame goes to ``errors`` and is left out."""
     for item in frames:
         where = f"video {item.video_id} frame {item.frame_index}"
         try:
@@ -125,15 +127,21 @@ def track_video(frames: list[PerFrameImage], images: dict[str, str], perframe_di
             png_uri = fs.join(perframe_dir, item.file_name)
             panoptic = PanopticFrame(read_panoptic_png(png_uri), list(item.segments))
             validate_frame(panoptic, png_uri, known_categories, rgb.shape[:2])
-            motion = None
-            if previous_rgb is not None and previous_rgb.shape == rgb.shape:
-                motion = flow(rgb, previous_rgb)
-            tracked = tracker.update(TrackerFrame(item.frame_index, panoptic, rgb, motion, image_id=item.image_id))
         except TubeflowError as exc:
             errors.append(f"{where}: {exc}")
             continue
-        previous_rgb = rgb
-        yield item, tracked
+        yield TrackerFrame(item.frame_index, panoptic, rgb, image_id=item.image_id)
+
+
+def track_video(frames: list[PerFrameImage], images: dict[str, str], perframe_dir: str, tracker: VideoTracker,
+                flow: DisFlow, known_categories: set[int], errors: list[str]) -> Iterator[tuple[TrackerFrame, PanopticFrame]]:
+    """Yield (frame, tracked PanopticFrame) for the frames of one video through the one frame loop
+    (:func:`operators.association.frame_loop.track_frames`); bad frames go to ``errors``."""
+    def refused(frame: TrackerFrame, exc: TubeflowError) -> None:
+        errors.append(f"video {tracker.video_id} frame {frame.frame_index}: {exc}")
+
+    yield from track_frames(tracker, tracker_frames(frames, images, perframe_dir, known_categories, errors), flow,
+                            on_error=refused)
 
 
 def run(args: argparse.Namespace) -> int:

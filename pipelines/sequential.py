@@ -9,9 +9,12 @@ segments table (one Parquet file per video), so that a speed comparison does the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
 
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association.frame_loop import track_frames
 from operators.flow import make_flow
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame
@@ -35,48 +38,51 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
                        tracker: TrackerConfig | None = None,
                        image_id: Callable[[str, int], str] = lambda v, i: f"{v}_{i:06d}",
                        keep_frames: bool = True, segments_out: str | None = None) -> SequentialResult:
-    """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame;
-    ``segments_out``: also write the tracked frames as a segments table there."""
+    """Label ``videos`` [(video_id, uri)] with ``host`` (a SegmentationHost) frame by frame through
+    the one frame loop (:func:`operators.association.frame_loop.track_frames`); ``segments_out``:
+    also write the tracked frames as a segments table there."""
     estimate = make_flow(flow, **(flow_options or {"preset": "medium"}))
     result = SequentialResult()
+    seconds = result.stage_cpu_seconds
     clock = operator_clock  # CPU time, as the pipeline's stages measure it
     for video_id, uri in videos:
-        tracked, rows = [], []
-        video_tracker = VideoTracker(video_id, tracker or TrackerConfig())
-        previous = None
+        tracked, rows, count = [], [], 0
         with open_video(uri) as source:
-            frames = source.iter_frames()
-            index = 0
-            while True:
-                t = clock()
-                rgb = next(frames, None)
-                result.stage_cpu_seconds["decode"] += clock() - t
-                if rgb is None:
-                    break
-                t = clock()
-                segments = host.segment([rgb], [image_id(video_id, index)])[0]
-                t2 = clock()
-                flow_field = estimate(rgb, previous) if previous is not None else None
-                t3 = clock()
-                embeddings = {s.id: v for s, v in zip(segments.segments, segments.embeddings)} \
-                    if segments.embeddings.ndim == 2 and segments.embeddings.shape[1] else None
-                out = video_tracker.update(TrackerFrame(index, segments.to_panoptic_frame(), rgb, flow_field, embeddings,
-                                                   image_id(video_id, index)))
-                t4 = clock()
-                result.stage_cpu_seconds["segment"] += t2 - t
-                result.stage_cpu_seconds["flow"] += t3 - t2
-                result.stage_cpu_seconds["associate"] += t4 - t3
+            frames = _segmented_frames(video_id, source.iter_frames(), host, image_id, seconds)
+            for frame, out in track_frames(VideoTracker(video_id, tracker or TrackerConfig()), frames, estimate,
+                                           seconds=seconds, clock=clock):
                 if segments_out is not None:
-                    rows.append(segments_table.frame_to_batch(out, video_id, index, image_id(video_id, index),
+                    t = clock()
+                    rows.append(segments_table.frame_to_batch(out, video_id, frame.frame_index, frame.image_id,
                                                               host.categories))
-                    result.stage_cpu_seconds["sink"] += clock() - t4
+                    seconds["sink"] += clock() - t
                 if keep_frames:
                     tracked.append(out)
-                previous, index = rgb, index + 1
+                count += 1
         nonempty = [r for r in rows if r.num_rows]
         if nonempty:
             t = clock()
             segments_table.write_segments_table(segments_out, nonempty)
-            result.stage_cpu_seconds["sink"] += clock() - t
-        result.frames[video_id] = tracked if keep_frames else [None] * index
+            seconds["sink"] += clock() - t
+        result.frames[video_id] = tracked if keep_frames else [None] * count
     return result
+
+
+def _segmented_frames(video_id: str, decoded: Iterator[np.ndarray], host, image_id: Callable[[str, int], str],
+                      seconds: dict[str, float]) -> Iterator[TrackerFrame]:
+    """The video's frames decoded and segmented one at a time, as the tracker takes them (its flow
+    comes in the loop); the CPU seconds of each go to ``seconds``."""
+    clock, index = operator_clock, 0
+    while True:
+        t = clock()
+        rgb = next(decoded, None)
+        seconds["decode"] += clock() - t
+        if rgb is None:
+            return
+        t = clock()
+        segments = host.segment([rgb], [image_id(video_id, index)])[0]
+        embeddings = {s.id: v for s, v in zip(segments.segments, segments.embeddings)} \
+            if segments.embeddings.ndim == 2 and segments.embeddings.shape[1] else None
+        seconds["segment"] += clock() - t
+        yield TrackerFrame(index, segments.to_panoptic_frame(), rgb, None, embeddings, image_id(video_id, index))
+        index += 1

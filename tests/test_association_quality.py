@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association.frame_loop import track_frames
 from operators.flow.dis import DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
@@ -64,14 +65,15 @@ def track_synth_video(cfg, video_index: int, tracker_config: TrackerConfig, make
 
     rng = np.random.default_rng(1000 + video_index)
     tracker = VideoTracker(f"{video_index:04d}", tracker_config)
-    dis = DisFlow("medium") if flow == "dis" else None
-    gts, outs, previous_rgb = [], [], None
-    for f in generate_video(cfg, video_index):
-        motion = f.flow if dis is None or previous_rgb is None else dis(f.rgb, previous_rgb)
-        outs.append(tracker.update(TrackerFrame(f.frame_index, make_prediction(f.panoptic, rng), f.rgb,
-                                                motion if f.frame_index else None)))
-        gts.append(f.panoptic)
-        previous_rgb = f.rgb
+    dis = DisFlow("medium") if flow == "dis" else None  # None: the frames carry the generator's flow
+    gts = []
+
+    def frames():
+        for f in generate_video(cfg, video_index):
+            gts.append(f.panoptic)
+            yield TrackerFrame(f.frame_index, make_prediction(f.panoptic, rng), f.rgb, f.flow if f.frame_index else None)
+
+    outs = [tracked for _, tracked in track_frames(tracker, frames(), dis)]
     return gts, outs
 
 

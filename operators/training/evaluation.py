@@ -81,6 +81,7 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
     {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over k ∈ {0, 5, 10, 15}),
     VPQ-things and VPQ per k.
     """
+    from operators.association.frame_loop import track_frames
     from operators.association.track import TrackerFrame
     from operators.association.tracker import VideoTracker
     from operators.flow.dis import DisFlow
@@ -101,15 +102,16 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
                                zip(panoptic, host.embed_segments([f.rgb for f in video], panoptic))]
             else:
                 predictions = host.segment([f.rgb for f in video], [f.image_id for f in video])
+            # the flow once per video, for both arms: the frames carry it into the one frame loop
             flows = [None] + [flow(video[t].rgb, video[t - 1].rgb) for t in range(1, len(video))]
             for mode in parts:
-                tracker = VideoTracker(f"{scenario}/{v}", tracker_config)
+                frames = (TrackerFrame(f.frame_index, pred.to_panoptic_frame(), f.rgb, fl,
+                                       {seg.id: row for seg, row in zip(pred.segments, pred.embeddings)}
+                                       if mode == "embeddings" else None, f.image_id)
+                          for f, pred, fl in zip(video, predictions, flows))
                 stats = VideoVpq(f"{scenario}/{v}", ks=DEFAULT_KS, stride=annotate_every)
-                for f, pred, fl in zip(video, predictions, flows):
-                    embeddings = ({seg.id: row for seg, row in zip(pred.segments, pred.embeddings)}
-                                  if mode == "embeddings" else None)
-                    tracked = tracker.update(TrackerFrame(f.frame_index, pred.to_panoptic_frame(), f.rgb, fl,
-                                                          embeddings, f.image_id))
+                for (frame, tracked), f in zip(track_frames(VideoTracker(f"{scenario}/{v}", tracker_config), frames),
+                                               video):
                     if f.frame_index % annotate_every == 0:
                         stats.update(frame_table(f.frame_index, f.panoptic.ids, f.panoptic.segments, tracked.ids,
                                               tracked.segments, gt_where=f.image_id))
