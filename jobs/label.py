@@ -61,6 +61,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "foxglove.ImageAnnotations, stamped like the camera, for Foxglove), a thumbnail per video "
                              "and review/index.html (videos worst first)")
     parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")
+    parser.add_argument("--tracker", choices=("hybrid", "learned"), default=None,
+                        help="association: hybrid (hand-set stages, default) or learned (the recurrent graph network, "
+                             "operators/association/learned.py); overrides the method of --tracker-config")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="horizontal-flip test-time augmentation of the segmenter (default: on for the "
                              "built-in network, off for artifacts); --no-flip halves the network's work")
@@ -114,6 +117,10 @@ def config_from_args(args: argparse.Namespace):
     tracker = TrackerConfig()
     if args.tracker_config:
         tracker = tracker_config_from_option(args.tracker_config, "--tracker-config")
+    if args.tracker:
+        from dataclasses import replace
+
+        tracker = replace(tracker, method=args.tracker)
     flow_options = {"checkpoint": args.flow_checkpoint} if args.flow == "raft" else {"preset": args.flow_preset}
     try:
         resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,

@@ -25,6 +25,7 @@ import numpy as np
 from operators import fs
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.association.frame_loop import track_frames
+from operators.association.learned import make_tracker
 from operators.errors import FormatMismatchError, InputError, TubeflowError
 from operators.flow.dis import PRESETS, DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-annotated", metavar="GT_JSON", help="write only the frames of this GT JSON")
     parser.add_argument("--flow-preset", default="medium", choices=sorted(PRESETS), help="OpenCV DIS preset")
     parser.add_argument("--config", help="TrackerConfig as JSON (fields of operators.association.TrackerConfig)")
+    parser.add_argument("--tracker", choices=("hybrid", "learned"), default=None,
+                        help="association: hybrid (default) or learned (the recurrent graph network); overrides "
+                             "the method of --config")
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
     from jobs.label import tracker_config_from_option
 
     config = tracker_config_from_option(args.config, "--config") if args.config else TrackerConfig()
+    if args.tracker:
+        config = replace(config, method=args.tracker)
+    if config.method == "learned":  # a bad weights file is one error before any video starts
+        from operators.association.learned import load_model, weights_path
+
+        load_model(weights_path(config))
     videos, categories = read_perframe(args.perframe_json)
     known = {c.id for c in categories}
     config = _with_things(config, categories)
@@ -176,7 +186,7 @@ def _track_into(out: str, videos, images, args, config, flow, known, keep, categ
     tracked_count = written = 0
     with PredictionWriter(out) as writer:
         for video_id, frames in videos.items():
-            tracker = VideoTracker(video_id, config)
+            tracker = make_tracker(video_id, config)
             batches = []
             for item, tracked in track_video(frames, images, args.perframe_dir, tracker, flow, known, errors):
                 tracked_count += 1

@@ -12,6 +12,15 @@ The shipped weights were made by::
     tubeflow train --out operators/segmentation/weights/panoptic_synth.pt --eval-videos 4
 
 (see operators/segmentation/weights/MODEL_CARD.md for the measured time and PQ).
+
+``tubeflow train --tracker`` trains the learned tracker instead (:mod:`operators.training.tracker_loop`,
+in this process on the CPU, one thread; no Ray) and writes its weights (default: the shipped
+``operators/association/weights/learned_tracker.pt``) and ``<weights>.json`` (recipe, loss history,
+SHA-256, time). The shipped tracker weights were made by::
+
+    tubeflow train --tracker
+
+(see operators/association/weights/MODEL_CARD.md).
 """
 from __future__ import annotations
 
@@ -25,11 +34,13 @@ from operators import fs
 from operators.segmentation.spec import BUILTIN_WEIGHTS
 from operators.training.losses import LossWeights
 from operators.training.loop import TRAIN_PRECISIONS, TRAIN_SCENARIOS, TrainConfig
+from operators.training.tracker_loop import TrackerTrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    parser.add_argument("--out", default=BUILTIN_WEIGHTS, help="weights file to write (any fsspec URI)")
+    parser.add_argument("--out", default=None, help="weights file to write (any fsspec URI; default: the shipped "
+                                                    "weights of the model trained)")
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--batch-pairs", type=int, default=d.batch_pairs, help="frame pairs per step and worker")
     parser.add_argument("--lr", type=float, default=d.lr)
@@ -78,6 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     parser.add_argument("--eval-videos", type=int, default=0,
                         help="held-out synthetic videos per scenario to measure PQ on after training")
+    tracker = parser.add_argument_group("learned tracker (--tracker)")
+    t = TrackerTrainConfig()
+    tracker.add_argument("--tracker", action="store_true",
+                         help="train the learned tracker (operators/association/learned.py) instead of the segmenter")
+    tracker.add_argument("--tracker-clips", type=int, default=t.clips, help="synthetic hard-footage clips to train on")
+    tracker.add_argument("--tracker-frames", type=int, default=t.frames, help="frames per clip")
+    tracker.add_argument("--tracker-epochs", type=int, default=t.epochs)
+    tracker.add_argument("--tracker-lr", type=float, default=t.lr)
+    tracker.add_argument("--no-overlap-feature", action="store_true",
+                         help="ablation: leave out the warped-mask overlap edge feature")
+    tracker.add_argument("--no-recurrent", action="store_true", help="ablation: no recurrent track embedding")
+    tracker.add_argument("--match-threshold", type=float, default=t.match_threshold,
+                         help="minimum match probability of an assignment (stored with the weights)")
+    tracker.add_argument("--new-track-threshold", type=float, default=t.new_track_threshold,
+                         help="an unmatched segment below this new-track probability is dropped (stored with the weights)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -100,11 +126,38 @@ def _absolute(uri: str | None) -> str | None:
     return uri if uri is None or "://" in uri else os.path.abspath(uri)
 
 
+def tracker_config_from_args(args: argparse.Namespace) -> TrackerTrainConfig:
+    return TrackerTrainConfig(seed=args.seed, clips=args.tracker_clips, frames=args.tracker_frames,
+                              epochs=args.tracker_epochs, lr=args.tracker_lr, recurrent=not args.no_recurrent,
+                              overlap=not args.no_overlap_feature, match_threshold=args.match_threshold,
+                              new_track_threshold=args.new_track_threshold)
+
+
+def run_tracker(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from operators.association.learned import LEARNED_WEIGHTS
+    from operators.training.tracker_loop import train_from_scratch
+
+    config = tracker_config_from_args(args)
+    out = args.out or LEARNED_WEIGHTS
+    weights, log = train_from_scratch(config, progress=print)
+    fs.write_bytes(out, weights)
+    log = {"weights": out, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights), **log}
+    fs.write_bytes(out + ".json", json.dumps(log, indent=1).encode())
+    print(f"wrote {out} (sha256 {log['sha256'][:12]}…, {len(weights)} bytes) after {log['wall_seconds']} s; "
+          f"final loss {log['history'][-1]['loss']:.4f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import hashlib
 
     from pipelines.train import train_with_ray
 
+    if args.tracker:
+        return run_tracker(args)
+    args.out = args.out or BUILTIN_WEIGHTS
     config = config_from_args(args)
     started, load_before = time.time(), os.getloadavg()
     weights, history, timings = train_with_ray(config, args.workers, args.gpu, args.cpus_per_worker,

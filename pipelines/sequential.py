@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association import TrackerConfig, TrackerFrame
+from operators.association.learned import make_tracker
 from operators.association.frame_loop import track_frames
 from operators.flow import make_flow
 from operators.formats import segments_table
@@ -49,7 +50,7 @@ def label_sequentially(videos: list[tuple[str, str]], host, flow: str = "dis", f
         tracked, rows, count = [], [], 0
         with open_video(uri) as source:
             frames = _segmented_frames(video_id, source.iter_frames(), host, image_id, seconds)
-            for frame, out in track_frames(VideoTracker(video_id, tracker or TrackerConfig()), frames, estimate,
+            for frame, out in track_frames(make_tracker(video_id, tracker or TrackerConfig()), frames, estimate,
                                            seconds=seconds, clock=clock):
                 if segments_out is not None:
                     t = clock()

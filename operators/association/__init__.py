@@ -11,6 +11,9 @@ Public API::
     outputs = op.push(start, stop, TrackChunk("0000", start, stop, frames))
     blob = op.checkpoint(); op = VideoOperator.restore(blob)
 
+    from operators.association.learned import make_tracker
+    tracker = make_tracker("0000", TrackerConfig(method="learned"))   # the learned tracker (learned.py)
+
 No Ray in here: the actor wrapper is :mod:`pipelines.label.association_actor`.
 """
 from operators.association.config import TrackerConfig

@@ -15,6 +15,7 @@ from operators.formats.categories import CITYSCAPES_THING_IDS, CONFUSABLE_THINGS
 
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
+TRACKER_METHODS = ("hybrid", "learned")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,14 @@ class TrackerConfig:
     """A track not matched whose predicted centroid lies this many sizes beyond the frame's edge
     has left: it is retired, not offered to a newcomer elsewhere. Negative = off."""
 
+    # --- which tracker ------------------------------------------------------------------------
+    method: str = "hybrid"
+    """``"hybrid"`` (this module's hand-set stages) or ``"learned"`` (the recurrent graph network of
+    :mod:`operators.association.learned`, which reuses the observation, motion, appearance and
+    memory settings above and replaces the matching, re-identification and track scoring)."""
+    learned_weights: str = ""
+    """Weights of the learned tracker (``""``: the shipped ``operators/association/weights/learned_tracker.pt``)."""
+
     # --- output ids --------------------------------------------------------------------------
     first_track_id: int = 1000
     """Thing track ids are ``first_track_id, first_track_id + 1, …``; stuff (and crowd) segments
@@ -134,6 +143,8 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         if self.assignment not in ASSIGNMENT_METHODS:
             raise ValueError(f"assignment must be one of {ASSIGNMENT_METHODS}, got {self.assignment!r}")
+        if self.method not in TRACKER_METHODS:
+            raise ValueError(f"method must be one of {TRACKER_METHODS}, got {self.method!r}")
         if self.overlap not in OVERLAP_MEASURES:
             raise ValueError(f"overlap must be one of {OVERLAP_MEASURES}, got {self.overlap!r}")
         if self.pixel_weight < 0 or self.instance_weight < 0 or self.pixel_weight + self.instance_weight <= 0:

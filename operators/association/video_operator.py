@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 
 from operators.association.config import TrackerConfig
+from operators.association.learned import make_tracker, tracker_from_state
 from operators.association.track import TrackerFrame
-from operators.association.tracker import VideoTracker
 from operators.errors import InputError, TubeflowError
 from operators.formats.panoptic import PanopticFrame
 
@@ -58,7 +58,8 @@ def _identity(chunk):
 
 
 class VideoOperator:
-    """Holds one video's :class:`VideoTracker` and feeds it chunks in frame order.
+    """Holds one video's tracker (:class:`VideoTracker`, or :class:`LearnedTracker` when
+    ``config.method`` is ``"learned"``) and feeds it chunks in frame order.
 
     ``resolve`` turns what :meth:`push` receives into a :class:`TrackChunk` when its turn
     comes (identity by default; the Ray actor passes ``ray.get``). The first chunk expected
@@ -70,7 +71,7 @@ class VideoOperator:
         if max_buffered_chunks < 0:
             raise ValueError("max_buffered_chunks must be ≥ 0")
         self.video_id = str(video_id)
-        self.tracker = VideoTracker(video_id, config)
+        self.tracker = make_tracker(video_id, config)
         self.next_start = int(first_frame)
         self.max_buffered_chunks = max_buffered_chunks
         self.resolve = resolve
@@ -153,7 +154,7 @@ class VideoOperator:
             raise InputError("association checkpoint", f"not a tubeflow association checkpoint: {exc}") from None
         if doc.get("version") != CHECKPOINT_VERSION:
             raise InputError("association checkpoint", f"unsupported checkpoint version {doc.get('version')}")
-        tracker = VideoTracker.from_state(doc["tracker"], arrays)
+        tracker = tracker_from_state(doc["tracker"], arrays)
         op = cls(tracker.video_id, tracker.config, doc["next_start"], doc["max_buffered_chunks"], resolve)
         op.tracker = tracker
         return op

@@ -169,6 +169,10 @@ class LabelConfig:
             out["flow"] = _sha256_of(str(self.flow_options.get("checkpoint", "")))
         else:
             out["flow"] = f"opencv-{cv2.__version__}-dis-{self.flow_options.get('preset', 'medium')}"
+        if self.tracker.method == "learned":
+            from operators.association.learned import weights_sha256
+
+            out["tracker"] = weights_sha256(self.tracker)
         return out
 
     def config_hash(self, model_checksums: dict[str, str]) -> str:
@@ -228,6 +232,10 @@ def check_models(config: LabelConfig) -> None:
         from operators.segmentation.loading import load_builtin
 
         load_builtin(config.model)
+    if config.tracker.method == "learned":
+        from operators.association.learned import load_model, weights_path
+
+        load_model(weights_path(config.tracker))
     if config.flow == "raft":
         checkpoint = config.flow_options.get("checkpoint")
         if checkpoint:

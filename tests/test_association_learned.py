@@ -1,0 +1,246 @@
+"""The learned tracker: network shapes, determinism, checkpoints, the shipped weights on a crossing,
+the CLI's --tracker and the label config hash."""
+import argparse
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from association_scenes import CAR, PERSON, Box, identity_switches, scrambled_video  # noqa: E402
+from operators.association import TrackChunk, TrackerConfig, VideoOperator, VideoTracker  # noqa: E402
+from operators.association.learned import (LEARNED_WEIGHTS, LearnedTracker, graph_features, load_model,  # noqa: E402
+                                           make_tracker)
+from operators.association.learned_model import (DETECTION_FEATURES, EDGE_FEATURES, TRACK_FEATURES,  # noqa: E402
+                                                 TrackGraphNet)
+from operators.errors import InputError  # noqa: E402
+from operators.formats.categories import CITYSCAPES_THING_IDS  # noqa: E402
+from operators.formats.panoptic import validate_frame  # noqa: E402
+
+LEARNED = TrackerConfig(method="learned")
+
+
+def crossing_look_alikes():
+    """Two cars of one colour driving towards each other on nearly the same line (they overlap
+    while crossing), a person, and a car of another colour."""
+    return [Box(14001, CAR, 5, 30, 14, 10, 3, 0, (200, 30, 30)),
+            Box(14002, CAR, 75, 36, 14, 10, -3, 0, (200, 30, 30)),
+            Box(12001, PERSON, 40, 20, 6, 14, 0, 1, (30, 200, 30)),
+            Box(14003, CAR, 80, 50, 10, 8, 2, 0, (30, 30, 200))]
+
+
+def test_network_shapes_and_weights_size():
+    net = TrackGraphNet(CITYSCAPES_THING_IDS)
+    n_t, n_d = 5, 3
+    state = torch.zeros(n_t, net.state_size)
+    match, new, t, d, e = net.associate(torch.randn(n_t, TRACK_FEATURES), state, torch.randn(n_d, DETECTION_FEATURES),
+                                        torch.randn(n_t, n_d, EDGE_FEATURES), torch.ones(n_t, n_d))
+    assert match.shape == (n_t, n_d) and new.shape == (n_d,)
+    assert t.shape == (n_t, net.width) and d.shape == (n_d, net.width) and e.shape == (n_t, n_d, net.width)
+    existing, created = net.update_state(state, t, d, e, torch.tensor([2, -1, 0, -1, -1]), torch.tensor([1]))
+    assert existing.shape == (n_t, net.state_size) and created.shape == (1, net.state_size)
+    score, classes = net.track_heads(torch.cat([existing, created]))
+    assert score.shape == (n_t + 1,) and classes.shape == (n_t + 1, len(CITYSCAPES_THING_IDS))
+    # empty graphs (first frame: no tracks; a frame without things) go through
+    match, new, t, d, e = net.associate(torch.zeros(0, TRACK_FEATURES), torch.zeros(0, net.state_size),
+                                        torch.randn(n_d, DETECTION_FEATURES), torch.zeros(0, n_d, EDGE_FEATURES),
+                                        torch.zeros(0, n_d))
+    assert match.shape == (0, n_d) and new.shape == (n_d,)
+    assert os.path.getsize(LEARNED_WEIGHTS) <= 5 * 2 ** 20
+
+
+def test_graph_features_describe_the_frame():
+    video = scrambled_video(crossing_look_alikes(), 3)
+    tracker = LearnedTracker("v", LEARNED)
+    tracker.update(video[0][0])
+    obs = tracker._observe(video[1][0])
+    graph = graph_features(tracker, obs, CITYSCAPES_THING_IDS)
+    assert graph.track_features.shape == (4, TRACK_FEATURES) and graph.detection_features.shape == (4, DETECTION_FEATURES)
+    assert graph.edge_features.shape == (4, 4, EDGE_FEATURES)
+    # the person may only be matched to the person track: the class gate
+    assert graph.mask.sum() == 3 * 3 + 1
+    # the warped-mask overlap of every true pair is high, of the person with the cars zero
+    best = graph.edge_features[..., 0].max(axis=1)
+    assert (best > 0.5).all()
+    off = graph.edge_features[..., 0] * (1 - graph.mask)
+    assert off.max() == 0
+
+
+@pytest.mark.parametrize("missed", [(), (9, 10, 11)])
+def test_tracker_keeps_crossing_look_alikes_apart_with_the_shipped_weights(missed):
+    """The look-alikes cross at frames 10–12; ``missed``: frames where one of them has no
+    detection (it comes back next to its twin). An untrained network fails both."""
+    boxes = [dataclasses.replace(b, hidden=frozenset(missed)) if b.gt_id == 14001 else b for b in crossing_look_alikes()]
+    video = scrambled_video(boxes, 20)
+    tracker = make_tracker("v", LEARNED)
+    assert isinstance(tracker, LearnedTracker)
+    outputs = [tracker.update(f) for f, _, _ in video]
+    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert switches == 0
+    assert all(len(ids) == 1 for ids in seen.values())
+    assert len({next(iter(ids)) for ids in seen.values()}) == len(seen)
+    for out in outputs:
+        validate_frame(out, "output")
+
+
+def test_learned_tracker_is_deterministic():
+    video = scrambled_video(crossing_look_alikes(), 10, seed=3)
+    first = [LearnedTracker("v", LEARNED).update(f) for f, _, _ in video[:1]]
+    runs = []
+    for _ in range(2):
+        tracker = LearnedTracker("v", LEARNED)
+        runs.append([tracker.update(f) for f, _, _ in video])
+    for a, b in zip(*runs):
+        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
+    assert np.array_equal(first[0].ids, runs[0][0].ids)
+
+
+def test_checkpoint_mid_video_resumes_exactly():
+    """The actor restart path: VideoOperator.checkpoint → CheckpointStore → restore, mid-video."""
+    from pipelines.label.association_actor import CheckpointStore
+
+    video = scrambled_video(crossing_look_alikes(), 16, seed=4)
+    frames = [f for f, _, _ in video]
+    whole = VideoOperator("v", LEARNED)
+    expected = whole.push(0, 8, TrackChunk("v", 0, 8, frames[:8])) + whole.push(8, 16, TrackChunk("v", 8, 16, frames[8:]))
+
+    first = VideoOperator("v", LEARNED)
+    out = first.push(0, 8, TrackChunk("v", 0, 8, frames[:8]))
+    assert isinstance(first.tracker, LearnedTracker) and first.tracker.track_state
+    store = CheckpointStore(str(__import__("tempfile").mkdtemp()))
+    store.save("v", first)
+    resumed = store.load("v", 8)
+    resumed.resolve = lambda chunk: chunk
+    assert isinstance(resumed.tracker, LearnedTracker)
+    out += resumed.push(8, 16, TrackChunk("v", 8, 16, frames[8:]))
+    for a, b in zip(expected, out):
+        assert np.array_equal(a.panoptic.ids, b.panoptic.ids) and a.panoptic.segments == b.panoptic.segments
+    # the recurrent state itself came back
+    for tid, state in first.tracker.track_state.items():
+        assert np.array_equal(state, store.load("v", 8).tracker.track_state[tid])
+
+
+def test_checkpoint_of_other_weights_is_refused(tmp_path, monkeypatch):
+    from operators.association import learned
+
+    video = scrambled_video(crossing_look_alikes(), 2)
+    op = VideoOperator("v", LEARNED)
+    op.push(0, 2, TrackChunk("v", 0, 2, [f for f, _, _ in video]))
+    blob = op.checkpoint()
+    other = tmp_path / "other.pt"
+    other.write_bytes(_tiny_weights(seed=1))
+    monkeypatch.setattr(learned, "weights_path", lambda config: str(other))  # the run now names other weights
+    with pytest.raises(InputError, match="weights"):
+        VideoOperator.restore(blob)
+
+
+def test_a_bad_weights_file_is_one_error_naming_it(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not torch")
+    with pytest.raises(InputError, match="bad.pt"):
+        load_model(str(bad))
+    with pytest.raises(InputError, match="missing.pt"):
+        LearnedTracker("v", dataclasses.replace(LEARNED, learned_weights=str(tmp_path / "missing.pt")))
+
+
+def _tiny_weights(seed: int) -> bytes:
+    from operators.training.tracker_data import record_clip, training_clips
+    from operators.training.tracker_loop import TrackerTrainConfig, train_tracker, weights_bytes
+
+    config = TrackerTrainConfig(seed=seed, clips=1, frames=4, epochs=1, width=8, state=8, blocks=1)
+    clips = [record_clip(spec, height=64, width=128) for spec in training_clips(seed, 1, 4)]
+    net, _ = train_tracker(config, clips, log=lambda line: None)
+    return weights_bytes(net, config)
+
+
+def test_training_is_deterministic_by_seed():
+    assert _tiny_weights(seed=0) == _tiny_weights(seed=0)
+
+
+def test_recording_gives_the_true_assignment():
+    from operators.training.tracker_data import record_clip, training_clips
+
+    records = record_clip(training_clips(3, 1, 6)[0], height=128, width=256, flow="gt")
+    assert records[0].new_target.sum() == records[0].true_detection.sum() > 0  # frame 0: every true object is new
+    for r in records[1:]:
+        # each detection has at most one true track, and is either matched, new or spurious
+        assert (r.edge_target.sum(axis=0) <= 1).all()
+        assert np.array_equal(r.edge_target.sum(axis=0) + r.new_target, r.true_detection)
+        assert (r.edge_target <= r.graph.mask).all()  # a true pair is never gated away
+
+
+def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
+    from jobs import label, nightly, track
+
+    for module, extra in ((label, ["--input", "x", "--output", "y"]), (nightly, ["--input", "x", "--output", "y"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert label.config_from_args(parser.parse_args(extra)).tracker.method == "hybrid"
+        config = label.config_from_args(parser.parse_args(extra + ["--tracker", "learned"]))
+        assert config.tracker.method == "learned"
+    parser = argparse.ArgumentParser()
+    track.add_arguments(parser)
+    parsed = parser.parse_args(["--images", "i", "--perframe-json", "p", "--perframe-dir", "d", "--out", "o",
+                                "--tracker", "learned"])
+    assert parsed.tracker == "learned"
+
+
+def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch):
+    from test_association_cli import args, make_dirs, write_inputs
+
+    from jobs.cli import main
+
+    calls = []
+    original = LearnedTracker.update
+    monkeypatch.setattr(LearnedTracker, "update", lambda self, frame: calls.append(frame.frame_index) or
+                        original(self, frame))
+    make_dirs(tmp_path)
+    write_inputs(tmp_path, ("0000",))
+    assert main(args(tmp_path, "--tracker", "learned")) == 0
+    assert len(calls) == 8
+    calls.clear()
+    assert main(args(tmp_path, "--tracker", "hybrid")) == 0
+    assert calls == []
+
+
+def test_config_hash_includes_the_tracker_and_its_weights(tmp_path, monkeypatch):
+    from pipelines.label.config import LabelConfig
+
+    hybrid, learned = LabelConfig(), LabelConfig(tracker=LEARNED)
+    sums = hybrid.model_checksums()
+    assert "tracker" not in sums
+    learned_sums = learned.model_checksums()
+    assert len(learned_sums["tracker"]) == 64
+    assert hybrid.config_hash(sums) != learned.config_hash(learned_sums)
+    other = tmp_path / "other.pt"
+    other.write_bytes(_tiny_weights(seed=2))
+    retrained = LabelConfig(tracker=dataclasses.replace(LEARNED, learned_weights=str(other)))
+    assert retrained.model_checksums()["tracker"] != learned_sums["tracker"]
+    assert retrained.config_hash(retrained.model_checksums()) != learned.config_hash(learned_sums)
+
+
+def test_hybrid_stays_the_default():
+    assert isinstance(make_tracker("v"), VideoTracker) and not isinstance(make_tracker("v"), LearnedTracker)
+    assert TrackerConfig().method == "hybrid"
+    with pytest.raises(ValueError, match="method"):
+        TrackerConfig(method="magic")
+
+
+def test_train_tracker_command_writes_loadable_weights(tmp_path):
+    import json
+
+    from jobs.cli import main
+
+    out = tmp_path / "tracker.pt"
+    assert main(["train", "--tracker", "--seed", "5", "--tracker-clips", "1", "--tracker-frames", "3",
+                 "--tracker-epochs", "1", "--match-threshold", "0.4", "--no-recurrent", "--out", str(out)]) == 0
+    model = load_model(str(out))
+    assert model.meta["match_threshold"] == 0.4 and model.meta["recurrent"] is False
+    log = json.loads((tmp_path / "tracker.pt.json").read_text())
+    assert log["sha256"] == model.sha256 and log["config"]["seed"] == 5 and len(log["history"]) == 1
+    video = scrambled_video(crossing_look_alikes(), 3)
+    tracker = make_tracker("v", dataclasses.replace(LEARNED, learned_weights=str(out)))
+    for frame, _, _ in video:
+        validate_frame(tracker.update(frame), "output")
