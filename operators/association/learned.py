@@ -220,6 +220,23 @@ def graph_features(tracker: VideoTracker, obs: _Observation, classes: tuple[int,
     return FrameGraph(track_ids, cols, trk_f, det_f, edge_f, mask)
 
 
+def split_assignment(graph: FrameGraph, matches: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame's final ``{column: track id}`` as the recurrent update takes it: (the detection each
+    of the graph's tracks took ``(T,)``, −1 for none; the detections that started tracks ``(N,)``;
+    their new track ids ``(N,)``)."""
+    row_of_track = {int(t): i for i, t in enumerate(graph.track_ids)}
+    det_of_col = {int(c): k for k, c in enumerate(graph.columns)}
+    matched = np.full(len(graph.track_ids), -1, np.int64)
+    new_detections, new_ids = [], []
+    for col, tid in sorted(matches.items()):
+        if tid in row_of_track:
+            matched[row_of_track[tid]] = det_of_col[col]
+        else:
+            new_detections.append(det_of_col[col])
+            new_ids.append(tid)
+    return matched, np.array(new_detections, np.int64), np.array(new_ids, np.int64)
+
+
 def _group_of(categories: tuple[tuple[int, ...], ...]) -> dict[int, tuple[int, ...]]:
     return {c: g for g in categories for c in g}
 
@@ -291,21 +308,12 @@ class LearnedTracker(VideoTracker):
         import torch
 
         graph, pending = self._current_graph, self._pending
-        row_of_track = {int(t): i for i, t in enumerate(graph.track_ids)}
-        det_of_col = {int(c): k for k, c in enumerate(graph.columns)}
-        matched = np.full(len(graph.track_ids), -1, np.int64)
-        new_cols, new_ids = [], []
-        for col, tid in sorted(matches.items()):
-            if tid in row_of_track:
-                matched[row_of_track[tid]] = det_of_col[col]
-            else:
-                new_cols.append(det_of_col[col])
-                new_ids.append(tid)
+        matched, new_detections, new_ids = split_assignment(graph, matches)
         state, t, d, e = pending
         with torch.no_grad():
             existing, created = self.model.net.update_state(state, t, d, e, torch.from_numpy(matched),
-                                                            torch.tensor(new_cols, dtype=torch.long))
-            ids = [int(x) for x in graph.track_ids] + new_ids
+                                                            torch.from_numpy(new_detections))
+            ids = [int(x) for x in graph.track_ids] + new_ids.tolist()
             states = torch.cat([existing, created], 0)
             score_logit, class_logit = self.model.net.track_heads(states)
         states, score, class_logit = states.numpy(), torch.sigmoid(score_logit).numpy(), class_logit.numpy()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
-from operators.association.learned import FrameGraph, graph_features
+from operators.association.learned import FrameGraph, graph_features, split_assignment
 from operators.formats.categories import CITYSCAPES_THING_IDS
 from operators.formats.panoptic import PanopticFrame
 from operators.synth.footage import HardFootage, footage_frames
@@ -101,22 +101,13 @@ class RecordingTracker(VideoTracker):
                 matches[int(col)] = live[gid]
             else:
                 new_target[k] = 1
-        before = set(matches)
-        gid_of_col = {int(c): identity.get(obs.segments[c].id) for c in graph.columns}
-        self._commit(obs, matches)
-        det_of_col = {int(c): k for k, c in enumerate(graph.columns)}
-        matched = np.full(n_t, -1, np.int64)
-        new_dets, new_ids = [], []
-        for col, tid in sorted(matches.items()):
-            if col in before:
-                matched[row_of[tid]] = det_of_col[col]
-            else:
-                new_dets.append(det_of_col[col])
-                new_ids.append(tid)
-                self.identity_of_track[tid] = gid_of_col[col]
+        self._commit(obs, matches)  # adds the new tracks' ids to ``matches``
+        matched, new_detections, new_ids = split_assignment(graph, matches)
+        for k, tid in zip(new_detections, new_ids):
+            self.identity_of_track[int(tid)] = identity.get(obs.segments[graph.columns[k]].id)
         self.identity_of_track = {t: g for t, g in self.identity_of_track.items() if t in self.tracks}
-        return FrameRecord(graph, edge_target, new_target, matched, np.array(new_dets, np.int64),
-                           np.array(new_ids, np.int64), true_detection, detection_class)
+        return FrameRecord(graph, edge_target, new_target, matched, new_detections, new_ids, true_detection,
+                           detection_class)
 
 
 @dataclass(frozen=True)

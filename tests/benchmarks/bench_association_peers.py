@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pytest
 
-from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association import TrackerConfig, TrackerFrame
+from operators.association.learned import make_tracker
 from operators.formats.categories import CITYSCAPES_THING_IDS
 from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo
 from operators.metrics.tracking import TrackingScore, score_videos
@@ -93,7 +94,7 @@ def _things(prediction: PanopticFrame) -> list[SegmentInfo]:
 # ---------------------------------------------------------------- methods
 def run_tubeflow(video: VideoInput, config: TrackerConfig | None = None) -> tuple[list[PanopticFrame], float]:
     """(tracked frames, seconds spent in ``VideoTracker.update``)."""
-    tracker = VideoTracker("0000", config or TrackerConfig())
+    tracker = make_tracker("0000", config or TrackerConfig())  # hybrid, or learned with method="learned"
     out, seconds = [], 0.0
     for f, flow in zip(video.frames, video.flow):
         frame = TrackerFrame(f.frame_index, f.prediction, f.rgb, flow)

@@ -27,7 +27,6 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_association_peers import VideoInput, evaluate_method, load_videos, run_oracle  # noqa: E402
-from operators.association import TrackerConfig, TrackerFrame  # noqa: E402
+from bench_association_peers import VideoInput, evaluate_method, load_videos, run_oracle, run_tubeflow  # noqa: E402
+from operators.association import TrackerConfig  # noqa: E402
 from operators.association.learned import make_tracker  # noqa: E402
 from operators.synth.footage import HARD_LEVELS, FootageFrame  # noqa: E402
 
@@ -62,16 +61,7 @@ def easy_videos(scenario: str, seed: int) -> list[VideoInput]:
 
 
 def run_config(config: TrackerConfig):
-    def run(video: VideoInput):
-        tracker = make_tracker("0000", config)
-        out, seconds = [], 0.0
-        for f, flow in zip(video.frames, video.flow):
-            frame = TrackerFrame(f.frame_index, f.prediction, f.rgb, flow)
-            start = time.perf_counter()
-            out.append(tracker.update(frame))
-            seconds += time.perf_counter() - start
-        return out, seconds
-    return run
+    return lambda video: run_tubeflow(video, config)
 
 
 def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: int) -> None:
