@@ -13,12 +13,15 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from operators.errors import CorruptFileError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -296,3 +299,25 @@ class StagedFile:
             self.close()
         else:
             self.abort()
+
+
+IO_WORKERS = 16
+"""Threads for reading many small objects (markers, fingerprints, per-video documents): I/O
+bound, so more threads than cores; on an object store each one is a request in flight."""
+
+
+def map_io(fn: Callable[[T], R], items: Iterable[T], workers: int = IO_WORKERS) -> Iterator[R]:
+    """``fn`` over ``items`` in a pool of threads, results in the order of ``items``; at most
+    ``2 × workers`` calls are in flight or waiting to be taken, so memory stays bounded however
+    many items there are (``ThreadPoolExecutor.map`` would submit them all first)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tubeflow-io") as pool:
+        window: deque = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()

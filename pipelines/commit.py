@@ -128,14 +128,12 @@ def _commit_records(layout: OutputLayout) -> list[tuple[str, str]]:
 
 
 def committed_markers(layout: OutputLayout) -> dict[str, CommitMarker]:
-    """video_id → marker of every committed video under the root (fresh listing)."""
-    out = {}
-    for video_id, suffix in _commit_records(layout):
-        if suffix == MARKER_SUFFIX:
-            marker = read_marker(layout, video_id)
-            if marker is not None and marker.video_id == video_id:
-                out[video_id] = marker
-    return dict(sorted(out.items()))
+    """video_id → marker of every committed video under the root (fresh listing; the markers
+    are read in parallel, :func:`operators.fs.map_io`: on an object store each is a request)."""
+    committed = sorted(video_id for video_id, suffix in _commit_records(layout) if suffix == MARKER_SUFFIX)
+    markers = fs.map_io(lambda video_id: read_marker(layout, video_id), committed)
+    return {video_id: marker for video_id, marker in zip(committed, markers)
+            if marker is not None and marker.video_id == video_id}
 
 
 def staged_files(staging_uri: str) -> list[str]:

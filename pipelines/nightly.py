@@ -6,10 +6,8 @@ and the rebuild reads fresh listings of the commit markers, so it covers exactly
 committed when it runs (on S3 too, where a cached listing once hid this night's videos)."""
 from __future__ import annotations
 
-from pipelines.commit import OutputLayout
-from pipelines.label import LabelRun, evaluation_settings, label
+from pipelines.label import LabelRun, label
 from pipelines.label.config import LabelConfig
-from pipelines.label.outputs import aggregate_metrics, write_predictions_json
 from pipelines.lease import Lease, new_run_id
 
 
@@ -24,17 +22,9 @@ def nightly(input_uri: str, output_uri: str, config: LabelConfig, *, address: st
 
 def _nightly_holding(input_uri: str, output_uri: str, config: LabelConfig, lease: Lease, *, address: str | None,
                      force: bool, progress: bool, log, keep_cache: bool) -> LabelRun:
+    # publish_all: label's own publishing (one fresh read of the markers) covers the whole output
     run = label(input_uri, output_uri, config, address=address, force=force, progress=progress, log=log, lease=lease,
-                keep_cache=keep_cache)
-    layout = OutputLayout(str(output_uri).rstrip("/"))
-    lease.check_holder()
-    if config.gt_json:
-        from operators.formats.vps_layout import read_ground_truth
-
-        categories = read_ground_truth(config.gt_json, config.gt_dir).categories
-        run.report = aggregate_metrics(layout, evaluation_settings(config, categories))
-    if config.write_png:
-        write_predictions_json(layout)
+                keep_cache=keep_cache, publish_all=True)
     changed = sum(r.status != "skipped" for r in run.results)
     log(f"nightly: {changed} new or changed video(s) processed, {len(run.results) - changed} unchanged")
     return run

@@ -157,19 +157,33 @@ def read_manifest(uri: str) -> list[VideoEntry]:
             video_uri = stream_uri(video_uri, topic)
         if is_log(video_uri):  # a whole log: each camera topic is a video
             refs = log_refs(video_uri, video_id)
-            entries.extend(VideoEntry(r.video_id, r.uri, _fingerprint_or_missing(r.uri), gt) for r in refs)
+            entries.extend((r.video_id, r.uri, gt) for r in refs)
             continue
-        entries.append(VideoEntry(video_id, video_uri, _fingerprint_or_missing(video_uri), gt))
-    return entries
+        entries.append((video_id, video_uri, gt))
+    # a manifest may name a video that is not there: it still gets planned (and fails with a
+    # clear error row in decode), so its fingerprint marks it missing
+    prints = fingerprints([video_uri for _, video_uri, _ in entries], missing_ok=True)
+    return [VideoEntry(video_id, video_uri, fp, gt) for (video_id, video_uri, gt), fp in zip(entries, prints)]
 
 
-def _fingerprint_or_missing(uri: str) -> Fingerprint:
-    """A manifest may name a video that is not there: it still gets planned (and fails
-    with a clear error row in decode), so its fingerprint marks it missing."""
-    try:
-        return fingerprint(uri)
-    except InputError:
-        return Fingerprint(0, "", "missing", 0, "missing")
+MISSING = Fingerprint(0, "", "missing", 0, "missing")
+
+
+def fingerprints(uris: list[str], missing_ok: bool = False) -> list[Fingerprint]:
+    """The :func:`fingerprint` of each URI, in order: each file once (the topics of a log share
+    theirs), in parallel (:func:`operators.fs.map_io`: on an object store each is a request).
+    ``missing_ok``: a file that is not there gets :data:`MISSING` instead of an InputError."""
+    def one(uri: str) -> Fingerprint:
+        try:
+            return fingerprint(uri)
+        except InputError:
+            if missing_ok:
+                return MISSING
+            raise
+
+    files = list(dict.fromkeys(split_stream_uri(uri)[0] for uri in uris))
+    by_file = dict(zip(files, fs.map_io(one, files)))
+    return [by_file[split_stream_uri(uri)[0]] for uri in uris]
 
 
 def discover(input_uri: str) -> list[VideoEntry]:
@@ -178,7 +192,9 @@ def discover(input_uri: str) -> list[VideoEntry]:
     if is_manifest(input_uri):
         entries = read_manifest(input_uri)
     else:
-        entries = [VideoEntry(ref.video_id, ref.uri, fingerprint(ref.uri)) for ref in list_videos(input_uri)]
+        refs = list_videos(input_uri)
+        entries = [VideoEntry(ref.video_id, ref.uri, fp)
+                   for ref, fp in zip(refs, fingerprints([ref.uri for ref in refs]))]
     if not entries:
         raise InputError(input_uri, _nothing_to_label(input_uri))
     ids = [e.video_id for e in entries]

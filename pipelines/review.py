@@ -145,9 +145,10 @@ def write_review_report(layout: OutputLayout, vpq_of: dict[str, float], video_id
                         markers: dict[str, CommitMarker] | None = None) -> str:
     """``review/index.html`` over the committed videos (all, or ``video_ids``), worst first."""
     markers = committed_markers(layout) if markers is None else markers
+    wanted = None if video_ids is None else set(video_ids)
     rows = []
     for video_id, marker in markers.items():
-        if video_ids is not None and video_id not in video_ids:
+        if wanted is not None and video_id not in wanted:
             continue
         thumb = thumbnail_rel(video_id) if thumbnail_rel(video_id) in marker.files else None
         rows.append(ReviewRow(video_id, int(marker.counts.get("frames", 0)), int(marker.counts.get("tracks", 0)),
@@ -181,10 +182,11 @@ def video_sources(entries) -> dict[str, dict]:
     return out
 
 
-def write_review_outputs(layout: OutputLayout, entries, config, results) -> None:
+def write_review_outputs(layout: OutputLayout, entries, config, results,
+                         markers: dict[str, CommitMarker] | None = None) -> None:
     """After a run: the per-log review MCAPs (``--review mcap``) and the report, over the
-    committed videos of this corpus."""
-    markers = committed_markers(layout)
+    committed videos of this corpus (``markers``: the committed markers, read fresh by the caller)."""
+    markers = committed_markers(layout) if markers is None else markers
     if config.review == "mcap":
         write_review_logs(layout, {e.video_id: e.uri for e in entries}, markers)
     vpq_of = {r.video_id: r.metrics["vpq"] for r in results if "vpq" in r.metrics}

@@ -235,7 +235,8 @@ def test_input_and_output_on_s3(labelled, s3_bucket):
     assert os.path.isdir(f"{cache}/runs") and not [f for _, _, files in os.walk(cache) for f in files]
 
 
-def test_nightly_reprocesses_only_the_changed_video(labelled):
+def test_nightly_reprocesses_only_the_changed_video(labelled, monkeypatch):
+    import pipelines.commit as commit
     from pipelines.nightly import nightly
 
     before = committed_markers(OutputLayout(labelled["out"]))
@@ -246,9 +247,15 @@ def test_nightly_reprocesses_only_the_changed_video(labelled):
     for bad in ("broken.mp4", "empty.mp4"):
         os.remove(f"{labelled['videos']}/{bad}")
     shutil.move(f"{labelled['videos']}/0002.mp4", labelled["root"] / "0002.mp4")
+    reads = []  # the markers this process reads (the finalize tasks' own reads happen in Ray workers)
+    real = commit.read_marker
+    monkeypatch.setattr(commit, "read_marker", lambda layout, video_id: reads.append(video_id) or real(layout, video_id))
     run = nightly(labelled["videos"], labelled["out"], labelled["config"], progress=False, log=lambda *_: None)
+    monkeypatch.undo()
     assert {r.video_id: r.status for r in run.results} == {"0000": "skipped", "0001": "ok"}
     after = committed_markers(OutputLayout(labelled["out"]))
+    # each marker read twice: to decide what to skip, and once (fresh) for everything published
+    assert sorted(reads) == sorted(2 * list(after))
     assert after["0000"].run_id == before["0000"].run_id and after["0001"].run_id != before["0001"].run_id
     assert after["0001"].input_fingerprint != before["0001"].input_fingerprint
     # one complete output: the same rows as before, and no file the marker does not own

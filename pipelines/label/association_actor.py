@@ -76,6 +76,15 @@ def actor_index(video_id: str, n_actors: int) -> int:
     return zlib.crc32(str(video_id).encode()) % n_actors
 
 
+def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> int:
+    """The most chunks of one video an association actor can ever hold early in a pass: the
+    pass sends the video's chunks from ``resume_from`` on, one per ``chunk_frames`` frames, and
+    the one it waits for is never held, so all but one. More would be a chunk sent that the plan
+    does not have (an :class:`~operators.errors.InputError` for the video, not unbounded memory:
+    every chunk held pins its frames in the object store)."""
+    return max(0, -(-(frame_count - resume_from) // chunk_frames) - 1)
+
+
 def _get_first(handle: list) -> TrackChunk:
     return ray.get(handle[0])
 
@@ -91,24 +100,27 @@ class AssociationActor:
         self.checkpoints = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
         self.videos: dict[str, VideoOperator] = {}
 
-    def _operator(self, video_id: str, resume_from: int) -> VideoOperator:
+    def _operator(self, video_id: str, resume_from: int, max_held: int | None = None) -> VideoOperator:
         if video_id not in self.videos:
+            held = self.max_buffered_chunks if max_held is None else max_held
             if resume_from:  # a video resumed by a later pass: its state at that boundary
                 if self.checkpoints is None:
                     raise ValueError(f"video {video_id}: resuming at frame {resume_from} needs checkpoints")
                 op = self.checkpoints.load(video_id, resume_from)
-                op.max_buffered_chunks = self.max_buffered_chunks
+                op.max_buffered_chunks = held
             else:
-                op = VideoOperator(video_id, self.config, max_buffered_chunks=self.max_buffered_chunks,
-                                   resolve=_get_first)
+                op = VideoOperator(video_id, self.config, max_buffered_chunks=held, resolve=_get_first)
             self.videos[video_id] = op
         return self.videos[video_id]
 
-    def push(self, video_id: str, start: int, stop: int, chunk_ref: list, resume_from: int = 0) -> list[TrackedFrame]:
+    def push(self, video_id: str, start: int, stop: int, chunk_ref: list, resume_from: int = 0,
+             max_held: int | None = None) -> list[TrackedFrame]:
         """Offer chunk ``[start, stop)`` of ``video_id``; ``chunk_ref`` is ``[ObjectRef of a TrackChunk]``.
         Returns the frames that became trackable (possibly of earlier held chunks), in order.
-        ``resume_from``: the video's first chunk in this pass starts there, from its checkpoint."""
-        op = self._operator(video_id, resume_from)
+        ``resume_from``: the video's first chunk in this pass starts there, from its checkpoint;
+        ``max_held``: the most early chunks of this video to hold (:func:`early_chunk_bound`;
+        None: the actor's ``max_buffered_chunks``)."""
+        op = self._operator(video_id, resume_from, max_held)
         if start < op.next_start:  # sent again after its frames were tracked: nothing new
             return []
         if start in op.held_starts:  # sent again while held (its sender was retried): keep the newer reference
@@ -154,8 +166,8 @@ class AssociationPool:
         return self.actors[actor_index(video_id, len(self.actors))]
 
     def submit(self, video_id: str, start: int, stop: int, chunk_ref: ray.ObjectRef,
-               resume_from: int = 0) -> ray.ObjectRef:
-        return self.actor_for(video_id).push.remote(video_id, start, stop, [chunk_ref], resume_from)
+               resume_from: int = 0, max_held: int | None = None) -> ray.ObjectRef:
+        return self.actor_for(video_id).push.remote(video_id, start, stop, [chunk_ref], resume_from, max_held)
 
     def finish(self, video_id: str) -> ray.ObjectRef:
         return self.actor_for(video_id).finish.remote(video_id)

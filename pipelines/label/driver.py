@@ -24,11 +24,11 @@ from operators.ids import IdError, printable, video_key
 from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
-from pipelines.commit import OutputLayout, committed_markers, is_current, recover, remove_run_staging
+from pipelines.commit import CommitMarker, OutputLayout, committed_markers, is_current, recover, remove_run_staging
 from pipelines.label.config import LabelConfig, check_models
 from pipelines.label.finalize import GtFrame, VideoResult
 from pipelines.label.outputs import aggregate_metrics, write_predictions_json, write_run_manifest
-from pipelines.label.passes import GroundTruthIndex, LabelPasses
+from pipelines.label.passes import GroundTruthIndex, LabelPasses, RunTally
 from pipelines.lease import Lease, LeaseLostError, new_run_id
 from pipelines.migrate import check_layout_version
 from pipelines.plan import VideoEntry, discover
@@ -126,10 +126,28 @@ def _unusable_ids(video_ids: list[str]) -> dict[str, str]:
     return errors
 
 
+def split_skipped(entries: list, markers: dict[str, CommitMarker], config_hash: str,
+                  force: bool = False) -> tuple[list, list[VideoResult]]:
+    """(the entries to label, the results of those skipped): an entry is skipped when its commit
+    marker is of its input fingerprint and this config hash (never with ``force``). One dict
+    lookup per entry."""
+    todo, skipped = [], []
+    for entry in entries:
+        marker = markers.get(entry.video_id)
+        if not force and is_current(marker, entry.fingerprint.digest, config_hash):
+            skipped.append(VideoResult(entry.video_id, "skipped", int(marker.counts.get("frames", 0))))
+        else:
+            todo.append(entry)
+    return todo, skipped
+
+
 def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str | None = None, force: bool = False,
           progress: bool = True, only_videos: list[str] | None = None, log=print,
-          lease: Lease | None = None, keep_cache: bool = False) -> LabelRun:
+          lease: Lease | None = None, keep_cache: bool = False, publish_all: bool = False) -> LabelRun:
     """Label every video of ``input_uri`` into ``output_uri`` (see module doc).
+
+    ``metrics/`` covers the committed videos of this corpus, or with ``publish_all`` every
+    committed video of the output (``nightly``); ``pred.json`` always covers every one.
 
     The run holds the output root's lease (:mod:`pipelines.lease`) from before it changes
     anything until it returns; a caller that already holds it (``nightly``) passes ``lease``.
@@ -142,8 +160,9 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     check_models(config)
     entries = discover(input_uri)
     if only_videos is not None:
-        entries = [e for e in entries if e.video_id in set(only_videos)]
-    options = {"address": address, "force": force, "progress": progress, "log": log}
+        wanted = set(only_videos)
+        entries = [e for e in entries if e.video_id in wanted]
+    options = {"address": address, "force": force, "progress": progress, "log": log, "publish_all": publish_all}
     with contextlib.ExitStack() as stack:
         if lease is None:
             lease = stack.enter_context(Lease(output_uri, new_run_id(), command="tubeflow label"))
@@ -152,7 +171,8 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
 
 
 def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, config: LabelConfig, *,
-                   address: str | None, force: bool, progress: bool, log, lease: Lease) -> LabelRun:
+                   address: str | None, force: bool, progress: bool, log, lease: Lease,
+                   publish_all: bool = False) -> LabelRun:
     """:func:`label` once the output's lease is held."""
     from tqdm import tqdm
 
@@ -173,18 +193,20 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     settings, gt_frames, gt_names, gt_errors = _gt_index(config, entries)
     if settings is not None:
         check_against_gt(categories, settings.categories, config.model or "the built-in model")
-    markers = committed_markers(layout)
-    todo = [e for e in entries if force or not is_current(markers.get(e.video_id), e.fingerprint.digest, config_hash)]
-    results = [VideoResult(e.video_id, "skipped", int(markers[e.video_id].counts.get("frames", 0)))
-               for e in entries if e not in todo]
-    results += [VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id])
-                for e in todo if e.video_id in gt_errors]
+    todo, skipped = split_skipped(entries, committed_markers(layout), config_hash, force)
+    tally = RunTally(started)
+    for result in skipped:
+        tally.add_result(result)
+    for e in todo:
+        if e.video_id in gt_errors:
+            tally.add_result(VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id]))
     todo = [e for e in todo if e.video_id not in gt_errors]
     id_errors = _unusable_ids([e.video_id for e in todo])
-    results += [VideoResult(video_id, "failed", stage="plan", error=error) for video_id, error in id_errors.items()]
+    for video_id, error in id_errors.items():
+        tally.add_result(VideoResult(video_id, "failed", stage="plan", error=error))
     todo = [e for e in todo if e.video_id not in id_errors]
     passes = LabelPasses(config, layout, run_id, {}, categories, GroundTruthIndex(settings, gt_frames, gt_names),
-                         config_hash, checksums, started=started, results=results, log=log)
+                         config_hash, checksums, tally, log=log)
     model_resources = None  # what the model stages asked Ray for, and why (run manifest)
     with _ray_for_work(bool(todo), address, progress):
         if todo:
@@ -198,20 +220,24 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     if lease.lost:
         raise LeaseLostError(lease.lost)
     lease.check_holder()  # publishing below must cover only what this holder committed
-    report = None
-    if settings is not None:
-        report = aggregate_metrics(layout, settings, [e.video_id for e in entries])
-    if config.write_png:
-        write_predictions_json(layout)
-    if config.review or config.write_overlay:
-        write_review_outputs(layout, entries, config, results)
+    report, results = None, tally.results
+    if settings is not None or config.write_png or config.review or config.write_overlay:
+        # one fresh listing and read of the markers (in parallel) for everything published below
+        published = committed_markers(layout)
+        if settings is not None:
+            report = aggregate_metrics(layout, settings, None if publish_all else [e.video_id for e in entries],
+                                       published)
+        if config.write_png:
+            write_predictions_json(layout, published)
+        if config.review or config.write_overlay:
+            write_review_outputs(layout, entries, config, results, published)
     seconds = time.perf_counter() - started
-    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, passes.frames,
-                   passes.stage_cpu_seconds, report, passes.first_output, passes.frame_times, passes.resumed)
+    run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, tally.frames,
+                   tally.stage_cpu_seconds, report, tally.first_output, tally.frame_times, passes.resumed)
     write_run_manifest(layout, run_id, {"input": str(input_uri), "output": layout.root, "config": config.to_json(),
                                         "config_hash": config_hash, "model_checksums": checksums,
-                                        "seconds": seconds, "frames": passes.frames,
-                                        "stage_cpu_seconds": passes.stage_cpu_seconds,
+                                        "seconds": seconds, "frames": tally.frames,
+                                        "stage_cpu_seconds": tally.stage_cpu_seconds,
                                         "resumed": passes.resumed, "sources": video_sources(entries),
                                         "model_resources": model_resources},
                        run.results)

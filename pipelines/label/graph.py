@@ -61,7 +61,8 @@ def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
             # worker process of its own that first imports numpy, OpenCV, Arrow (~1-2 s of CPU
             # each): on a small machine that start-up costs more than the decoding. One task per
             # two cores keeps the decoder ahead of the models (decode is ~2 % of operator time).
-            "task_concurrency": max(1, int(cpus) // 2)}
+            "task_concurrency": max(1, int(cpus) // 2),
+            "finalize_window": finalize_window_size(cpus)}
     shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
               "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
     held = ((0 if choice.use_gpus else segment_max * shares["segment"]) + flow_max * shares["flow"]
@@ -72,6 +73,13 @@ def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
     if choice.use_gpus:  # a GPU actor needs little CPU; never let it crowd out the CPU stages
         plan["cpus"]["segment"] = min(plan["cpus"]["segment"], 0.1 * cpus / max(1, gpus, segment_max or 1))
     return plan
+
+
+def finalize_window_size(cpus: float) -> int:
+    """Finalize tasks the driver keeps in flight (:class:`pipelines.label.passes.FinalizeWindow`):
+    enough to keep every CPU of the cluster busy with them (four per CPU; a finalize asks for a
+    fraction of one), at least 16, at most 1024 (one collection looks at the whole window)."""
+    return int(min(1024, max(16, 4 * cpus)))
 
 
 def segment_stage_options(config: LabelConfig, plan: dict) -> dict:
@@ -134,7 +142,8 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=actor_pool(plan["flow_actors"]),
                         num_cpus=cpus["flow"], **ACTOR_FAULTS)
-    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool}, batch_size=1,
+    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool, "chunk_frames": config.chunk_frames},
+                        batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
                         **ACTOR_FAULTS)
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,

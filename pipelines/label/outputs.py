@@ -14,8 +14,11 @@ from __future__ import annotations
 import io
 import json
 import platform
+import shutil
+import tempfile
 from dataclasses import asdict
 from importlib import metadata
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,33 +69,54 @@ def write_run_manifest(layout: OutputLayout, run_id: str, document: dict, result
     return doc
 
 
+def _annotation_docs(layout: OutputLayout, markers: dict[str, CommitMarker]) -> Iterator[dict]:
+    """The per-video annotation documents of the committed videos, in video order, read a
+    bounded number at a time in parallel (:func:`operators.fs.map_io`)."""
+    uris = (layout.uri(annotations_rel(video_id)) for video_id, marker in markers.items()
+            if annotations_rel(video_id) in marker.files)
+    for data in fs.map_io(fs.read_bytes, uris):
+        yield json.loads(data)
+
+
 def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker] | None = None) -> int:
     """``pred.json`` over every committed video (its PNGs are in ``pan_pred/``); returns the frame count.
 
     Beside the submission layout's ``annotations`` it lists the ``images`` (id, size, video_id,
-    frame_index, timestamp_ns), which evaluators ignore and joins on time need."""
+    frame_index, timestamp_ns), which evaluators ignore and joins on time need.
+
+    Written as a stream, one video's document at a time: the images go straight to the file, the
+    annotations to a local spool appended after them, so 100,000 videos never sit in one list.
+    The file appears complete or not at all (:func:`operators.fs.atomic_write`)."""
     markers = committed_markers(layout) if markers is None else markers
-    images, annotations = [], []
-    for video_id, marker in markers.items():
-        if annotations_rel(video_id) in marker.files:
-            doc = json.loads(fs.read_bytes(layout.uri(annotations_rel(video_id))))
-            images.extend(doc.get("images", []))
-            annotations.extend(doc["annotations"])
-    fs.write_bytes(layout.uri("pred.json"), json.dumps({"images": images, "annotations": annotations}).encode())
-    return len(annotations)
+    with fs.atomic_write(layout.uri("pred.json")) as out, tempfile.TemporaryFile() as spool:
+        out.write(b'{"images": [')
+        images = annotations = 0
+        for doc in _annotation_docs(layout, markers):
+            for image in doc.get("images", []):
+                out.write(b"," if images else b"")
+                out.write(json.dumps(image).encode())
+                images += 1
+            for annotation in doc["annotations"]:
+                spool.write(b"," if annotations else b"")
+                spool.write(json.dumps(annotation).encode())
+                annotations += 1
+        out.write(b'], "annotations": [')
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
+        out.write(b"]}")
+    return annotations
 
 
-def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings,
-                      video_ids: list[str] | None = None) -> EvaluationReport | None:
-    """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``."""
-    markers = committed_markers(layout)
-    videos = []
-    for video_id, marker in markers.items():
-        if video_ids is not None and video_id not in video_ids:
-            continue
-        if f"{metrics_rel(video_id)}/vpq.parquet" in marker.files:
-            videos.append(read_video_metrics(layout.uri(metrics_rel(video_id)), video_id,
-                                             int(marker.counts.get("frames", 0)), settings))
+def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_ids: Iterable[str] | None = None,
+                      markers: dict[str, CommitMarker] | None = None) -> EvaluationReport | None:
+    """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``;
+    ``markers``: the committed markers when the caller has just read them."""
+    markers = committed_markers(layout) if markers is None else markers
+    wanted = None if video_ids is None else set(video_ids)
+    scored = [(video_id, int(marker.counts.get("frames", 0))) for video_id, marker in markers.items()
+              if (wanted is None or video_id in wanted) and f"{metrics_rel(video_id)}/vpq.parquet" in marker.files]
+    videos = list(fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings),
+                            scored))
     if not videos:
         return None
     totals = Totals.of(videos)

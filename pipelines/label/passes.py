@@ -7,12 +7,19 @@ GT, overlay, commit: :func:`pipelines.label.finalize.finalize_video`). A video t
 process (an association actor's memory, a finalize worker) is run again by the next pass from its
 last association checkpoint (:mod:`pipelines.label.faults`); one still lost after
 :data:`~pipelines.label.faults.MAX_PASSES` passes fails with a row naming the losses.
+
+The driver's work per summary row is O(1), whatever the size of the corpus: the bookkeeping
+(:class:`PassBook`, :class:`RunTally`) is dictionaries and counters, and the finalize tasks in
+flight are a bounded :class:`FinalizeWindow` whose completions are collected by one
+``ray.wait`` over the window every ``len(window)`` rows (or when it is full), never over every
+task after every row. ``tests/benchmarks/bench_label_driver.py`` measures it.
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from operators import fs
 from pipelines.commit import OutputLayout, read_marker, remove_tree, undo_commit
@@ -51,24 +58,151 @@ class GroundTruthIndex:
     names: dict = field(default_factory=dict)
 
 
+@dataclass
+class RunTally:
+    """What the run reports, kept up to date row by row in O(1): the results (and how many
+    failed, counted as they come, not recounted), frames labelled, operator CPU per stage, the
+    progress curve."""
+
+    started: float
+    results: list[VideoResult] = field(default_factory=list)
+    failed: int = 0
+    frames: int = 0
+    first_output: float = 0.0
+    frame_times: list[tuple[float, int]] = field(default_factory=list)
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in TIMED})
+    clock: Callable[[], float] = time.perf_counter
+
+    def add_result(self, result: VideoResult) -> None:
+        self.results.append(result)
+        self.failed += result.status == "failed"
+
+    def account(self, summary: dict) -> None:
+        """The operator time of one summary row (every row counts, also of a closed video's)."""
+        self.first_output = self.first_output or self.clock() - self.started
+        for s in TIMED:
+            self.stage_cpu_seconds[s] += float(summary[f"t_{s}"])
+
+    def labelled(self, frames: int) -> None:
+        self.frames += frames
+        self.frame_times.append((self.clock() - self.started, self.frames))
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / max(self.clock() - self.started, 1e-9)
+
+
+class PassBook:
+    """The driver's account of one pass, without Ray: which videos are running, which the pass
+    lost, and what becomes of a video whose last row came (:meth:`take`, O(1) per row).
+
+    ``launch(progress)`` starts a complete video's finalize; ``discard(video_id)`` drops a failed
+    video's staging and checkpoints; ``finish(video_id)`` tells the association it is done."""
+
+    def __init__(self, waiting: dict[str, VideoProgress], tally: RunTally, launch: Callable[[VideoProgress], None],
+                 discard: Callable[[str], None], finish: Callable[[str], None], done: Callable[[], None]):
+        self.running = dict(waiting)
+        self.lost: dict[str, VideoProgress] = {}
+        self.tally, self.launch, self.discard, self.finish, self.done = tally, launch, discard, finish, done
+
+    def take(self, summary: dict) -> None:
+        """One summary row of the sink."""
+        self.tally.account(summary)
+        p = self.running.get(str(summary["video_id"]))
+        if p is None:  # a row of a video already closed in this pass
+            return
+        self.tally.labelled(p.add(summary))
+        if p.error or p.complete:
+            self.close(p)
+
+    def close(self, p: VideoProgress) -> None:
+        del self.running[p.video_id]
+        self.finish(p.video_id)
+        if p.error and p.lost:
+            p.lose(f"{p.stage}: {p.error}", p.stage)
+            self.lost[p.video_id] = p
+        elif p.error:
+            self.discard(p.video_id)
+            self.tally.add_result(VideoResult(p.video_id, "failed", len(p.frames), stage=p.stage, error=p.error))
+            self.done()
+        else:
+            self.launch(p)
+
+    def close_unfinished(self, why: str = "") -> None:
+        """The rows stopped: the videos still running lost a process (their frames never came back)."""
+        for p in list(self.running.values()):
+            p.error = p.error or why or f"only {len(p.frames)} of {p.frame_count} frames came back"
+            p.stage, p.lost = p.stage or "associate", True
+            self.close(p)
+
+    def finalized(self, p: VideoProgress, result: VideoResult | None) -> None:
+        """A finalize task ended: its result, or None when it lost its process and the video must
+        run again."""
+        if result is None:
+            self.lost[p.video_id] = p
+            return
+        self.tally.add_result(result)
+        self.done()
+
+
+class FinalizeWindow:
+    """The finalize tasks in flight, at most ``limit``, and their collection at O(1) per row.
+
+    ``wait(refs, num_returns, timeout)`` has ``ray.wait``'s contract (it takes O(len(refs))).
+    :meth:`poll` waits over the window only once every ``len(window)`` calls, so a row costs
+    O(1) amortised; :meth:`add` into a full window first blocks until one task is done (the
+    driver then reads rows no faster than videos are finalized, and Ray Data's backpressure
+    holds the graph). Returns of both: ``(handle, item)`` of the tasks that ended.
+    """
+
+    def __init__(self, limit: int, wait: Callable):
+        if limit < 1:
+            raise ValueError("the finalize window holds at least one task")
+        self.limit, self.wait = limit, wait
+        self.pending: dict = {}
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def _collect(self, num_returns: int, timeout: float | None) -> list[tuple]:
+        self._calls = 0
+        if not self.pending:
+            return []
+        done, rest = self.wait(list(self.pending), num_returns=num_returns, timeout=timeout)
+        if done and rest and timeout != 0:  # one ended after a wait: take every other that did too
+            more, _ = self.wait(rest, num_returns=len(rest), timeout=0)
+            done = list(done) + list(more)
+        return [(h, self.pending.pop(h)) for h in done]
+
+    def add(self, handle, item) -> list[tuple]:
+        ended = self._collect(1, None) if len(self.pending) >= self.limit else []
+        self.pending[handle] = item
+        return ended
+
+    def poll(self) -> list[tuple]:
+        self._calls += 1
+        if self._calls < len(self.pending):
+            return []
+        return self._collect(len(self.pending), 0)
+
+    def drain(self, timeout: float = 1.0) -> list[tuple]:
+        """Wait (up to ``timeout`` seconds) for at least one task; what ended."""
+        return self._collect(1, timeout) if self.pending else []
+
+
 class LabelPasses:
     """Labels ``todo`` into ``layout`` with the graph, pass after pass (see module doc), and keeps
-    what the run reports: ``results``, ``frames``, ``first_output``, ``frame_times``,
-    ``resumed``, ``stage_cpu_seconds``."""
+    what the run reports in :attr:`tally` and :attr:`resumed`."""
 
     def __init__(self, config: LabelConfig, layout: OutputLayout, run_id: str, plan: dict, categories,
-                 gt: GroundTruthIndex, config_hash: str, checksums: dict, *, started: float, results: list,
-                 log=print):
+                 gt: GroundTruthIndex, config_hash: str, checksums: dict, tally: RunTally, log=print):
         self.config, self.layout, self.run_id, self.plan, self.categories = config, layout, run_id, plan, categories
-        self.gt, self.config_hash, self.checksums, self.log = gt, config_hash, checksums, log
-        self.started, self.results = started, results
-        self.frames, self.first_output = 0, 0.0
-        self.frame_times: list[tuple[float, int]] = []
+        self.gt, self.config_hash, self.checksums, self.tally, self.log = gt, config_hash, checksums, tally, log
         self.resumed: list[tuple[str, int]] = []
-        self.stage_cpu_seconds = {s: 0.0 for s in TIMED}
 
     def run(self, todo: list[VideoEntry], bar) -> None:
-        """Every pass over ``todo``; a result for each of its videos ends in ``results``."""
+        """Every pass over ``todo``; a result for each of its videos ends in the tally."""
         import ray
 
         from pipelines.label.association_actor import CHECKPOINTS_DIR, CheckpointStore
@@ -90,9 +224,19 @@ class LabelPasses:
                 break
         for p in waiting.values():
             remove_tree(self.layout.staging(self.run_id, p.video_id))
-            self.results.append(VideoResult(p.video_id, "failed", len(p.frames), stage=p.lost_stage,
-                                            error=p.lost_error()))
+            self.tally.add_result(VideoResult(p.video_id, "failed", len(p.frames), stage=p.lost_stage,
+                                              error=p.lost_error()))
             bar.update(1)
+
+    def _task(self, p: VideoProgress) -> VideoTask:
+        entry, names = self.by_id[p.video_id], self.gt.names.get(p.video_id, {})
+        image_ids = [names.get(i) or self.config.image_id(p.video_id, i) for i in range(p.frame_count)]
+        return VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
+                         self.gt.frames.get(p.video_id, []) if self.gt.settings else None, self.categories)
+
+    def _discard(self, video_id: str) -> None:
+        remove_tree(self.layout.staging(self.run_id, video_id))
+        self.checkpoints.discard(video_id)
 
     def run_pass(self, waiting: dict[str, VideoProgress]) -> dict[str, VideoProgress]:
         """One pass of the graph over ``waiting``; returns the videos it lost (see faults)."""
@@ -100,49 +244,31 @@ class LabelPasses:
 
         from pipelines.label.association_actor import AssociationPool
 
-        config, layout, run_id, plan, bar = self.config, self.layout, self.run_id, self.plan, self.bar
-        finalize = self.finalize
+        config, layout, run_id, plan, bar, tally = self.config, self.layout, self.run_id, self.plan, self.bar, self.tally
         pool = AssociationPool(plan["association_actors"], config.tracker_for(self.categories),
-                               max_buffered_chunks=1 << 16,
                                checkpoint_dir=self.checkpoints.prefix,
                                actor_options={"num_cpus": plan["cpus"]["associate"]})
-        running, lost, pending = dict(waiting), {}, {}
+        window = FinalizeWindow(plan["finalize_window"], ray.wait)
 
-        def close(p: VideoProgress) -> None:
-            del running[p.video_id]
-            pool.finish(p.video_id)
-            if p.error and p.lost:
-                p.lose(f"{p.stage}: {p.error}", p.stage)
-                lost[p.video_id] = p
-            elif p.error:
-                remove_tree(layout.staging(run_id, p.video_id))
-                self.checkpoints.discard(p.video_id)
-                self.results.append(VideoResult(p.video_id, "failed", len(p.frames), stage=p.stage, error=p.error))
-                bar.update(1)
-            else:
-                entry, names = self.by_id[p.video_id], self.gt.names.get(p.video_id, {})
-                image_ids = [names.get(i) or config.image_id(p.video_id, i) for i in range(p.frame_count)]
-                task = VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
-                                 self.gt.frames.get(p.video_id, []) if self.gt.settings else None, self.categories)
-                pending[finalize.remote(layout.root, run_id, task, self.config_hash, self.checksums,
-                                        self.gt.settings, config.write_png, config.write_overlay,
-                                        config.review)] = p
-
-        def collect(timeout: float) -> None:
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout) if pending else ([], [])
-            for ref in done:
-                p = pending.pop(ref)
+        def finished(ended: list[tuple]) -> None:
+            for ref, p in ended:
                 try:
-                    self.results.append(ray.get(ref))
+                    result = ray.get(ref)
                     self.checkpoints.discard(p.video_id)  # done with, committed or failed
                 except ray.exceptions.RayError as exc:  # its worker died: it is not retried blindly
                     result = finalize_lost(layout, run_id, p, exc)
-                    if result is None:
-                        lost[p.video_id] = p
-                        continue
-                    self.results.append(result)
-                bar.update(1)
+                book.finalized(p, result)
 
+        def launch(p: VideoProgress) -> None:
+            finished(window.add(self.finalize.remote(layout.root, run_id, self._task(p), self.config_hash,
+                                                     self.checksums, self.gt.settings, config.write_png,
+                                                     config.write_overlay, config.review), p))
+
+        def done() -> None:
+            bar.update(1)
+            bar.set_postfix(failed=tally.failed, fps=f"{tally.frames_per_second:.1f}", refresh=False)
+
+        book = PassBook(waiting, tally, launch, self._discard, pool.finish, done)
         rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt_image_ids": json.dumps(self.gt.names.get(v, {})),
                  "resume_from": p.resume_from} for v, p in waiting.items()]
         try:
@@ -150,28 +276,14 @@ class LabelPasses:
             try:
                 for summary in graph.build_dataset(rows, config, layout.root, run_id, pool, plan,
                                                    self.categories).iter_rows():
-                    self.first_output = self.first_output or time.perf_counter() - self.started
-                    for s in TIMED:
-                        self.stage_cpu_seconds[s] += float(summary[f"t_{s}"])
-                    p = running.get(str(summary["video_id"]))
-                    if p is None:  # a row of a video already closed in this pass
-                        continue
-                    self.frames += p.add(summary)
-                    self.frame_times.append((time.perf_counter() - self.started, self.frames))
-                    if p.error or p.complete:
-                        close(p)
-                    collect(0)
-                    bar.set_postfix(failed=sum(r.status == "failed" for r in self.results),
-                                    fps=f"{self.frames / max(time.perf_counter() - self.started, 1e-9):.1f}")
+                    book.take(summary)
+                    finished(window.poll())
             except ray.exceptions.RayError as exc:  # the executor gave up (e.g. actors dying as they start)
                 gone = f"the pass stopped: {describe(exc)}"
-            for p in list(running.values()):  # frames that never came back: a process was lost
-                p.error = p.error or gone or f"only {len(p.frames)} of {p.frame_count} frames came back"
-                p.stage, p.lost = p.stage or "associate", True
-                close(p)
-            while pending:
-                collect(1.0)
+            book.close_unfinished(gone)
+            while len(window):
+                finished(window.drain(1.0))
         finally:
             for actor in pool.actors:
                 ray.kill(actor)
-        return lost
+        return book.lost

@@ -305,8 +305,8 @@ class AssociateChunks:
     the driver. ``pool`` is built by the driver and shared by every replica of this stage.
     """
 
-    def __init__(self, pool):
-        self.pool = pool
+    def __init__(self, pool, chunk_frames: int):
+        self.pool, self.chunk_frames = pool, chunk_frames
 
     def __call__(self, batch: dict) -> dict:
         return map_rows(batch, self.associate)
@@ -345,8 +345,11 @@ class AssociateChunks:
                                        {s.id: v for s, v in zip(infos, vectors)}
                                        if vectors is not None and vectors.shape[1] else None, image_id))
         chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
+        from pipelines.label.association_actor import early_chunk_bound
+
+        held = early_chunk_bound(int(row["frame_count"]), int(row["resume_from"]), self.chunk_frames)
         tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
-                                           int(row["resume_from"])))
+                                           int(row["resume_from"]), held))
         return _tracked_row(row, tracked)
 
 
