@@ -40,6 +40,10 @@ class TrackerConfig:
     confusable_affinity: float = 0.8
     """A (track, segment) pair of two different classes of one group has its affinity scaled by
     this: a same-class candidate of equal evidence wins."""
+    confusable_min_appearance: float = 0.9
+    """… and is allowed only when the segment looks like the track (appearance affinity at
+    least this): a segmenter's class flip keeps the object's pixels, while a truck's sliver
+    next to a lost car is another object. 0 = any appearance."""
     class_memory: float = 0.9
     """Decay per match of a track's class votes; the output class of a matched segment is the
     track's (a one-frame car → truck flip neither breaks the tube nor mislabels it)."""
@@ -114,6 +118,12 @@ class TrackerConfig:
     motion_size_observation_std: float = 0.3
     """Noise of a measured size (sqrt of the area), as a fraction of it: partial occlusion
     shrinks the visible size from one frame to the next."""
+    motion_occlusion_std: float = 1.0
+    """How far the centroid of a partly hidden object's visible part may lie from the whole
+    object's predicted centroid, as a fraction of its predicted size per unit of hidden share
+    (area lost between prediction and segment): a sliver of a car passing behind another lies
+    within the car's extent, not at its centre. Gate, motion affinity and the filter's update
+    widen by it, so the sliver keeps its id and the car its velocity; 0 = off."""
     camera_motion: bool = True
     """Take the camera's motion (a similarity fitted to the background's flow) out of the tracks'
     motion before predicting them."""
@@ -158,7 +168,8 @@ class TrackerConfig:
             raise ValueError("max_lost_frames must be ≥ 0")
         # thresholds above 1 are allowed: they switch a stage off (e.g. reid_threshold=1.01)
         for name in ("thing_score_threshold", "min_affinity", "reid_threshold", "carry_lost_frames",
-                     "appearance_full_area", "motion_gate", "reid_motion_gate", "reid_min_appearance"):
+                     "appearance_full_area", "motion_gate", "reid_motion_gate", "reid_min_appearance",
+                     "motion_occlusion_std", "confusable_min_appearance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.motion_history < 1 or self.colour_sample_pixels < 1 or self.first_track_id < 1:
@@ -175,7 +186,7 @@ class TrackerConfig:
     @property
     def motion_noise(self) -> MotionNoise:
         return MotionNoise(self.motion_position_std, self.motion_velocity_std, self.motion_observation_std,
-                           size_observation=self.motion_size_observation_std)
+                           size_observation=self.motion_size_observation_std, occlusion=self.motion_occlusion_std)
 
     #: fields of earlier versions that the motion model replaced: ignored when a checkpoint's
     #: config is read back, so a run resumes from a checkpoint written before the change

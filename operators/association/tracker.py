@@ -243,10 +243,17 @@ class VideoTracker:
         cfg = self.config
         return cfg.appearance_obs_std * np.sqrt(np.maximum(1.0, cfg.appearance_full_area / np.maximum(areas, 1)))
 
-    def _gate(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
+    def _gate(self, tracks: list[Track], obs: _Observation, cols: np.ndarray,
+              looks: np.ndarray | None) -> np.ndarray:
+        """Same class, or a confusable one when the segment looks like the track (``looks``:
+        the appearance affinity, ``None`` when the instance tracker is off)."""
         categories = np.array([obs.segments[c].category_id for c in cols], np.int64)
-        return affinity.category_gate(np.array([t.category_id for t in tracks], np.int64), categories,
-                                      self.config.confusable_categories)
+        track_categories = np.array([t.category_id for t in tracks], np.int64)
+        gate = affinity.category_gate(track_categories, categories, self.config.confusable_categories)
+        if looks is not None and self.config.confusable_categories:
+            gate &= (track_categories[:, None] == categories[None, :]) | \
+                (looks >= self.config.confusable_min_appearance)
+        return gate
 
     def _match_tracked(self, obs: _Observation) -> dict[int, int]:
         """Stage 2: tracks in the previous index map (tracked, or lost with a carried mask) ↔
@@ -266,7 +273,7 @@ class VideoTracker:
         if cfg.instance_weight > 0:
             instance = self._instance_affinity(tracks, obs, cols)
         fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
-        gate = self._gate(tracks, obs, cols)
+        gate = self._gate(tracks, obs, cols, instance)
         if cfg.motion_weight > 0:
             d2, moving = self._motion_terms(tracks, obs, cols)
             total = cfg.pixel_weight + cfg.instance_weight
@@ -302,7 +309,8 @@ class VideoTracker:
             d2, moving = self._motion_terms(tracks, obs, cols)
             looks = self._instance_affinity(tracks, obs, cols)
             score = looks * moving * self._class_factor(tracks, obs, cols)
-            gate = self._gate(tracks, obs, cols) & (d2 <= cfg.reid_motion_gate) & (looks >= cfg.reid_min_appearance)
+            gate = self._gate(tracks, obs, cols, looks) & (d2 <= cfg.reid_motion_gate) & \
+                (looks >= cfg.reid_min_appearance)
             pairs = assign(score, gate, cfg.assignment, cfg.reid_threshold)
             found.update({int(cols[j]): tracks[i].track_id for i, j in pairs})
         return found
