@@ -37,7 +37,7 @@ class TrackerTrainConfig:
     seed: int = 0
     clips: int = 160
     frames: int = 24
-    epochs: int = 6
+    epochs: int = 12
     lr: float = 3e-3
     width: int = 32
     state: int = 32
@@ -45,9 +45,9 @@ class TrackerTrainConfig:
     recurrent: bool = True
     overlap: bool = True
     pos_weight: float = 4.0
-    loss_weights: dict = field(default_factory=lambda: {"edge": 1.0, "new": 1.0, "score": 0.5, "class": 0.5})
+    loss_weights: dict = field(default_factory=lambda: {"edge": 1.0, "new": 1.0, "score": 0.5, "class": 1.0})
     match_threshold: float = 0.5
-    new_track_threshold: float = 0.0
+    new_track_threshold: float = 0.05
     classes: tuple[int, ...] = CITYSCAPES_THING_IDS
 
     def to_json(self) -> dict:
@@ -172,6 +172,9 @@ def train_from_scratch(config: TrackerTrainConfig, progress=print) -> tuple[byte
     the seconds of each phase, the machine's load)."""
     import os
 
+    import cv2
+
+    cv2.setNumThreads(1)  # DIS flow of the recording on one thread, like the network
     started, load_before = time.time(), os.getloadavg()
     clips = record_clips(config, progress)
     recorded = time.time()
