@@ -244,3 +244,15 @@ def test_train_tracker_command_writes_loadable_weights(tmp_path):
     tracker = make_tracker("v", dataclasses.replace(LEARNED, learned_weights=str(out)))
     for frame, _, _ in video:
         validate_frame(tracker.update(frame), "output")
+
+
+def test_learned_tracker_ignores_segment_embeddings():
+    """Trained on the colour descriptor's likelihoods: a segmenter's embeddings (another scale)
+    must not change its answer."""
+    video = scrambled_video(crossing_look_alikes(), 6, seed=2)
+    rng = np.random.default_rng(0)
+    plain, with_embeddings = LearnedTracker("v", LEARNED), LearnedTracker("v", LEARNED)
+    for frame, _, _ in video:
+        embedded = dataclasses.replace(frame, embeddings={s.id: rng.normal(size=16) for s in frame.panoptic.segments})
+        a, b = plain.update(frame), with_embeddings.update(embedded)
+        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments

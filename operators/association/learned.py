@@ -26,6 +26,9 @@ lost / removed states, the carried masks of lost tracks). What it replaces is th
    class (among the classes the detection's class may be confused with) and confidence of
    every tracked segment come from its track's updated embedding.
 
+Appearance is the colour descriptor's Gaussian (what the network was trained with): segment
+embeddings a segmenter gives are not used by this tracker (their likelihoods have another scale).
+
 Inference is ``torch.no_grad`` on one thread. The weights file (``torch.save`` of
 ``{"meta": …, "state": state_dict}``, read with ``weights_only=True``) carries the network's
 shape, its feature switches and the two thresholds.
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +263,8 @@ class LearnedTracker(VideoTracker):
 
     # ------------------------------------------------------------------ per frame
     def update(self, frame: TrackerFrame) -> PanopticFrame:
+        if frame.embeddings:  # the network was trained on the colour descriptor's likelihoods
+            frame = replace(frame, embeddings=None)
         obs = self._observe(frame)
         graph = graph_features(self, obs, self.model.classes, self.model.use_overlap)
         matches, drop = self._decide(obs, graph)
