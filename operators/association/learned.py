@@ -35,6 +35,7 @@ shape, its feature switches and the two thresholds.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -223,6 +224,20 @@ def graph_features(tracker: VideoTracker, obs: _Observation, classes: tuple[int,
     return FrameGraph(track_ids, cols, trk_f, det_f, edge_f, mask)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one thread for the network's small matrices (more threads only wait for each
+    other on a shared machine), then the caller's setting again (a segmenter may share the process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def split_assignment(graph: FrameGraph, matches: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A frame's final ``{column: track id}`` as the recurrent update takes it: (the detection each
     of the graph's tracks took ``(T,)``, −1 for none; the detections that started tracks ``(N,)``;
@@ -278,11 +293,10 @@ class LearnedTracker(VideoTracker):
         import torch
 
         meta = self.model.meta
-        torch.set_num_threads(1)
         n_t = len(graph.track_ids)
         state = np.stack([self.track_state.get(int(t), np.zeros(self.model.net.state_size, np.float32))
                           for t in graph.track_ids]) if n_t else np.zeros((0, self.model.net.state_size), np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             tensors = [torch.from_numpy(a) for a in (graph.track_features, state, graph.detection_features,
                                                      graph.edge_features, graph.mask)]
             match_logit, new_logit, t, d, e = self.model.net.associate(*tensors)
@@ -315,7 +329,7 @@ class LearnedTracker(VideoTracker):
         graph, pending = self._current_graph, self._pending
         matched, new_detections, new_ids = split_assignment(graph, matches)
         state, t, d, e = pending
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             existing, created = self.model.net.update_state(state, t, d, e, torch.from_numpy(matched),
                                                             torch.from_numpy(new_detections))
             ids = [int(x) for x in graph.track_ids] + new_ids.tolist()
