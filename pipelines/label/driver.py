@@ -94,13 +94,19 @@ def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
     sources, errors = [], {}
     if config.gt_json:
         sources.append((read_ground_truth(config.gt_json, config.gt_dir), None))
-    for entry in entries:
-        if entry.gt:
-            try:
-                sources.append((read_ground_truth(entry.gt, fs.join(entry.gt.rsplit("/", 1)[0], "panoptic")),
-                                entry.video_id))
-            except InputError as exc:
-                errors[entry.video_id] = str(exc)
+
+    def per_video(entry: VideoEntry):  # a manifest's GT of one video: (the GT or None, the error or None)
+        try:
+            return read_ground_truth(entry.gt, fs.join(entry.gt.rsplit("/", 1)[0], "panoptic")), None
+        except InputError as exc:
+            return None, str(exc)
+
+    with_gt = [e for e in entries if e.gt]
+    for entry, (gt, error) in zip(with_gt, fs.map_io(per_video, with_gt)):  # read in parallel, in order
+        if error is None:
+            sources.append((gt, entry.video_id))
+        else:
+            errors[entry.video_id] = error
     if not sources:
         return None, {}, {}, errors
     annotated, named = {}, {}
