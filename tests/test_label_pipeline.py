@@ -440,3 +440,26 @@ def test_builtin_model_through_ray_data_equals_the_sequential_loop(labelled, tmp
     loop = segments_table.read_segments_table(str(tmp_path / "sequential")).select(columns).sort_by(order)
     assert ours.num_rows > 10 and set(ours["category_id"].to_pylist()) & {11, 13}  # people or cars were found
     assert ours.equals(loop)
+
+
+def test_a_full_finalize_window_holds_the_driver_until_a_video_is_finalized(tmp_path, ray_local, monkeypatch):
+    """With room for one finalize task at a time, the driver waits for each (ray.wait for one,
+    then a sweep) before it launches the next, and every video is still committed once."""
+    import pipelines.label.graph as graph
+    import pipelines.label.passes as passes
+
+    corpus = make_corpus(tmp_path / "corpus", videos=4, frames=3, height=32, width=64)
+    most, real_add = [], passes.FinalizeWindow.add
+
+    def add(window, handle, item):
+        ended = real_add(window, handle, item)
+        most.append(len(window))
+        return ended
+
+    monkeypatch.setattr(graph, "finalize_window_size", lambda cpus: 1)
+    monkeypatch.setattr(passes.FinalizeWindow, "add", add)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=2)
+    run = label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=lambda *_: None)
+    assert [(r.video_id, r.status, r.frames) for r in run.results] == [(f"{v:04d}", "ok", 3) for v in range(4)]
+    assert sorted(committed_markers(OutputLayout(str(tmp_path / "out")))) == [f"{v:04d}" for v in range(4)]
+    assert most == [1, 1, 1, 1]  # never two finalize tasks in flight
