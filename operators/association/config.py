@@ -122,8 +122,9 @@ class TrackerConfig:
     """How far the centroid of a partly hidden object's visible part may lie from the whole
     object's predicted centroid, as a fraction of its predicted size per unit of hidden share
     (area lost between prediction and segment): a sliver of a car passing behind another lies
-    within the car's extent, not at its centre. Gate, motion affinity and the filter's update
-    widen by it, so the sliver keeps its id and the car its velocity; 0 = off."""
+    within the car's extent, not at its centre. Widens the gate and the motion affinity of a
+    tracked track for segments on its flow-warped mask only (where the pixels vouch that the
+    sliver may be the object; a spurious blob elsewhere gets no such slack); 0 = off."""
     camera_motion: bool = True
     """Take the camera's motion (a similarity fitted to the background's flow) out of the tracks'
     motion before predicting them."""

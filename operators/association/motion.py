@@ -150,13 +150,9 @@ def predict_batch(means: np.ndarray, covs: np.ndarray, anchors: np.ndarray, tran
 
 
 def update(state: MotionState, z: np.ndarray, noise: MotionNoise) -> MotionState:
-    """The Kalman update with observation ``z = (x, y, s)``; the anchor becomes ``z``. A
-    segment smaller than predicted (a partly hidden object) moves the centroid less
-    (:meth:`MotionNoise.hidden_std`): a car half hidden for one frame keeps its velocity."""
+    """The Kalman update with observation ``z = (x, y, s)``; the anchor becomes ``z``."""
     z = np.asarray(z, np.float64)
-    std = noise._observation_std(z[2])
-    std[:2] = np.hypot(std[:2], noise.hidden_std(state.mean[2], z[2]))
-    r = np.diag(std ** 2)
+    r = np.diag(noise._observation_std(z[2]) ** 2)
     s = _H @ state.cov @ _H.T + r
     gain = np.linalg.solve(s, _H @ state.cov).T
     mean = state.mean + gain @ (z - _H @ state.mean)
@@ -236,21 +232,24 @@ def _innovation_cov(means: np.ndarray, covs: np.ndarray, noise: MotionNoise) -> 
     return covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
 
 
-def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise) -> np.ndarray:
+def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise,
+                   hidden: np.ndarray | None = None) -> np.ndarray:
     """Squared Mahalanobis distances ``(N, M)`` of observations ``z`` ``(M, 3)`` under the
     predicted observation distributions of ``N`` states (``means`` ``(N, 6)``, ``covs``
-    ``(N, 6, 6)``), the observation noise included (at each track's size), and per pair the
-    centroid noise of a partly hidden object (:meth:`MotionNoise.hidden_std`): the visible
-    sliver of a car behind another lies within the car's predicted extent, not at its centre."""
+    ``(N, 6, 6)``), the observation noise included (at each track's size). ``hidden``: ``(N,
+    M) bool``, pairs whose segment may be a partly hidden part of the track's object (it
+    overlaps the track's flow-warped mask); those get the centroid noise of a partly hidden
+    object on top (:meth:`MotionNoise.hidden_std`): the visible sliver of a car behind another
+    lies within the car's extent, not at its centre. ``None``: no pair."""
     means, covs, z = np.asarray(means, np.float64), np.asarray(covs, np.float64), np.asarray(z, np.float64)
     if not len(means) or not len(z):
         return np.zeros((len(means), len(z)))
     cov = _innovation_cov(means, covs, noise)
     d = z[None, :, :] - means[:, None, :OBS_DIM]
-    if noise.occlusion <= 0:
+    if noise.occlusion <= 0 or hidden is None or not np.any(hidden):
         return np.einsum("nmi,nij,nmj->nm", d, np.linalg.inv(cov), d)
     # Per pair: the centroid noise of a partly hidden object (isotropic in x, y) on top.
-    extra = noise.hidden_std(means[:, None, 2], z[None, :, 2]) ** 2
+    extra = np.where(hidden, noise.hidden_std(means[:, None, 2], z[None, :, 2]) ** 2, 0.0)
     pair = np.repeat(cov[:, None], len(z), axis=1)
     pair[..., 0, 0] += extra
     pair[..., 1, 1] += extra

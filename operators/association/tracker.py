@@ -174,11 +174,14 @@ class VideoTracker:
                                                     np.array([m.anchor for m in states]), camera, noise, steps)
         return {tid: motion.MotionState(m, c, a) for tid, m, c, a in zip(self.tracks, means, covs, anchors)}
 
-    def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``."""
+    def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray,
+                      hidden: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``;
+        ``hidden``: pairs whose segment may be a partly hidden part of the track
+        (:func:`motion.mahalanobis_sq`)."""
         states = [obs.predicted[t.track_id] for t in tracks]
         d2 = motion.mahalanobis_sq(np.array([m.mean for m in states]), np.array([m.cov for m in states]),
-                                   obs.boxes[cols], self.config.motion_noise)
+                                   obs.boxes[cols], self.config.motion_noise, hidden)
         return d2, motion.motion_affinity(d2)
 
     def _class_factor(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
@@ -275,7 +278,9 @@ class VideoTracker:
         fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
         gate = self._gate(tracks, obs, cols, instance)
         if cfg.motion_weight > 0:
-            d2, moving = self._motion_terms(tracks, obs, cols)
+            # A segment on the track's flow-warped mask may be the visible part of the track's
+            # object, partly hidden: its centroid may lie anywhere within the object's extent.
+            d2, moving = self._motion_terms(tracks, obs, cols, None if pixel is None else pixel > 0)
             total = cfg.pixel_weight + cfg.instance_weight
             fused = (total * fused + cfg.motion_weight * moving) / (total + cfg.motion_weight)
             near = d2 <= cfg.motion_gate
