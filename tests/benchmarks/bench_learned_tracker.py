@@ -69,7 +69,8 @@ def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: i
                "learned": run_config(TrackerConfig(method="learned"))}
     for name, path in variants.items():
         methods[name] = run_config(TrackerConfig(method="learned", learned_weights=path))
-    print(f"seed {seed}; hard: {hard_videos} videos × 31 frames, 256x512; easy: {EASY_CORPUS} noisy; DIS flow")
+    print(f"seed {seed}; hard: {hard_videos} videos × 31 frames, 256x512; easy: {dict(EASY_CORPUS, seed=seed)} noisy; "
+          "DIS flow")
     print("| set | tracker | VPQ | VPQ-Th k=15 | STQ | ID sw. / 100 tracks | ms/frame |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in sets:
