@@ -391,7 +391,8 @@ def test_association_rows_carry_a_chunk_of_frames_to_the_sink(tmp_path):
     may be rejected), and the sink writes every good frame and counts the rejected ones."""
     from operators.association.video_operator import TrackedFrame
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
-    from pipelines.label.stages import _tracked_row, batch_of, write_frames
+    from pipelines.label.sink import write_frames
+    from pipelines.label.stages import _tracked_row, batch_of
 
     ids = np.zeros((4, 6), np.int32)
     ids[:, :3], ids[:, 3:] = 1000, 21001  # road (category 0) and a tracked car (category 13)

@@ -30,7 +30,7 @@ from operators.video import VideoWriter, open_video
 from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
-from pipelines.label.stages import FRAME_TIMES_DIR, read_frame_times
+from pipelines.label.sink import FRAME_TIMES_DIR, read_frame_times
 from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
                               write_thumbnail)
 

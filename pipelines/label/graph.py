@@ -18,7 +18,8 @@ from typing import Iterator
 
 from pipelines.label.config import LabelConfig
 from pipelines.label.faults import MAX_TASK_RETRIES
-from pipelines.label.stages import AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video, write_frames
+from pipelines.label.sink import write_frames
+from pipelines.label.stages import AssociateChunks, FlowChunks, SegmentChunks, decode_chunk, plan_video
 
 FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association actor
 # A lost process costs a retry, never the run (Ray Data's defaults are the same but unbounded:
