@@ -256,3 +256,42 @@ def test_learned_tracker_ignores_segment_embeddings():
         embedded = dataclasses.replace(frame, embeddings={s.id: rng.normal(size=16) for s in frame.panoptic.segments})
         a, b = plain.update(frame), with_embeddings.update(embedded)
         assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
+
+
+@pytest.mark.slow
+def test_label_pipeline_with_the_learned_tracker_equals_the_sequential_loop(tmp_path, ray_local):
+    """``label`` with ``--tracker learned`` on Ray (association actors in chunks of 4 frames,
+    checkpointed) gives the ids of the learned tracker run frame by frame."""
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    from operators.formats import segments_table
+    from operators.segmentation.precomputed import PrecomputedSegmenter
+    from pipelines.label import label
+    from pipelines.label.config import LabelConfig
+    from pipelines.sequential import label_sequentially
+
+    corpus = make_corpus(tmp_path / "corpus", videos=2, frames=10)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID,
+                         chunk_frames=4, tracker=LEARNED)
+    label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=lambda *_: None)
+    table = segments_table.read_segments_table(str(tmp_path / "out" / "segments"))
+    rebuilt = {(f.video_id, f.frame_index): f.frame for f in segments_table.iter_table_frames(table)}
+    host = PrecomputedSegmenter(f"{corpus}/perframe")
+    videos = [(v, f"{corpus}/videos/{v}.mp4") for v in ("0000", "0001")]
+    reference = label_sequentially(videos, host, tracker=config.tracker_for(host.categories),
+                                   image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))
+    hybrid = label_sequentially(videos, host, image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i))
+
+    def scores(frame):
+        return [round(s.score, 4) for s in frame.segments if s.id >= 1000]
+
+    checked, differs = 0, False
+    for video_id, frames in reference.frames.items():
+        for index, expected in enumerate(frames):
+            got = rebuilt[(video_id, index)]
+            np.testing.assert_array_equal(got.ids, expected.ids, err_msg=f"video {video_id} frame {index}")
+            # the track scores are the learned score head's, not the hybrid's running mean
+            assert scores(got) == scores(expected)
+            differs |= scores(expected) != scores(hybrid.frames[video_id][index])
+            checked += 1
+    assert checked == 20 and differs
