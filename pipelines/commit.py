@@ -63,10 +63,6 @@ class OutputLayout:
         """Where ``video_id``'s outputs are staged (they mirror the final layout)."""
         return fs.join(self.run_staging(run_id), "videos", video_key(video_id))
 
-    def scratch(self, run_id: str, video_id: str) -> str:
-        """Temporary files of ``video_id`` that are never committed (e.g. PNGs for evaluation)."""
-        return fs.join(self.run_staging(run_id), "scratch", video_key(video_id))
-
     def marker_uri(self, video_id: str) -> str:
         return fs.join(self.root, COMMITS_DIR, video_key(video_id) + MARKER_SUFFIX)
 

@@ -173,3 +173,45 @@ def _raise_absent(listed: np.ndarray, pixels: np.ndarray, where: str) -> None:
     absent = listed[1:][pixels[1:] == 0]
     if absent.size:
         raise FormatMismatchError(where, f"segment ids {absent[:10].tolist()} are in segments_info but not in the PNG")
+
+
+# ---------------------------------------------------------------------------- tables as Arrow
+_SIDE_FIELDS = ("ids", "category", "iscrowd", "json_area", "pixels")
+_PAIR_FIELDS = ("pair_gt", "pair_pred", "pair_pixels")
+
+
+def frame_tables_schema():
+    """One row per frame: its index and every array of its :class:`FrameTable` as a list column."""
+    import pyarrow as pa
+
+    lists = [(f"{side}_{name}", pa.list_(pa.int64())) for side in ("gt", "pred") for name in _SIDE_FIELDS]
+    return pa.schema([("frame_index", pa.int64()), *lists, *[(name, pa.list_(pa.int64())) for name in _PAIR_FIELDS]])
+
+
+def frame_tables_to_arrow(tables: Sequence[FrameTable]):
+    """:class:`FrameTable` s as one Arrow table (the rows of :func:`frame_tables_schema`): what a
+    pipeline stages between the task that has the pixels and the one that scores the video."""
+    import pyarrow as pa
+
+    columns = {"frame_index": [t.frame_index for t in tables]}
+    for side in ("gt", "pred"):
+        for name in _SIDE_FIELDS:
+            columns[f"{side}_{name}"] = [getattr(getattr(t, side), name) for t in tables]
+    for name in _PAIR_FIELDS:
+        columns[name] = [getattr(t, name) for t in tables]
+    return pa.table(columns, schema=frame_tables_schema())
+
+
+def frame_tables_from_arrow(table) -> list[FrameTable]:
+    """The :class:`FrameTable` s of :func:`frame_tables_to_arrow`, in the table's row order."""
+    def arrays(name: str) -> list[np.ndarray]:
+        column = table[name].combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        offsets = column.offsets.to_numpy()
+        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    sides = {side: [arrays(f"{side}_{name}") for name in _SIDE_FIELDS] for side in ("gt", "pred")}
+    pairs = [arrays(name) for name in _PAIR_FIELDS]
+    return [FrameTable(int(index), SegmentTable(*(a[i] for a in sides["gt"])),
+                       SegmentTable(*(a[i] for a in sides["pred"])), *(a[i] for a in pairs))
+            for i, index in enumerate(table["frame_index"].to_pylist())]

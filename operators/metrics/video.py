@@ -10,7 +10,7 @@ video, frame and file) and no statistics, so one broken video does not stop a co
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from operators import fs
 from operators.errors import InputError, TubeflowError
@@ -20,7 +20,7 @@ from operators.formats.ground_truth import table_image
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.formats.vps_layout import VpsGroundTruth, VpsImage, VpsPredictions
 from operators.formats.vps_stream import parse_segments
-from operators.metrics.contingency import decode_ids, frame_table
+from operators.metrics.contingency import FrameTable, decode_ids, frame_table
 from operators.metrics.stq import StqStats, STQuality
 from operators.metrics.vpq import DEFAULT_KS, DEFAULT_STRIDE, GtAreaRule, VideoVpq, VpqStats, window_frames
 
@@ -173,47 +173,70 @@ def _table_frames(video: VideoInputs) -> list[FrameInputs]:
     return frames
 
 
+def frame_inputs_table(frame: FrameInputs, settings: EvaluationSettings, where: str,
+                       source: str = "") -> tuple[FrameTable, bool]:
+    """One annotated frame's :class:`FrameTable` (its PNGs read here unless the frames are given)
+    and whether its prediction was missing (scored as empty under ``allow_missing``; ``source``
+    names where the predictions come from in that error; ``where`` names the frame, ``video … frame …``).
+    Raises :class:`TubeflowError` on bad input."""
+    if not frame.gt_uri:
+        raise InputError(where, f"image {frame.image.id!r} has no GT annotation")
+    if frame.gt_frame is not None:
+        gt_ids = frame.gt_frame.ids
+    else:
+        gt_ids = decode_ids(fs.read_input(frame.gt_uri), frame.gt_uri)
+    if frame.image.height and frame.image.width and gt_ids.shape != (frame.image.height, frame.image.width):
+        raise InputError(frame.gt_uri, f"GT size {gt_ids.shape[1]}x{gt_ids.shape[0]} (WxH) differs from the "
+                                       f"JSON's {frame.image.width}x{frame.image.height}")
+    missing = frame.pred_uri is None
+    if missing:
+        if not settings.allow_missing:
+            raise InputError(where, f"no prediction for image {frame.image.id!r} in {source} "
+                                    "(--allow-missing scores it as empty)")
+        pred_ids = None
+    elif frame.pred_frame is not None:
+        pred_ids = frame.pred_frame.ids
+    else:
+        pred_ids = decode_ids(fs.read_input(frame.pred_uri), frame.pred_uri)
+    table = frame_table(frame.image.frame_index, gt_ids, _segment_list(frame.gt_segments, frame.gt_uri),
+                        pred_ids, _segment_list(frame.pred_segments, frame.pred_uri or "prediction"),
+                        frame.gt_uri, frame.pred_uri or "prediction", settings.categories.keys())
+    return table, missing
+
+
+def score_tables(video_id: str, tables: Iterable[FrameTable], settings: EvaluationSettings) -> tuple[VpqStats, StqStats]:
+    """A video's VPQ and STQ sums from its annotated frames' tables, in frame order (the
+    tables may come one at a time: a generator that reads each frame keeps one in memory)."""
+    vpq = VideoVpq(video_id, settings.ks, settings.stride, settings.gt_area)
+    stq = settings.new_stq()
+    for table in tables:
+        vpq.update(table)
+        stq.update_from_table(table, video_id)
+    return vpq.stats(), stq.stats()
+
+
 def evaluate_video(video: VideoInputs, settings: EvaluationSettings) -> VideoEvaluation:
     """VPQ and STQ sums of one video; on bad input, a result with ``error`` set."""
-    vpq = VideoVpq(video.video_id, settings.ks, settings.stride, settings.gt_area)
-    stq = settings.new_stq()
     missing = 0
     where = f"video {video.video_id}"
     frames = video.frames
-    try:
-        frames = _table_frames(video)
+
+    def tables() -> Iterator[FrameTable]:
+        nonlocal missing, where
         for frame in frames:
             where = f"video {video.video_id} frame {frame.image.frame_index}"
-            if not frame.gt_uri:
-                raise InputError(where, f"image {frame.image.id!r} has no GT annotation")
-            if frame.gt_frame is not None:
-                gt_ids = frame.gt_frame.ids
-            else:
-                gt_ids = decode_ids(fs.read_input(frame.gt_uri), frame.gt_uri)
-            if frame.image.height and frame.image.width and gt_ids.shape != (frame.image.height, frame.image.width):
-                raise InputError(frame.gt_uri, f"GT size {gt_ids.shape[1]}x{gt_ids.shape[0]} (WxH) differs from the "
-                                               f"JSON's {frame.image.width}x{frame.image.height}")
-            if frame.pred_uri is None:
-                if not settings.allow_missing:
-                    source = video.pred_table or video.pred_json
-                    raise InputError(where, f"no prediction for image {frame.image.id!r} in {source} "
-                                            "(--allow-missing scores it as empty)")
-                missing += 1
-                pred_ids = None
-            elif frame.pred_frame is not None:
-                pred_ids = frame.pred_frame.ids
-            else:
-                pred_ids = decode_ids(fs.read_input(frame.pred_uri), frame.pred_uri)
-            table = frame_table(frame.image.frame_index, gt_ids, _segment_list(frame.gt_segments, frame.gt_uri),
-                                pred_ids, _segment_list(frame.pred_segments, frame.pred_uri or "prediction"),
-                                frame.gt_uri, frame.pred_uri or "prediction", settings.categories.keys())
-            vpq.update(table)
-            stq.update_from_table(table, video.video_id)
+            table, missed = frame_inputs_table(frame, settings, where, video.pred_table or video.pred_json)
+            missing += missed
+            yield table
+
+    try:
+        frames = _table_frames(video)
+        vpq, stq = score_tables(video.video_id, tables(), settings)
     except TubeflowError as exc:
         message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
         return VideoEvaluation(video.video_id, len(frames), VpqStats(), None, message, missing,
                                frame_gaps([f.image.frame_index for f in frames]))
-    return VideoEvaluation(video.video_id, len(frames), vpq.stats(), stq.stats(), None, missing,
+    return VideoEvaluation(video.video_id, len(frames), vpq, stq, None, missing,
                            frame_gaps([f.image.frame_index for f in frames]))
 
 

@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "label": "driver", "LabelRun": "driver", "summary_table": "driver", "evaluation_settings": "driver",
     "LabelConfig": "config", "StageResources": "config", "check_models": "config",
-    "VideoResult": "finalize", "VideoTask": "finalize", "GtFrame": "finalize",
+    "VideoResult": "finalize", "VideoTask": "finalize", "GtFrame": "stages",
 }
 __all__ = sorted(_EXPORTS)
 

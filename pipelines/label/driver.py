@@ -26,7 +26,8 @@ from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers, is_current, recover, remove_run_staging
 from pipelines.label.config import LabelConfig, check_models
-from pipelines.label.finalize import GtFrame, VideoResult
+from pipelines.label.finalize import VideoResult
+from pipelines.label.stages import GtFrame
 from pipelines.label.outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.label.passes import GroundTruthIndex, LabelPasses, RunTally
 from pipelines.lease import Lease, LeaseLostError, new_run_id

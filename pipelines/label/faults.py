@@ -12,8 +12,9 @@ the last chunk boundary that has both
 
 * an association checkpoint in the output store (written by the actor after every push that
   consumed chunks, :class:`pipelines.label.association_actor.CheckpointStore`), and
-* every frame before it staged, in segments parts that end before it (parts written after the
-  loss, or straddling the boundary, are deleted first).
+* every frame before it staged, in sink writes that end before it (what a write staged after the
+  loss, or straddling the boundary, is deleted first: its segments part, and its frame-times and
+  contingency-table parts, :data:`pipelines.label.stages.FRAME_PART_DIRS`).
 
 The tracker is deterministic, so the resumed video has the track ids of an uninterrupted run.
 A video still lost after :data:`MAX_PASSES` passes fails with a row naming the losses.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from operators import fs
 from operators.formats import segments_table
 from pipelines.commit import OutputLayout, remove_tree
+from pipelines.label.sink import FRAME_PART_DIRS, frame_part_span
 
 MAX_PASSES = 4
 """The first pass and up to three more for the videos that lost a process."""
@@ -47,6 +49,9 @@ class VideoProgress:
     """Frames staged so far (by this pass or kept from earlier ones)."""
     parts: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Segments parts staged: file name → (first, last) frame of the batch that wrote it."""
+    spans: set[tuple[int, int]] = field(default_factory=set)
+    """(first, last) frame of every sink write (also of those without segments: their frame
+    times and contingency tables are parts of that span too)."""
     frames_failed: int = 0
     error: str = ""
     stage: str = ""
@@ -60,8 +65,10 @@ class VideoProgress:
         self.frame_count = int(summary["frame_count"]) or self.frame_count
         frames = json.loads(summary["frames"])
         self.frames.update(frames)
-        if summary["part"] and frames:
-            self.parts[str(summary["part"])] = (min(frames), max(frames))
+        if frames:
+            self.spans.add((min(frames), max(frames)))
+            if summary["part"]:
+                self.parts[str(summary["part"])] = (min(frames), max(frames))
         self.frames_failed += int(summary["frames_failed"])
         if summary["error"] and not self.error:
             self.error, self.stage, self.lost = str(summary["error"]), str(summary["stage"]), bool(summary["lost"])
@@ -84,11 +91,12 @@ class VideoProgress:
 
 def resume_point(progress: VideoProgress, boundaries: list[int]) -> int:
     """The latest checkpointed chunk boundary before which every frame is staged and that no
-    staged part straddles (0: start over)."""
+    sink write straddles (0: start over)."""
     covered = 0
     while covered in progress.frames:
         covered += 1
-    straddled = {b for first, last in progress.parts.values() for b in range(first + 1, last + 1)}
+    spans = set(progress.parts.values()) | progress.spans
+    straddled = {b for first, last in spans for b in range(first + 1, last + 1)}
     return max((b for b in boundaries if b <= covered and b not in straddled), default=0)
 
 
@@ -106,7 +114,14 @@ def prepare_retry(layout: OutputLayout, run_id: str, progress: VideoProgress, bo
         for name in filesystem.ls(path, detail=False) if filesystem.exists(path) else []:
             if name.rstrip("/").rsplit("/", 1)[-1] not in keep:
                 filesystem.rm(name, recursive=True)
+        for folder in FRAME_PART_DIRS:  # frame times, contingency tables: named by their frames
+            filesystem, path = fs.fresh(fs.join(staging, folder))
+            for name in filesystem.ls(path, detail=False) if filesystem.exists(path) else []:
+                span = frame_part_span(name)
+                if span is None or span[1] >= start:
+                    filesystem.rm(name, recursive=True)
     progress.parts = keep
+    progress.spans = {span for span in progress.spans if span[1] < start}
     progress.frames = {f for f in progress.frames if f < start}
     progress.resume_from = start
     return start

@@ -20,28 +20,20 @@ from operators import fs
 from operators.errors import InputError
 from operators.formats import segments_table
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
-from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
-from operators.formats.vps_layout import VpsImage
+from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.metrics.stq import StqStats
-from operators.metrics.video import EvaluationSettings, FrameInputs, VideoEvaluation, VideoInputs, evaluate_video
+from operators.metrics.video import (EvaluationSettings, FrameInputs, VideoEvaluation, frame_gaps, frame_inputs_table,
+                                     score_tables)
 from operators.metrics.vpq import VpqStats
 from operators.review.overlay import legend_classes, render_overlay
 from operators.video import VideoWriter, open_video
 from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
-from pipelines.label.sink import FRAME_TIMES_DIR, read_frame_times
+from pipelines.label.sink import FRAME_TABLES_DIR, FRAME_TIMES_DIR, read_frame_tables, read_frame_times
+from pipelines.label.stages import GtFrame
 from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
                               write_thumbnail)
-
-
-@dataclass
-class GtFrame:
-    """One annotated GT frame of a video: where its PNG is and its segments_info."""
-
-    image: VpsImage
-    png_uri: str
-    segments: list[SegmentInfo]
 
 
 @dataclass
@@ -112,22 +104,30 @@ def read_video_metrics(uri: str, video_id: str, frames: int, settings: Evaluatio
     return VideoEvaluation(video_id, frames, VpqStats(vpq), StqStats(empty.size, empty.include, stq_table))
 
 
-def _evaluate(task: VideoTask, staging: str, scratch: str, by_frame: dict, size, settings: EvaluationSettings,
-              write_png: bool) -> VideoEvaluation:
+def _evaluate(task: VideoTask, staging: str, size, settings: EvaluationSettings) -> VideoEvaluation:
+    """The video's VPQ and STQ sums from the contingency tables the sink staged (no PNG is
+    written or read here); an annotated frame the sink never saw (the GT names a frame past the
+    video's end) is scored here against an empty prediction."""
     if not task.gt_frames:
         raise InputError(f"video {task.video_id}", "the GT has no annotated frame of this video")
-    frames = []
-    for gt in task.gt_frames:
-        rows = by_frame.get(gt.image.frame_index, [])
-        pred = segments_table.rows_to_frame(rows, size) if rows or size else PanopticFrame(np.zeros((1, 1), np.int32))
-        pred_uri = fs.join(staging if write_png else scratch, "pan_pred", png_name(gt.image.id))
-        if not write_png:
-            write_panoptic_png(pred_uri, pred.ids)
-        frames.append(FrameInputs(gt.image, gt.png_uri, gt.segments, pred_uri, pred.segments))
-    evaluation = evaluate_video(VideoInputs(task.video_id, frames, "label pipeline"), settings)
-    if evaluation.error:
-        raise InputError(f"video {task.video_id}", evaluation.error)
-    return evaluation
+    staged = read_frame_tables(staging)
+
+    def tables():
+        for gt in task.gt_frames:
+            index = gt.image.frame_index
+            where = f"video {task.video_id} frame {index}"
+            table, error = staged.get(index, (None, ""))
+            if error:  # the sink's message: "video … frame …: problem"
+                raise InputError(where, error.removeprefix(f"{where}: "))
+            if table is None:
+                empty = PanopticFrame(np.zeros(size, np.int32))
+                table, _ = frame_inputs_table(FrameInputs(gt.image, gt.png_uri, gt.segments, f"prediction of {where}",
+                                                          [], pred_frame=empty), settings, where)
+            yield table
+
+    vpq, stq = score_tables(task.video_id, tables(), settings)
+    indices = [gt.image.frame_index for gt in task.gt_frames]
+    return VideoEvaluation(task.video_id, len(indices), vpq, stq, None, 0, frame_gaps(indices))
 
 
 def _write_overlay(task: VideoTask, staging: str, by_frame: dict, times: dict) -> None:
@@ -142,12 +142,11 @@ def _write_overlay(task: VideoTask, staging: str, by_frame: dict, times: dict) -
 
 
 def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, model_checksums: dict,
-                   settings: EvaluationSettings | None, write_png: bool, write_overlay: bool,
+                   settings: EvaluationSettings | None, write_overlay: bool,
                    review: str | None = None) -> VideoResult:
     """Annotations, metrics, overlay and review outputs of one fully staged video, then its commit."""
     layout = OutputLayout(root)
     staging = layout.staging(run_id, task.video_id)
-    scratch = layout.scratch(run_id, task.video_id)
     stage = "finalize"
     try:
         by_frame, size = _staged_frames(staging, task.frame_count, None)
@@ -169,11 +168,12 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         metrics = {}
         if settings is not None:
             stage = "evaluate"
-            evaluation = _evaluate(task, staging, scratch, by_frame, size, settings, write_png)
+            evaluation = _evaluate(task, staging, size, settings)
             write_video_metrics(fs.join(staging, metrics_rel(task.video_id)), evaluation)
             stq = evaluation.stq.result()
             metrics = {"stq": float(stq["STQ"]), "aq": float(stq["AQ"]),
                        "vpq": float(evaluation.vpq.result(settings.categories, settings.ks).vpq)}
+        remove_tree(fs.join(staging, FRAME_TABLES_DIR))  # scored: not an output
         if write_overlay:
             stage = "overlay"
             _write_overlay(task, staging, by_frame, times)
@@ -198,5 +198,3 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
 
         remove_tree(staging)
         return VideoResult(task.video_id, "failed", stage=stage, error=describe(exc))
-    finally:
-        remove_tree(scratch)

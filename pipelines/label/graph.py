@@ -4,7 +4,8 @@
 
     videos ─ plan+decode (CPU tasks) ─ segment (model actor pool; 1 GPU each when the cluster
     has GPUs) ─ flow (actor pool) ─ associate (per-video actors, sharded by video id, chunks
-    in frame order, ObjectRefs) ─ sink (staging: segments table, PNGs) ─► summary rows
+    in frame order, ObjectRefs) ─ sink (staging: segments table, frame times, the annotated
+    frames' contingency tables vs GT, PNGs) ─► summary rows
 
 Ray Data streams chunks through the stages with backpressure, so memory is bounded by the
 blocks in flight, not by the corpus. The stages themselves are in :mod:`pipelines.label.stages`;
@@ -122,9 +123,10 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
 
 
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
-                  categories=None):
+                  categories=None, settings=None):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
-    ``categories``: the model's classes (default Cityscapes').
+    ``categories``: the model's classes (default Cityscapes'); ``settings``: the evaluation's
+    (None: no GT), with which the sink stages each annotated frame's contingency table.
 
     Every stage survives the loss of its process: tasks run again, actors restart and get
     their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label/faults.py)."""
@@ -148,6 +150,6 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
                         **ACTOR_FAULTS)
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,
-                                                   "categories": categories},
+                                                   "categories": categories, "settings": settings},
                           batch_size=1, num_cpus=cpus["sink"], compute=tasks, **TASK_FAULTS)
 

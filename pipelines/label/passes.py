@@ -27,7 +27,7 @@ from pipelines.label import graph
 from pipelines.label.config import LabelConfig
 from pipelines.label.faults import MAX_PASSES, VideoProgress, prepare_retry
 from pipelines.label.finalize import VideoResult, VideoTask, finalize_video
-from pipelines.label.stages import TIMED, describe
+from pipelines.label.stages import TIMED, describe, gt_frames_json
 from pipelines.plan import VideoEntry
 
 
@@ -261,7 +261,7 @@ class LabelPasses:
 
         def launch(p: VideoProgress) -> None:
             finished(window.add(self.finalize.remote(layout.root, run_id, self._task(p), self.config_hash,
-                                                     self.checksums, self.gt.settings, config.write_png,
+                                                     self.checksums, self.gt.settings,
                                                      config.write_overlay, config.review), p))
 
         def done() -> None:
@@ -270,12 +270,13 @@ class LabelPasses:
 
         book = PassBook(waiting, tally, launch, self._discard, pool.finish, done)
         rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt_image_ids": json.dumps(self.gt.names.get(v, {})),
+                 "gt_frames": gt_frames_json(self.gt.frames.get(v, []) if self.gt.settings else []),
                  "resume_from": p.resume_from} for v, p in waiting.items()]
         try:
             gone = ""
             try:
                 for summary in graph.build_dataset(rows, config, layout.root, run_id, pool, plan,
-                                                   self.categories).iter_rows():
+                                                   self.categories, self.gt.settings).iter_rows():
                     book.take(summary)
                     finished(window.poll())
             except ray.exceptions.RayError as exc:  # the executor gave up (e.g. actors dying as they start)

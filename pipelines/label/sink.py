@@ -1,6 +1,7 @@
 """The sink of the labelling graph: the tracked frames of each associate row written to their
-video's staging prefix (segments table part, PNGs, the frames' times), and one small summary row
-per video and batch for the driver (:mod:`pipelines.label.passes`).
+video's staging prefix (segments table part, PNGs, the frames' times; with GT, each annotated
+frame's contingency table against it, :func:`score_frames`), and one small summary row per video
+and batch for the driver (:mod:`pipelines.label.passes`).
 
 Writing a batch again (a retried task) writes the same files under the same names. Finalize
 (:mod:`pipelines.label.finalize`) reads what the sink staged.
@@ -9,44 +10,119 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from operators import fs
 from operators.formats import segments_table
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
 from operators.ids import png_name
 from operators.video import split_stream_uri
 from pipelines.commit import OutputLayout
-from pipelines.label.stages import TIMED, batch_of, describe, rows_of, stage
+from pipelines.label.stages import TIMED, GtFrame, batch_of, describe, rows_of, stage
 
 FRAME_TIMES_DIR = "frame_times"  # staging only: finalize reads it and removes it before the commit
+FRAME_TABLES_DIR = "frame_tables"  # staging only, like frame_times: the annotated frames' contingency tables
+FRAME_PART_DIRS = (FRAME_TIMES_DIR, FRAME_TABLES_DIR)
+"""The staging folders of small per-write Parquet parts named by their frames
+(``part-<first>-<last>.parquet``, :func:`frame_part_span`); a retried write replaces its own file,
+a resumed video loses the parts at and after its resume point (:func:`pipelines.label.faults.prepare_retry`)."""
+
+
+def _write_frame_part(staging: str, folder: str, table, first: int, last: int) -> None:
+    import pyarrow.parquet as pq
+
+    with fs.atomic_write(fs.join(staging, folder, f"part-{first:08d}-{last:08d}.parquet")) as f:
+        pq.write_table(table, f)
+
+
+def frame_part_span(name: str) -> tuple[int, int] | None:
+    """(first, last) frame of a part written by :func:`_write_frame_part` (None: not such a part)."""
+    stem = name.rstrip("/").rsplit("/", 1)[-1]
+    parts = stem.removesuffix(".parquet").split("-")
+    if not stem.endswith(".parquet") or len(parts) != 3 or parts[0] != "part" or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _read_frame_parts(staging: str, folder: str) -> list:
+    """The Arrow tables of the parts in ``staging/folder``, in name (frame) order."""
+    import pyarrow.parquet as pq
+
+    root = fs.join(staging, folder)
+    filesystem, path = fs.filesystem(root)
+    if not filesystem.exists(path):
+        return []
+    tables = []
+    for name in sorted(filesystem.find(path)):
+        if name.endswith(".parquet") and "/." not in name[len(path):]:
+            with filesystem.open(name, "rb") as f:
+                tables.append(pq.read_table(f))
+    return tables
 
 
 def write_frame_times(staging: str, times: list[tuple[int, int | None]]) -> None:
     """One small Parquet file of (frame_index, timestamp_ns) per sink write, named by its frames
     (a retried write replaces its own file)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.table({"frame_index": pa.array([i for i, _ in times], pa.int32()),
                       "timestamp_ns": pa.array([t for _, t in times], pa.int64())})
-    first, last = min(i for i, _ in times), max(i for i, _ in times)
-    with fs.atomic_write(fs.join(staging, FRAME_TIMES_DIR, f"part-{first:08d}-{last:08d}.parquet")) as f:
-        pq.write_table(table, f)
+    _write_frame_part(staging, FRAME_TIMES_DIR, table, min(i for i, _ in times), max(i for i, _ in times))
 
 
 def read_frame_times(staging: str) -> dict[int, int | None]:
     """frame_index → timestamp_ns of every staged frame (empty when nothing was staged)."""
-    import pyarrow.parquet as pq
-
-    root = fs.join(staging, FRAME_TIMES_DIR)
-    filesystem, path = fs.filesystem(root)
-    if not filesystem.exists(path):
-        return {}
     out = {}
-    for name in sorted(filesystem.find(path)):
-        if name.endswith(".parquet") and "/." not in name[len(path):]:
-            with filesystem.open(name, "rb") as f:
-                table = pq.read_table(f)
-            out.update(zip(table["frame_index"].to_pylist(), table["timestamp_ns"].to_pylist()))
+    for table in _read_frame_parts(staging, FRAME_TIMES_DIR):
+        out.update(zip(table["frame_index"].to_pylist(), table["timestamp_ns"].to_pylist()))
+    return out
+
+
+def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, dict]], settings) -> list:
+    """Each annotated frame's contingency table against its GT (read here: the PNG its record
+    names), by :func:`operators.metrics.video.frame_inputs_table`, the function ``tubeflow
+    evaluate`` scores a frame with. ``frames``: (frame index, predicted frame, GT record).
+    Returns (frame index, :class:`FrameTable` or None, error): a frame whose GT is bad gets
+    its error (``video … frame …: …``), which fails the video when finalize scores it."""
+    from operators.errors import TubeflowError
+    from operators.metrics.video import FrameInputs, frame_inputs_table
+
+    out = []
+    for index, prediction, record in frames:
+        gt = GtFrame.from_json(record)
+        where = f"video {video_id} frame {index}"
+        try:
+            table, _ = frame_inputs_table(FrameInputs(gt.image, gt.png_uri, gt.segments, f"prediction of {where}",
+                                                      prediction.segments, pred_frame=prediction), settings, where)
+            out.append((index, table, ""))
+        except TubeflowError as exc:
+            out.append((index, None, str(exc) if str(exc).startswith(where) else f"{where}: {exc}"))
+    return out
+
+
+def write_frame_tables(staging: str, scored: list, first: int, last: int) -> None:
+    """The annotated frames' tables of one sink write (frames ``first``..``last``) as one Parquet
+    part: the rows of :func:`operators.metrics.contingency.frame_tables_to_arrow` plus ``error``
+    (a frame whose GT is bad: an error and no table)."""
+    import pyarrow as pa
+
+    from operators.metrics.contingency import SegmentTable, FrameTable, frame_tables_to_arrow
+
+    none = np.zeros(0, np.int64)
+    empty = SegmentTable(none, none, none, none, none)
+    tables = [t if t is not None else FrameTable(i, empty, empty, none, none, none) for i, t, _ in scored]
+    table = frame_tables_to_arrow(tables).append_column("error", pa.array([e for _, _, e in scored], pa.string()))
+    _write_frame_part(staging, FRAME_TABLES_DIR, table, first, last)
+
+
+def read_frame_tables(staging: str) -> dict[int, tuple]:
+    """frame_index → (:class:`FrameTable` or None, error) of every staged annotated frame."""
+    from operators.metrics.contingency import frame_tables_from_arrow
+
+    out = {}
+    for table in _read_frame_parts(staging, FRAME_TABLES_DIR):
+        for frame, error in zip(frame_tables_from_arrow(table), table["error"].to_pylist()):
+            out[frame.frame_index] = (None if error else frame, error)
     return out
 
 
@@ -59,32 +135,39 @@ def _sink_failed(summary: dict, exc: BaseException) -> dict:
 
 @stage("sink", skip_failed=False, failed=_sink_failed)
 def _stage_video(summary: dict, *, layout: OutputLayout, run_id: str, good: list, uri: str, write_png: bool,
-                 categories) -> dict:
+                 categories, settings) -> dict:
     """Write one video's good frames of a batch to its staging prefix; ``summary`` says what was written."""
     video_id = summary["video_id"]
     staging = layout.staging(run_id, video_id)
     source_uri, topic = split_stream_uri(uri)
-    tables = []
-    for index, image_id, timestamp, ids, segments in good:
+    tables, annotated = [], []
+    for index, image_id, timestamp, ids, segments, gt in good:
         frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
         tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
                                                     *([categories] if categories else []),
                                                     timestamp_ns=timestamp, source_uri=source_uri, topic=topic))
         if write_png:
             write_panoptic_png(fs.join(staging, "pan_pred", png_name(image_id)), frame.ids)
+        if gt is not None and settings is not None:
+            annotated.append((index, frame, gt))
     nonempty = [t for t in tables if t.num_rows]
     if nonempty:
         (part,) = segments_table.write_segments_table(fs.join(staging, "segments"), nonempty)
         summary["part"] = part.rsplit("/", 1)[-1]
     if good:  # every frame's time, also of frames without segments (finalize reads it)
-        write_frame_times(staging, [(index, timestamp) for index, _, timestamp, _, _ in good])
+        first, last = min(g[0] for g in good), max(g[0] for g in good)
+        write_frame_times(staging, [(index, timestamp) for index, _, timestamp, *_ in good])
+        if annotated:  # what evaluation needs of these frames: no PNG written or read for it
+            write_frame_tables(staging, score_frames(video_id, annotated, settings), first, last)
     summary["segments"] = sum(t.num_rows for t in tables)
     return summary
 
 
-def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None) -> dict:
+def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None, settings=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
-    (segments table part, PNGs) and return one summary row per video of the batch: counts, the
+    (segments table part, frame times, PNGs; with ``settings``, the evaluation's
+    :class:`~operators.metrics.video.EvaluationSettings`, the contingency tables of the frames
+    that carry a GT record) and return one summary row per video of the batch: counts, the
     frames written (``frames``, JSON list) and the segments part's file name (``part``).
 
     Writing a batch again (a retried task) writes the same files under the same names.
@@ -95,15 +178,18 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
         by_video.setdefault(str(row["video_id"]), []).append(row)
     summaries = []
     for video_id, rows in by_video.items():
-        good, frame_errors = [], []  # (frame index, image id, time, ids, segments) of the frames to write; errors
+        # (frame index, image id, time, ids, segments, GT record or None) of the frames to write; errors
+        good, frame_errors = [], []
         for r in rows:
+            records = json.loads(r["gt_frames"])
             frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["timestamps"]),
-                         json.loads(r["frame_errors"]), r["panoptic"], json.loads(r["segments"]))
-            for index, image_id, timestamp, error, ids, segments in frames:
+                         json.loads(r["frame_errors"]), r["panoptic"], json.loads(r["segments"]),
+                         records or [None] * len(r["frame_indices"]))
+            for index, image_id, timestamp, error, ids, segments, gt in frames:
                 if error:
                     frame_errors.append(error)
                 else:
-                    good.append((int(index), image_id, timestamp, ids, segments))
+                    good.append((int(index), image_id, timestamp, ids, segments, gt))
         errors = [r["error"] for r in rows if r["error"]] + frame_errors
         stage_name = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
@@ -112,5 +198,5 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
                    "lost": any(bool(r["lost"]) for r in rows), "frames": json.dumps([index for index, *_ in good]),
                    "part": "", **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
         summaries.append(_stage_video(summary, layout=layout, run_id=run_id, good=good, uri=str(rows[0]["uri"]),
-                                      write_png=write_png, categories=categories))
+                                      write_png=write_png, categories=categories, settings=settings))
     return batch_of(summaries)

@@ -3,8 +3,10 @@
 Rows are video *chunks*:
 
 * plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index,
-  frame_count, image_ids`` (JSON list), ``resume_from`` (the first frame this pass labels: a video
-  resumed from an association checkpoint skips the chunks before it), ``error``/``stage``;
+  frame_count, image_ids`` (JSON list), ``gt_frames`` (JSON list: each frame's GT record,
+  :meth:`GtFrame.to_json`, null where the frame is not annotated or the run has no GT),
+  ``resume_from`` (the first frame this pass labels: a video resumed from an association
+  checkpoint skips the chunks before it), ``error``/``stage``;
 * decode adds ``rgb (n, H, W, 3) uint8``, ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
   of the previous chunk, so flow at a chunk boundary is the same as inside a chunk) and
   ``timestamps`` (JSON list of each frame's ``timestamp_ns``, null where the source has none);
@@ -13,11 +15,12 @@ Rows are video *chunks*:
 * flow adds ``flow (n, H, W, 2) float32`` (current → previous; frame 0 of a video has none);
 * associate emits one row per chunk with the frames that became trackable (any number, possibly
   of earlier chunks): ``uri``, ``frame_indices (m,) int64, image_ids, timestamps, frame_errors``
-  (JSON lists),
-  ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
+  (JSON lists), ``gt_frames`` (JSON list, the frames' GT records: they ride through the
+  tracker with the image ids), ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
 * the sink (:mod:`pipelines.label.sink`) writes them to the video's staging prefix (segments
-  rows with their time, source URI and topic; the frames' times) and emits one small row per
-  video and batch (with the frames it wrote and the name of its segments part).
+  rows with their time, source URI and topic; the frames' times; for each annotated frame its
+  contingency table against the GT, which it reads itself) and emits one small row per video
+  and batch (with the frames it wrote and the name of its segments part).
 
 A row that failed keeps flowing with ``error`` and ``stage`` set and empty arrays, so the
 driver learns about it from the sink's output like about any other row; ``lost`` marks a
@@ -30,12 +33,14 @@ import functools
 import json
 import time
 import traceback
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from operators.errors import InputError, TubeflowError
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
+from operators.formats.vps_layout import VpsImage
 from operators.ids import image_key, video_key
 from operators.video import open_video
 from pipelines.plan import plan_chunks
@@ -146,18 +151,54 @@ def lost_process(exc: BaseException) -> bool:
     return isinstance(exc, RayError)
 
 
+# ---------------------------------------------------------------------------- ground truth
+@dataclass
+class GtFrame:
+    """One annotated GT frame of a video: where its PNG is and its segments_info."""
+
+    image: VpsImage
+    png_uri: str
+    segments: list[SegmentInfo]
+
+    def to_json(self) -> dict:
+        return {"image": self.image.to_json(), "png_uri": self.png_uri, "segments": [s.to_json() for s in self.segments]}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "GtFrame":
+        return cls(VpsImage(**record["image"]), record["png_uri"], [SegmentInfo.from_json(s) for s in record["segments"]])
+
+
+def gt_frames_json(frames: list[GtFrame]) -> str:
+    """A video row's ``gt_frames``: frame_index → GT record, as JSON."""
+    return json.dumps({str(f.image.frame_index): f.to_json() for f in frames})
+
+
+class FrameLabel(NamedTuple):
+    """What the tracker carries through untouched for the writers as a frame's ``image_id``
+    (a frame can come back with a later chunk's row): its image id, time and GT record."""
+
+    image_id: str
+    timestamp_ns: int | None
+    gt: dict | None = None
+
+
+def _gt_record(label: tuple) -> dict | None:
+    return label[2] if len(label) > 2 else None
+
+
 # ---------------------------------------------------------------------------- plan, decode
 def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dict]:
-    """One video row (``video_id, uri, gt_image_ids`` JSON, ``resume_from``) → its chunk rows
-    from ``resume_from`` on, or one error row."""
+    """One video row (``video_id, uri, gt_image_ids`` JSON, ``gt_frames`` JSON (optional, see
+    :func:`gt_frames_json`), ``resume_from``) → its chunk rows from ``resume_from`` on, or one error row."""
     resume_from = int(video.get("resume_from") or 0)
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
-            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "resume_from": resume_from,
-            "error": "", "stage": ""}
+            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "gt_frames": "[]",
+            "resume_from": resume_from, "error": "", "stage": ""}
     try:
         video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
         named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
+        annotated = {int(k): v for k, v in json.loads(video.get("gt_frames") or "{}").items()}
         per_chunk = [[named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
                       for i in range(chunk.frame_start, chunk.frame_end)] for chunk in chunks]
         image_ids = [i for ids in per_chunk for i in ids]
@@ -168,8 +209,9 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
     except Exception as exc:  # an undecodable or empty video, an id that cannot be a path: a failure row
         return [_failed(base, "plan", exc)]
     count = chunks[-1].frame_end
-    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids), "resume_from": resume_from,
-             "error": "", "stage": ""}
+    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids),
+             "gt_frames": json.dumps([annotated.get(i) for i in range(chunk.frame_start, chunk.frame_end)]),
+             "resume_from": resume_from, "error": "", "stage": ""}
             for chunk, ids in zip(chunks, per_chunk) if chunk.frame_start >= resume_from]
 
 
@@ -284,6 +326,7 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
             "frame_indices": np.array([f.frame_index for f in frames], np.int64),
             "image_ids": json.dumps([f.image_id[0] for f in frames]),
             "timestamps": json.dumps([f.image_id[1] for f in frames]),
+            "gt_frames": json.dumps([_gt_record(f.image_id) for f in frames]),
             "frame_errors": json.dumps([f.error or "" for f in frames]),
             "panoptic": np.stack([f.panoptic.ids.astype(np.int32) if not f.error else np.zeros(shape, np.int32)
                                   for f in frames]) if frames else _empty(1, 1, dtype=np.int32),
@@ -329,9 +372,10 @@ class AssociateChunks:
 
         ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
         frames, offset = [], 0
-        # The tracker carries image_id through untouched for the writers; the frame's time
-        # rides with it, since a frame can come back with a later chunk's row.
-        labels = zip(json.loads(row["image_ids"]), json.loads(row["timestamps"]))
+        # The tracker carries image_id through untouched for the writers; the frame's time and
+        # GT record ride with it, since a frame can come back with a later chunk's row.
+        labels = map(FrameLabel, json.loads(row["image_ids"]), json.loads(row["timestamps"]),
+                     json.loads(row.get("gt_frames") or "[]") or [None] * len(segments))
         for i, (image_id, segs) in enumerate(zip(labels, segments)):
             infos = [SegmentInfo.from_json(s) for s in segs]
             vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
