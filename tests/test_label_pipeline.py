@@ -102,23 +102,64 @@ def test_pipeline_equals_the_sequential_loop(labelled, tmp_path):
     assert checked == 20
 
 
+def _committed_gt(labelled, tmp_path) -> str:
+    """The corpus's GT JSON less the videos that failed (what evaluate scores the outputs against)."""
+    gt = json.loads(open(f"{labelled['corpus']}/gt/panoptic_gt.json").read())
+    keep = {im["id"] for im in gt["images"] if im["video_id"] in GOOD}
+    gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+          "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    return str(tmp_path / "gt.json")
+
+
 def test_in_pass_metrics_equal_the_evaluate_pipeline(labelled, tmp_path):
     from pipelines.evaluate import evaluate
 
     corpus, out = labelled["corpus"], labelled["out"]
     assert json.loads(open(f"{out}/pred.json").read())["annotations"]
     # evaluate the submission-layout output against the GT of the committed videos only
-    gt = json.loads(open(f"{corpus}/gt/panoptic_gt.json").read())
-    keep = {im["id"] for im in gt["images"] if im["video_id"] in GOOD}
-    gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
-          "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
-    report = evaluate(str(tmp_path / "gt.json"), f"{corpus}/gt/panoptic", out, str(tmp_path / "eval"), progress=False)
+    report = evaluate(_committed_gt(labelled, tmp_path), f"{corpus}/gt/panoptic", out, str(tmp_path / "eval"), progress=False)
     in_pass = labelled["run"].report
-    assert in_pass is not None and report.vpq.vpq == pytest.approx(in_pass.vpq.vpq, abs=1e-12)
-    assert report.stq["STQ"] == pytest.approx(in_pass.stq["STQ"], abs=1e-12)
+    assert in_pass is not None and report.vpq.per_class == in_pass.vpq.per_class  # every sum, exactly
+    assert report.vpq.vpq == in_pass.vpq.vpq and report.stq == in_pass.stq
     assert 0.5 < in_pass.vpq.vpq <= 1.0
     assert json.loads(open(f"{out}/metrics/metrics.json").read())
+
+
+def test_without_png_no_prediction_png_is_written_and_metrics_equal_evaluate_exactly(labelled, tmp_path):
+    """``--png`` off: the sink scores the annotated frames where the predicted ids are, so no
+    frame PNG appears anywhere under the output (staging included) while the run goes (a watcher
+    lists the tree as it runs; the old evaluation wrote each annotated frame to scratch), and the metrics equal ``tubeflow evaluate`` of the
+    run's own segments table to the last count and bit."""
+    import threading
+
+    from pipelines.evaluate import evaluate
+
+    corpus, out = labelled["corpus"], tmp_path / "out"
+    seen, stop = set(), threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for folder, _, files in os.walk(out):  # every PNG but the report's plots (metrics/*.png)
+                if os.path.relpath(folder, out) != "metrics":
+                    seen.update(os.path.join(folder, f) for f in files if f.endswith(".png"))
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run = label(labelled["videos"], str(out), replace(labelled["config"], write_png=False, write_overlay=False),
+                    progress=False, only_videos=GOOD, log=lambda *_: None)
+    finally:
+        stop.set()
+        watcher.join()
+    assert {r.status for r in run.results} == {"ok"} and run.report is not None
+    assert seen == set()
+    report = evaluate(_committed_gt(labelled, tmp_path), f"{corpus}/gt/panoptic", out=str(tmp_path / "eval"),
+                      pred_table=str(out / "segments"), progress=False)
+    assert report.vpq.per_class == run.report.vpq.per_class  # every category's sums at every k, exactly
+    assert report.vpq.vpq == run.report.vpq.vpq and report.stq == run.report.stq
+    assert 0.5 < run.report.vpq.vpq <= 1.0
 
 
 def test_overlay_has_every_frame_with_consistent_colours(labelled):
