@@ -14,7 +14,7 @@ the last chunk boundary that has both
   consumed chunks, :class:`pipelines.label.association_actor.CheckpointStore`), and
 * every frame before it staged, in sink writes that end before it (what a write staged after the
   loss, or straddling the boundary, is deleted first: its segments part, and its frame-times and
-  contingency-table parts, :data:`pipelines.label.stages.FRAME_PART_DIRS`).
+  contingency-table parts, :data:`pipelines.label.sink.FRAME_PART_DIRS`).
 
 The tracker is deterministic, so the resumed video has the track ids of an uninterrupted run.
 A video still lost after :data:`MAX_PASSES` passes fails with a row naming the losses.

@@ -35,7 +35,8 @@ from operators.synth.perturb import scramble_ids
 from pipelines.commit import OutputLayout
 from pipelines.label import finalize
 from pipelines.label.finalize import VideoTask, finalize_video
-from pipelines.label.stages import FrameLabel, GtFrame, _tracked_row, batch_of, write_frames
+from pipelines.label.sink import write_frames
+from pipelines.label.stages import FrameLabel, GtFrame, _tracked_row, batch_of
 from pipelines.lease import Lease
 
 pytestmark = pytest.mark.benchmark
