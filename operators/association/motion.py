@@ -43,9 +43,7 @@ class MotionNoise:
     ``observation``: of a measured centroid (mask noise, partial occlusion); ``size_factor``
     scales all three for the size component (sizes change slower than positions move);
     ``min_size``: sizes below it count as it for the noise; ``size_observation``: noise of a
-    measured size (an occluder halves the visible size from one frame to the next);
-    ``occlusion``: how far the centroid of a partly hidden object's visible part may lie from
-    the whole object's, per unit of hidden share of its size (:meth:`hidden_std`).
+    measured size (an occluder halves the visible size from one frame to the next).
     """
 
     position: float = 0.05
@@ -55,19 +53,6 @@ class MotionNoise:
     size_factor: float = 0.5
     min_size: float = 10.0
     size_observation: float = 0.3
-    occlusion: float = 0.0
-
-    def hidden_std(self, predicted_size, observed_size) -> np.ndarray:
-        """Extra std (pixels) of a measured centroid whose segment is smaller than predicted: the
-        visible part of a partly hidden object lies anywhere within the object's extent, so its
-        centroid sits up to about half the hidden share of the object's size off the whole
-        object's. ``occlusion × predicted size × hidden share``, the hidden share ``1 −
-        (observed / predicted)²`` of the area; 0 for a segment as large as predicted or larger
-        (a larger one is the object coming out, its centroid the whole object's again), and when
-        ``occlusion`` is 0. Broadcasts."""
-        full = np.maximum(predicted_size, 1.0)
-        visible = np.clip(observed_size, 0.0, full) / full
-        return self.occlusion * full * (1.0 - visible ** 2)
 
     def _observation_std(self, s) -> np.ndarray:
         """Std of a measured (x, y, size) at size ``s`` (scalar or ``(N, 1)``): the visible size of
@@ -232,28 +217,16 @@ def _innovation_cov(means: np.ndarray, covs: np.ndarray, noise: MotionNoise) -> 
     return covs[:, :OBS_DIM, :OBS_DIM] + np.einsum("ni,ij->nij", r, np.eye(OBS_DIM))
 
 
-def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise,
-                   hidden: np.ndarray | None = None) -> np.ndarray:
+def mahalanobis_sq(means: np.ndarray, covs: np.ndarray, z: np.ndarray, noise: MotionNoise) -> np.ndarray:
     """Squared Mahalanobis distances ``(N, M)`` of observations ``z`` ``(M, 3)`` under the
     predicted observation distributions of ``N`` states (``means`` ``(N, 6)``, ``covs``
-    ``(N, 6, 6)``), the observation noise included (at each track's size). ``hidden``: ``(N,
-    M) bool``, pairs whose segment may be a partly hidden part of the track's object (it
-    overlaps the track's flow-warped mask); those get the centroid noise of a partly hidden
-    object on top (:meth:`MotionNoise.hidden_std`): the visible sliver of a car behind another
-    lies within the car's extent, not at its centre. ``None``: no pair."""
+    ``(N, 6, 6)``), the observation noise included (at each track's size)."""
     means, covs, z = np.asarray(means, np.float64), np.asarray(covs, np.float64), np.asarray(z, np.float64)
     if not len(means) or not len(z):
         return np.zeros((len(means), len(z)))
-    cov = _innovation_cov(means, covs, noise)
+    inv = np.linalg.inv(_innovation_cov(means, covs, noise))
     d = z[None, :, :] - means[:, None, :OBS_DIM]
-    if noise.occlusion <= 0 or hidden is None or not np.any(hidden):
-        return np.einsum("nmi,nij,nmj->nm", d, np.linalg.inv(cov), d)
-    # Per pair: the centroid noise of a partly hidden object (isotropic in x, y) on top.
-    extra = np.where(hidden, noise.hidden_std(means[:, None, 2], z[None, :, 2]) ** 2, 0.0)
-    pair = np.repeat(cov[:, None], len(z), axis=1)
-    pair[..., 0, 0] += extra
-    pair[..., 1, 1] += extra
-    return np.einsum("nmi,nmi->nm", d, np.linalg.solve(pair, d[..., None])[..., 0])
+    return np.einsum("nmi,nij,nmj->nm", d, inv, d)
 
 
 def motion_affinity(d2: np.ndarray) -> np.ndarray:

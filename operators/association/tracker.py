@@ -174,14 +174,11 @@ class VideoTracker:
                                                     np.array([m.anchor for m in states]), camera, noise, steps)
         return {tid: motion.MotionState(m, c, a) for tid, m, c, a in zip(self.tracks, means, covs, anchors)}
 
-    def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray,
-                      hidden: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``;
-        ``hidden``: pairs whose segment may be a partly hidden part of the track
-        (:func:`motion.mahalanobis_sq`)."""
+    def _motion_terms(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(squared Mahalanobis distances, motion affinities), both ``(len(tracks), len(cols))``."""
         states = [obs.predicted[t.track_id] for t in tracks]
         d2 = motion.mahalanobis_sq(np.array([m.mean for m in states]), np.array([m.cov for m in states]),
-                                   obs.boxes[cols], self.config.motion_noise, hidden)
+                                   obs.boxes[cols], self.config.motion_noise)
         return d2, motion.motion_affinity(d2)
 
     def _class_factor(self, tracks: list[Track], obs: _Observation, cols: np.ndarray) -> np.ndarray:
@@ -247,15 +244,14 @@ class VideoTracker:
         return cfg.appearance_obs_std * np.sqrt(np.maximum(1.0, cfg.appearance_full_area / np.maximum(areas, 1)))
 
     def _gate(self, tracks: list[Track], obs: _Observation, cols: np.ndarray,
-              looks: np.ndarray | None) -> np.ndarray:
+              looks: np.ndarray | None, min_looks: float) -> np.ndarray:
         """Same class, or a confusable one when the segment looks like the track (``looks``:
-        the appearance affinity, ``None`` when the instance tracker is off)."""
+        the appearance affinity ≥ ``min_looks``; ``None`` when the instance tracker is off)."""
         categories = np.array([obs.segments[c].category_id for c in cols], np.int64)
         track_categories = np.array([t.category_id for t in tracks], np.int64)
         gate = affinity.category_gate(track_categories, categories, self.config.confusable_categories)
-        if looks is not None and self.config.confusable_categories:
-            gate &= (track_categories[:, None] == categories[None, :]) | \
-                (looks >= self.config.confusable_min_appearance)
+        if looks is not None and min_looks > 0 and self.config.confusable_categories:
+            gate &= (track_categories[:, None] == categories[None, :]) | (looks >= min_looks)
         return gate
 
     def _match_tracked(self, obs: _Observation) -> dict[int, int]:
@@ -276,11 +272,9 @@ class VideoTracker:
         if cfg.instance_weight > 0:
             instance = self._instance_affinity(tracks, obs, cols)
         fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
-        gate = self._gate(tracks, obs, cols, instance)
+        gate = self._gate(tracks, obs, cols, instance, cfg.confusable_min_appearance_tracked)
         if cfg.motion_weight > 0:
-            # A segment on the track's flow-warped mask may be the visible part of the track's
-            # object, partly hidden: its centroid may lie anywhere within the object's extent.
-            d2, moving = self._motion_terms(tracks, obs, cols, None if pixel is None else pixel > 0)
+            d2, moving = self._motion_terms(tracks, obs, cols)
             total = cfg.pixel_weight + cfg.instance_weight
             fused = (total * fused + cfg.motion_weight * moving) / (total + cfg.motion_weight)
             near = d2 <= cfg.motion_gate
@@ -314,8 +308,8 @@ class VideoTracker:
             d2, moving = self._motion_terms(tracks, obs, cols)
             looks = self._instance_affinity(tracks, obs, cols)
             score = looks * moving * self._class_factor(tracks, obs, cols)
-            gate = self._gate(tracks, obs, cols, looks) & (d2 <= cfg.reid_motion_gate) & \
-                (looks >= cfg.reid_min_appearance)
+            gate = self._gate(tracks, obs, cols, looks, cfg.confusable_min_appearance) & \
+                (d2 <= cfg.reid_motion_gate) & (looks >= cfg.reid_min_appearance)
             pairs = assign(score, gate, cfg.assignment, cfg.reid_threshold)
             found.update({int(cols[j]): tracks[i].track_id for i, j in pairs})
         return found
