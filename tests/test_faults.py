@@ -66,7 +66,9 @@ def segment_rows(out: str):
 
 
 def config_of(corpus: str) -> LabelConfig:
-    return LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=4)
+    """With GT: the metrics the sink scores in the stream must survive each loss too."""
+    return LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=4,
+                       gt_json=f"{corpus}/gt/panoptic_gt.json")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,8 @@ def clean(tmp_path_factory, ray_local):
     corpus = make_corpus(root / "corpus", videos=len(VIDEOS), frames=16, height=192, width=384)
     out = str(root / "clean")
     run = label(f"{corpus}/videos", out, config_of(corpus), progress=False, log=lambda *_: None)
-    assert [r.status for r in run.results] == ["ok"] * len(VIDEOS)
-    return {"corpus": corpus, "rows": segment_rows(out), "root": root}
+    assert [r.status for r in run.results] == ["ok"] * len(VIDEOS) and run.report is not None
+    return {"corpus": corpus, "rows": segment_rows(out), "root": root, "report": run.report}
 
 
 def checkpoints_exist(out: Path):
@@ -112,6 +114,7 @@ def test_a_killed_process_costs_a_retry_not_a_video(kind, clean, tmp_path):
     assert {r.video_id: (r.status, r.error) for r in run.results} == {v: ("ok", "") for v in VIDEOS}
     assert sorted(committed_markers(OutputLayout(str(out)))) == VIDEOS
     assert segment_rows(str(out)).equals(clean["rows"])
+    assert run.report.vpq.per_class == clean["report"].vpq.per_class and run.report.stq == clean["report"].stq
     assert not (out / STAGING_DIR).exists()
 
 
