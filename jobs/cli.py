@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("jobs.convert", "convert GT or predictions between the Cityscapes-VPS layout and a segments table"),
     "track": ("jobs.track", "give per-frame panoptic predictions identities that hold through each video"),
     "synth": ("jobs.synth", "write a deterministic synthetic driving-video corpus with GT"),
-    "train": ("jobs.train", "train the built-in panoptic model on the synthetic corpus with Ray Train"),
+    "train": ("jobs.train", "train the built-in panoptic model with Ray Train, or (--tracker) the learned tracker"),
     "demo": ("jobs.demo", "run the main job end to end on a synthetic corpus"),
 }
 
