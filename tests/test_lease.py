@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -88,20 +89,21 @@ def test_taking_over_a_killed_holder_stops_the_processes_it_left(tmp_path):
     """A killed driver's Ray workers live on in process groups of their own and go on writing;
     the run that takes the lease over stops every process carrying the dead run's id first."""
     root = str(tmp_path / "out")
+    dead = f"run-dead-{uuid.uuid4().hex}"  # unique, as real run ids are: another suite may run this test too
     code = ("import sys, os, subprocess, time; sys.path.insert(0, os.getcwd()); from pipelines.lease import Lease;"
-            f"Lease({root!r}, 'run-dead', ttl=600).acquire();"
+            f"Lease({root!r}, {dead!r}, ttl=600).acquire();"
             "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True);"
             "print(w.pid, flush=True); time.sleep(600)")
     driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     worker = int(driver.stdout.readline())
     unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        assert run_processes("run-dead") == [worker]  # /proc shows initial environments: not the driver
+        assert run_processes(dead) == [worker]  # /proc shows initial environments: not the driver
         driver.kill()
         driver.wait()
-        assert run_processes("run-dead") == [worker]  # the driver is gone, its worker is not
+        assert run_processes(dead) == [worker]  # the driver is gone, its worker is not
         with Lease(root, "run-b") as lease:
-            assert lease.stopped == [worker] and run_processes("run-dead") == []
+            assert lease.stopped == [worker] and run_processes(dead) == []
             assert os.environ[RUN_ENV] == "run-b"
         assert os.environ.get(RUN_ENV) != "run-b"
         assert unrelated.poll() is None  # nothing without the dead run's id is touched
