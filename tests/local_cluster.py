@@ -23,6 +23,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cluster.connect import LOCAL_ONLY_ENV
+from pipelines.lease import RUN_ENV
+
 BIN = Path(sys.executable).parent
 
 
@@ -68,6 +71,12 @@ class LocalCluster:
                     # the autoscaler's metrics port is fixed (44217) unless told; another Ray may hold it
                     "AUTOSCALER_METRIC_PORT": str(free_port()), "AUTOSCALER_UPDATE_INTERVAL_S": "1",
                     **(env or {})}
+        # a session-wide in-process Ray of the test run (conftest's ray_local) keeps "local only"
+        # mode in this process's environment; nodes of a real cluster must not inherit it (a
+        # worker node refuses to join with it set), nor a run id that tags a lease holder's processes
+        for name in (LOCAL_ONLY_ENV, RUN_ENV):
+            if env is None or name not in env:
+                self.env.pop(name, None)
         # token authentication as a real cluster has it, with this cluster's own token
         token = Path(self.temp_dir) / "auth_token"
         token.write_text(secrets.token_hex(32))
