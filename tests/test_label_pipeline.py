@@ -380,7 +380,9 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
                          chunk_frames=4)
     rerun = label(f"{corpus}/videos", str(out), config, progress=False, log=lambda *_: None)
     assert not rerun.failed
-    assert {r.video_id for r in rerun.results if r.status == "skipped"} == set(killed_with)
+    # what was committed when the driver died stays; a commit its surviving workers completed before
+    # the rerun took over (they outlive the driver, see pipelines/lease.py) is complete and stays too
+    assert set(killed_with) <= {r.video_id for r in rerun.results if r.status == "skipped"}
     markers = committed_markers(OutputLayout(str(out)))
     assert sorted(markers) == [f"{v:04d}" for v in range(6)]
     assert not (out / "_staging").exists(), sorted(str(p.relative_to(out)) for p in (out / "_staging").rglob("*"))

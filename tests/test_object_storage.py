@@ -118,7 +118,8 @@ def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_pa
     config = LabelConfig(segmenter="precomputed", model=str(corpus / "perframe"), image_id_format=IMAGE_ID,
                          chunk_frames=2, write_png=True)
     rerun = label(inputs, out, config, progress=False, log=lambda *_: None)
-    assert not rerun.failed and {r.video_id for r in rerun.results if r.status == "skipped"} == set(killed_with)
+    # a commit the killed run's surviving workers completed before the takeover is complete and stays
+    assert not rerun.failed and set(killed_with) <= {r.video_id for r in rerun.results if r.status == "skipped"}
     clean = label(str(corpus / "videos"), str(tmp_path / "clean"), config, progress=False, log=lambda *_: None)
     assert not clean.failed
     columns = ["video_id", "frame_index", "track_id", "category_id", "area"]
