@@ -15,7 +15,7 @@ from operators.association import TrackChunk, TrackerConfig, TrackerFrame, Video
 from operators.errors import InputError
 from operators.formats.panoptic import PanopticFrame
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers
-from pipelines.label.association_actor import early_chunk_bound
+from pipelines.label.stages import early_chunk_bound
 from pipelines.label.driver import split_skipped
 from pipelines.label.faults import VideoProgress
 from pipelines.label.finalize import VideoResult, annotations_rel

@@ -76,15 +76,6 @@ def actor_index(video_id: str, n_actors: int) -> int:
     return zlib.crc32(str(video_id).encode()) % n_actors
 
 
-def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> int:
-    """The most chunks of one video an association actor can ever hold early in a pass: the
-    pass sends the video's chunks from ``resume_from`` on, one per ``chunk_frames`` frames, and
-    the one it waits for is never held, so all but one. More would be a chunk sent that the plan
-    does not have (an :class:`~operators.errors.InputError` for the video, not unbounded memory:
-    every chunk held pins its frames in the object store)."""
-    return max(0, -(-(frame_count - resume_from) // chunk_frames) - 1)
-
-
 def _get_first(handle: list) -> TrackChunk:
     return ray.get(handle[0])
 
@@ -118,7 +109,7 @@ class AssociationActor:
         """Offer chunk ``[start, stop)`` of ``video_id``; ``chunk_ref`` is ``[ObjectRef of a TrackChunk]``.
         Returns the frames that became trackable (possibly of earlier held chunks), in order.
         ``resume_from``: the video's first chunk in this pass starts there, from its checkpoint;
-        ``max_held``: the most early chunks of this video to hold (:func:`early_chunk_bound`;
+        ``max_held``: the most early chunks of this video to hold (:func:`pipelines.label.stages.early_chunk_bound`;
         None: the actor's ``max_buffered_chunks``)."""
         op = self._operator(video_id, resume_from, max_held)
         if start < op.next_start:  # sent again after its frames were tracked: nothing new

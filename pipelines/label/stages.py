@@ -151,6 +151,15 @@ def lost_process(exc: BaseException) -> bool:
     return isinstance(exc, RayError)
 
 
+def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> int:
+    """The most chunks of one video an association actor can ever hold early in a pass: the
+    pass sends the video's chunks from ``resume_from`` on, one per ``chunk_frames`` frames, and
+    the one it waits for is never held, so all but one. More would be a chunk sent that the plan
+    does not have (an :class:`~operators.errors.InputError` for the video, not unbounded memory:
+    every chunk held pins its frames in the object store)."""
+    return max(0, -(-(frame_count - resume_from) // chunk_frames) - 1)
+
+
 # ---------------------------------------------------------------------------- ground truth
 @dataclass
 class GtFrame:
@@ -386,8 +395,6 @@ class AssociateChunks:
                                        {s.id: v for s, v in zip(infos, vectors)}
                                        if vectors is not None and vectors.shape[1] else None, image_id))
         chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
-        from pipelines.label.association_actor import early_chunk_bound
-
         held = early_chunk_bound(int(row["frame_count"]), int(row["resume_from"]), self.chunk_frames)
         tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
                                            int(row["resume_from"]), held))
