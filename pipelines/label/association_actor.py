@@ -160,5 +160,10 @@ class AssociationPool:
                resume_from: int = 0, max_held: int | None = None) -> ray.ObjectRef:
         return self.actor_for(video_id).push.remote(video_id, start, stop, [chunk_ref], resume_from, max_held)
 
+    def track(self, chunk: TrackChunk, resume_from: int = 0, max_held: int | None = None) -> list[TrackedFrame]:
+        """Send ``chunk`` (put in the object store from this process) to its video's actor and
+        wait for the frames that became trackable (:meth:`AssociationActor.push`)."""
+        return ray.get(self.submit(chunk.video_id, chunk.start, chunk.stop, ray.put(chunk), resume_from, max_held))
+
     def finish(self, video_id: str) -> ray.ObjectRef:
         return self.actor_for(video_id).finish.remote(video_id)

@@ -351,7 +351,9 @@ class AssociateChunks:
 
     The chunk goes into the object store from this worker and only its reference travels to
     the actor (:class:`pipelines.label.association_actor.AssociationPool`): no pixels pass through
-    the driver. ``pool`` is built by the driver and shared by every replica of this stage.
+    the driver. ``pool`` is built by the driver and shared by every replica of this stage; a
+    run without Ray passes its in-process association instead (:class:`pipelines.label.local.LocalAssociation`):
+    anything with ``track(chunk, resume_from, max_held)`` → the frames that became trackable.
     """
 
     def __init__(self, pool, chunk_frames: int):
@@ -375,8 +377,6 @@ class AssociateChunks:
 
     @stage("associate", passed=_failed_upstream, failed=_lost_chunk)
     def associate(self, row: dict) -> dict:
-        import ray
-
         from operators.association import TrackChunk, TrackerFrame
 
         ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
@@ -396,6 +396,4 @@ class AssociateChunks:
                                        if vectors is not None and vectors.shape[1] else None, image_id))
         chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
         held = early_chunk_bound(int(row["frame_count"]), int(row["resume_from"]), self.chunk_frames)
-        tracked = ray.get(self.pool.submit(row["video_id"], chunk.start, chunk.stop, ray.put(chunk),
-                                           int(row["resume_from"]), held))
-        return _tracked_row(row, tracked)
+        return _tracked_row(row, self.pool.track(chunk, int(row["resume_from"]), held))
