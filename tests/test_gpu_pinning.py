@@ -29,6 +29,7 @@ PROBE = textwrap.dedent("""
     from operators.formats.panoptic import PanopticFrame, SegmentInfo
     from pipelines.label.graph import segment_stage_options, stage_plan
     from pipelines.label.config import LabelConfig
+    from pipelines.label.columns import segments_of
     from pipelines.label.stages import SegmentChunks
 
     probe_dir, preds = sys.argv[1], sys.argv[2]
@@ -54,12 +55,12 @@ PROBE = textwrap.dedent("""
     config = LabelConfig(segmenter="precomputed", model=preds)
     plan = stage_plan(config, n_videos=4)
     rgb = np.zeros((1, 64, 64, 3), np.uint8)
-    rows = [{{"video_id": "v", "image_ids": json.dumps([f"v_{{i}}"]), "error": "", "stage": "", "rgb": rgb}}
+    rows = [{{"video_id": "v", "image_ids": np.array([f"v_{{i}}"]), "error": "", "stage": "", "rgb": rgb}}
             for i in range(4)]
     ds = ray.data.from_items(rows).map_batches(ProbedSegmentChunks, **segment_stage_options(config, plan))
     out = ds.take_all()
     print(json.dumps({{"plan": plan, "errors": [r["error"] for r in out],
-                      "segments": [json.loads(r["segments"]) for r in out]}}))
+                      "segments": [[[s.to_json() for s in f] for f in segments_of(r, 1)] for r in out]}}))
     ray.shutdown()
 """)
 

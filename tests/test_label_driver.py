@@ -30,7 +30,7 @@ def _summary(video_id: str, frames: list[int], frame_count: int, error: str = ""
              lost: bool = False) -> dict:
     return {"video_id": video_id, "frame_count": frame_count, "frames_done": len(frames),
             "frames_failed": 0 if not error else frame_count - len(frames), "error": error,
-            "stage": stage, "lost": lost, "frames": json.dumps(frames),
+            "stage": stage, "lost": lost, "frames": np.array(frames, np.int64),
             "part": "part-0.parquet" if frames else "", **{f"t_{s}": 0.5 for s in TIMED}}
 
 

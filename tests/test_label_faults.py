@@ -3,7 +3,7 @@ retried (the Ray-free parts of pipelines/label/faults.py; tests/test_faults.py k
 processes)."""
 from __future__ import annotations
 
-import json
+import numpy as np
 
 import pytest
 
@@ -59,12 +59,12 @@ def test_prepare_retry_keeps_only_the_parts_before_the_resume_point(tmp_path):
 
 def test_a_summary_row_is_accounted_once_per_frame():
     p = VideoProgress("v")
-    row = {"frame_count": 8, "frames": json.dumps([0, 1, 2, 3]), "part": "part-00000000-00000003.parquet",
+    row = {"frame_count": 8, "frames": np.array([0, 1, 2, 3]), "part": "part-00000000-00000003.parquet",
            "frames_failed": 0, "frames_done": 4, "error": "", "stage": "", "lost": False}
     assert p.add(row) == 4 and not p.complete
     p.add(row)                                      # the same frames again (a retried write)
     assert len(p.frames) == 4 and not p.complete
-    p.add({**row, "frames": json.dumps([4, 5, 6, 7]), "part": "part-00000004-00000007.parquet"})
+    p.add({**row, "frames": np.array([4, 5, 6, 7]), "part": "part-00000004-00000007.parquet"})
     assert p.complete and p.parts == {"part-00000000-00000003.parquet": (0, 3), "part-00000004-00000007.parquet": (4, 7)}
     p.add({**row, "error": "ActorDiedError: gone", "stage": "associate", "lost": True})
     assert p.lost and p.error.startswith("ActorDiedError")

@@ -46,7 +46,7 @@ def corpus(tmp_path_factory):
 def _stage(out: str, run_id: str, corpus, chunks: list[range], settings) -> list[dict]:
     """The sink's writes of ``chunks`` of the video, as the associate stage hands them over;
     returns its summary rows."""
-    records = {g.image.frame_index: g.to_json() for g in corpus["gt_frames"]}
+    records = {g.image.frame_index: g for g in corpus["gt_frames"]}
     summaries = []
     for chunk in chunks:
         frames = [TrackedFrame(VIDEO, i, FrameLabel(f"{VIDEO}_{i:04d}", 1000 + i, records.get(i)),
@@ -176,8 +176,8 @@ def test_a_write_without_segments_is_not_straddled_by_a_resume_point():
     from pipelines.label.faults import resume_point
 
     progress = VideoProgress(VIDEO, frame_count=FRAMES)
-    progress.add({"frame_count": FRAMES, "frames": "[0, 1, 2, 3]", "part": "a.parquet", "frames_failed": 0,
+    progress.add({"frame_count": FRAMES, "frames": np.arange(4), "part": "a.parquet", "frames_failed": 0,
                   "error": "", "frames_done": 4})
-    progress.add({"frame_count": FRAMES, "frames": "[4, 5, 6, 7, 8]", "part": "", "frames_failed": 0,
+    progress.add({"frame_count": FRAMES, "frames": np.arange(4, 9), "part": "", "frames_failed": 0,
                   "error": "", "frames_done": 5})
     assert resume_point(progress, [4, 8]) == 4

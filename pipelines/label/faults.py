@@ -21,7 +21,6 @@ A video still lost after :data:`MAX_PASSES` passes fails with a row naming the l
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from operators import fs
@@ -63,7 +62,7 @@ class VideoProgress:
     def add(self, summary: dict) -> int:
         """Account one summary row of the sink; returns the frames it labelled."""
         self.frame_count = int(summary["frame_count"]) or self.frame_count
-        frames = json.loads(summary["frames"])
+        frames = [int(f) for f in summary["frames"]]
         self.frames.update(frames)
         if frames:
             self.spans.add((min(frames), max(frames)))

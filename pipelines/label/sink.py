@@ -8,17 +8,16 @@ Writing a batch again (a retried task) writes the same files under the same name
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from operators import fs
 from operators.formats import segments_table
-from operators.formats.panoptic import PanopticFrame, SegmentInfo, write_panoptic_png
+from operators.formats.panoptic import PanopticFrame, write_panoptic_png
 from operators.ids import png_name
 from operators.video import split_stream_uri
 from pipelines.commit import OutputLayout
-from pipelines.label.stages import TIMED, GtFrame, batch_of, describe, rows_of, stage
+from pipelines.label.columns import GtFrame, gt_of, segments_of, times_of
+from pipelines.label.stages import TIMED, batch_of, describe, rows_of, stage
 
 FRAME_TIMES_DIR = "frame_times"  # staging only: finalize reads it and removes it before the commit
 FRAME_TABLES_DIR = "frame_tables"  # staging only, like frame_times: the annotated frames' contingency tables
@@ -78,7 +77,7 @@ def read_frame_times(staging: str) -> dict[int, int | None]:
     return out
 
 
-def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, dict]], settings) -> list:
+def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, GtFrame]], settings) -> list:
     """Each annotated frame's contingency table against its GT (read here: the PNG its record
     names), by :func:`operators.metrics.video.frame_inputs_table`, the function ``tubeflow
     evaluate`` scores a frame with. ``frames``: (frame index, predicted frame, GT record).
@@ -88,8 +87,7 @@ def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, dict]], s
     from operators.metrics.video import FrameInputs, frame_inputs_table
 
     out = []
-    for index, prediction, record in frames:
-        gt = GtFrame.from_json(record)
+    for index, prediction, gt in frames:
         where = f"video {video_id} frame {index}"
         try:
             table, _ = frame_inputs_table(FrameInputs(gt.image, gt.png_uri, gt.segments, f"prediction of {where}",
@@ -129,7 +127,7 @@ def read_frame_tables(staging: str) -> dict[int, tuple]:
 def _sink_failed(summary: dict, exc: BaseException) -> dict:
     """Writing the video's frames failed: none of them counts as done."""
     summary.update(error=describe(exc), stage="sink", frames_failed=summary["frames_failed"] + summary["frames_done"],
-                   frames_done=0, frames="[]")
+                   frames_done=0, frames=np.zeros(0, np.int64))
     return summary
 
 
@@ -142,7 +140,7 @@ def _stage_video(summary: dict, *, layout: OutputLayout, run_id: str, good: list
     source_uri, topic = split_stream_uri(uri)
     tables, annotated = [], []
     for index, image_id, timestamp, ids, segments, gt in good:
-        frame = PanopticFrame(ids, [SegmentInfo.from_json(s) for s in segments])
+        frame = PanopticFrame(ids, segments)
         tables.append(segments_table.frame_to_batch(frame, video_id, index, image_id,
                                                     *([categories] if categories else []),
                                                     timestamp_ns=timestamp, source_uri=source_uri, topic=topic))
@@ -163,12 +161,22 @@ def _stage_video(summary: dict, *, layout: OutputLayout, run_id: str, good: list
     return summary
 
 
+def tracked_frames(row: dict) -> list[tuple]:
+    """The frames of an associate row: (frame index, image id, time, error, ``(H, W) int32``
+    track ids, segment records, GT record or None) each."""
+    gt, indices = gt_of(row), row["frame_indices"].tolist()
+    return [(index, image_id, timestamp, error, ids, segments, gt.get(index))
+            for index, image_id, timestamp, error, ids, segments in zip(
+                indices, row["image_ids"].tolist(), times_of(row), row["frame_errors"].tolist(), row["panoptic"],
+                segments_of(row, len(indices)))]
+
+
 def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categories=None, settings=None) -> dict:
     """Write the tracked frames of a batch of associate rows to their video's staging prefix
     (segments table part, frame times, PNGs; with ``settings``, the evaluation's
     :class:`~operators.metrics.video.EvaluationSettings`, the contingency tables of the frames
     that carry a GT record) and return one summary row per video of the batch: counts, the
-    frames written (``frames``, JSON list) and the segments part's file name (``part``).
+    frames written (``frames``, ``(m,) int64``) and the segments part's file name (``part``).
 
     Writing a batch again (a retried task) writes the same files under the same names.
     ``categories``: the model's classes (default Cityscapes'), which say what is a thing."""
@@ -181,22 +189,19 @@ def write_frames(batch: dict, root: str, run_id: str, write_png: bool, categorie
         # (frame index, image id, time, ids, segments, GT record or None) of the frames to write; errors
         good, frame_errors = [], []
         for r in rows:
-            records = json.loads(r["gt_frames"])
-            frames = zip(r["frame_indices"], json.loads(r["image_ids"]), json.loads(r["timestamps"]),
-                         json.loads(r["frame_errors"]), r["panoptic"], json.loads(r["segments"]),
-                         records or [None] * len(r["frame_indices"]))
-            for index, image_id, timestamp, error, ids, segments, gt in frames:
+            for index, image_id, timestamp, error, ids, segments, gt in tracked_frames(r):
                 if error:
                     frame_errors.append(error)
                 else:
-                    good.append((int(index), image_id, timestamp, ids, segments, gt))
+                    good.append((index, image_id, timestamp, ids, segments, gt))
         errors = [r["error"] for r in rows if r["error"]] + frame_errors
         stage_name = next((r["stage"] for r in rows if r["error"]), "associate" if frame_errors else "")
         summary = {"video_id": video_id, "frame_count": int(rows[0]["frame_count"]), "frames_done": len(good),
                    "frames_failed": sum(int(r["failed_frames"]) for r in rows) + len(frame_errors), "segments": 0,
                    "error": errors[0] if errors else "", "stage": stage_name,
-                   "lost": any(bool(r["lost"]) for r in rows), "frames": json.dumps([index for index, *_ in good]),
-                   "part": "", **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
+                   "lost": any(bool(r["lost"]) for r in rows),
+                   "frames": np.array([index for index, *_ in good], np.int64), "part": "",
+                   **{f"t_{s}": float(sum(r[f"t_{s}"] for r in rows)) for s in TIMED if s != "sink"}}
         summaries.append(_stage_video(summary, layout=layout, run_id=run_id, good=good, uri=str(rows[0]["uri"]),
                                       write_png=write_png, categories=categories, settings=settings))
     return batch_of(summaries)

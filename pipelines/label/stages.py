@@ -1,22 +1,18 @@
 """The stages of the labelling graph, as Ray Data row / batch functions and callable classes.
 
-Rows are video *chunks*:
+Rows are video *chunks*; their columns, and the typed arrays that carry segment records, GT
+records and times between the stages, are defined once in :mod:`pipelines.label.columns`:
 
 * plan → one row per chunk: ``video_id, uri, frame_start, frame_end, chunk_index,
-  frame_count, image_ids`` (JSON list), ``gt_frames`` (JSON list: each frame's GT record,
-  :meth:`GtFrame.to_json`, null where the frame is not annotated or the run has no GT),
-  ``resume_from`` (the first frame this pass labels: a video resumed from an association
-  checkpoint skips the chunks before it), ``error``/``stage``;
-* decode adds ``rgb (n, H, W, 3) uint8``, ``prev_rgb (0|1, H, W, 3) uint8`` (the last frame
-  of the previous chunk, so flow at a chunk boundary is the same as inside a chunk) and
-  ``timestamps`` (JSON list of each frame's ``timestamp_ns``, null where the source has none);
-* segment adds ``panoptic (n, H, W) int32``, ``segments`` (JSON, per frame), ``embeddings
-  (Σ segments, D) float32`` (rows in segment order);
-* flow adds ``flow (n, H, W, 2) float32`` (current → previous; frame 0 of a video has none);
+  frame_count, resume_from`` (the first frame this pass labels: a video resumed from an
+  association checkpoint skips the chunks before it), ``error``/``stage`` and :data:`~columns.PLAN`
+  (each frame's image id, the chunk's GT records);
+* decode adds :data:`~columns.DECODE` (the frames, the frame before the chunk, each frame's time);
+* segment adds :data:`~columns.SEGMENT` (id maps, segment records, embeddings);
+* flow adds :data:`~columns.FLOW`;
 * associate emits one row per chunk with the frames that became trackable (any number, possibly
-  of earlier chunks): ``uri``, ``frame_indices (m,) int64, image_ids, timestamps, frame_errors``
-  (JSON lists), ``gt_frames`` (JSON list, the frames' GT records: they ride through the
-  tracker with the image ids), ``panoptic (m, H, W) int32`` with track ids, ``segments`` (JSON, per frame);
+  of earlier chunks): ``video_id, uri, frame_count`` and :data:`~columns.TRACKED` (track-id maps;
+  the frames' image ids, times and GT records ride through the tracker with them);
 * the sink (:mod:`pipelines.label.sink`) writes them to the video's staging prefix (segments
   rows with their time, source URI and topic; the frames' times; for each annotated frame its
   contingency table against the GT, which it reads itself) and emits one small row per video
@@ -33,16 +29,17 @@ import functools
 import json
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from operators.errors import InputError, TubeflowError
-from operators.formats.panoptic import PanopticFrame, SegmentInfo
-from operators.formats.vps_layout import VpsImage
+from operators.formats.panoptic import PanopticFrame
 from operators.ids import image_key, video_key
 from operators.video import open_video
+from pipelines.label import columns
+from pipelines.label.columns import GtFrame, gt_columns, gt_of, segment_columns, segments_of, strings, time_columns, \
+    times_of
 from pipelines.plan import plan_chunks
 
 TIMED = ("decode", "segment", "flow", "associate", "sink")
@@ -161,22 +158,6 @@ def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> 
 
 
 # ---------------------------------------------------------------------------- ground truth
-@dataclass
-class GtFrame:
-    """One annotated GT frame of a video: where its PNG is and its segments_info."""
-
-    image: VpsImage
-    png_uri: str
-    segments: list[SegmentInfo]
-
-    def to_json(self) -> dict:
-        return {"image": self.image.to_json(), "png_uri": self.png_uri, "segments": [s.to_json() for s in self.segments]}
-
-    @classmethod
-    def from_json(cls, record: dict) -> "GtFrame":
-        return cls(VpsImage(**record["image"]), record["png_uri"], [SegmentInfo.from_json(s) for s in record["segments"]])
-
-
 def gt_frames_json(frames: list[GtFrame]) -> str:
     """A video row's ``gt_frames``: frame_index → GT record, as JSON."""
     return json.dumps({str(f.image.frame_index): f.to_json() for f in frames})
@@ -188,10 +169,10 @@ class FrameLabel(NamedTuple):
 
     image_id: str
     timestamp_ns: int | None
-    gt: dict | None = None
+    gt: GtFrame | None = None
 
 
-def _gt_record(label: tuple) -> dict | None:
+def _gt_record(label: tuple) -> GtFrame | None:
     return label[2] if len(label) > 2 else None
 
 
@@ -201,13 +182,13 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
     :func:`gt_frames_json`), ``resume_from``) → its chunk rows from ``resume_from`` on, or one error row."""
     resume_from = int(video.get("resume_from") or 0)
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
-            "chunk_index": -1, "frame_count": 0, "image_ids": "[]", "gt_frames": "[]",
-            "resume_from": resume_from, "error": "", "stage": ""}
+            "chunk_index": -1, "frame_count": 0, "resume_from": resume_from, "error": "", "stage": ""}
+    columns.blank(columns.PLAN)(base)
     try:
         video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
         named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
-        annotated = {int(k): v for k, v in json.loads(video.get("gt_frames") or "{}").items()}
+        annotated = {int(k): GtFrame.from_json(v) for k, v in json.loads(video.get("gt_frames") or "{}").items()}
         per_chunk = [[named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
                       for i in range(chunk.frame_start, chunk.frame_end)] for chunk in chunks]
         image_ids = [i for ids in per_chunk for i in ids]
@@ -218,25 +199,20 @@ def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dic
     except Exception as exc:  # an undecodable or empty video, an id that cannot be a path: a failure row
         return [_failed(base, "plan", exc)]
     count = chunks[-1].frame_end
-    return [{**chunk.to_row(), "frame_count": count, "image_ids": json.dumps(ids),
-             "gt_frames": json.dumps([annotated.get(i) for i in range(chunk.frame_start, chunk.frame_end)]),
+    return [{**chunk.to_row(), "frame_count": count, "image_ids": strings(ids),
+             **gt_columns(annotated[i] for i in range(chunk.frame_start, chunk.frame_end) if i in annotated),
              "resume_from": resume_from, "error": "", "stage": ""}
             for chunk, ids in zip(chunks, per_chunk) if chunk.frame_start >= resume_from]
 
 
-def _blank_decode(row: dict) -> None:
-    row["rgb"], row["prev_rgb"] = _empty(1, 1, 3), _empty(1, 1, 3)
-    row["timestamps"] = "[]"  # each frame's timestamp_ns (None where the source has no times)
-
-
-@stage("decode", blank=_blank_decode)
+@stage("decode", blank=columns.blank(columns.DECODE))
 def decode_chunk(row: dict) -> dict:
     """Decode the chunk's frames plus the frame before it (for the boundary flow)."""
     a, b = int(row["frame_start"]), int(row["frame_end"])
     with open_video(row["uri"]) as source:
         frames, times = source.read_timed(max(a - 1, 0), b)
     row["prev_rgb"], row["rgb"] = (frames[:1], frames[1:]) if a > 0 else (_empty(*frames.shape[1:]), frames)
-    row["timestamps"] = json.dumps(times[1:] if a > 0 else times)
+    row.update(time_columns(times[1:] if a > 0 else times))
     return row
 
 
@@ -276,16 +252,11 @@ class SegmentChunks:
     def __call__(self, batch: dict) -> dict:
         return map_rows(batch, self.segment)
 
-    @staticmethod
-    def _blank(row: dict) -> None:
-        row["panoptic"], row["segments"], row["embeddings"] = _empty(1, 1, dtype=np.int32), "[]", \
-            _empty(0, dtype=np.float32)
-
-    @stage("segment", blank=_blank)
+    @stage("segment", blank=columns.blank(columns.SEGMENT))
     def segment(self, row: dict) -> dict:
-        results = self.host.segment(list(row["rgb"]), json.loads(row["image_ids"]))
+        results = self.host.segment(list(row["rgb"]), row["image_ids"].tolist())
         row["panoptic"] = np.stack([r.ids.astype(np.int32) for r in results])
-        row["segments"] = json.dumps([[s.to_json() for s in r.segments] for r in results])
+        row.update(segment_columns(r.segments for r in results))
         row["embeddings"] = np.concatenate([r.embeddings.astype(np.float32) for r in results])
         return row
 
@@ -304,11 +275,7 @@ class FlowChunks:
     def __call__(self, batch: dict) -> dict:
         return map_rows(batch, self.flow, drop=("prev_rgb",))  # the boundary frame is used up here
 
-    @staticmethod
-    def _blank(row: dict) -> None:
-        row["flow"] = _empty(1, 1, 2, dtype=np.float32)
-
-    @stage("flow", blank=_blank)
+    @stage("flow", blank=columns.blank(columns.FLOW))
     def flow(self, row: dict) -> dict:
         rgb, prev = row["rgb"], row["prev_rgb"]
         flows = np.zeros((*rgb.shape[:3], 2), np.float32)
@@ -333,14 +300,13 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
     shape = good[0].panoptic.ids.shape if good else (1, 1)
     return {"video_id": row["video_id"], "uri": row["uri"], "frame_count": int(row["frame_count"]),
             "frame_indices": np.array([f.frame_index for f in frames], np.int64),
-            "image_ids": json.dumps([f.image_id[0] for f in frames]),
-            "timestamps": json.dumps([f.image_id[1] for f in frames]),
-            "gt_frames": json.dumps([_gt_record(f.image_id) for f in frames]),
-            "frame_errors": json.dumps([f.error or "" for f in frames]),
+            "image_ids": strings(f.image_id[0] for f in frames),
+            **time_columns(f.image_id[1] for f in frames),
+            "frame_errors": strings(f.error or "" for f in frames),
             "panoptic": np.stack([f.panoptic.ids.astype(np.int32) if not f.error else np.zeros(shape, np.int32)
-                                  for f in frames]) if frames else _empty(1, 1, dtype=np.int32),
-            "segments": json.dumps([[s.to_json() for s in f.panoptic.segments] if not f.error else []
-                                    for f in frames]),
+                                  for f in frames]) if frames else columns.TRACKED["panoptic"].empty(),
+            **segment_columns(f.panoptic.segments if not f.error else [] for f in frames),
+            **gt_columns(g for g in map(_gt_record, (f.image_id for f in frames)) if g is not None),
             "error": error, "stage": stage, "failed_frames": int(failed), "lost": bool(lost),
             **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) for s in TIMED if s != "sink"}}
 
@@ -377,23 +343,28 @@ class AssociateChunks:
 
     @stage("associate", passed=_failed_upstream, failed=_lost_chunk)
     def associate(self, row: dict) -> dict:
-        from operators.association import TrackChunk, TrackerFrame
-
-        ids, segments, embeddings = row["panoptic"], json.loads(row["segments"]), row["embeddings"]
-        frames, offset = [], 0
-        # The tracker carries image_id through untouched for the writers; the frame's time and
-        # GT record ride with it, since a frame can come back with a later chunk's row.
-        labels = map(FrameLabel, json.loads(row["image_ids"]), json.loads(row["timestamps"]),
-                     json.loads(row.get("gt_frames") or "[]") or [None] * len(segments))
-        for i, (image_id, segs) in enumerate(zip(labels, segments)):
-            infos = [SegmentInfo.from_json(s) for s in segs]
-            vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
-            offset += len(infos)
-            index = int(row["frame_start"]) + i
-            frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
-                                       row["flow"][i] if index > 0 else None,
-                                       {s.id: v for s, v in zip(infos, vectors)}
-                                       if vectors is not None and vectors.shape[1] else None, image_id))
-        chunk = TrackChunk(row["video_id"], int(row["frame_start"]), int(row["frame_end"]), frames)
+        chunk = track_chunk(row)
         held = early_chunk_bound(int(row["frame_count"]), int(row["resume_from"]), self.chunk_frames)
         return _tracked_row(row, self.pool.track(chunk, int(row["resume_from"]), held))
+
+
+def track_chunk(row: dict):
+    """A chunk row (after flow) as the tracker's :class:`~operators.association.TrackChunk`. The
+    tracker carries each frame's ``image_id`` through untouched for the writers: a
+    :class:`FrameLabel` with the frame's image id, time and GT record, since a frame can come
+    back with a later chunk's row."""
+    from operators.association import TrackChunk, TrackerFrame
+
+    ids, embeddings, start = row["panoptic"], row["embeddings"], int(row["frame_start"])
+    frames, offset, gt = [], 0, gt_of(row)
+    labels = [FrameLabel(image_id, time, gt.get(start + i))
+              for i, (image_id, time) in enumerate(zip(row["image_ids"].tolist(), times_of(row)))]
+    for i, (label, infos) in enumerate(zip(labels, segments_of(row, len(labels)))):
+        vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
+        offset += len(infos)
+        index = start + i
+        frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
+                                   row["flow"][i] if index > 0 else None,
+                                   {s.id: v for s, v in zip(infos, vectors)}
+                                   if vectors is not None and vectors.shape[1] else None, label))
+    return TrackChunk(row["video_id"], start, int(row["frame_end"]), frames)

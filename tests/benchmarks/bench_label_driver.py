@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
 
 from pipelines.commit import CommitMarker, is_current
@@ -75,7 +76,7 @@ def summary_rows(n: int):
     zero = {f"t_{s}": 0.0 for s in TIMED}
     for v in range(n):
         yield {"video_id": f"v{v:07d}", "frame_count": 10, "frames_done": 10, "frames_failed": 0, "error": "",
-               "stage": "", "lost": False, "frames": "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "part": "part-0.parquet",
+               "stage": "", "lost": False, "frames": np.arange(10), "part": "part-0.parquet",
                **zero}
 
 

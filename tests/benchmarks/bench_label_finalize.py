@@ -76,7 +76,7 @@ def test_finalize_from_staged_tables_vs_png_round_trip(tmp_path, monkeypatch):
     gt = read_ground_truth(str(tmp_path / "corpus/gt/panoptic_gt.json"), str(tmp_path / "corpus/gt/panoptic"))
     gt_frames = [GtFrame(i, gt.png_uri(i), gt.annotations[i.key].segments) for i in gt.videos()["0000"]
                  if i.key in gt.annotations]
-    records = {g.image.frame_index: g.to_json() for g in gt_frames}
+    records = {g.image.frame_index: g for g in gt_frames}
     settings = EvaluationSettings(gt.categories)
     task = VideoTask("0000", "", "fp", FRAMES, [f"0000_{i:04d}" for i in range(FRAMES)], gt_frames)
     new_evaluate = finalize._evaluate
