@@ -84,6 +84,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                                                          "the CPUs)")
     parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
+    parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+                        help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
+                             "Ray's start-up), auto (default: local for at most 64 videos to label without --address, "
+                             "else ray); the outputs are the same")
     parser.add_argument("--force", action="store_true", help="reprocess videos that are already committed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--keep-cache", action="store_true",
@@ -124,7 +128,8 @@ def config_from_args(args: argparse.Namespace):
     flow_options = {"checkpoint": args.flow_checkpoint} if args.flow == "raft" else {"preset": args.flow_preset}
     try:
         resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
-                                   association_actors=args.association_actors, gpus=args.gpus)
+                                   association_actors=args.association_actors, gpus=args.gpus,
+                                   executor=args.executor)
         return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,

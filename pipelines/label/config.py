@@ -47,12 +47,18 @@ class StageResources:
     association_actors: int | None = None
     gpus: str = "auto"
     """What the model actors ask Ray for: ``auto``, ``cpu``, ``gpu`` (:mod:`cluster.gpus`)."""
+    executor: str = "auto"
+    """What runs the stages: ``ray`` (the Ray Data graph), ``local`` (a few processes of this
+    machine, no Ray: :mod:`pipelines.label.local`) or ``auto`` (local for a small run without
+    ``--address``, :func:`pipelines.label.local.choose_executor`). The outputs are the same."""
 
     def __post_init__(self) -> None:
         from cluster.gpus import GPU_MODES
 
         if self.gpus not in GPU_MODES:
             raise ValueError(f"unknown gpus {self.gpus!r}; choose one of {GPU_MODES}")
+        if self.executor not in ("auto", "local", "ray"):
+            raise ValueError(f"unknown executor {self.executor!r}; choose one of ('auto', 'local', 'ray')")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from operators.metrics.video import EvaluationSettings
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers, is_current, recover, remove_run_staging
 from pipelines.label.config import LabelConfig, check_models
 from pipelines.label.finalize import VideoResult
+from pipelines.label.local import choose_executor, local_plan
 from pipelines.label.stages import GtFrame
 from pipelines.label.outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.label.passes import GroundTruthIndex, LabelPasses, RunTally
@@ -165,6 +166,7 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
     # the door: everything the command is given is checked here, before the output is touched
     # and before Ray starts (an InputError from here ends the command with exit code 2)
     check_models(config)
+    choose_executor(config.resources.executor, address, 0)  # --executor local with --address: exit 2 here
     entries = discover(input_uri)
     if only_videos is not None:
         wanted = set(only_videos)
@@ -215,12 +217,20 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     passes = LabelPasses(config, layout, run_id, {}, categories, GroundTruthIndex(settings, gt_frames, gt_names),
                          config_hash, checksums, tally, log=log)
     model_resources = None  # what the model stages asked Ray for, and why (run manifest)
-    with _ray_for_work(bool(todo), address, progress):
-        if todo:
+    executor = choose_executor(config.resources.executor, address, len(todo), config.resources.gpus)
+    with _ray_for_work(bool(todo) and executor == "ray", address, progress):
+        if todo and executor == "ray":
             passes.plan = plan = stage_plan(config, len(todo))
-            model_resources = {key: plan[key] for key in ("gpu_choice", "segment_actors", "flow_actors")}
+            model_resources = {"executor": "ray", **{key: plan[key] for key in ("gpu_choice", "segment_actors",
+                                                                                "flow_actors")}}
             log(f"model stages: {plan['gpu_choice']['reason']}; segmentation actors {plan['segment_actors']}, "
                 f"flow actors {plan['flow_actors']} (min, max)")
+        elif todo:
+            passes.plan, passes.engine, model_resources = local_plan(config, len(todo), layout.root, run_id,
+                                                                     categories, settings)
+            log(f"local run, no Ray (--executor {config.resources.executor}): {model_resources['processes']} "
+                f"process(es) x {model_resources['threads']} thread(s)")
+        if todo:
             with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
                 passes.run(todo, bar)
             remove_run_staging(layout, run_id)  # rows of failed videos that came late

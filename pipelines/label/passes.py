@@ -193,29 +193,29 @@ class FinalizeWindow:
 
 class LabelPasses:
     """Labels ``todo`` into ``layout`` with the graph, pass after pass (see module doc), and keeps
-    what the run reports in :attr:`tally` and :attr:`resumed`."""
+    what the run reports in :attr:`tally` and :attr:`resumed`. ``engine``: what runs a pass —
+    :class:`RayEngine` (default) or, without Ray, :class:`pipelines.label.local.LocalEngine`."""
 
     def __init__(self, config: LabelConfig, layout: OutputLayout, run_id: str, plan: dict, categories,
-                 gt: GroundTruthIndex, config_hash: str, checksums: dict, tally: RunTally, log=print):
+                 gt: GroundTruthIndex, config_hash: str, checksums: dict, tally: RunTally, log=print,
+                 engine: Callable[["LabelPasses"], object] | None = None):
         self.config, self.layout, self.run_id, self.plan, self.categories = config, layout, run_id, plan, categories
         self.gt, self.config_hash, self.checksums, self.tally, self.log = gt, config_hash, checksums, tally, log
+        self.engine = engine or RayEngine  # a pass's engine, built per pass from this object
         self.resumed: list[tuple[str, int]] = []
 
     def run(self, todo: list[VideoEntry], bar) -> None:
         """Every pass over ``todo``; a result for each of its videos ends in the tally."""
-        import ray
-
         from pipelines.label.association_actor import CHECKPOINTS_DIR, CheckpointStore
 
         self.by_id = {e.video_id: e for e in todo}
         self.checkpoints = CheckpointStore(fs.join(self.layout.run_staging(self.run_id), CHECKPOINTS_DIR))
         self.bar = bar
-        self.finalize = ray.remote(finalize_video).options(num_cpus=self.plan["cpus"]["sink"], max_retries=0)
         waiting = {e.video_id: VideoProgress(e.video_id) for e in todo}
         for attempt in range(MAX_PASSES):
             if attempt:
                 self.log(f"{len(waiting)} video(s) lost a worker; pass {attempt + 1} resumes them from their "
-                         "association checkpoints")
+                         "association checkpoints (from their first frame where they have none)")
                 for p in waiting.values():
                     self.resumed.append((p.video_id, prepare_retry(self.layout, self.run_id, p,
                                                                    self.checkpoints.boundaries(p.video_id))))
@@ -239,52 +239,81 @@ class LabelPasses:
         self.checkpoints.discard(video_id)
 
     def run_pass(self, waiting: dict[str, VideoProgress]) -> dict[str, VideoProgress]:
-        """One pass of the graph over ``waiting``; returns the videos it lost (see faults)."""
-        import ray
-
-        from pipelines.label.association_actor import AssociationPool
-
-        config, layout, run_id, plan, bar, tally = self.config, self.layout, self.run_id, self.plan, self.bar, self.tally
-        pool = AssociationPool(plan["association_actors"], config.tracker_for(self.categories),
-                               checkpoint_dir=self.checkpoints.prefix,
-                               actor_options={"num_cpus": plan["cpus"]["associate"]})
-        window = FinalizeWindow(plan["finalize_window"], ray.wait)
+        """One pass of the engine over ``waiting``; returns the videos it lost (see faults)."""
+        config, layout, run_id, bar, tally = self.config, self.layout, self.run_id, self.bar, self.tally
+        engine = self.engine(self)
+        window = FinalizeWindow(self.plan["finalize_window"], engine.wait)
 
         def finished(ended: list[tuple]) -> None:
-            for ref, p in ended:
+            for handle, p in ended:
                 try:
-                    result = ray.get(ref)
+                    result = engine.result(handle)
                     self.checkpoints.discard(p.video_id)  # done with, committed or failed
-                except ray.exceptions.RayError as exc:  # its worker died: it is not retried blindly
+                except engine.lost_errors as exc:  # its worker died: it is not retried blindly
                     result = finalize_lost(layout, run_id, p, exc)
                 book.finalized(p, result)
 
         def launch(p: VideoProgress) -> None:
-            finished(window.add(self.finalize.remote(layout.root, run_id, self._task(p), self.config_hash,
-                                                     self.checksums, self.gt.settings,
-                                                     config.write_overlay, config.review), p))
+            finished(window.add(engine.finalize(layout.root, run_id, self._task(p), self.config_hash, self.checksums,
+                                                self.gt.settings, config.write_overlay, config.review), p))
 
         def done() -> None:
             bar.update(1)
             bar.set_postfix(failed=tally.failed, fps=f"{tally.frames_per_second:.1f}", refresh=False)
 
-        book = PassBook(waiting, tally, launch, self._discard, pool.finish, done)
+        book = PassBook(waiting, tally, launch, self._discard, engine.finish, done)
         rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt_image_ids": json.dumps(self.gt.names.get(v, {})),
                  "gt_frames": gt_frames_json(self.gt.frames.get(v, []) if self.gt.settings else []),
                  "resume_from": p.resume_from} for v, p in waiting.items()]
         try:
             gone = ""
             try:
-                for summary in graph.build_dataset(rows, config, layout.root, run_id, pool, plan,
-                                                   self.categories, self.gt.settings).iter_rows():
+                for summary in engine.summaries(rows):
                     book.take(summary)
                     finished(window.poll())
-            except ray.exceptions.RayError as exc:  # the executor gave up (e.g. actors dying as they start)
+            except engine.lost_errors as exc:  # the executor gave up (e.g. actors dying as they start)
                 gone = f"the pass stopped: {describe(exc)}"
             book.close_unfinished(gone)
             while len(window):
                 finished(window.drain(1.0))
         finally:
-            for actor in pool.actors:
-                ray.kill(actor)
+            engine.close()
         return book.lost
+
+
+class RayEngine:
+    """The engine of one pass on Ray: the graph (:func:`pipelines.label.graph.build_dataset`)
+    with its association actors, finalize as Ray tasks (a run without Ray has
+    :class:`pipelines.label.local.LocalEngine`; both have this shape)."""
+
+    def __init__(self, passes: LabelPasses):
+        import ray
+
+        from pipelines.label.association_actor import AssociationPool
+
+        self.passes, plan = passes, passes.plan
+        self.pool = AssociationPool(plan["association_actors"], passes.config.tracker_for(passes.categories),
+                                    checkpoint_dir=passes.checkpoints.prefix,
+                                    actor_options={"num_cpus": plan["cpus"]["associate"]})
+        self.task = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
+        self.wait, self.get, self.lost_errors = ray.wait, ray.get, (ray.exceptions.RayError,)
+
+    def summaries(self, rows: list[dict]):
+        p = self.passes
+        return graph.build_dataset(rows, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories,
+                                   p.gt.settings).iter_rows()
+
+    def finalize(self, *args):
+        return self.task.remote(*args)
+
+    def result(self, ref):
+        return self.get(ref)
+
+    def finish(self, video_id: str) -> None:
+        self.pool.finish(video_id)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.pool.actors:
+            ray.kill(actor)

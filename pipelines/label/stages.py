@@ -227,8 +227,10 @@ def match_threads_to_cpus() -> int:
     import sys
 
     import cv2
-    import ray
 
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():  # a local run's process (pipelines/label/local.py) set its own
+        return cv2.getNumThreads()
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     cv2.setNumThreads(threads)
     if "torch" in sys.modules:
