@@ -19,7 +19,7 @@ from pipelines.label.stages import early_chunk_bound
 from pipelines.label.driver import split_skipped
 from pipelines.label.faults import VideoProgress
 from pipelines.label.finalize import VideoResult, annotations_rel
-from pipelines.label.graph import finalize_window_size
+from pipelines.label.graph import VIDEOS_PER_BLOCK, finalize_window_size, input_blocks
 from pipelines.label.outputs import write_predictions_json
 from pipelines.label.passes import FinalizeWindow, PassBook, RunTally
 from pipelines.label.stages import TIMED
@@ -94,6 +94,13 @@ def test_the_finalize_window_is_bounded_and_looks_at_o1_tasks_per_row(latency):
     # at most two looks over the (bounded) window per row, whatever the finalize latency: the loop
     # before looked at every pending task after every row (latency × rows)
     assert clock.looked <= 2 * 16 * rows
+
+
+def test_a_pass_puts_several_videos_in_a_block_and_enough_blocks_for_every_decode_slot():
+    assert input_blocks(100_000, 8) == 1563 and 100_000 / 1563 <= VIDEOS_PER_BLOCK  # not one block per video
+    assert input_blocks(100, 8) == 32 and input_blocks(100, 1) == 4  # four blocks per plan+decode slot
+    assert input_blocks(3, 8) == 3 and input_blocks(0, 8) == 1  # never more blocks than videos, never none
+    assert input_blocks(100, 8, isolate=True) == 100  # a later pass: one video per block
 
 
 def test_the_window_size_follows_the_cluster_within_bounds():

@@ -46,6 +46,10 @@ def make_corpus(root, videos: int = 3, frames: int = 10, height: int = 128, widt
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, ray_local):
+    """One run over two good videos and three bad ones (undecodable, empty, a missing GT PNG), all
+    five in one input block: a bad video fails in its own rows, whatever block it shares."""
+    from pipelines.label import graph
+
     root = tmp_path_factory.mktemp("label")
     corpus = make_corpus(root / "corpus")
     videos = root / "corpus" / "videos"
@@ -56,7 +60,11 @@ def labelled(tmp_path_factory, ray_local):
     config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", gt_json=f"{corpus}/gt/panoptic_gt.json",
                          image_id_format=IMAGE_ID, chunk_frames=4, write_png=True, write_overlay=True)
     out = str(root / "out")
-    run = label(str(videos), out, config, progress=False, log=lambda *_: None)
+    blocks = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph, "input_blocks", lambda n, slots, isolate=False: blocks.append(n) or 1)
+        run = label(str(videos), out, config, progress=False, log=lambda *_: None)
+    assert blocks == [5]  # one pass, its five videos in one block
     return {"root": root, "corpus": corpus, "videos": str(videos), "out": out, "config": config, "run": run,
             "missing_gt": str(gt_png)}
 

@@ -27,6 +27,11 @@ FEEDER_CPUS = 0.1  # the AssociateChunks replicas only wait on their association
 # a chunk that kills its worker every time would be retried forever).
 TASK_FAULTS = {"max_retries": MAX_TASK_RETRIES}
 ACTOR_FAULTS = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
+BLOCKS_PER_SLOT = 4
+"""Input blocks per plan+decode slot (at least): a slot that finishes early finds another block."""
+VIDEOS_PER_BLOCK = 64
+"""Videos per input block (at most): a plan+decode task whose worker is lost runs again from its
+block's first video, so a block bounds the work a lost worker costs."""
 
 
 def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
@@ -77,6 +82,25 @@ def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
     return plan
 
 
+def input_blocks(n_videos: int, slots: int, isolate: bool = False) -> int:
+    """How many Ray Data blocks the video rows of a pass are split into (each block is one
+    plan+decode task that plans and decodes its videos one after another, streaming their chunks
+    out as it goes): enough to keep each of the ``slots`` plan+decode tasks busy
+    (:data:`BLOCKS_PER_SLOT` per slot), with at most :data:`VIDEOS_PER_BLOCK` videos each, never
+    more blocks than videos. So 100,000 videos are 1,563 blocks, not 100,000 blocks and tasks.
+
+    A video whose input is bad fails in its own rows (the stages turn exceptions into failure
+    rows), whatever block it shares. A video that kills its process every time takes its block's
+    later videos down with it for the pass; those come back lost and the next pass runs them
+    again with ``isolate`` (one video per block; a later pass has only the lost videos), so the
+    bad video still fails alone."""
+    if n_videos < 1:
+        return 1
+    if isolate:
+        return n_videos
+    return min(n_videos, max(BLOCKS_PER_SLOT * max(1, slots), -(-n_videos // VIDEOS_PER_BLOCK)))
+
+
 def finalize_window_size(cpus: float) -> int:
     """Finalize tasks the driver keeps in flight (:class:`pipelines.label.passes.FinalizeWindow`):
     enough to keep every CPU of the cluster busy with them (four per CPU; a finalize asks for a
@@ -123,10 +147,11 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
 
 
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
-                  categories=None, settings=None):
+                  categories=None, settings=None, isolate: bool = False):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
     ``categories``: the model's classes (default Cityscapes'); ``settings``: the evaluation's
-    (None: no GT), with which the sink stages each annotated frame's contingency table.
+    (None: no GT), with which the sink stages each annotated frame's contingency table. The rows
+    go into :func:`input_blocks` blocks (``isolate``: one video per block).
 
     Every stage survives the loss of its process: tasks run again, actors restart and get
     their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label/faults.py)."""
@@ -136,7 +161,7 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     cpus = plan["cpus"]
     tasks = ray.data.TaskPoolStrategy(size=plan["task_concurrency"])
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), plan["task_concurrency"], isolate))
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
                                             "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
                      compute=tasks, **TASK_FAULTS)

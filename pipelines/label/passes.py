@@ -203,6 +203,7 @@ class LabelPasses:
         self.gt, self.config_hash, self.checksums, self.tally, self.log = gt, config_hash, checksums, tally, log
         self.engine = engine or RayEngine  # a pass's engine, built per pass from this object
         self.resumed: list[tuple[str, int]] = []
+        self.attempt = 0  # the pass running (0: the first)
 
     def run(self, todo: list[VideoEntry], bar) -> None:
         """Every pass over ``todo``; a result for each of its videos ends in the tally."""
@@ -213,6 +214,7 @@ class LabelPasses:
         self.bar = bar
         waiting = {e.video_id: VideoProgress(e.video_id) for e in todo}
         for attempt in range(MAX_PASSES):
+            self.attempt = attempt
             if attempt:
                 self.log(f"{len(waiting)} video(s) lost a worker; pass {attempt + 1} resumes them from their "
                          "association checkpoints (from their first frame where they have none)")
@@ -299,9 +301,12 @@ class RayEngine:
         self.wait, self.get, self.lost_errors = ray.wait, ray.get, (ray.exceptions.RayError,)
 
     def summaries(self, rows: list[dict]):
+        """The sink's summary rows of a pass over ``rows``; a pass after the first puts each video
+        in an input block of its own (:func:`pipelines.label.graph.input_blocks`: it runs the
+        videos that lost a process, and one that kills its process must not take others along)."""
         p = self.passes
         return graph.build_dataset(rows, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories,
-                                   p.gt.settings).iter_rows()
+                                   p.gt.settings, isolate=p.attempt > 0).iter_rows()
 
     def finalize(self, *args):
         return self.task.remote(*args)
