@@ -122,7 +122,7 @@ def test_a_label_run_listens_on_loopback_only(tmp_path):
     corpus = make_corpus(tmp_path / "corpus", videos=3, frames=12)
     argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{corpus}/videos", "--output",
             str(tmp_path / "out"), "--segmenter", "precomputed", "--model", f"{corpus}/perframe",
-            "--image-id-format", IMAGE_ID, "--chunk-frames", "4", "--no-progress"]
+            "--image-id-format", IMAGE_ID, "--chunk-frames", "4", "--no-progress", "--executor", "ray"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = set()
     root = psutil.Process(proc.pid)
@@ -136,10 +136,11 @@ def test_a_label_run_listens_on_loopback_only(tmp_path):
 
 
 @pytest.mark.slow  # a real `tubeflow label` in its own process, input on the moto S3 server
-def test_credentials_reach_no_log_manifest_or_error(s3_bucket, tmp_path, monkeypatch):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_credentials_reach_no_log_manifest_or_error(s3_bucket, tmp_path, monkeypatch, executor):
     """A labelling job run with distinctive AWS credentials and Ray token, one of its videos
     broken: none of the secrets appears in its console output, its manifest and failure rows,
-    any file it wrote, or the logs of its Ray session."""
+    any file it wrote, or the logs of its Ray session (on Ray)."""
     import pyarrow.parquet as pq
 
     from operators import fs
@@ -160,7 +161,7 @@ def test_credentials_reach_no_log_manifest_or_error(s3_bucket, tmp_path, monkeyp
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{s3_bucket}/in", "--output", str(out),
             "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
-            "--chunk-frames", "3", "--no-progress"]
+            "--chunk-frames", "3", "--no-progress", "--executor", executor]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 1 and "broken.mp4" in stderr, stderr[-2000:]  # one failure row
@@ -169,8 +170,9 @@ def test_credentials_reach_no_log_manifest_or_error(s3_bucket, tmp_path, monkeyp
         if path.is_file():  # Parquet compresses its strings: read it as rows
             texts[str(path)] = str(pq.read_table(path).to_pylist()) if path.suffix == ".parquet" else \
                 path.read_bytes().decode("latin-1")
-    (session,) = Path("/tmp/ray").glob(f"session_*_{proc.pid}")  # the run's own Ray: its logs
-    for path in (session / "logs").rglob("*"):
+    sessions = list(Path("/tmp/ray").glob(f"session_*_{proc.pid}"))  # the run's own Ray: its logs
+    assert len(sessions) == (executor == "ray"), sessions
+    for path in (sessions[0] / "logs").rglob("*") if sessions else []:
         if path.is_file():
             texts[str(path)] = path.read_bytes().decode("latin-1")
     assert any("run_manifest.json" in name for name in texts) and any("failures.parquet" in n for n in texts)
