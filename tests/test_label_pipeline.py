@@ -357,9 +357,11 @@ def test_label_augmentation_options_reach_the_segmentation_host():
 
 
 @pytest.mark.slow
-def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path, ray_local):
-    """SIGKILL a real ``tubeflow label`` (and its in-process Ray) once some videos are committed
-    and others are in flight; the rerun must leave exactly one complete, correct output each."""
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path, ray_local, executor):
+    """SIGKILL a real ``tubeflow label`` (and its in-process Ray, or its local processes) once some
+    videos are committed and others are in flight; the rerun must leave exactly one complete,
+    correct output each."""
     import signal
     import subprocess
     import sys
@@ -369,7 +371,7 @@ def test_killed_run_then_rerun_ends_with_one_complete_output_per_video(tmp_path,
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{corpus}/videos", "--output", str(out),
             "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
-            "--chunk-frames", "4", "--no-progress"]
+            "--chunk-frames", "4", "--no-progress", "--executor", executor]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     log = tmp_path / "killed_run.log"
     with open(log, "wb") as sink:

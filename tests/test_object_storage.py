@@ -79,7 +79,8 @@ def test_label_add_videos_nightly_on_s3_equals_local_files(corpus, tmp_path, s3_
 
 
 @pytest.mark.slow  # a real `tubeflow label` on S3, killed, then rerun
-def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_path, ray_local):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_path, ray_local, executor):
     """SIGKILL ``tubeflow label`` (driver and the Ray it started) as soon as the first commit
     appears on S3; the rerun ends with exactly one complete output per video, row for row the
     same as a clean run on local files, and no staging, pending intent or lease holder left."""
@@ -96,7 +97,7 @@ def test_driver_killed_during_commits_on_s3_then_rerun(corpus, s3_bucket, tmp_pa
         fs.write_bytes(f"{inputs}/{name}", (corpus / "videos" / name).read_bytes())
     argv = [sys.executable, "-m", "jobs.cli", "label", "--input", inputs, "--output", out, "--segmenter",
             "precomputed", "--model", str(corpus / "perframe"), "--image-id-format", IMAGE_ID, "--chunk-frames", "2",
-            "--png", "--no-progress"]
+            "--png", "--no-progress", "--executor", executor]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     log = tmp_path / "killed_run.log"
     with open(log, "wb") as sink:
