@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow.compute as pc
 import pytest
 
 from operators.formats import segments_table
@@ -32,11 +33,12 @@ VIDEOS = [f"{v:04d}" for v in range(4)]
 
 class Killer(threading.Thread):
     """SIGKILLs the first process under ``root`` whose title starts with ``target`` (or for
-    which ``target(process, title)`` holds) once ``ready()`` holds; ``killed`` names it."""
+    which ``target(process, title)`` holds) once ``ready()`` holds (with ``every``, each such
+    process until stopped); ``killed`` names them."""
 
-    def __init__(self, root: psutil.Process, target, ready=lambda: True, timeout: float = 300.0):
+    def __init__(self, root: psutil.Process, target, ready=lambda: True, timeout: float = 300.0, every: bool = False):
         super().__init__(daemon=True)
-        self.root, self.ready, self.timeout = root, ready, timeout
+        self.root, self.ready, self.timeout, self.every = root, ready, timeout, every
         self.matches = target if callable(target) else lambda process, title: title.startswith(target)
         self.killed: list[tuple[int, str]] = []
         self.done = threading.Event()
@@ -50,7 +52,8 @@ class Killer(threading.Thread):
                     if self.matches(process, title) and self.ready():
                         process.send_signal(signal.SIGKILL)
                         self.killed.append((process.pid, title))
-                        return
+                        if not self.every:
+                            return
                 except psutil.Error:
                     continue
             time.sleep(0.005)
@@ -116,6 +119,41 @@ def test_a_killed_process_costs_a_retry_not_a_video(kind, clean, tmp_path):
     assert segment_rows(str(out)).equals(clean["rows"])
     assert run.report.vpq.per_class == clean["report"].vpq.per_class and run.report.stq == clean["report"].stq
     assert not (out / STAGING_DIR).exists()
+
+
+def test_a_video_that_kills_its_decoder_every_time_fails_alone(clean, tmp_path, monkeypatch):
+    """The first pass puts several videos in one input block (pipelines/label/graph.py:
+    ``input_blocks``); here all four, the first of which kills the plan+decode process that opens
+    it, every time. Its block-mates lose the first pass with it, then run in blocks of their own
+    and are committed with the clean rows: the bad video fails alone."""
+    from pipelines.label import graph
+
+    poison = os.path.realpath(f"{clean['corpus']}/videos/{VIDEOS[0]}.mp4")
+
+    def decoding_poison(process: psutil.Process, title: str) -> bool:
+        return title.startswith("ray::FlatMap(plan_video)") and any(f.path == poison for f in process.open_files())
+
+    blocks = []
+    monkeypatch.setattr(graph, "input_blocks", lambda n, slots, isolate=False: blocks.append((n, isolate)) or
+                        (n if isolate else 1))
+    out = tmp_path / "out"
+    killer = Killer(psutil.Process(), decoding_poison, every=True)
+    killer.start()
+    try:
+        run = label(f"{clean['corpus']}/videos", str(out), config_of(clean["corpus"]), progress=False,
+                    log=lambda *_: None)
+    finally:
+        killer.stop()
+    assert killer.killed, "the bad video's plan+decode task was never seen running"
+    assert blocks[0] == (len(VIDEOS), False) and len(blocks) > 1 and all(isolate for _, isolate in blocks[1:])
+    results = {r.video_id: r for r in run.results}
+    assert {v: results[v].status for v in VIDEOS[1:]} == {v: "ok" for v in VIDEOS[1:]}
+    assert sorted(v for v, _ in run.resumed if v != VIDEOS[0]) == VIDEOS[1:]  # they lost the first pass with it
+    assert sorted(committed_markers(OutputLayout(str(out)))) == VIDEOS[1:]
+    rows = segment_rows(str(out))
+    assert rows.equals(clean["rows"].filter(pc.field("video_id") != VIDEOS[0]))
+    # killed in every attempt it was seen in, it fails after the last pass, alone
+    assert results[VIDEOS[0]].status == "failed" and "lost a worker in each of" in results[VIDEOS[0]].error
 
 
 def test_cli_exits_0_after_its_association_actor_is_killed(clean, tmp_path):
