@@ -161,7 +161,7 @@ def test_cli_exits_0_after_its_association_actor_is_killed(clean, tmp_path):
     corpus, out = clean["corpus"], tmp_path / "out"
     argv = [sys.executable, "-m", "jobs.cli", "label", "--input", f"{corpus}/videos", "--output", str(out),
             "--segmenter", "precomputed", "--model", f"{corpus}/perframe", "--image-id-format", IMAGE_ID,
-            "--chunk-frames", "4", "--no-progress"]
+            "--chunk-frames", "4", "--no-progress", "--executor", "ray"]  # the association actor is Ray's
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killer = Killer(psutil.Process(proc.pid), "ray::AssociationActor.push", checkpoints_exist(out))
     killer.start()

@@ -6,7 +6,7 @@ structured travels as fixed numpy columns, never as JSON text: Ray Data keeps a 
 as an Arrow tensor column (one shape when the rows agree, else variable-shaped), moves it between
 processes as one buffer, and the next stage gets the arrays back without parsing anything.
 Ray Data's cost per tensor column and move is fixed and larger than the copying of these small
-arrays (~0.3 ms per column and move, measured), so a record is one row of one int64 matrix rather
+arrays (~0.25 ms per column and move, measured), so a record is one row of one int64 matrix rather
 than a column per field. ``tests/benchmarks/bench_chunk_columns.py`` measures it all against
 the JSON columns the rows carried before.
 
