@@ -2,7 +2,7 @@
 
     tubeflow label --input URI --output URI [--address auto] [--segmenter builtin|artifact|precomputed]
                    [--model URI] [--contract auto|panoptic-deeplab|mask-classification|panoptic-map]
-                   [--flow dis|raft] [--gt GT_JSON] [--chunk-frames N] [--png] [--overlay] [--force]
+                   [--flow dis|raft] [--gt GT_JSON|GT_TABLE] [--chunk-frames N] [--png] [--overlay] [--force]
 
 ``--input`` is a directory / bucket prefix of videos (mp4, avi, mkv, mov), frame directories
 and driving logs (.mcap, .bag: one video per camera topic), or a manifest (Parquet/CSV:
@@ -45,8 +45,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow", choices=FLOWS, default="dis", help="optical flow backend (default dis, CPU)")
     parser.add_argument("--flow-preset", default="medium", help="DIS preset: ultrafast, fast, medium")
     parser.add_argument("--flow-checkpoint", default=None, help="RAFT checkpoint (with --flow raft)")
-    parser.add_argument("--gt", default=None, help="Cityscapes-VPS GT JSON: evaluate VPQ/STQ in the same pass")
-    parser.add_argument("--gt-dir", default=None, help="GT PNG directory (default: panoptic/ beside the JSON)")
+    parser.add_argument("--gt", default=None, help="ground truth: evaluate VPQ/STQ in the same pass; a Cityscapes-VPS "
+                                                   "GT JSON, or a segments table (a directory: Parquet, "
+                                                   "hive-partitioned by video)")
+    parser.add_argument("--gt-dir", default=None, help="GT PNG directory of a GT JSON (default: panoptic/ beside it)")
     parser.add_argument("--stride", type=int, default=5, help="GT annotation stride λ for VPQ windows (default 5)")
     parser.add_argument("--image-id-format", default=DEFAULT_IMAGE_ID,
                         help=f"image ids of frames the GT does not name (default {DEFAULT_IMAGE_ID!r})")

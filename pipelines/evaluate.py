@@ -40,6 +40,7 @@ from typing import Iterable, Iterator, Sequence
 from operators import fs
 from operators.errors import InputError
 from operators.formats import segments_table
+from operators.formats.ground_truth import gt_layout
 from operators.formats.vps_layout import PRED_JSON, PRED_PNG_DIR
 from operators.formats.vps_stream import VideoSplit
 from operators.metrics.report import EvaluationReport, VideoLog, build_report, per_video_row, write_report
@@ -130,6 +131,8 @@ def open_inputs(gt_json: str | None, gt_dir: str | None, pred_dir: str | None, g
         raise InputError("evaluate", "give the GT as --gt-json with --gt-dir, or as --gt-table")
     if bool(pred_dir) == bool(pred_table):
         raise InputError("evaluate", "give the predictions as --pred-dir or as --pred-table")
+    if gt_json and gt_layout(gt_json) == "table":
+        raise InputError(gt_json, "a segments table, not a GT JSON: give it as --gt-table")
     if gt_table:
         if pred_dir:
             raise InputError("evaluate", "a GT table needs predictions as a table too (pred.json names images, only "

@@ -70,6 +70,20 @@ def test_bad_tracker_configs_are_one_line_naming_the_file(tmp_path, capsys, vide
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, problem", [(b'{"images": [', "invalid JSON"),
+                                              (b'{"images": [], "annotations": []}', "missing top-level key 'categories'"),
+                                              (None, "not found")])
+def test_a_bad_gt_file_is_one_line_before_anything_is_touched(tmp_path, capsys, videos, no_ray, content, problem):
+    """``--gt``: the whole GT file is checked at the door (read as a stream), before the output's
+    lease and before Ray."""
+    gt = tmp_path / "gt.json"
+    if content is not None:
+        gt.write_bytes(content)
+    code, err = run_label(tmp_path, capsys, "--gt", str(gt))
+    assert code == 2 and len(err.splitlines()) == 1 and str(gt) in err and problem in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_tracker_config_of_track_is_one_line(tmp_path, capsys):
     code = cli.main(["track", "--images", str(tmp_path), "--perframe-json", str(tmp_path / "p.json"),
                      "--perframe-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--config",

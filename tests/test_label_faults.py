@@ -90,7 +90,7 @@ def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, st
     from pipelines.label.stages import plan_video
 
     write_corpus(str(tmp_path), SynthConfig(videos=1, frames=10, height=32, width=64, seed=0))
-    rows = plan_video({"video_id": "0000", "uri": str(tmp_path / "videos" / "0000.mp4"), "gt_image_ids": "{}",
+    rows = plan_video({"video_id": "0000", "uri": str(tmp_path / "videos" / "0000.mp4"), "gt": "",
                        "resume_from": resume_from}, chunk_frames=4, image_id_format="{video_id}_{frame_index}")
     assert [r["frame_start"] for r in rows] == starts
     assert all(r["resume_from"] == resume_from and r["frame_count"] == 10 and not r["error"] for r in rows)

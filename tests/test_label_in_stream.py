@@ -20,7 +20,8 @@ from pipelines.commit import OutputLayout
 from pipelines.label.faults import VideoProgress, prepare_retry
 from pipelines.label.finalize import VideoTask, finalize_video, metrics_rel, read_video_metrics
 from pipelines.label.sink import FRAME_TABLES_DIR, read_frame_tables, write_frames
-from pipelines.label.stages import FrameLabel, GtFrame, _tracked_row, batch_of, rows_of
+from pipelines.label.ground_truth import GtFrame, GtRef
+from pipelines.label.stages import FrameLabel, _tracked_row, batch_of, rows_of
 from pipelines.lease import Lease
 
 VIDEO = "0000"
@@ -40,7 +41,8 @@ def corpus(tmp_path_factory):
                  for image in gt.videos()[VIDEO] if image.key in gt.annotations]
     assert [g.image.frame_index for g in gt_frames] == [0, 5]
     settings = EvaluationSettings(gt.categories, (0, 5), 5)
-    return {"root": root, "predictions": predictions, "gt_frames": gt_frames, "settings": settings}
+    ref = GtRef(VIDEO, doc=str(root / "gt" / "panoptic_gt.json"), png_dir=str(root / "gt" / "panoptic"))
+    return {"root": root, "predictions": predictions, "gt_frames": gt_frames, "settings": settings, "ref": ref}
 
 
 def _stage(out: str, run_id: str, corpus, chunks: list[range], settings) -> list[dict]:
@@ -94,8 +96,8 @@ def _spy(monkeypatch) -> dict:
 
 
 def _finalize(out: str, run_id: str, corpus):
-    task = VideoTask(VIDEO, f"{out}/in/{VIDEO}.mp4", "fingerprint", FRAMES, [f"{VIDEO}_{i:04d}" for i in range(FRAMES)],
-                     corpus["gt_frames"])
+    task = VideoTask(VIDEO, f"{out}/in/{VIDEO}.mp4", "fingerprint", FRAMES, "{video_id}_{frame_index:04d}",
+                     corpus["ref"])
     with Lease(out, run_id):
         return finalize_video(out, run_id, task, "config", {}, corpus["settings"], write_overlay=False)
 

@@ -134,16 +134,35 @@ def test_in_pass_metrics_equal_the_evaluate_pipeline(labelled, tmp_path):
     assert json.loads(open(f"{out}/metrics/metrics.json").read())
 
 
-def test_without_png_no_prediction_png_is_written_and_metrics_equal_evaluate_exactly(labelled, tmp_path):
+def _no_whole_gt_in_this_process(monkeypatch, gt_json: str) -> list[str]:
+    """Make every whole-document read of ``gt_json`` in this process (the driver: Ray's workers
+    are processes of their own) fail; returns the list of documents read whole here."""
+    from operators.formats import vps_layout
+
+    read, load = [], vps_layout.load_json
+
+    def spy(uri, *args, **kwargs):
+        read.append(str(uri))
+        if str(uri) == gt_json:
+            raise AssertionError(f"the driver parsed the whole GT {uri}")
+        return load(uri, *args, **kwargs)
+
+    monkeypatch.setattr(vps_layout, "load_json", spy)
+    return read
+
+
+def test_without_png_no_prediction_png_is_written_and_metrics_equal_evaluate_exactly(labelled, tmp_path, monkeypatch):
     """``--png`` off: the sink scores the annotated frames where the predicted ids are, so no
     frame PNG appears anywhere under the output (staging included) while the run goes (a watcher
     lists the tree as it runs; the old evaluation wrote each annotated frame to scratch), and the metrics equal ``tubeflow evaluate`` of the
-    run's own segments table to the last count and bit."""
+    run's own segments table to the last count and bit. The driver never parses the GT JSON
+    whole: it splits it as a stream, the tasks read each video's own document."""
     import threading
 
     from pipelines.evaluate import evaluate
 
     corpus, out = labelled["corpus"], tmp_path / "out"
+    whole_reads = _no_whole_gt_in_this_process(monkeypatch, labelled["config"].gt_json)
     seen, stop = set(), threading.Event()
 
     def watch() -> None:
@@ -163,11 +182,37 @@ def test_without_png_no_prediction_png_is_written_and_metrics_equal_evaluate_exa
         watcher.join()
     assert {r.status for r in run.results} == {"ok"} and run.report is not None
     assert seen == set()
+    # not even one video's document (they are under the output): the plan and finalize tasks read them
+    assert [r for r in whole_reads if r.startswith(str(out))] == []
     report = evaluate(_committed_gt(labelled, tmp_path), f"{corpus}/gt/panoptic", out=str(tmp_path / "eval"),
                       pred_table=str(out / "segments"), progress=False)
     assert report.vpq.per_class == run.report.vpq.per_class  # every category's sums at every k, exactly
     assert report.vpq.vpq == run.report.vpq.vpq and report.stq == run.report.stq
     assert 0.5 < run.report.vpq.vpq <= 1.0
+
+
+def test_a_gt_table_gives_the_metrics_of_evaluate_on_the_table_exactly(labelled, tmp_path, monkeypatch):
+    """``--gt`` a segments table (the product's own format, told from a GT JSON by its being a
+    directory): each task reads its video's partition, the driver only lists it, and the metrics
+    equal ``tubeflow evaluate`` of the run's segments table against the same GT table, per
+    category and k, exactly."""
+    from operators.formats import convert
+    from pipelines.evaluate import evaluate
+
+    corpus, out = labelled["corpus"], tmp_path / "out"
+    table = str(tmp_path / "gt_table")
+    convert.vps_to_table(_committed_gt(labelled, tmp_path), f"{corpus}/gt/panoptic", table)
+    whole_reads = _no_whole_gt_in_this_process(monkeypatch, labelled["config"].gt_json)
+    config = replace(labelled["config"], gt_json=table, gt_dir=None, write_png=False, write_overlay=False)
+    run = label(labelled["videos"], str(out), config, progress=False, only_videos=GOOD, log=lambda *_: None)
+    assert {r.status for r in run.results} == {"ok"} and run.report is not None, run.results
+    assert [r for r in whole_reads if r.startswith(str(out))] == []
+    report = evaluate(gt_table=table, pred_table=str(out / "segments"), out=str(tmp_path / "eval"), progress=False)
+    assert report.vpq.per_class == run.report.vpq.per_class  # every category's sums at every k, exactly
+    assert report.vpq.vpq == run.report.vpq.vpq and report.stq == run.report.stq
+    assert report.vpq.per_class == labelled["run"].report.vpq.per_class  # the GT JSON's run: the same numbers
+    assert 0.5 < run.report.vpq.vpq <= 1.0
+    assert not os.path.exists(out / "_staging")
 
 
 def test_overlay_has_every_frame_with_consistent_colours(labelled):

@@ -160,3 +160,12 @@ def test_prediction_writer_streams_and_writes_the_json_last(tmp_path):
     with PredictionWriter(str(tmp_path / "empty")):
         pass
     assert json.loads((tmp_path / "empty" / "pred.json").read_text()) == {"annotations": []}
+
+
+def test_invalid_json_is_one_line_naming_the_file(tmp_path):
+    """yajl's parse error draws the spot on lines of its own: the error keeps the first."""
+    (tmp_path / "gt.json").write_text('{"images": [{"id": 1,')
+    with pytest.raises(CorruptFileError) as caught:
+        VideoSplit(str(tmp_path / "gt.json"))
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and str(tmp_path / "gt.json") in message and "invalid JSON" in message

@@ -17,12 +17,29 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from operators import fs
-from operators.errors import FormatMismatchError, InputError
+from operators.errors import CorruptFileError, FormatMismatchError, InputError
 from operators.formats import segments_table
 from operators.formats.categories import Category
 from operators.formats.panoptic import PanopticFrame, SegmentInfo, read_panoptic_png, validate_frame
 from operators.formats.vps_layout import VpsImage
 from operators.formats.vps_stream import VideoRecords, VideoSplit, parse_segments
+
+
+def gt_layout(uri: str) -> str:
+    """How a GT is given: ``"table"`` for a segments table (a directory, or an object-store
+    prefix, of video partitions), ``"json"`` for a GT JSON file (the Cityscapes-VPS layout).
+    The one check of every command that takes a GT (``label --gt``, ``evaluate``). Raises
+    :class:`CorruptFileError` naming ``uri`` when there is nothing there."""
+    filesystem, path = fs.fresh(uri)
+    path = path.rstrip("/")
+    try:
+        if filesystem.isdir(path):
+            return "table"
+        if filesystem.isfile(path):
+            return "json"
+    except OSError as exc:
+        raise CorruptFileError(uri, f"cannot read it: {exc}") from None
+    raise CorruptFileError(uri, "not found (a GT JSON file or a segments table directory)")
 
 
 @dataclass

@@ -44,12 +44,24 @@ def iter_json_items(uri: str, prefix: str) -> Iterator[object]:
         path = fs.local_copy(uri)
         with open(path, "rb") as f:
             yield from ijson.items(f, prefix, use_float=True)
-    except ijson.JSONError as exc:
-        raise CorruptFileError(uri, f"invalid JSON: {exc}") from None
+    except ijson.JSONError as exc:  # yajl's message draws the spot on lines of its own: keep the first
+        raise CorruptFileError(uri, f"invalid JSON: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+                               ) from None
     except FileNotFoundError:
         raise CorruptFileError(uri, "file not found") from None
     except OSError as exc:
         raise CorruptFileError(uri, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def read_categories(gt_json: str) -> dict[int, Category]:
+    """The category table of a GT JSON, read as a stream: only ``categories`` is held, however
+    large the file's ``images`` and ``annotations`` are."""
+    found = list(iter_json_items(gt_json, "categories"))
+    if not found:
+        raise FormatMismatchError(gt_json, "missing top-level key 'categories'")
+    if not isinstance(found[0], list):
+        raise FormatMismatchError(gt_json, f"'categories' must be a list, got {type(found[0]).__name__}")
+    return categories_from_records(found[0], gt_json)
 
 
 @dataclass
@@ -108,12 +120,7 @@ class VideoSplit:
 
     # -- loading ------------------------------------------------------------------------
     def _read_categories(self) -> dict[int, Category]:
-        found = list(iter_json_items(self.gt_json, "categories"))
-        if not found:
-            raise FormatMismatchError(self.gt_json, "missing top-level key 'categories'")
-        if not isinstance(found[0], list):
-            raise FormatMismatchError(self.gt_json, f"'categories' must be a list, got {type(found[0]).__name__}")
-        return categories_from_records(found[0], self.gt_json)
+        return read_categories(self.gt_json)
 
     def _insert(self, table: str, rows: list[tuple], describe) -> None:
         marks = ",".join("?" * len(rows[0]))

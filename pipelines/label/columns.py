@@ -51,10 +51,11 @@ the score as the bits of its float64 (exact, and the record stays one int64 row)
 _SCORE = SEGMENT_FIELDS.index("score")
 
 
-GT = {"gt_images": Column(np.int64, (4,)), "gt_names": Column(np.str_, (4,)),
+GT = {"gt_images": Column(np.int64, (4,)), "gt_names": Column(np.str_, (5,)),
       "gt_segments": Column(np.int64, (len(SEGMENT_FIELDS),))}
 """The row's annotated frames: ``gt_images`` (frame index, width, height, 1 where the image id is
-an int), ``gt_names`` (image id, file name, the image's video id, the GT PNG's URI), their segments."""
+an int), ``gt_names`` (image id, file name, the image's video id, the GT PNG's URI, the GT table's
+root or ""), their segments."""
 TIMES = {"frame_times": Column(np.int64, (2,))}
 PLAN = {"image_ids": Column(np.str_), **GT}
 """Added by plan: each frame's image id, the chunk's GT records."""
@@ -112,20 +113,22 @@ def segments_of(row: Mapping, frames: int, prefix: str = "") -> list[list[Segmen
 # ---------------------------------------------------------------------------- GT records
 @dataclass
 class GtFrame:
-    """One annotated GT frame of a video: where its PNG is and its segments_info."""
+    """One annotated GT frame of a video: where its pixels are (its PNG, or ``table``: the segments
+    table whose partition of the video holds the frame's masks) and its segments_info."""
 
     image: VpsImage
     png_uri: str
     segments: list[SegmentInfo]
+    table: str = ""
 
     def to_json(self) -> dict:
         return {"image": self.image.to_json(), "png_uri": self.png_uri,
-                "segments": [s.to_json() for s in self.segments]}
+                "segments": [s.to_json() for s in self.segments], "table": self.table}
 
     @classmethod
     def from_json(cls, record: dict) -> "GtFrame":
         return cls(VpsImage(**record["image"]), record["png_uri"],
-                   [SegmentInfo.from_json(s) for s in record["segments"]])
+                   [SegmentInfo.from_json(s) for s in record["segments"]], record.get("table", ""))
 
 
 def gt_columns(frames: Iterable[GtFrame]) -> dict[str, np.ndarray]:
@@ -134,18 +137,18 @@ def gt_columns(frames: Iterable[GtFrame]) -> dict[str, np.ndarray]:
     frames = list(frames)
     images = np.array([(g.image.frame_index, g.image.width, g.image.height, type(g.image.id) is int) for g in frames],
                       np.int64).reshape(len(frames), 4)
-    names = np.array([(str(g.image.id), g.image.file_name, g.image.video_id, g.png_uri) for g in frames],
-                     np.str_).reshape(len(frames), 4)
+    names = np.array([(str(g.image.id), g.image.file_name, g.image.video_id, g.png_uri, g.table) for g in frames],
+                     np.str_).reshape(len(frames), 5)
     return {"gt_images": images, "gt_names": names, **segment_columns((g.segments for g in frames), "gt_")}
 
 
 def gt_of(row: Mapping) -> dict[int, GtFrame]:
     """frame index → GT record of a row's annotated frames (:func:`gt_columns` back)."""
     out = {}
-    for (index, width, height, int_id), (image_id, file_name, video_id, png_uri), segments in zip(
+    for (index, width, height, int_id), (image_id, file_name, video_id, png_uri, table), segments in zip(
             row["gt_images"].tolist(), row["gt_names"].tolist(), segments_of(row, len(row["gt_images"]), "gt_")):
         image = VpsImage(int(image_id) if int_id else image_id, file_name, width, height, video_id, index)
-        out[index] = GtFrame(image, png_uri, segments)
+        out[index] = GtFrame(image, png_uri, segments, table)
     return out
 
 

@@ -68,8 +68,9 @@ class LabelConfig:
     * ``segmenter`` / ``model``: backend of :class:`operators.segmentation.host.SegmentationHost`
       and its weights, artifact or predictions directory (``None``: the shipped weights).
     * ``flow`` / ``flow_options``: a backend of :func:`operators.flow.make_flow`.
-    * ``gt_json`` / ``gt_dir``: Cityscapes-VPS ground truth; when given, VPQ/STQ are computed in
-      the same pass and frames take their image ids from it.
+    * ``gt_json`` / ``gt_dir``: the ground truth (``--gt``): a Cityscapes-VPS GT JSON with its PNG
+      directory, or a segments table (a directory; ``gt_dir`` is then unused); when given, VPQ/STQ
+      are computed in the same pass and frames take their image ids from it.
     * ``image_id_format``: image ids of frames the GT does not name (``str.format`` with
       ``video_id`` and ``frame_index``).
     * ``chunk_frames``: frames per chunk; ``batch_size``: frames per model forward pass

@@ -18,17 +18,15 @@ import time
 from dataclasses import dataclass, field
 
 from operators import fs
-from operators.errors import InputError
 from operators.formats.categories import check_against_gt
 from operators.ids import IdError, printable, video_key
-from operators.formats.vps_layout import read_ground_truth
 from operators.metrics.report import EvaluationReport
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers, is_current, recover, remove_run_staging
 from pipelines.label.config import LabelConfig, check_models
 from pipelines.label.finalize import VideoResult
+from pipelines.label.ground_truth import RunGroundTruth
 from pipelines.label.local import choose_executor, local_plan
-from pipelines.label.stages import GtFrame
 from pipelines.label.outputs import aggregate_metrics, write_predictions_json, write_run_manifest
 from pipelines.label.passes import GroundTruthIndex, LabelPasses, RunTally
 from pipelines.lease import Lease, LeaseLostError, new_run_id
@@ -86,43 +84,6 @@ def evaluation_settings(config: LabelConfig, categories) -> EvaluationSettings:
     return EvaluationSettings(categories, tuple(config.ks), config.stride)
 
 
-def _gt_index(config: LabelConfig, entries: list[VideoEntry]):
-    """The ground truth of the run: ``--gt`` for every video, and a manifest's per-video ``gt``
-    (a GT JSON beside its ``panoptic/`` PNG dir) for its video.
-
-    Returns (settings or None, video_id → annotated GtFrames, video_id → {frame_index:
-    image_id}, video_id → error for a per-video GT that cannot be read).
-    """
-    sources, errors = [], {}
-    if config.gt_json:
-        sources.append((read_ground_truth(config.gt_json, config.gt_dir), None))
-
-    def per_video(entry: VideoEntry):  # a manifest's GT of one video: (the GT or None, the error or None)
-        try:
-            return read_ground_truth(entry.gt, fs.join(entry.gt.rsplit("/", 1)[0], "panoptic")), None
-        except InputError as exc:
-            return None, str(exc)
-
-    with_gt = [e for e in entries if e.gt]
-    for entry, (gt, error) in zip(with_gt, fs.map_io(per_video, with_gt)):  # read in parallel, in order
-        if error is None:
-            sources.append((gt, entry.video_id))
-        else:
-            errors[entry.video_id] = error
-    if not sources:
-        return None, {}, {}, errors
-    annotated, named = {}, {}
-    for gt, only in sources:
-        videos = gt.videos()
-        if only is not None:  # a per-video GT: that video's images, or all of a one-video GT
-            videos = {only: videos.get(only) or (next(iter(videos.values())) if len(videos) == 1 else [])}
-        for video_id, images in videos.items():
-            named[video_id] = {image.frame_index: str(image.id) for image in images}
-            annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
-                                   for image in images if image.key in gt.annotations]
-    return evaluation_settings(config, sources[0][0].categories), annotated, named, errors
-
-
 def _unusable_ids(video_ids: list[str]) -> dict[str, str]:
     """video_id → why it cannot name a path (:mod:`operators.ids`), for the ids that cannot."""
     errors = {}
@@ -173,14 +134,18 @@ def label(input_uri: str, output_uri: str, config: LabelConfig, *, address: str 
         entries = [e for e in entries if e.video_id in wanted]
     options = {"address": address, "force": force, "progress": progress, "log": log, "publish_all": publish_all}
     with contextlib.ExitStack() as stack:
+        # the GT is checked at the door too, and never held whole: a GT JSON is split per video as
+        # a stream (every record checked), a table listed (pipelines/label/ground_truth.py)
+        gt = stack.enter_context(RunGroundTruth.open(config.gt_json, config.gt_dir,
+                                                     {e.video_id: e.gt for e in entries if e.gt}))
         if lease is None:
             lease = stack.enter_context(Lease(output_uri, new_run_id(), command="tubeflow label"))
         stack.enter_context(fs.run_cache(lease.run_id, keep=keep_cache))
-        return _label_holding(input_uri, entries, output_uri, config, lease=lease, **options)
+        return _label_holding(input_uri, entries, output_uri, config, lease=lease, gt=gt, **options)
 
 
 def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, config: LabelConfig, *,
-                   address: str | None, force: bool, progress: bool, log, lease: Lease,
+                   address: str | None, force: bool, progress: bool, log, lease: Lease, gt: RunGroundTruth,
                    publish_all: bool = False) -> LabelRun:
     """:func:`label` once the output's lease is held."""
     from tqdm import tqdm
@@ -199,41 +164,43 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
     checksums = config.model_checksums()
     config_hash = config.config_hash(checksums)
     categories = config.model_spec().categories
-    settings, gt_frames, gt_names, gt_errors = _gt_index(config, entries)
+    settings = evaluation_settings(config, gt.categories) if gt.categories is not None else None
     if settings is not None:
         check_against_gt(categories, settings.categories, config.model or "the built-in model")
     todo, skipped = split_skipped(entries, committed_markers(layout), config_hash, force)
     tally = RunTally(started)
     for result in skipped:
         tally.add_result(result)
-    for e in todo:
-        if e.video_id in gt_errors:
-            tally.add_result(VideoResult(e.video_id, "failed", stage="gt", error=gt_errors[e.video_id]))
-    todo = [e for e in todo if e.video_id not in gt_errors]
     id_errors = _unusable_ids([e.video_id for e in todo])
     for video_id, error in id_errors.items():
         tally.add_result(VideoResult(video_id, "failed", stage="plan", error=error))
     todo = [e for e in todo if e.video_id not in id_errors]
-    passes = LabelPasses(config, layout, run_id, {}, categories, GroundTruthIndex(settings, gt_frames, gt_names),
-                         config_hash, checksums, tally, log=log)
     model_resources = None  # what the model stages asked Ray for, and why (run manifest)
     executor = choose_executor(config.resources.executor, address, len(todo), config.resources.gpus)
-    with _ray_for_work(bool(todo) and executor == "ray", address, progress):
-        if todo and executor == "ray":
-            passes.plan = plan = stage_plan(config, len(todo))
-            model_resources = {"executor": "ray", **{key: plan[key] for key in ("gpu_choice", "segment_actors",
-                                                                                "flow_actors")}}
-            log(f"model stages: {plan['gpu_choice']['reason']}; segmentation actors {plan['segment_actors']}, "
-                f"flow actors {plan['flow_actors']} (min, max)")
-        elif todo:
-            passes.plan, passes.engine, model_resources = local_plan(config, len(todo), layout.root, run_id,
-                                                                     categories, settings)
-            log(f"local run, no Ray (--executor {config.resources.executor}): {model_resources['processes']} "
-                f"process(es) x {model_resources['threads']} thread(s)")
-        if todo:
-            with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
-                passes.run(todo, bar)
-            remove_run_staging(layout, run_id)  # rows of failed videos that came late
+    try:
+        # each video to label gets a reference to its GT (a GT JSON's videos: a document each, in
+        # the run's staging); the tasks read it, a video whose GT cannot be read fails alone
+        refs = gt.refs([e.video_id for e in todo], layout.run_staging(run_id)) if todo else {}
+        passes = LabelPasses(config, layout, run_id, {}, categories, GroundTruthIndex(settings, refs),
+                             config_hash, checksums, tally, log=log)
+        with _ray_for_work(bool(todo) and executor == "ray", address, progress):
+            if todo and executor == "ray":
+                passes.plan = plan = stage_plan(config, len(todo))
+                model_resources = {"executor": "ray", **{key: plan[key] for key in ("gpu_choice", "segment_actors",
+                                                                                    "flow_actors")}}
+                log(f"model stages: {plan['gpu_choice']['reason']}; segmentation actors {plan['segment_actors']}, "
+                    f"flow actors {plan['flow_actors']} (min, max)")
+            elif todo:
+                passes.plan, passes.engine, model_resources = local_plan(config, len(todo), layout.root, run_id,
+                                                                         categories, settings)
+                log(f"local run, no Ray (--executor {config.resources.executor}): {model_resources['processes']} "
+                    f"process(es) x {model_resources['threads']} thread(s)")
+            if todo:
+                with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
+                    passes.run(todo, bar)
+                remove_run_staging(layout, run_id)  # rows of failed videos that came late
+    finally:
+        gt.remove_documents()  # also when the run fails
     if lease.lost:
         raise LeaseLostError(lease.lost)
     lease.check_holder()  # publishing below must cover only what this holder committed

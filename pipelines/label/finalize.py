@@ -22,8 +22,7 @@ from operators.formats import segments_table
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.metrics.stq import StqStats
-from operators.metrics.video import (EvaluationSettings, FrameInputs, VideoEvaluation, frame_gaps, frame_inputs_table,
-                                     score_tables)
+from operators.metrics.video import EvaluationSettings, VideoEvaluation, frame_gaps, frame_inputs_table, score_tables
 from operators.metrics.vpq import VpqStats
 from operators.review.overlay import legend_classes, render_overlay
 from operators.video import VideoWriter, open_video
@@ -31,7 +30,7 @@ from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
 from pipelines.label.sink import FRAME_TABLES_DIR, FRAME_TIMES_DIR, read_frame_tables, read_frame_times
-from pipelines.label.stages import GtFrame
+from pipelines.label.ground_truth import GtRef, VideoGt, frame_image_id, gt_frame_inputs, read_video_gt, table_frames
 from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
                               write_thumbnail)
 
@@ -44,8 +43,8 @@ class VideoTask:
     uri: str
     fingerprint: str
     frame_count: int
-    image_ids: list[str]
-    gt_frames: list[GtFrame] | None = None  # None: no evaluation
+    image_id_format: str  # image ids of the frames the GT does not name
+    gt: GtRef | None = None  # where the video's GT is (read here: its image ids, its annotated frames)
     categories: tuple[Category, ...] = CITYSCAPES_CATEGORIES  # the model's classes (overlay colours)
 
 
@@ -104,29 +103,30 @@ def read_video_metrics(uri: str, video_id: str, frames: int, settings: Evaluatio
     return VideoEvaluation(video_id, frames, VpqStats(vpq), StqStats(empty.size, empty.include, stq_table))
 
 
-def _evaluate(task: VideoTask, staging: str, size, settings: EvaluationSettings) -> VideoEvaluation:
+def _evaluate(task: VideoTask, gt: VideoGt, staging: str, size, settings: EvaluationSettings) -> VideoEvaluation:
     """The video's VPQ and STQ sums from the contingency tables the sink staged (no PNG is
     written or read here); an annotated frame the sink never saw (the GT names a frame past the
     video's end) is scored here against an empty prediction."""
-    if not task.gt_frames:
+    if not gt.frames:
         raise InputError(f"video {task.video_id}", "the GT has no annotated frame of this video")
     staged = read_frame_tables(staging)
+    pixels = table_frames(task.video_id, [f for f in gt.frames if f.image.frame_index not in staged])
 
     def tables():
-        for gt in task.gt_frames:
-            index = gt.image.frame_index
+        for frame in gt.frames:
+            index = frame.image.frame_index
             where = f"video {task.video_id} frame {index}"
             table, error = staged.get(index, (None, ""))
             if error:  # the sink's message: "video … frame …: problem"
                 raise InputError(where, error.removeprefix(f"{where}: "))
             if table is None:
                 empty = PanopticFrame(np.zeros(size, np.int32))
-                table, _ = frame_inputs_table(FrameInputs(gt.image, gt.png_uri, gt.segments, f"prediction of {where}",
-                                                          [], pred_frame=empty), settings, where)
+                table, _ = frame_inputs_table(gt_frame_inputs(frame, empty, f"prediction of {where}", pixels),
+                                              settings, where)
             yield table
 
     vpq, stq = score_tables(task.video_id, tables(), settings)
-    indices = [gt.image.frame_index for gt in task.gt_frames]
+    indices = [frame.image.frame_index for frame in gt.frames]
     return VideoEvaluation(task.video_id, len(indices), vpq, stq, None, 0, frame_gaps(indices))
 
 
@@ -147,8 +147,10 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
     """Annotations, metrics, overlay and review outputs of one fully staged video, then its commit."""
     layout = OutputLayout(root)
     staging = layout.staging(run_id, task.video_id)
-    stage = "finalize"
+    stage = "gt"
     try:
+        gt = read_video_gt(task.gt) if task.gt is not None else VideoGt()
+        stage = "finalize"
         by_frame, size = _staged_frames(staging, task.frame_count, None)
         times = read_frame_times(staging)
         remove_tree(fs.join(staging, FRAME_TIMES_DIR))  # read once here, not an output
@@ -156,8 +158,8 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
             with open_video(task.uri) as source:
                 size = source.meta.size
         images, annotations = [], []
-        for index, image_id in enumerate(task.image_ids):
-            rows = by_frame.get(index, [])
+        for index in range(task.frame_count):
+            image_id, rows = frame_image_id(gt.names, task.image_id_format, task.video_id, index), by_frame.get(index, [])
             images.append({"id": image_id, "file_name": png_name(image_id), "width": size[1], "height": size[0],
                            "video_id": task.video_id, "frame_index": index, "timestamp_ns": times.get(index)})
             annotations.append({"image_id": image_id, "file_name": png_name(image_id), "segments_info": [
@@ -168,7 +170,7 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         metrics = {}
         if settings is not None:
             stage = "evaluate"
-            evaluation = _evaluate(task, staging, size, settings)
+            evaluation = _evaluate(task, gt, staging, size, settings)
             write_video_metrics(fs.join(staging, metrics_rel(task.video_id)), evaluation)
             stq = evaluation.stq.result()
             metrics = {"stq": float(stq["STQ"]), "aq": float(stq["AQ"]),

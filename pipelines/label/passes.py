@@ -16,7 +16,6 @@ task after every row. ``tests/benchmarks/bench_label_driver.py`` measures it.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,7 +26,7 @@ from pipelines.label import graph
 from pipelines.label.config import LabelConfig
 from pipelines.label.faults import MAX_PASSES, VideoProgress, prepare_retry
 from pipelines.label.finalize import VideoResult, VideoTask, finalize_video
-from pipelines.label.stages import TIMED, describe, gt_frames_json
+from pipelines.label.stages import TIMED, describe
 from pipelines.plan import VideoEntry
 
 
@@ -49,13 +48,12 @@ def finalize_lost(layout: OutputLayout, run_id: str, p: VideoProgress, exc: Base
 
 @dataclass
 class GroundTruthIndex:
-    """The run's GT as the passes need it: the evaluation settings (None: no evaluation),
-    video_id → annotated :class:`~pipelines.label.finalize.GtFrame`\\ s and video_id →
-    {frame_index: image_id}."""
+    """The run's GT as the passes need it: the evaluation settings (None: no evaluation) and
+    video_id → where the video's GT is (:class:`~pipelines.label.ground_truth.GtRef`: a small
+    reference, the tasks read the GT themselves)."""
 
     settings: object = None
-    frames: dict = field(default_factory=dict)
-    names: dict = field(default_factory=dict)
+    refs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -231,10 +229,9 @@ class LabelPasses:
             bar.update(1)
 
     def _task(self, p: VideoProgress) -> VideoTask:
-        entry, names = self.by_id[p.video_id], self.gt.names.get(p.video_id, {})
-        image_ids = [names.get(i) or self.config.image_id(p.video_id, i) for i in range(p.frame_count)]
-        return VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, image_ids,
-                         self.gt.frames.get(p.video_id, []) if self.gt.settings else None, self.categories)
+        entry = self.by_id[p.video_id]
+        return VideoTask(p.video_id, entry.uri, entry.fingerprint.digest, p.frame_count, self.config.image_id_format,
+                         self.gt.refs.get(p.video_id), self.categories)
 
     def _discard(self, video_id: str) -> None:
         remove_tree(self.layout.staging(self.run_id, video_id))
@@ -264,8 +261,7 @@ class LabelPasses:
             bar.set_postfix(failed=tally.failed, fps=f"{tally.frames_per_second:.1f}", refresh=False)
 
         book = PassBook(waiting, tally, launch, self._discard, engine.finish, done)
-        rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt_image_ids": json.dumps(self.gt.names.get(v, {})),
-                 "gt_frames": gt_frames_json(self.gt.frames.get(v, []) if self.gt.settings else []),
+        rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt": self.gt.refs[v].to_text() if v in self.gt.refs else "",
                  "resume_from": p.resume_from} for v, p in waiting.items()]
         try:
             gone = ""

@@ -17,6 +17,7 @@ from operators.ids import png_name
 from operators.video import split_stream_uri
 from pipelines.commit import OutputLayout
 from pipelines.label.columns import GtFrame, gt_of, segments_of, times_of
+from pipelines.label.ground_truth import gt_frame_inputs, table_frames
 from pipelines.label.stages import TIMED, batch_of, describe, rows_of, stage
 
 FRAME_TIMES_DIR = "frame_times"  # staging only: finalize reads it and removes it before the commit
@@ -79,19 +80,26 @@ def read_frame_times(staging: str) -> dict[int, int | None]:
 
 def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, GtFrame]], settings) -> list:
     """Each annotated frame's contingency table against its GT (read here: the PNG its record
-    names), by :func:`operators.metrics.video.frame_inputs_table`, the function ``tubeflow
-    evaluate`` scores a frame with. ``frames``: (frame index, predicted frame, GT record).
+    names, or the frame's masks in the GT table, one read of the video's partition), by
+    :func:`operators.metrics.video.frame_inputs_table`, the function ``tubeflow evaluate`` scores
+    a frame with. ``frames``: (frame index, predicted frame, GT record).
     Returns (frame index, :class:`FrameTable` or None, error): a frame whose GT is bad gets
     its error (``video … frame …: …``), which fails the video when finalize scores it."""
     from operators.errors import TubeflowError
-    from operators.metrics.video import FrameInputs, frame_inputs_table
+    from operators.metrics.video import frame_inputs_table
 
+    try:
+        pixels, unreadable = table_frames(video_id, [gt for *_, gt in frames]), None
+    except TubeflowError as exc:  # the table's partition: every table frame of the write fails with it
+        pixels, unreadable = {}, exc
     out = []
     for index, prediction, gt in frames:
         where = f"video {video_id} frame {index}"
         try:
-            table, _ = frame_inputs_table(FrameInputs(gt.image, gt.png_uri, gt.segments, f"prediction of {where}",
-                                                      prediction.segments, pred_frame=prediction), settings, where)
+            if gt.table and unreadable is not None:
+                raise unreadable
+            inputs = gt_frame_inputs(gt, prediction, f"prediction of {where}", pixels)
+            table, _ = frame_inputs_table(inputs, settings, where)
             out.append((index, table, ""))
         except TubeflowError as exc:
             out.append((index, None, str(exc) if str(exc).startswith(where) else f"{where}: {exc}"))

@@ -26,7 +26,6 @@ operator's CPU time to ``t_<stage>`` (seconds, :func:`operator_clock`) for the t
 from __future__ import annotations
 
 import functools
-import json
 import time
 import traceback
 from typing import Callable, NamedTuple
@@ -40,6 +39,7 @@ from operators.video import open_video
 from pipelines.label import columns
 from pipelines.label.columns import GtFrame, gt_columns, gt_of, segment_columns, segments_of, strings, time_columns, \
     times_of
+from pipelines.label.ground_truth import GtRef, VideoGt, frame_image_id, read_video_gt
 from pipelines.plan import plan_chunks
 
 TIMED = ("decode", "segment", "flow", "associate", "sink")
@@ -158,11 +158,6 @@ def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> 
 
 
 # ---------------------------------------------------------------------------- ground truth
-def gt_frames_json(frames: list[GtFrame]) -> str:
-    """A video row's ``gt_frames``: frame_index → GT record, as JSON."""
-    return json.dumps({str(f.image.frame_index): f.to_json() for f in frames})
-
-
 class FrameLabel(NamedTuple):
     """What the tracker carries through untouched for the writers as a frame's ``image_id``
     (a frame can come back with a later chunk's row): its image id, time and GT record."""
@@ -178,18 +173,23 @@ def _gt_record(label: tuple) -> GtFrame | None:
 
 # ---------------------------------------------------------------------------- plan, decode
 def plan_video(video: dict, chunk_frames: int, image_id_format: str) -> list[dict]:
-    """One video row (``video_id, uri, gt_image_ids`` JSON, ``gt_frames`` JSON (optional, see
-    :func:`gt_frames_json`), ``resume_from``) → its chunk rows from ``resume_from`` on, or one error row."""
+    """One video row (``video_id, uri, gt`` (its :class:`~pipelines.label.ground_truth.GtRef` as
+    JSON text, empty without GT), ``resume_from``) → its chunk rows from ``resume_from`` on, or one
+    error row. The video's GT is read here (a GT that cannot be read fails the video in stage
+    ``gt``): it names the frames, and each annotated frame's record goes on its chunk's row."""
     resume_from = int(video.get("resume_from") or 0)
     base = {"video_id": video["video_id"], "uri": video["uri"], "frame_start": 0, "frame_end": 0,
             "chunk_index": -1, "frame_count": 0, "resume_from": resume_from, "error": "", "stage": ""}
     columns.blank(columns.PLAN)(base)
     try:
+        gt = read_video_gt(GtRef.from_text(video["gt"])) if video.get("gt") else VideoGt()
+    except Exception as exc:
+        return [_failed(base, "gt", exc)]
+    try:
         video_key(video["video_id"])  # an id that cannot name a path fails here, before any work
         chunks = plan_chunks(video["video_id"], video["uri"], chunk_frames)
-        named = {int(k): v for k, v in json.loads(video.get("gt_image_ids") or "{}").items()}
-        annotated = {int(k): GtFrame.from_json(v) for k, v in json.loads(video.get("gt_frames") or "{}").items()}
-        per_chunk = [[named.get(i) or image_id_format.format(video_id=chunk.video_id, frame_index=i)
+        annotated = {f.image.frame_index: f for f in gt.frames}
+        per_chunk = [[frame_image_id(gt.names, image_id_format, chunk.video_id, i)
                       for i in range(chunk.frame_start, chunk.frame_end)] for chunk in chunks]
         image_ids = [i for ids in per_chunk for i in ids]
         for image_id in image_ids:

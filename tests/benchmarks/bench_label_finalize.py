@@ -36,19 +36,20 @@ from pipelines.commit import OutputLayout
 from pipelines.label import finalize
 from pipelines.label.finalize import VideoTask, finalize_video
 from pipelines.label.sink import write_frames
-from pipelines.label.stages import FrameLabel, GtFrame, _tracked_row, batch_of
+from pipelines.label.ground_truth import GtFrame, GtRef
+from pipelines.label.stages import FrameLabel, _tracked_row, batch_of
 from pipelines.lease import Lease
 
 pytestmark = pytest.mark.benchmark
 FRAMES, CHUNK, REPEATS = 30, 6, 3
 
 
-def _old_evaluate(task, staging, size, settings):
+def _old_evaluate(task, gt, staging, size, settings):
     """The replaced evaluation: staged segments → a PNG per annotated frame → evaluate_video."""
     by_frame, _ = finalize._staged_frames(staging, task.frame_count, None)
     scratch = fs.join(staging, "..", "..", "scratch", task.video_id)
     frames = []
-    for gt in task.gt_frames:
+    for gt in gt.frames:
         rows = by_frame.get(gt.image.frame_index, [])
         pred = segments_table.rows_to_frame(rows, size) if rows or size else PanopticFrame(np.zeros((1, 1), np.int32))
         pred_uri = fs.join(scratch, "pan_pred", png_name(gt.image.id))
@@ -78,7 +79,8 @@ def test_finalize_from_staged_tables_vs_png_round_trip(tmp_path, monkeypatch):
                  if i.key in gt.annotations]
     records = {g.image.frame_index: g for g in gt_frames}
     settings = EvaluationSettings(gt.categories)
-    task = VideoTask("0000", "", "fp", FRAMES, [f"0000_{i:04d}" for i in range(FRAMES)], gt_frames)
+    task = VideoTask("0000", "", "fp", FRAMES, "{video_id}_{frame_index:04d}",
+                     GtRef("0000", doc=str(tmp_path / "corpus/gt/panoptic_gt.json"), png_dir=gt.png_dir))
     new_evaluate = finalize._evaluate
     times = {"before": [], "after": [], "sink_old": [], "sink_new": []}
     results = {}
