@@ -159,9 +159,6 @@ class LabelConfig:
             return self.tracker
         return replace(self.tracker, thing_category_ids=thing_ids_of(categories))
 
-    def image_id(self, video_id: str, frame_index: int) -> str:
-        return self.image_id_format.format(video_id=video_id, frame_index=frame_index)
-
     def model_checksums(self) -> dict[str, str]:
         """SHA-256 of what the models are made of (weights file; predictions' pred.json), read once
         on the driver so the config hash changes when the weights do."""

@@ -1,0 +1,178 @@
+"""The driver's memory of ``tubeflow label --gt`` as the corpus grows, the GT as a JSON and as a
+segments table.
+
+Run::
+
+    .venv/bin/python tests/benchmarks/bench_label_gt.py [--counts 100,400 --frames 2]
+
+or with ``make bench`` (``TUBEFLOW_BENCH_LABEL_GT=40,120`` runs smaller sizes). One tiny
+synthetic video (64×128, every frame annotated) and its GT are cloned under N video ids: N input
+files, a GT JSON with every clone's images and annotations (the PNGs shared), and the same GT as
+a segments table (``tubeflow convert``). For each N, ``tubeflow label`` (the built-in model
+without test-time augmentation or refinement, the cheapest real run) runs in a child process of
+its own three times: without GT, with ``--gt`` the JSON, with ``--gt`` the table; the figure is
+the driver's own peak RSS (``VmHWM``; Ray's processes are not counted) and its growth per added
+video from the first N to the last (target: ≤ 10 KiB per video in both layouts).
+
+Baseline in the same run: the driver memory per video of what ``label`` did before
+(``read_ground_truth`` of the whole GT JSON plus every video's ``GtFrame`` records and image
+names, held for the run), in a child process at the same two sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+IMAGE_ID = "{video_id}_{frame_index:04d}"
+_HIGH_WATER = "print('PEAK_KB', [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+
+# the label command in a child; its peak is VmHWM (ru_maxrss survives exec: a child of a large
+# process would report the parent's peak)
+_LABEL = f"""
+import sys
+from jobs.cli import main
+code = main(sys.argv[1:])
+{_HIGH_WATER}
+sys.exit(code)
+"""
+
+# what the driver held before: the whole GT parsed, every video's GtFrames and image names
+_BEFORE = f"""
+import sys
+from operators.formats.vps_layout import read_ground_truth
+from pipelines.label.ground_truth import GtFrame
+gt = read_ground_truth(sys.argv[1], sys.argv[2])
+annotated, named = {{}}, {{}}
+for video_id, images in gt.videos().items():
+    named[video_id] = {{image.frame_index: str(image.id) for image in images}}
+    annotated[video_id] = [GtFrame(image, gt.png_uri(image), gt.annotations[image.key].segments)
+                           for image in images if image.key in gt.annotations]
+{_HIGH_WATER}
+"""
+
+
+def make_corpus(work: Path, counts: list[int], frames: int) -> dict:
+    """The template video and its GT cloned under max(counts) ids; per count an input directory,
+    a GT JSON and a GT table (see module doc)."""
+    from operators.formats import convert
+    from operators.synth import SynthConfig, write_corpus
+
+    template = work / "template"
+    write_corpus(str(template), SynthConfig(videos=1, frames=frames, height=64, width=128, seed=0, annotate_every=1))
+    video = next((template / "videos").glob("*.mp4"))
+    gt = json.loads((template / "gt" / "panoptic_gt.json").read_text())
+    by_image = {a["image_id"]: a for a in gt["annotations"]}
+    images = sorted(gt["images"], key=lambda im: im["frame_index"])
+    out = {}
+    for count in counts:
+        inputs = work / f"in_{count}"
+        inputs.mkdir()
+        clone_images, clone_annotations = [], []
+        for v in range(count):
+            video_id = f"v{v:06d}"
+            shutil.copyfile(video, inputs / f"{video_id}.mp4")
+            for image in images:
+                image_id = IMAGE_ID.format(video_id=video_id, frame_index=image["frame_index"])
+                clone_images.append({**image, "id": image_id, "video_id": video_id})
+                if image["id"] in by_image:  # the PNG is the template's, shared by every clone
+                    clone_annotations.append({**by_image[image["id"]], "image_id": image_id})
+        gt_json = work / f"gt_{count}.json"
+        gt_json.write_text(json.dumps({"images": clone_images, "annotations": clone_annotations,
+                                       "categories": gt["categories"]}))
+        table = work / f"gt_table_{count}"
+        convert.vps_to_table(str(gt_json), str(template / "gt" / "panoptic"), str(table))
+        out[count] = {"inputs": inputs, "gt_json": gt_json, "table": table,
+                      "gt_bytes": gt_json.stat().st_size}
+    out["gt_dir"] = template / "gt" / "panoptic"
+    return out
+
+
+def _child(script: str, *args: str) -> tuple[float, int, str]:
+    """(wall seconds, the child's peak RSS in KiB, its stderr tail)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK_KB")]
+    return seconds, int(peak[-1].split()[1]), done.stderr[-2000:]
+
+
+def measure(counts: list[int], frames: int) -> dict:
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench_label_gt_") as tmp:
+        work = Path(tmp)
+        corpus = make_corpus(work, counts, frames)
+        for count in counts:
+            c = corpus[count]
+            gts = {"none": [], "json": ["--gt", str(c["gt_json"]), "--gt-dir", str(corpus["gt_dir"])],
+                   "table": ["--gt", str(c["table"])]}
+            for layout, gt in gts.items():
+                out = work / f"out_{layout}_{count}"
+                seconds, peak, _ = _child(_LABEL, "label", "--input", str(c["inputs"]), "--output", str(out),
+                                          "--image-id-format", IMAGE_ID, "--no-flip", "--no-shift", "--no-refine",
+                                          "--no-progress", *gt)
+                manifest = json.loads((out / "run_manifest.json").read_text())
+                assert manifest["totals"] == {"ok": count, "skipped": 0, "failed": 0}, manifest["totals"]
+                vpq = json.loads((out / "metrics" / "metrics.json").read_text())["vpq"] if gt else None
+                figures[(layout, count)] = {"seconds": seconds, "peak_kib": peak, "vpq": vpq}
+                shutil.rmtree(out)
+            figures[("before", count)] = {"peak_kib": _child(_BEFORE, str(c["gt_json"]), str(corpus["gt_dir"]))[1]}
+            figures[("gt_bytes", count)] = c["gt_bytes"]
+    return figures
+
+
+def report(figures: dict, counts: list[int], frames: int) -> dict[str, float]:
+    first, last = counts[0], counts[-1]
+    print(f"\n`tubeflow label --gt`, {frames}-frame 64x128 videos (all annotated; GT JSON "
+          f"{figures[('gt_bytes', last)] / last / 1024:.1f} KiB per video), built-in model without TTA/refine, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; driver peak RSS (VmHWM)")
+    growth = {}
+    for layout in ("none", "json", "table", "before"):
+        peaks = [figures[(layout, n)]["peak_kib"] for n in counts]
+        growth[layout] = (peaks[-1] - peaks[0]) / (last - first)
+        seconds = "  ".join(f"{figures[(layout, n)]['seconds']:.0f} s" for n in counts) if layout != "before" else ""
+        label = {"none": "label, no GT", "json": "label --gt JSON", "table": "label --gt table",
+                 "before": "before: whole GT in the driver"}[layout]
+        print(f"  {label:32s} peak " + " -> ".join(f"{p / 1024:.1f} MiB" for p in peaks)
+              + f" ({first} -> {last} videos): {growth[layout]:+.2f} KiB per added video   {seconds}")
+    for layout in ("json", "table"):
+        print(f"  --gt {layout}: the GT's share {growth[layout] - growth['none']:+.2f} KiB per video "
+              f"(before: {growth['before']:+.2f} KiB per video only to hold the GT); target <= 10 KiB per video")
+    vpqs = {round(figures[(layout, n)]["vpq"], 9) for layout in ("json", "table") for n in counts}
+    print(f"  VPQ of every run with GT: {sorted(vpqs)}")
+    return growth
+
+
+@pytest.mark.benchmark
+def test_label_gt_driver_memory_per_video():
+    counts = [int(n) for n in os.environ.get("TUBEFLOW_BENCH_LABEL_GT", "40,120").split(",")]
+    figures = measure(counts, frames=2)
+    report(figures, counts, 2)
+    # both layouts score the same clones the same way
+    assert len({round(figures[(layout, n)]["vpq"], 9) for layout in ("json", "table") for n in counts}) == 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", default="100,400")
+    parser.add_argument("--frames", type=int, default=2)
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    report(measure(counts, args.frames), counts, args.frames)
+
+
+if __name__ == "__main__":
+    main()
