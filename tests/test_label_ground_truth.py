@@ -120,7 +120,8 @@ def test_the_run_leaves_no_split_and_no_documents_when_it_fails(gt, tmp_path, mo
 
     monkeypatch.setattr(RunGroundTruth, "refs", spy)
     monkeypatch.setattr(driver, "_ray_for_work", lambda *_: contextlib.nullcontext())
-    monkeypatch.setattr(graph, "stage_plan", boom)
+    monkeypatch.setattr(graph, "stage_plan", boom)  # either engine: Ray's ...
+    monkeypatch.setattr(driver, "local_plan", boom)  # ... or the local one
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="the run failed"):
         label(str(tmp_path / "v" / "videos"), str(out), LabelConfig(gt_json=gt["gt_json"], gt_dir=gt["gt_dir"]),

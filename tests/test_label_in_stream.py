@@ -20,7 +20,8 @@ from pipelines.commit import OutputLayout
 from pipelines.label.faults import VideoProgress, prepare_retry
 from pipelines.label.finalize import VideoTask, finalize_video, metrics_rel, read_video_metrics
 from pipelines.label.sink import FRAME_TABLES_DIR, read_frame_tables, write_frames
-from pipelines.label.ground_truth import GtFrame, GtRef
+from pipelines.label.columns import GtFrame
+from pipelines.label.ground_truth import GtRef
 from pipelines.label.stages import FrameLabel, _tracked_row, batch_of, rows_of
 from pipelines.lease import Lease
 

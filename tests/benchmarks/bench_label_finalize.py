@@ -36,7 +36,8 @@ from pipelines.commit import OutputLayout
 from pipelines.label import finalize
 from pipelines.label.finalize import VideoTask, finalize_video
 from pipelines.label.sink import write_frames
-from pipelines.label.ground_truth import GtFrame, GtRef
+from pipelines.label.columns import GtFrame
+from pipelines.label.ground_truth import GtRef
 from pipelines.label.stages import FrameLabel, _tracked_row, batch_of
 from pipelines.lease import Lease
 
