@@ -102,17 +102,21 @@ KINDS = {
 }
 
 
+def label_under(killer: Killer, corpus: str, out: Path):
+    """The corpus labelled into ``out`` while ``killer`` watches this process's children."""
+    killer.start()
+    try:
+        return label(f"{corpus}/videos", str(out), config_of(corpus), progress=False, log=lambda *_: None)
+    finally:
+        killer.stop()
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_killed_process_costs_a_retry_not_a_video(kind, clean, tmp_path):
     title, condition = KINDS[kind]
     out = tmp_path / "out"
     killer = Killer(psutil.Process(), title, condition(out) if condition else lambda: True)
-    killer.start()
-    try:
-        run = label(f"{clean['corpus']}/videos", str(out), config_of(clean["corpus"]), progress=False,
-                    log=lambda *_: None)
-    finally:
-        killer.stop()
+    run = label_under(killer, clean["corpus"], out)
     assert killer.killed, f"no {kind} was seen running: nothing was killed"
     assert {r.video_id: (r.status, r.error) for r in run.results} == {v: ("ok", "") for v in VIDEOS}
     assert sorted(committed_markers(OutputLayout(str(out)))) == VIDEOS
@@ -138,12 +142,7 @@ def test_a_video_that_kills_its_decoder_every_time_fails_alone(clean, tmp_path, 
                         (n if isolate else 1))
     out = tmp_path / "out"
     killer = Killer(psutil.Process(), decoding_poison, every=True)
-    killer.start()
-    try:
-        run = label(f"{clean['corpus']}/videos", str(out), config_of(clean["corpus"]), progress=False,
-                    log=lambda *_: None)
-    finally:
-        killer.stop()
+    run = label_under(killer, clean["corpus"], out)
     assert killer.killed, "the bad video's plan+decode task was never seen running"
     assert blocks[0] == (len(VIDEOS), False) and len(blocks) > 1 and all(isolate for _, isolate in blocks[1:])
     results = {r.video_id: r for r in run.results}
