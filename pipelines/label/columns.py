@@ -18,7 +18,7 @@ gets its stage's columns empty (:func:`blank`), so that it has the schema of the
 Segment records (``segments_info``) are one column, ``segments (S, 11) int64``
 (:data:`SEGMENT_FIELDS`: the record's frame in the row, its fields, its score; frame after frame;
 :func:`segment_columns`, :func:`segments_of`); the GT's are ``gt_segments``. A frame's GT
-record (:class:`GtFrame`) is a row of ``gt_images (k, 4) int64`` and ``gt_names (k, 4) str``
+record (:class:`GtFrame`) is a row of ``gt_images (k, 4) int64`` and ``gt_names (k, 5) str``
 plus its segments (:func:`gt_columns`, :func:`gt_of`). Frame times are ``frame_times (n, 2)
 int64``: (1 where the source has a time, ``timestamp_ns``).
 """
