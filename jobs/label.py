@@ -88,8 +88,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
     parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
                         help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
-                             "Ray's start-up), auto (default: local for at most 64 videos to label without --address, "
-                             "else ray); the outputs are the same")
+                             "Ray's start-up), auto (default: local for at most 64 videos to label without --address on a "
+                             "machine without GPUs, else ray); the outputs are the same")
     parser.add_argument("--force", action="store_true", help="reprocess videos that are already committed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--keep-cache", action="store_true",

@@ -92,12 +92,18 @@ def test_a_rerun_with_the_other_engine_skips_everything(both, tmp_path):
 
 def test_the_engine_chosen(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "ray", None)  # no Ray in this process
     assert choose_executor("auto", None, 3) == "local"
     assert choose_executor("auto", None, LOCAL_MAX_VIDEOS + 1) == "ray"
     assert choose_executor("auto", "ray://head:10001", 3) == "ray"
     assert choose_executor("auto", None, 3, gpus="gpu") == "ray"
     assert choose_executor("ray", None, 3) == "ray" and choose_executor("local", None, 10 ** 6) == "local"
+    monkeypatch.setattr("glob.glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
+    assert choose_executor("auto", None, 3) == "ray"  # a GPU machine: one GPU per model actor
+    assert choose_executor("auto", None, 3, gpus="cpu") == "local"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert choose_executor("auto", None, 3) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert choose_executor("auto", None, 3) == "ray"
     with pytest.raises(InputError, match="--address"):

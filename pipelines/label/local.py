@@ -42,8 +42,20 @@ def local_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def machine_has_gpus() -> bool:
+    """Whether this machine shows an NVIDIA GPU to its processes (device files, unless
+    ``CUDA_VISIBLE_DEVICES`` hides them all), without importing torch or Ray."""
+    import glob
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def choose_executor(executor: str, address: str | None, videos: int, gpus: str = "auto") -> str:
-    """``local`` or ``ray`` for a run of ``videos`` to label (see :data:`LOCAL_MAX_VIDEOS`)."""
+    """``local`` or ``ray`` for a run of ``videos`` to label (see :data:`LOCAL_MAX_VIDEOS`). A
+    machine with GPUs runs the Ray graph: its model actors get a GPU each, where local processes
+    would each load the model onto the same GPU."""
     from operators.errors import InputError
 
     if executor not in EXECUTORS:
@@ -54,7 +66,7 @@ def choose_executor(executor: str, address: str | None, videos: int, gpus: str =
         return executor
     ray = __import__("sys").modules.get("ray")
     if (address or os.environ.get("RAY_ADDRESS") or gpus == "gpu" or videos > LOCAL_MAX_VIDEOS
-            or (ray is not None and ray.is_initialized())):
+            or (ray is not None and ray.is_initialized()) or (gpus == "auto" and machine_has_gpus())):
         return "ray"
     return "local"
 
