@@ -3,20 +3,25 @@ segments table.
 
 Run::
 
-    .venv/bin/python tests/benchmarks/bench_label_gt.py [--counts 100,400 --frames 2]
+    .venv/bin/python tests/benchmarks/bench_label_gt.py [--gt-counts 1000,10000 --counts 100,400]
 
-or with ``make bench`` (``TUBEFLOW_BENCH_LABEL_GT=40,120`` runs smaller sizes). One tiny
-synthetic video (64×128, every frame annotated) and its GT are cloned under N video ids: N input
-files, a GT JSON with every clone's images and annotations (the PNGs shared), and the same GT as
-a segments table (``tubeflow convert``). For each N, ``tubeflow label`` (the built-in model
-without test-time augmentation or refinement, the cheapest real run; on Ray, the engine of large
-corpora, also for the small sizes) runs in a child process of its own three times: without GT, with ``--gt`` the JSON, with ``--gt`` the table; the figure is
-the driver's own peak RSS (``VmHWM``; Ray's processes are not counted) and its growth per added
-video from the first N to the last (target: ≤ 10 KiB per video in both layouts).
+or with ``make bench`` (smaller sizes). One tiny synthetic video (64×128, 2 frames, both
+annotated) and its GT are cloned under N video ids: a GT JSON with every clone's images and
+annotations (the PNGs shared), the same GT as a segments table (``tubeflow convert``), and N input
+files. Each measurement runs in a child process of its own; the figure is its peak RSS
+(``VmHWM``) and the growth per added video from the first N to the last (target: ≤ 10 KiB per
+video in both layouts).
 
-Baseline in the same run: the driver memory per video of what ``label`` did before
-(``read_ground_truth`` of the whole GT JSON plus every video's ``GtFrame`` records and image
-names, held for the run), in a child process at the same two sizes.
+* **The GT in the driver** (``--gt-counts``): what ``label`` does with the GT before the graph
+  runs — the door (:meth:`RunGroundTruth.open`: a JSON split as a stream, a table listed) and a
+  reference per video to label (:meth:`RunGroundTruth.refs`: a JSON's per-video documents
+  written) — against the baseline in the same run, what ``label`` did before: the whole GT JSON
+  parsed (``read_ground_truth``) and every video's ``GtFrame`` records and image names held.
+* **End to end** (``--counts``): ``tubeflow label`` (the built-in model without test-time
+  augmentation or refinement, the cheapest real run; on Ray, the engine of large corpora) three
+  times per N: without GT, with ``--gt`` the JSON, with ``--gt`` the table. Ray's processes are
+  not counted. Its growth per video is mostly the label driver's own (the run without GT shows
+  it), and run-to-run noise of a few MiB is a large share of it at these sizes.
 """
 from __future__ import annotations
 
@@ -63,26 +68,42 @@ for video_id, images in gt.videos().items():
 """
 
 
-def make_corpus(work: Path, counts: list[int], frames: int) -> dict:
-    """The template video and its GT cloned under max(counts) ids; per count an input directory,
-    a GT JSON and a GT table (see module doc)."""
+# what label's driver does with the GT now, before the graph runs
+_DOOR = f"""
+import sys
+from pipelines.label.ground_truth import RunGroundTruth
+n = int(sys.argv[3])
+with RunGroundTruth.open(sys.argv[1], sys.argv[2] or None, {{}}) as gt:
+    refs = gt.refs([f"v{{v:06d}}" for v in range(n)], sys.argv[4])
+    assert len(refs) == n, len(refs)
+    gt.remove_documents()
+{_HIGH_WATER}
+"""
+
+
+def make_corpus(work: Path, counts: list[int], frames: int, inputs: bool = True) -> dict:
+    """The template video and its GT cloned under each count of ids: a GT JSON, a GT table and
+    (``inputs``) an input directory per count (see module doc)."""
     from operators.formats import convert
     from operators.synth import SynthConfig, write_corpus
 
     template = work / "template"
-    write_corpus(str(template), SynthConfig(videos=1, frames=frames, height=64, width=128, seed=0, annotate_every=1))
+    if not template.exists():
+        write_corpus(str(template), SynthConfig(videos=1, frames=frames, height=64, width=128, seed=0,
+                                                annotate_every=1))
     video = next((template / "videos").glob("*.mp4"))
     gt = json.loads((template / "gt" / "panoptic_gt.json").read_text())
     by_image = {a["image_id"]: a for a in gt["annotations"]}
     images = sorted(gt["images"], key=lambda im: im["frame_index"])
     out = {}
     for count in counts:
-        inputs = work / f"in_{count}"
-        inputs.mkdir()
+        folder = work / f"in_{count}"
+        folder.mkdir(exist_ok=True)
         clone_images, clone_annotations = [], []
         for v in range(count):
             video_id = f"v{v:06d}"
-            shutil.copyfile(video, inputs / f"{video_id}.mp4")
+            if inputs:
+                shutil.copyfile(video, folder / f"{video_id}.mp4")
             for image in images:
                 image_id = IMAGE_ID.format(video_id=video_id, frame_index=image["frame_index"])
                 clone_images.append({**image, "id": image_id, "video_id": video_id})
@@ -93,7 +114,7 @@ def make_corpus(work: Path, counts: list[int], frames: int) -> dict:
                                        "categories": gt["categories"]}))
         table = work / f"gt_table_{count}"
         convert.vps_to_table(str(gt_json), str(template / "gt" / "panoptic"), str(table))
-        out[count] = {"inputs": inputs, "gt_json": gt_json, "table": table,
+        out[count] = {"inputs": folder, "gt_json": gt_json, "table": table,
                       "gt_bytes": gt_json.stat().st_size}
     out["gt_dir"] = template / "gt" / "panoptic"
     return out
@@ -108,6 +129,44 @@ def _child(script: str, *args: str) -> tuple[float, int, str]:
     assert done.returncode == 0, done.stderr[-3000:]
     peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK_KB")]
     return seconds, int(peak[-1].split()[1]), done.stderr[-2000:]
+
+
+def measure_gt(counts: list[int], frames: int) -> dict:
+    """The GT in the driver: the door and the references now, the whole GT before (module doc)."""
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench_label_gt_") as tmp:
+        work = Path(tmp)
+        corpus = make_corpus(work, counts, frames, inputs=False)
+        for count in counts:
+            c = corpus[count]
+            for layout, (uri, png_dir) in {"json": (c["gt_json"], corpus["gt_dir"]), "table": (c["table"], "")}.items():
+                seconds, peak, _ = _child(_DOOR, str(uri), str(png_dir), str(count), str(work / "staging"))
+                figures[(layout, count)] = {"seconds": seconds, "peak_kib": peak}
+            seconds, peak, _ = _child(_BEFORE, str(c["gt_json"]), str(corpus["gt_dir"]))
+            figures[("before", count)] = {"seconds": seconds, "peak_kib": peak}
+            figures[("gt_bytes", count)] = c["gt_bytes"]
+            shutil.rmtree(c["table"])
+    return figures
+
+
+def report_gt(figures: dict, counts: list[int]) -> dict[str, float]:
+    first, last = counts[0], counts[-1]
+    print(f"\nthe GT in label's driver (the door + a reference per video), GT JSON "
+          f"{figures[('gt_bytes', last)] / last / 1024:.1f} KiB per video, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; peak RSS (VmHWM) of a process doing only that")
+    growth = {}
+    for layout, name in (("json", "now, --gt JSON"), ("table", "now, --gt table"),
+                         ("before", "before: whole GT held")):
+        peaks = [figures[(layout, n)]["peak_kib"] for n in counts]
+        growth[layout] = (peaks[-1] - peaks[0]) / (last - first)
+        print(f"  {name:24s} peak " + " -> ".join(f"{p / 1024:.1f} MiB" for p in peaks)
+              + f" ({first} -> {last} videos): {growth[layout]:+.2f} KiB per added video   "
+              + "  ".join(f"{figures[(layout, n)]['seconds']:.1f} s" for n in counts))
+    for layout in ("json", "table"):
+        ratio = (f"{growth['before'] / growth[layout]:.1f}x less per video than before" if growth[layout] > 0.5 else
+                 f"no growth above 0.5 KiB per video (before: {growth['before']:.1f} KiB)")
+        print(f"  --gt {layout}: {ratio}; target <= 10 KiB per video")
+    return growth
 
 
 def measure(counts: list[int], frames: int) -> dict:
@@ -158,7 +217,8 @@ def report(figures: dict, counts: list[int], frames: int) -> dict[str, float]:
 
 @pytest.mark.benchmark
 def test_label_gt_driver_memory_per_video():
-    counts = [int(n) for n in os.environ.get("TUBEFLOW_BENCH_LABEL_GT", "40,120").split(",")]
+    report_gt(measure_gt([200, 2000], frames=2), [200, 2000])
+    counts = [40, 120]
     figures = measure(counts, frames=2)
     report(figures, counts, 2)
     # both layouts score the same clones the same way
@@ -167,11 +227,16 @@ def test_label_gt_driver_memory_per_video():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--counts", default="100,400")
+    parser.add_argument("--gt-counts", default="1000,10000", help="sizes of the GT-in-the-driver measurement")
+    parser.add_argument("--counts", default="100,400", help="sizes of the end-to-end runs (empty: none)")
     parser.add_argument("--frames", type=int, default=2)
     args = parser.parse_args()
-    counts = [int(c) for c in args.counts.split(",")]
-    report(measure(counts, args.frames), counts, args.frames)
+    gt_counts = [int(c) for c in args.gt_counts.split(",") if c]
+    if gt_counts:
+        report_gt(measure_gt(gt_counts, args.frames), gt_counts)
+    counts = [int(c) for c in args.counts.split(",") if c]
+    if counts:
+        report(measure(counts, args.frames), counts, args.frames)
 
 
 if __name__ == "__main__":
