@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import fs
-from operators.metrics.report import EvaluationReport, build_report, write_report
+from operators.metrics.report import EvaluationReport, VideoLog, build_report, per_video_row, write_report
 from operators.metrics.totals import Totals
 from operators.metrics.video import EvaluationSettings
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers
@@ -110,16 +110,31 @@ def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker
 def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_ids: Iterable[str] | None = None,
                       markers: dict[str, CommitMarker] | None = None) -> EvaluationReport | None:
     """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``;
-    ``markers``: the committed markers when the caller has just read them."""
+    ``markers``: the committed markers when the caller has just read them.
+
+    A stream, as ``tubeflow evaluate`` sums: the videos' sums are read a bounded number at a time
+    in parallel, added in shards of :func:`pipelines.evaluate.shard_size` videos whose totals are
+    merged in shard order (:class:`pipelines.evaluate.TotalsSum`: the same floating-point sums as
+    ``evaluate`` over the same videos), and each video's ``per_video.parquet`` row goes to a
+    :class:`VideoLog` spill file: the driver holds O(1) per video, not every video's tables."""
+    from pipelines.evaluate import ShardResult, TotalsSum, shard_size
+
     markers = committed_markers(layout) if markers is None else markers
     wanted = None if video_ids is None else set(video_ids)
     scored = [(video_id, int(marker.counts.get("frames", 0))) for video_id, marker in markers.items()
               if (wanted is None or video_id in wanted) and f"{metrics_rel(video_id)}/vpq.parquet" in marker.files]
-    videos = list(fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings),
-                            scored))
-    if not videos:
+    if not scored:
         return None
-    totals = Totals.of(videos)
-    report = build_report(settings, totals.vpq, totals.stq, videos)
+    size, log, totals, shard, index = shard_size(len(scored)), VideoLog(settings.ks), TotalsSum(), [], 0
+    for video in fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings), scored):
+        log.add(per_video_row(video, settings))
+        shard.append(video)
+        if len(shard) == size:
+            totals.add(ShardResult(index, Totals.of(shard), []))
+            index, shard = index + 1, []
+    if shard:
+        totals.add(ShardResult(index, Totals.of(shard), []))
+    total = totals.result()
+    report = build_report(settings, total.vpq, total.stq, log)
     write_report(layout.uri("metrics"), report)
     return report

@@ -163,8 +163,8 @@ def report_gt(figures: dict, counts: list[int]) -> dict[str, float]:
               + f" ({first} -> {last} videos): {growth[layout]:+.2f} KiB per added video   "
               + "  ".join(f"{figures[(layout, n)]['seconds']:.1f} s" for n in counts))
     for layout in ("json", "table"):
-        ratio = (f"{growth['before'] / growth[layout]:.1f}x less per video than before" if growth[layout] > 0.5 else
-                 f"no growth above 0.5 KiB per video (before: {growth['before']:.1f} KiB)")
+        ratio = (f"{growth['before'] / growth[layout]:.1f}x less per video than before" if growth[layout] > 0.05 else
+                 f"no growth above 0.05 KiB per video (before: {growth['before']:.1f} KiB)")
         print(f"  --gt {layout}: {ratio}; target <= 10 KiB per video")
     return growth
 
