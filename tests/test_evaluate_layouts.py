@@ -133,3 +133,14 @@ def test_both_layouts_on_object_storage(layouts, tmp_path, s3_bucket):
     local = evaluate(**paths, out=str(tmp_path / "local"), allow_missing=True, executor="local", workers=1,
                      progress=False)
     assert metrics["vpq"] == local.vpq.vpq
+
+
+def test_a_table_given_as_gt_json_is_named_at_the_door(layouts, tmp_path, capsys):
+    """The one layout check of every command that takes a GT (``label --gt`` tells the two apart
+    by it): ``evaluate --gt-json`` given a table says to pass it as ``--gt-table``."""
+    root = layouts[0]
+    table = str(root / "gt_table")
+    code = main(["evaluate", "--gt-json", table, "--gt-dir", str(tmp_path), "--pred-table", str(root / "pred_table"),
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and table in err and "give it as --gt-table" in err, err
