@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -64,7 +65,7 @@ def choose_executor(executor: str, address: str | None, videos: int, gpus: str =
         raise InputError("--address", "a cluster address runs on Ray: leave out --executor local")
     if executor != "auto":
         return executor
-    ray = __import__("sys").modules.get("ray")
+    ray = sys.modules.get("ray")
     if (address or os.environ.get("RAY_ADDRESS") or gpus == "gpu" or videos > LOCAL_MAX_VIDEOS
             or (ray is not None and ray.is_initialized()) or (gpus == "auto" and machine_has_gpus())):
         return "ray"
@@ -120,8 +121,8 @@ def _start_worker(job: LocalJob) -> None:
 
     cv2.setNumThreads(job.threads)
     segment = SegmentChunks(job.host_kwargs)
-    if "torch" in __import__("sys").modules:
-        __import__("torch").set_num_threads(job.threads)
+    if "torch" in sys.modules:  # the segmenter imported it (precomputed predictions do not)
+        sys.modules["torch"].set_num_threads(job.threads)
     flow = FlowChunks(job.flow, job.flow_options)
     associate = AssociateChunks(LocalAssociation(TrackerConfig.from_json(job.tracker_json)), job.chunk_frames)
     _stages = (job, segment, flow, associate)
