@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -105,6 +106,36 @@ def private_auth_token() -> Path | None:
     except PermissionError as exc:
         raise InputError(str(path), f"Ray's token file cannot be made private to this user: {exc.strerror}") from None
     return path
+
+
+# -- whether a job uses Ray at all ------------------------------------------------------------
+EXECUTORS = ("auto", "local", "ray")
+"""What runs a job (``--executor``): ``ray``, ``local`` (processes of this machine, no Ray's
+start-up) or ``auto`` (each job's own rule, on top of :func:`needs_ray`)."""
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise InputError("--executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and address:
+        raise InputError("--address", "a cluster address runs on Ray: leave out --executor local")
+
+
+def ray_running() -> bool:
+    """Whether Ray is initialised in this process (imported, not just importable)."""
+    ray = sys.modules.get("ray")  # None also where an import of it is blocked
+    return ray is not None and ray.is_initialized()
+
+
+def needs_ray(address: str | None) -> bool:
+    """What makes every ``--executor auto`` job run on Ray: a cluster address (given, or in
+    ``RAY_ADDRESS``), or a Ray already running in this process."""
+    return bool(address or os.environ.get("RAY_ADDRESS") or ray_running())
+
+
+def local_cores() -> int:
+    """The cores this process may run on (its affinity), for a local pool's size."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def runtime_env(working_dir: str | None) -> dict | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.connect import EXECUTORS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-json", help="GT JSON (images, annotations, categories)")
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "per_video.parquet, report.html")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'); "
                                                         "implies --executor ray")
-    parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="where the videos are scored: 'local' (this process or a process pool), 'ray' (Ray "
                              "tasks: --address, or a local Ray); 'auto' (default): Ray with --address / RAY_ADDRESS "
                              "or above 20,000 videos, else local")

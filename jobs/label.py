@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.connect import EXECUTORS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="corpus: a prefix of videos/frame directories, or a manifest "
@@ -86,7 +88,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                                                          "the CPUs)")
     parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
-    parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
                              "Ray's start-up), auto (default: local for at most 64 videos to label without --address on a "
                              "machine without GPUs, else ray); the outputs are the same")

@@ -30,13 +30,12 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-import os
-import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
+from cluster.connect import check_executor, local_cores, needs_ray, ray_running
 from operators import fs
 from operators.errors import InputError
 from operators.formats import segments_table
@@ -49,7 +48,6 @@ from operators.metrics.video import (EvaluationSettings, FrameInputs, SpacingChe
                                      evaluate_videos, frame_gaps)
 from operators.metrics.vpq import VpqStats
 
-EXECUTORS = ("auto", "local", "ray")
 LOCAL_MAX_VIDEOS = 20_000
 """Above this many videos ``executor="auto"`` uses Ray even without a cluster: a local Ray
 retries a shard whose worker died instead of failing its videos, which matters more the
@@ -175,24 +173,11 @@ def shard_size(videos: int) -> int:
 
 
 # -- executors ----------------------------------------------------------------------------
-def check_executor(executor: str, address: str | None) -> None:
-    if executor not in EXECUTORS:
-        raise InputError("--executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if executor == "local" and address:
-        raise InputError("--address", "a cluster address runs Ray tasks: leave out --executor local")
-
-
 def choose_executor(executor: str, address: str | None, videos: int) -> str:
     check_executor(executor, address)
     if executor != "auto":
         return executor
-    if address or os.environ.get("RAY_ADDRESS") or _ray_running() or videos > LOCAL_MAX_VIDEOS:
-        return "ray"
-    return "local"
-
-
-def _ray_running() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    return "ray" if needs_ray(address) or videos > LOCAL_MAX_VIDEOS else "local"
 
 
 def _pool_context():
@@ -200,7 +185,7 @@ def _pool_context():
     Ray runs in this process (its threads could hold locks a child would inherit held):
     forkserver then."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and not _ray_running():
+    if "fork" in methods and not ray_running():
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
@@ -292,15 +277,11 @@ def run_ray(shards: Iterable[Shard], settings: EvaluationSettings,
             yield from collect()
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def run_shards(shards: Iterable[Shard], settings: EvaluationSettings, executor: str = "local",
                address: str | None = None, workers: int | None = None) -> Iterator[ShardResult]:
     if executor == "ray":
         return run_ray(shards, settings, address)
-    return run_local(shards, settings, default_workers() if workers is None else workers)
+    return run_local(shards, settings, local_cores() if workers is None else workers)
 
 
 # -- the pipeline -------------------------------------------------------------------------
@@ -325,7 +306,7 @@ def evaluate(gt_json: str | None = None, gt_dir: str | None = None, pred_dir: st
                                       ignore_label=int(stq_ignore_label))
         where = choose_executor(executor, address, count)
         size = videos_per_task or shard_size(count)
-        pool_size = min(default_workers() if workers is None else workers, math.ceil(count / size) or 1)
+        pool_size = min(local_cores() if workers is None else workers, math.ceil(count / size) or 1)
         log, spacing, totals = VideoLog(settings.ks), SpacingCheck(settings.stride), TotalsSum()
         with tqdm(total=count, unit="video", desc="evaluate", disable=not progress) as bar:
             for result in run_shards(shards_of(videos, size), settings, where, address, pool_size):

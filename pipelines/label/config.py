@@ -57,8 +57,10 @@ class StageResources:
 
         if self.gpus not in GPU_MODES:
             raise ValueError(f"unknown gpus {self.gpus!r}; choose one of {GPU_MODES}")
-        if self.executor not in ("auto", "local", "ray"):
-            raise ValueError(f"unknown executor {self.executor!r}; choose one of ('auto', 'local', 'ray')")
+        from cluster.connect import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
 
 
 @dataclass(frozen=True)

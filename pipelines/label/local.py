@@ -30,17 +30,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator
 
+from cluster.connect import check_executor, local_cores, needs_ray
 from operators.association import TrackChunk, TrackedFrame, TrackerConfig, VideoOperator
+from pipelines.label.finalize import finalize_video
 
 # Without --address, a run of at most this many videos to label runs without Ray (--executor
 # auto). Past it the Ray graph's chunk-level streaming, association checkpoints and autoscaling
 # are worth their start-up; a user can choose either engine with --executor.
 LOCAL_MAX_VIDEOS = 64
-EXECUTORS = ("auto", "local", "ray")
-
-
-def local_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def machine_has_gpus() -> bool:
@@ -57,17 +54,10 @@ def choose_executor(executor: str, address: str | None, videos: int, gpus: str =
     """``local`` or ``ray`` for a run of ``videos`` to label (see :data:`LOCAL_MAX_VIDEOS`). A
     machine with GPUs runs the Ray graph: its model actors get a GPU each, where local processes
     would each load the model onto the same GPU."""
-    from operators.errors import InputError
-
-    if executor not in EXECUTORS:
-        raise InputError("--executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if executor == "local" and address:
-        raise InputError("--address", "a cluster address runs on Ray: leave out --executor local")
+    check_executor(executor, address)
     if executor != "auto":
         return executor
-    ray = sys.modules.get("ray")
-    if (address or os.environ.get("RAY_ADDRESS") or gpus == "gpu" or videos > LOCAL_MAX_VIDEOS
-            or (ray is not None and ray.is_initialized()) or (gpus == "auto" and machine_has_gpus())):
+    if needs_ray(address) or gpus == "gpu" or videos > LOCAL_MAX_VIDEOS or (gpus == "auto" and machine_has_gpus()):
         return "ray"
     return "local"
 
@@ -145,12 +135,6 @@ def label_video(row: dict) -> list[dict]:
     return summaries
 
 
-def _finalize(*args):
-    from pipelines.label.finalize import finalize_video
-
-    return finalize_video(*args)
-
-
 def wait_futures(futures: list[Future], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
     """``ray.wait``'s contract over futures: (up to ``num_returns`` done, the rest)."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -198,7 +182,7 @@ class LocalEngine:
                 yield from future.result()  # BrokenProcessPool: the pass stops (passes.run_pass)
 
     def finalize(self, *args) -> Future:
-        return self.pool.submit(_finalize, *args)
+        return self.pool.submit(finalize_video, *args)
 
     @staticmethod
     def result(future: Future):
