@@ -41,17 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 IMAGE_ID = "{video_id}_{frame_index:04d}"
-_HIGH_WATER = "print('PEAK_KB', [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
-
-# the label command in a child; its peak is VmHWM (ru_maxrss survives exec: a child of a large
-# process would report the parent's peak)
-_LABEL = f"""
-import sys
-from jobs.cli import main
-code = main(sys.argv[1:])
-{_HIGH_WATER}
-sys.exit(code)
-"""
+# the label command in a child, as bench_evaluate_scale runs evaluate: its peak is VmHWM
+# (ru_maxrss survives exec: a child of a large process would report the parent's peak)
+from bench_evaluate_scale import _HIGH_WATER, _PEAK as _LABEL  # noqa: E402
 
 # what the driver held before: the whole GT parsed, every video's GtFrames and image names
 _BEFORE = f"""
