@@ -71,12 +71,28 @@ def _moments(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, colours: np.nda
     out[0] = np.bincount(labels, minlength=size)
     out[1] = np.bincount(labels, weights=ys, minlength=size)
     out[2] = np.bincount(labels, weights=xs, minlength=size)
-    if colours is not None:
+    if colours is None:
+        return out
+    if size <= _HISTOGRAM_MAX_LABELS and colours.dtype == np.uint8:
+        # One (label, level) histogram per channel, then Σv and Σv² as two dot products with the
+        # 256 levels: every sum is of integers below 2**53, so exactly the weighted bincounts'
+        # values (tests/test_association_fast_paths.py) at a third of their cost.
+        key = labels.astype(np.int64) * 256
         for c in range(3):
-            channel = colours[:, c].astype(np.float64)
-            out[3 + c] = np.bincount(labels, weights=channel, minlength=size)
-            out[6 + c] = np.bincount(labels, weights=channel * channel, minlength=size)
+            hist = np.bincount(key + colours[:, c], minlength=size * 256).reshape(size, 256).astype(np.float64)
+            out[3 + c] = hist @ _LEVELS
+            out[6 + c] = hist @ _LEVELS_SQUARED
+        return out
+    for c in range(3):
+        channel = colours[:, c].astype(np.float64)
+        out[3 + c] = np.bincount(labels, weights=channel, minlength=size)
+        out[6 + c] = np.bincount(labels, weights=channel * channel, minlength=size)
     return out
+
+
+_HISTOGRAM_MAX_LABELS = 256
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS_SQUARED = _LEVELS ** 2
 
 
 @dataclass

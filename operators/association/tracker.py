@@ -25,6 +25,7 @@ they carry a category, not an identity.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -58,7 +59,7 @@ class _Observation:
     camera: np.ndarray | None = None          # (2, 3) camera motion previous → this frame
     predicted: dict | None = None              # track id → MotionState predicted for this frame
 
-    @property
+    @functools.cached_property
     def boxes(self) -> np.ndarray:
         """``(K, 3)`` observations of the motion model: centroid x, y and size sqrt(area)."""
         return np.column_stack([self.centroids, np.sqrt(self.areas.astype(np.float64))])
@@ -130,7 +131,7 @@ class VideoTracker:
         else:
             warped, overlap = None, None
             areas = np.bincount(index.ravel(), minlength=n + 1)
-        if areas[0] != np.count_nonzero(ids == VOID):
+        if areas[0] != _void_count(ids):
             unknown = sorted(set(np.unique(ids).tolist()) - {s.id for s in segments} - {VOID})
             raise FormatMismatchError(where, f"ids {unknown[:10]} are in the id map but not in segments_info")
         empty = [s.id for s, a in zip(segments, areas[1:]) if a == 0]
@@ -323,13 +324,24 @@ class VideoTracker:
             matches[int(col)] = self.next_track_id
             self.next_track_id += 1
 
-        noise, categories = cfg.motion_noise, {}
+        noise, categories, boxes = cfg.motion_noise, {}, obs.boxes
+        obs_stds = self._obs_std(obs.areas)
+        # The Kalman update of every track seen in the previous frame, in one stacked pass.
+        stepped = [(col, tid) for col, tid in matches.items()
+                   if tid in self.tracks and obs.frame_index - self.tracks[tid].last_frame < 2]
+        if stepped:
+            predicted = [obs.predicted[tid] for _, tid in stepped]
+            at = np.array([col for col, _ in stepped], np.int64)
+            means, covs = motion.update_batch(np.array([m.mean for m in predicted]), np.array([m.cov for m in predicted]),
+                                              boxes[at], noise)
+            stepped_motion = {tid: motion.MotionState(means[k], covs[k], boxes[col].copy())
+                              for k, (col, tid) in enumerate(stepped)}
         for col, tid in matches.items():
             seg = obs.segments[col]
             x, y = obs.centroids[col]
-            z = obs.boxes[col]
+            z = boxes[col]
             descriptor = None if obs.descriptors is None else obs.descriptors[col]
-            obs_std = float(self._obs_std(obs.areas[col]))
+            obs_std = float(obs_stds[col])
             track = self.tracks.get(tid)
             if track is None:
                 appearance = None if descriptor is None else GaussianAppearance.from_first(
@@ -339,9 +351,8 @@ class VideoTracker:
                 self.tracks[tid] = track
             else:
                 gap = obs.frame_index - track.last_frame
-                predicted = obs.predicted[tid]
-                track.motion = motion.reupdate_after_gap(predicted, z, gap, noise) if gap >= 2 else \
-                    motion.update(predicted, z, noise)
+                track.motion = motion.reupdate_after_gap(obs.predicted[tid], z, gap, noise) if gap >= 2 else \
+                    stepped_motion[tid]
                 track.score = cfg.class_memory * track.score + (1.0 - cfg.class_memory) * scores[col]
             if descriptor is not None and track.first_frame != obs.frame_index:
                 track.appearance = (track.appearance.updated(descriptor, obs_std, cfg.appearance_process_std)
@@ -436,6 +447,18 @@ class VideoTracker:
         tracker.previous_track_of_index = np.asarray(arrays["previous_track_of_index"], np.int64)
         tracker.previous_index = arrays.get("previous_index")
         return tracker
+
+
+def _void_count(ids: np.ndarray) -> int:
+    """Pixels of ``ids`` that are VOID (0): OpenCV's count of non-zero pixels where it takes the
+    dtype (one pass, no ``(H, W)`` boolean temporary), else numpy."""
+    if VOID == 0 and ids.size and ids.dtype in _CV_COUNT_DTYPES:
+        return ids.size - cv2.countNonZero(ids)
+    return int(np.count_nonzero(ids == VOID))
+
+
+_CV_COUNT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16),
+                    np.dtype(np.int32))
 
 
 def _exact_bbox(index: np.ndarray, k: int) -> tuple[int, int, int, int]:
