@@ -209,9 +209,16 @@ def carry_lost_segments(current: np.ndarray, warped_previous: np.ndarray, n_prev
         # Carried values (K+1…) exceed every current value (0…K), so "the carried value where
         # the current pixel is free and something is carried, else the current value" is
         # max(current, carried & free-mask): four OpenCV passes over uint8 instead of numpy's
-        # boolean temporaries (~2.5 ms → ~0.5 ms at 1024×2048).
-        free_mask = relabel(current, np.where(np.asarray(free, bool), 255, 0).astype(np.uint8))
-        return cv2.max(current, cv2.bitwise_and(relabel(warped_previous, table), free_mask))
+        # boolean temporaries, and only inside the box of the carried pixels (~2.5 ms → ~0.8 ms at
+        # 1024×2048).
+        carried = relabel(warped_previous, table)
+        x, y, w, h = cv2.boundingRect(carried)
+        out = current.copy()
+        if w and h:
+            box = (slice(y, y + h), slice(x, x + w))
+            free_mask = relabel(current[box], np.where(np.asarray(free, bool), 255, 0).astype(np.uint8))
+            out[box] = cv2.max(current[box], cv2.bitwise_and(carried[box], free_mask))
+        return out
     carried = relabel(warped_previous, table)
     is_free = relabel(current, np.asarray(free, np.uint8)).astype(bool)
     return np.where(is_free & (carried > 0), carried, out).astype(dtype, copy=False)

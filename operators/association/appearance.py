@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from operators.association.affinity import relabel
@@ -49,7 +50,10 @@ def segment_statistics(rgb: np.ndarray | None, index: np.ndarray, n_segments: in
     missed = moments[0] == 0
     missed[0] = False
     if missed.any():  # small segments the subsample did not hit: one full-resolution pass for all
-        ys, xs = np.nonzero(relabel(index, missed.astype(np.uint8)))
+        missed_map = relabel(index, missed.astype(np.uint8))
+        x, y, w, h = cv2.boundingRect(missed_map)   # scan only the box of the missed segments
+        ys, xs = np.nonzero(missed_map[y:y + h, x:x + w])
+        ys, xs = ys + y, xs + x
         labels = index[ys, xs]
         full = _moments(labels, ys, xs, None if rgb is None else rgb[ys, xs], n_segments)
         moments[:, missed] = full[:, missed]

@@ -132,6 +132,9 @@ class VideoTracker:
             warped, overlap = None, None
             areas = np.bincount(index.ravel(), minlength=n + 1)
         if areas[0] != _void_count(ids):
+            low = int(ids.min())
+            if low < 0:
+                raise FormatMismatchError(where, f"negative id {low} in the id map")
             unknown = sorted(set(np.unique(ids).tolist()) - {s.id for s in segments} - {VOID})
             raise FormatMismatchError(where, f"ids {unknown[:10]} are in the id map but not in segments_info")
         empty = [s.id for s, a in zip(segments, areas[1:]) if a == 0]
@@ -190,8 +193,8 @@ class VideoTracker:
 
     @staticmethod
     def _compact_index(ids: np.ndarray, segments: list[SegmentInfo], where: str) -> tuple[np.ndarray, int]:
-        """``(H, W)`` uint8/uint16 map: pixel → 1 + position of its segment in ``segments`` (0 = VOID or
-        an id not in ``segments``, which the caller detects from the VOID count)."""
+        """``(H, W)`` uint8/uint16 map: pixel → 1 + position of its segment in ``segments`` (0 = VOID, or
+        an id not in ``segments`` or negative, which the caller detects from the VOID count)."""
         n = len(segments)
         if n > affinity.MAX_SEGMENTS:
             raise FormatMismatchError(where, f"{n} segments in one frame; at most {affinity.MAX_SEGMENTS} are supported")
@@ -200,15 +203,13 @@ class VideoTracker:
             raise FormatMismatchError(where, "segments_info lists a segment id twice")
         if n and (seg_ids.min() <= VOID):
             raise FormatMismatchError(where, f"segment ids must be positive, got {int(seg_ids.min())}")
-        low, high = (int(v) for v in cv2.minMaxLoc(ids if ids.dtype == np.int32 else ids.astype(np.int32))[:2]) \
-            if ids.size else (0, 0)
-        if low < 0:
-            raise FormatMismatchError(where, f"negative id {low} in the id map")
-        # np.zeros is lazily zero-mapped by the OS, so a table as large as the largest id is cheap.
+        # One entry past the largest listed id, 0: ``mode="clip"`` sends every id above it (and every
+        # negative id, to entry 0) to VOID, so no pass over the map for its range is needed; the
+        # caller's VOID count finds such ids. np.zeros is lazily zero-mapped, so a large table is cheap.
         dtype = affinity.index_dtype(n)
-        lut = np.zeros(max(high, int(seg_ids.max()) if n else 0) + 1, dtype)
+        lut = np.zeros((int(seg_ids.max()) if n else 0) + 2, dtype)
         lut[seg_ids] = np.arange(1, n + 1, dtype=dtype)
-        return np.take(lut, ids), n
+        return np.take(lut, ids, mode="clip"), n
 
     def _embeddings(self, frame: TrackerFrame, segments: list[SegmentInfo], thing: np.ndarray,
                     where: str) -> np.ndarray | None:

@@ -85,32 +85,86 @@ def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: i
                   f"{score.idsw_per_100:.1f} | {ms:.1f} |", flush=True)
 
 
-def speed(frames: int, height: int, width: int, repeats: int) -> None:
+def _time_trackers(frames: int, height: int, width: int) -> dict[str, list[list[float]]]:
+    """One run of each tracker over the speed video: {tracker: [[wall s, CPU s] per frame]}."""
     import cv2
     import torch
 
     from bench_association import make_video
+    from operators.association import TrackerConfig
+    from operators.association.learned import make_tracker
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     video = make_video(frames, height, width)
-    n_segments = statistics.mean(len(f.panoptic.segments) for f in video)
-    medians = {}
+    out = {}
     for name, config in (("hybrid", TrackerConfig()), ("learned", TrackerConfig(method="learned"))):
-        best = np.full((2, len(video)), np.inf)   # wall, CPU time of the process
+        tracker, times = make_tracker("bench", config), []
+        for frame in video:
+            wall, cpu = time.perf_counter(), time.process_time()
+            tracker.update(frame)
+            times.append([time.perf_counter() - wall, time.process_time() - cpu])
+        out[name] = times
+    out["segments"] = statistics.mean(len(f.panoptic.segments) for f in video)
+    out["code"] = str(Path(sys.modules[make_tracker.__module__].__file__).resolve().parents[2])
+    return out
+
+
+def _code_of(ref: str, into: Path) -> Path:
+    """The tracker code (``operators/``) of git revision ``ref``, unpacked under ``into``."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", ref, "operators"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def _worker(code: Path, frames: int, height: int, width: int) -> dict:
+    """:func:`_time_trackers` in a fresh process that imports the tracker from ``code``."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), str(Path(__file__).resolve().parents[2])]))
+    done = subprocess.run([sys.executable, __file__, "--speed-worker", str(code), "--frames", str(frames),
+                           "--height", str(height), "--width", str(width)],
+                          env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speed(frames: int, height: int, width: int, repeats: int, baseline: str | None) -> None:
+    """Per-frame ``update`` time of both trackers, best of ``repeats`` runs per frame; with
+    ``baseline`` (a git revision), the same for that revision's tracker code, the two codes' runs
+    interleaved (one process per run) so that the machine's load hits both alike."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        codes = {"this tree": Path(__file__).resolve().parents[2]}
+        if baseline:
+            codes = {f"baseline {baseline}": _code_of(baseline, Path(tmp)), **codes}
+        best: dict[tuple[str, str], np.ndarray] = {}
         for _ in range(repeats):
-            tracker = make_tracker("bench", config)
-            for t, frame in enumerate(video):
-                wall, cpu = time.perf_counter(), time.process_time()
-                tracker.update(frame)
-                best[:, t] = np.minimum(best[:, t], [time.perf_counter() - wall, time.process_time() - cpu])
-        medians[name] = [statistics.median(row[1:].tolist()) for row in best]
-    print(f"association at {height}x{width}, {n_segments:.1f} segments/frame, {len(video) - 1} frames "
-          f"(best of {repeats} runs each), one thread")
-    for name, (wall, cpu) in medians.items():
-        print(f"  {name:8s} update median {wall * 1000:8.2f} ms/frame wall, {cpu * 1000:8.2f} ms/frame CPU")
-    print(f"  ratio learned / hybrid: {medians['learned'][0] / medians['hybrid'][0]:.2f}x wall, "
-          f"{medians['learned'][1] / medians['hybrid'][1]:.2f}x CPU")
+            for label, code in codes.items():
+                run = _worker(code, frames, height, width) if baseline else _time_trackers(frames, height, width)
+                segments, ran = run.pop("segments"), run.pop("code")
+                if Path(ran) != code.resolve():
+                    raise RuntimeError(f"the {label} run imported the tracker from {ran}, not {code}")
+                for name, times in run.items():
+                    key = (label, name)
+                    best[key] = np.minimum(best.get(key, np.inf), np.array(times).T)
+    print(f"association at {height}x{width}, {segments:.1f} segments/frame, {frames - 1} frames "
+          f"(best of {repeats} runs each), one thread; median over frames of the best CPU (wall) time")
+    medians = {key: [statistics.median(row[1:].tolist()) * 1000 for row in times] for key, times in best.items()}
+    for (label, name), (wall, cpu) in medians.items():
+        print(f"  {label:22s} {name:8s} {cpu:7.2f} ms/frame CPU ({wall:7.2f} wall)")
+    for label in codes:
+        ratio = medians[(label, "learned")][1] / medians[(label, "hybrid")][1]
+        print(f"  {label}: learned / hybrid {ratio:.2f}x CPU")
+    if baseline:
+        for name in ("hybrid", "learned"):
+            before, after = medians[(f"baseline {baseline}", name)][1], medians[("this tree", name)][1]
+            print(f"  {name}: baseline / this tree {before / after:.2f}x CPU ({before:.2f} → {after:.2f} ms/frame)")
 
 
 def main(argv=None) -> None:
@@ -124,14 +178,22 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", metavar="GIT_REV",
+                        help="with --speed: also time the tracker code of this revision, interleaved")
+    parser.add_argument("--speed-worker", metavar="CODE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.speed_worker:  # one timing run in this process (PYTHONPATH puts CODE first), as JSON
+        import json
+
+        print(json.dumps(_time_trackers(args.frames, args.height, args.width)))
+        return
     import cv2
     import torch
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     if args.speed:
-        speed(args.frames, args.height, args.width, args.repeats)
+        speed(args.frames, args.height, args.width, args.repeats, args.baseline)
         return
     variants = dict(v.split("=", 1) for v in args.variant)
     quality(args.sets.split(","), args.seed, variants, args.hard_videos)
