@@ -8,7 +8,7 @@
 and driving logs (.mcap, .bag: one video per camera topic), or a manifest (Parquet/CSV:
 video_id, uri[, gt, topic]). Outputs under ``--output``:
 ``segments/`` (Parquet, hive-partitioned by video), ``pan_pred/`` + ``pred.json`` (--png),
-``overlays/<video>.mp4`` (--overlay), ``review/`` (--review mcap), ``metrics/`` (with --gt), ``run_manifest.json``,
+``overlays/<video>.avi`` (--overlay), ``review/`` (--review mcap), ``metrics/`` (with --gt), ``run_manifest.json``,
 ``failures.parquet``. Videos already committed with the same input and config are skipped.
 Exit code 0 when every video was labelled (or skipped), 1 when some failed.
 """
@@ -58,8 +58,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="frames per model forward pass (default: 1 on CPU, 8 on GPU)")
     parser.add_argument("--png", action="store_true", help="also write pan_pred/ + pred.json (submission layout)")
-    parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.mp4 (tracks coloured, "
-                                                               "ids, class names, legend, time)")
+    parser.add_argument("--overlay", action="store_true", help="also write overlays/<video>.avi (Motion-JPEG: tracks "
+                                                               "coloured, ids, class names, legend, time)")
     parser.add_argument("--review", choices=("mcap",), default=None,
                         help="mcap: also write review/<log>.mcap per log (the labels as an image topic + "
                              "foxglove.ImageAnnotations, stamped like the camera, for Foxglove), a thumbnail per video "

@@ -1,8 +1,10 @@
 """Review outputs of a labelling run (``--review mcap``, ``--overlay``):
 
-* per video (staged and committed with it, by :func:`pipelines.label.finalize.finalize_video`):
-  ``review/parts/<video>.mcap`` — the labels of one camera as a review log
-  (:mod:`operators.review.mcap`), and ``thumbnails/<video>.jpg`` — one labelled frame;
+* per video (staged and committed with it): ``review/parts/<video>.mcap`` — the labels of one
+  camera as a review log (:mod:`operators.review.mcap`, written by
+  :func:`pipelines.label.finalize.finalize_video`), and ``thumbnails/<video>.jpg`` — its middle
+  frame's overlay (written by the sink that has the frame's pixels,
+  :func:`pipelines.label.sink.render_frames`: no video is decoded for it);
 * per run, from the committed videos only (like ``pred.json``): ``review/<log>.mcap`` — the
   parts of every camera of one log merged into one review log, and ``review/index.html`` — the
   videos worst first with their thumbnails (by VPQ when there is GT; without GT by how unstable
@@ -23,8 +25,8 @@ from operators.formats import segments_table
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category
 from operators.ids import video_key
 from operators.review.mcap import ReviewLogWriter, merge_review_logs
-from operators.review.overlay import LabelledSegment, legend_classes, render_overlay
-from operators.video import LogTopicSource, open_video, split_stream_uri
+from operators.review.overlay import LabelledSegment, encode_jpeg
+from operators.video import LogTopicSource, split_stream_uri
 from pipelines.commit import CommitMarker, OutputLayout, committed_markers
 
 REVIEW_FORMATS = ("mcap",)
@@ -68,22 +70,13 @@ def write_review_part(uri: str, video_uri: str, frame_count: int, by_frame: dict
         return writer.frames
 
 
-def write_thumbnail(uri: str, video_uri: str, frame_count: int, by_frame: dict, times: dict,
-                    categories: Sequence[Category] = CITYSCAPES_CATEGORIES, width: int = 320) -> None:
-    """The labelled middle frame, ``width`` pixels wide, as a JPEG."""
-    index = frame_count // 2
-    with open_video(video_uri) as source:
-        rgb = source.read(index, index + 1)[0]
-    rows = by_frame.get(index, [])
-    segments = labelled_segments(rows)
-    image = render_overlay(rgb, frame_ids(rows, rgb.shape[:2]), segments, timestamp_ns=times.get(index),
-                           legend=legend_classes(segments, categories), categories=categories)
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    ok, jpeg = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise RuntimeError("OpenCV failed to encode a JPEG")
-    fs.write_bytes(uri, jpeg.tobytes())
+def write_thumbnail(uri: str, overlay: np.ndarray, width: int = 320) -> None:
+    """A video's thumbnail: its middle frame's overlay (``(H, W, 3) uint8``, as
+    :func:`operators.review.overlay.render_frame_overlay` renders it where the frame was decoded),
+    ``width`` pixels wide, as a JPEG."""
+    height = max(1, round(overlay.shape[0] * width / overlay.shape[1]))
+    small = cv2.resize(overlay, (width, height), interpolation=cv2.INTER_AREA)
+    fs.write_bytes(uri, encode_jpeg(small, 85))
 
 
 # ------------------------------------------------------------------------------ per run

@@ -12,7 +12,7 @@ def test_demo_runs_end_to_end_and_tracking_beats_per_frame_ids(tmp_path, ray_loc
         assert command in out
     labelled = json.loads((tmp_path / "labels" / "metrics" / "metrics.json").read_text())
     assert labelled["videos"] == 2 and not labelled["failures"]
-    assert len(list((tmp_path / "labels" / "overlays").glob("*.mp4"))) == 2
+    assert len(list((tmp_path / "labels" / "overlays").glob("*.avi"))) == 2
     assert len(list((tmp_path / "labels" / "_commits").glob("*.json"))) == 2
     perframe = json.loads((tmp_path / "eval_perframe" / "metrics.json").read_text())
     tracked = json.loads((tmp_path / "eval_tracked" / "metrics.json").read_text())

@@ -1,5 +1,5 @@
 """A labelling run without Ray (``--executor local``, the default for a small run) equals the
-Ray graph's run: the same segments, PNGs, annotations, metrics, failure rows and commits; the
+Ray graph's run: the same segments, PNGs, annotations, overlays, metrics, failure rows and commits; the
 choice of engine; a pool process killed in the middle of a video costs a pass, not the video."""
 from __future__ import annotations
 
@@ -69,7 +69,12 @@ def test_local_run_equals_the_ray_run(both):
     assert pngs and sorted(os.listdir(f"{local}/pan_pred")) == pngs
     assert all(open(f"{local}/pan_pred/{p}", "rb").read() == open(f"{ray_out}/pan_pred/{p}", "rb").read()
                for p in pngs)
-    assert sorted(os.listdir(f"{local}/overlays")) == sorted(os.listdir(f"{ray_out}/overlays"))
+    # the overlay videos and thumbnails, rendered by each engine's sink: byte for byte
+    for folder in ("overlays", "thumbnails"):
+        names = sorted(os.listdir(f"{ray_out}/{folder}"))
+        assert names == sorted(os.listdir(f"{local}/{folder}")) and len(names) == 3
+        assert all(open(f"{local}/{folder}/{n}", "rb").read() == open(f"{ray_out}/{folder}/{n}", "rb").read()
+                   for n in names), folder
     failures = {e: [(r["video_id"], r["stage"], r["error"]) for r in pq.read_table(f"{root / e}/failures.parquet").to_pylist()]
                 for e in ENGINES}
     assert failures["local"] == failures["ray"] and failures["local"][0][:2] == ("broken", "plan")

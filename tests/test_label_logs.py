@@ -151,7 +151,7 @@ def test_report_lists_videos_worst_first_with_thumbnails_and_overlays_are_labell
     vpq = {v: manifest["videos"][v]["metrics"]["vpq"] for v in VIDEOS}
     order = [page.index(v) for v in sorted(VIDEOS, key=lambda v: vpq[v])]
     assert order == sorted(order) and "VPQ (ascending)" in page
-    with open_video(f"{out}/overlays/{_key(VIDEOS[0])}.mp4") as overlay:
+    with open_video(f"{out}/overlays/{_key(VIDEOS[0])}.avi") as overlay:
         assert overlay.meta.frame_count == 8
 
 

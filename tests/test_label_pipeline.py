@@ -222,10 +222,10 @@ def test_overlay_has_every_frame_with_consistent_colours(labelled):
 
     from operators.review.overlay import track_colour
 
-    uri = f"{labelled['out']}/overlays/0000.mp4"
+    uri = f"{labelled['out']}/overlays/0000.avi"
     with open_video(uri) as overlay, open_video(f"{labelled['videos']}/0000.mp4") as source:
         assert overlay.meta.frame_count == source.meta.frame_count == 10
-        # the frame, then the legend of the video's classes below it
+        # the frame, then the legend of its classes below it
         assert overlay.meta.width == source.meta.width and overlay.meta.height > source.meta.height
         shown = [f[:source.meta.height] for f in overlay.read(0, 10)]
         under = list(source.read(0, 10))
@@ -319,7 +319,7 @@ def test_input_and_output_on_s3(labelled, s3_bucket):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 labelled" in done.stdout
     (marker,) = committed_markers(OutputLayout(out)).values()
-    assert all(fs.exists(f"{out}/{f}") for f in marker.files) and "overlays/0000.mp4" in marker.files
+    assert all(fs.exists(f"{out}/{f}") for f in marker.files) and "overlays/0000.avi" in marker.files
     table = segments_table.read_segments_table(f"{out}/segments")
     local = segments_table.read_segments_table(f"{labelled['out']}/segments", ["0000"])
     assert table.select(["frame_index", "track_id", "area"]).to_pylist() == \

@@ -1,7 +1,8 @@
 """Overlay frames people can look at: each track id painted in its own colour, the same in
 every frame (the colour is a function of the id alone), over the video frame; each thing
 labelled with its track id and class name, the frame's time, and below the frame a legend of
-the video's classes."""
+classes (a frame's own, in a strip as tall as all the model's classes need, so that frames
+rendered one at a time all have one size)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -91,10 +92,8 @@ def _scale(height: int) -> float:
     return max(0.3, height / 900)
 
 
-def legend_strip(classes: Sequence[Category], width: int, scale: float) -> np.ndarray:
-    """``(h, width, 3) uint8``: the classes as swatches (class colour) and names, left to right,
-    wrapped into as many rows as the width needs. Its height depends on the classes and the
-    width only, so one legend per video keeps every overlay frame the same size."""
+def _legend_rows(classes: Sequence[Category], width: int, scale: float) -> list[list[tuple[int, Category]]]:
+    """The legend's entries as rows of (x, class), wrapped at ``width``."""
     line = int(24 * scale) + 6
     thickness = max(1, int(round(scale * 2)))
     rows, x = [[]], 4
@@ -105,7 +104,20 @@ def legend_strip(classes: Sequence[Category], width: int, scale: float) -> np.nd
             x = 4
         rows[-1].append((x, category))
         x += w
-    height = line * len(rows) + 4
+    return rows
+
+
+def legend_strip(classes: Sequence[Category], width: int, scale: float,
+                 room: Sequence[Category] | None = None) -> np.ndarray:
+    """``(h, width, 3) uint8``: the classes as swatches (class colour) and names, left to right,
+    wrapped into as many rows as the width needs. Its height depends on the classes and the
+    width only, or with ``room`` (e.g. all the model's classes) on ``room`` and the width: a
+    strip that lists each frame's own classes keeps every overlay frame the same size that way."""
+    line = int(24 * scale) + 6
+    thickness = max(1, int(round(scale * 2)))
+    rows = _legend_rows(classes, width, scale)
+    n_rows = max(len(rows), len(_legend_rows(room, width, scale))) if room is not None else len(rows)
+    height = line * n_rows + 4
     strip = np.full((height + height % 2, width, 3), 32, np.uint8)  # even: video codecs want even sizes
     for r, row in enumerate(rows):
         y = r * line + 4
@@ -118,12 +130,14 @@ def legend_strip(classes: Sequence[Category], width: int, scale: float) -> np.nd
 
 def render_overlay(rgb: np.ndarray, ids: np.ndarray, segments: Sequence[LabelledSegment] = (), *,
                    timestamp_ns: int | None = None, legend: Sequence[Category] | None = None,
-                   categories: Sequence[Category] = CITYSCAPES_CATEGORIES, alpha: float = 0.5) -> np.ndarray:
+                   categories: Sequence[Category] = CITYSCAPES_CATEGORIES, alpha: float = 0.5,
+                   legend_room: Sequence[Category] | None = None) -> np.ndarray:
     """``rgb (H, W, 3) uint8`` blended with the colours of ``ids (H, W) int`` (VOID left as is),
     segment boundaries in black; each thing of ``segments`` boxed and labelled ``<track id>
     <class>`` inside its box (things too small to hold the label keep the box only), the frame's
-    time at the top left. With ``legend`` (the classes of the video), a
-    :func:`legend_strip` is added below the frame, so the legend hides none of the scene.
+    time at the top left. With ``legend`` (the classes to list: the frame's own, or a video's), a
+    :func:`legend_strip` is added below the frame, so the legend hides none of the scene; with
+    ``legend_room`` the strip is as tall as those classes would need (every frame the same size).
     Stuff takes its colour and every segment its name from ``categories`` (the model's classes,
     default Cityscapes'). Returns ``(H, W, 3) uint8``, or ``(H + strip, W, 3)`` with a legend."""
     stuff, names = _stuff_of(categories), {c.id: c.name for c in categories}
@@ -152,6 +166,29 @@ def render_overlay(rgb: np.ndarray, ids: np.ndarray, segments: Sequence[Labelled
             _text(out, label, (x + 1, y + 1), scale, (255, 255, 255), colour)
     if timestamp_ns is not None:
         _text(out, format_timestamp(timestamp_ns), (4, 4), scale, (255, 255, 255))
-    if legend:
-        out = np.vstack([out, legend_strip(legend, out.shape[1], scale)])
+    if legend or legend_room:  # with room: also a frame without a class has its (empty) strip
+        out = np.vstack([out, legend_strip(legend or (), out.shape[1], scale, legend_room)])
     return out
+
+
+OVERLAY_JPEG_QUALITY = 90
+"""JPEG quality of an overlay video's frames (Motion-JPEG: each frame one JPEG)."""
+
+
+def render_frame_overlay(rgb: np.ndarray, ids: np.ndarray, segments: Sequence[LabelledSegment], *,
+                         timestamp_ns: int | None = None,
+                         categories: Sequence[Category] = CITYSCAPES_CATEGORIES) -> np.ndarray:
+    """One frame of an overlay video, rendered on its own (where the frame is, without the rest of
+    the video): :func:`render_overlay` with the legend of the frame's own classes, in a strip as
+    tall as all of ``categories`` would need, so every frame of a video has one size whichever
+    classes it shows. ``(H + strip, W, 3) uint8``."""
+    return render_overlay(rgb, ids, segments, timestamp_ns=timestamp_ns, legend=legend_classes(segments, categories),
+                          categories=categories, legend_room=categories)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = OVERLAY_JPEG_QUALITY) -> bytes:
+    """``(H, W, 3) uint8`` RGB → JPEG bytes."""
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a JPEG")
+    return data.tobytes()

@@ -76,6 +76,16 @@ def actor_index(video_id: str, n_actors: int) -> int:
     return zlib.crc32(str(video_id).encode()) % n_actors
 
 
+def _without_pixels(frame: TrackedFrame) -> TrackedFrame:
+    """``frame`` without the pixels its label carries for the sink
+    (:class:`pipelines.label.stages.FrameLabel`): the caller that pushed the frame's chunk still
+    has them, so they need not travel back. Frames of chunks held earlier keep theirs."""
+    label = frame.image_id
+    if getattr(label, "rgb", None) is not None:
+        frame.image_id = label._replace(rgb=None)
+    return frame
+
+
 def _get_first(handle: list) -> TrackChunk:
     return ray.get(handle[0])
 
@@ -120,7 +130,7 @@ class AssociationActor:
         out = op.push(start, stop, chunk_ref)
         if self.checkpoints is not None and op.next_start != before:
             self.checkpoints.save(video_id, op)  # before the frames leave: a boundary is never ahead of them
-        return out
+        return [_without_pixels(f) if start <= f.frame_index < stop else f for f in out]
 
     def checkpoint(self, video_id: str) -> bytes:
         return self._operator(video_id).checkpoint()

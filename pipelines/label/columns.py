@@ -70,10 +70,12 @@ FLOW = {"flow": Column(np.float32, (1, 1, 2))}
 """Added by flow: ``flow (n, H, W, 2) float32`` (current → previous; a video's frame 0 has none)."""
 TRACKED = {"frame_indices": Column(np.int64), "image_ids": Column(np.str_), **TIMES,
            "frame_errors": Column(np.str_), "panoptic": Column(np.int32, (1, 1)), "segments": SEGMENT["segments"],
-           **GT}
+           **GT, "rgb_frames": Column(np.int64), "rgb": DECODE["rgb"]}
 """The associate stage's rows: the frames that became trackable (``m`` of them, possibly of
 earlier chunks), with their image ids, times, errors (empty: tracked), track-id maps
-``panoptic (m, H, W) int32``, segment records and GT records."""
+``panoptic (m, H, W) int32``, segment records and GT records; the pixels of those the sink
+renders (overlay, thumbnail): ``rgb (k, H, W, 3) uint8`` of frames ``rgb_frames (k,) int64``
+(none when the run renders nothing)."""
 
 
 def blank(*schemas: Mapping[str, Column]) -> Callable[[dict], None]:

@@ -134,6 +134,13 @@ class LabelConfig:
         if self.gt_json and not self.gt_dir:
             object.__setattr__(self, "gt_dir", fs.join(self.gt_json.rsplit("/", 1)[0], "panoptic"))
 
+    @property
+    def render(self) -> str:
+        """What the sink renders from the frames the run decoded (:data:`pipelines.label.stages.RENDER`):
+        ``"overlay"`` every frame (``--overlay``; the thumbnail is its middle frame), ``"thumbnail"``
+        the middle frame only (``--review`` without ``--overlay``), ``""`` nothing."""
+        return "overlay" if self.write_overlay else "thumbnail" if self.review else ""
+
     def host_kwargs(self) -> dict:
         """Constructor arguments of the segmentation host."""
         from operators.segmentation.spec import MaskClassificationConfig

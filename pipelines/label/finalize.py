@@ -1,10 +1,12 @@
 """Finishing one video once all its frames are staged: per-video annotations (with each
-frame's ``timestamp_ns``), metric sums against the GT, the overlay video, the review outputs
-(:mod:`pipelines.review`), then the commit (:mod:`pipelines.commit`).
+frame's ``timestamp_ns``), metric sums against the GT, the overlay video (assembled from the
+JPEG frames the sink rendered), the review outputs (:mod:`pipelines.review`), then the commit
+(:mod:`pipelines.commit`).
 
 This runs as one Ray task per video (launched by the driver when the sink has reported
 every frame of the video); everything it reads is in the video's staging prefix, so it needs
-no pixels from the pipeline. Bad input (missing GT, a GT PNG that does not decode) makes the
+no pixels from the pipeline and decodes no video (the size of a video without any segment
+aside: its first frame). Bad input (missing GT, a GT PNG that does not decode) makes the
 video fail with a row naming the file; nothing of it is committed.
 """
 from __future__ import annotations
@@ -24,15 +26,15 @@ from operators.formats.panoptic import PanopticFrame, SegmentInfo
 from operators.metrics.stq import StqStats
 from operators.metrics.video import EvaluationSettings, VideoEvaluation, frame_gaps, frame_inputs_table, score_tables
 from operators.metrics.vpq import VpqStats
-from operators.review.overlay import legend_classes, render_overlay
-from operators.video import VideoWriter, open_video
+from operators.video import open_video
+from operators.video.mjpeg_avi import MjpegAviWriter
 from operators.ids import png_name, video_key
 from pipelines.lease import check_holder
 from pipelines.commit import CommitMarker, OutputLayout, commit_video, remove_tree
-from pipelines.label.sink import FRAME_TABLES_DIR, FRAME_TIMES_DIR, read_frame_tables, read_frame_times
+from pipelines.label.sink import (FRAME_TABLES_DIR, FRAME_TIMES_DIR, OVERLAY_FRAMES_DIR, iter_overlay_frames,
+                                  read_frame_tables, read_frame_times)
 from pipelines.label.ground_truth import GtRef, VideoGt, frame_image_id, gt_frame_inputs, read_video_gt, table_frames
-from pipelines.review import (frame_ids, labelled_segments, review_part_rel, thumbnail_rel, write_review_part,
-                              write_thumbnail)
+from pipelines.review import review_part_rel, thumbnail_rel, write_review_part
 
 
 @dataclass
@@ -71,7 +73,7 @@ def metrics_rel(video_id: str) -> str:
 
 
 def overlay_rel(video_id: str) -> str:
-    return f"overlays/{video_key(video_id)}.mp4"
+    return f"overlays/{video_key(video_id)}.avi"
 
 
 def _staged_frames(staging: str, frame_count: int, size: tuple[int, int] | None):
@@ -130,15 +132,32 @@ def _evaluate(task: VideoTask, gt: VideoGt, staging: str, size, settings: Evalua
     return VideoEvaluation(task.video_id, len(indices), vpq, stq, None, 0, frame_gaps(indices))
 
 
-def _write_overlay(task: VideoTask, staging: str, by_frame: dict, times: dict) -> None:
-    legend = legend_classes([s for rows in by_frame.values() for s in labelled_segments(rows)], task.categories)
-    with open_video(task.uri) as source, VideoWriter(fs.join(staging, overlay_rel(task.video_id)),
-                                                     fps=source.meta.fps or 10.0) as writer:
-        for index, (rgb, timestamp) in enumerate(source.iter_timed()):
-            rows = by_frame.get(index, [])
-            writer.write(render_overlay(rgb, frame_ids(rows, rgb.shape[:2]), labelled_segments(rows),
-                                        timestamp_ns=times.get(index, timestamp), legend=legend,
-                                        categories=task.categories))
+DEFAULT_FPS = 10.0
+"""The overlay's frame rate when the frames have no times (an image directory) to measure it from."""
+
+
+def frame_rate(times: dict[int, int | None], frame_count: int) -> float:
+    """Frames per second from the frames' times (the first to the last), as the source's own
+    metadata would say it (a log's rate is measured the same way); :data:`DEFAULT_FPS` without times."""
+    first, last = times.get(0), times.get(frame_count - 1)
+    if frame_count > 1 and first is not None and last is not None and last > first:
+        return (frame_count - 1) * 1e9 / (last - first)
+    return DEFAULT_FPS
+
+
+def _write_overlay(task: VideoTask, staging: str, times: dict) -> None:
+    """``overlays/<video>.avi`` (Motion-JPEG) from the overlay frames the sink rendered and
+    staged as JPEGs (:func:`pipelines.label.sink.render_frames`): their bytes one after another,
+    in frame order, without decoding the video or re-encoding a frame."""
+    with MjpegAviWriter(fs.join(staging, overlay_rel(task.video_id)), frame_rate(times, task.frame_count)) as writer:
+        for index, jpeg in iter_overlay_frames(staging):
+            if index != writer.frames_written:
+                raise RuntimeError(f"video {task.video_id}: overlay frame {writer.frames_written} was not staged "
+                                   f"(the next staged one is {index})")
+            writer.write(jpeg)
+        if writer.frames_written != task.frame_count:
+            raise RuntimeError(f"video {task.video_id}: {writer.frames_written} of {task.frame_count} overlay "
+                               "frames were staged")
 
 
 def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, model_checksums: dict,
@@ -178,14 +197,14 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         remove_tree(fs.join(staging, FRAME_TABLES_DIR))  # scored: not an output
         if write_overlay:
             stage = "overlay"
-            _write_overlay(task, staging, by_frame, times)
+            _write_overlay(task, staging, times)
+        remove_tree(fs.join(staging, OVERLAY_FRAMES_DIR))  # in the video now: not an output
         if review:
             stage = "review"
             write_review_part(fs.join(staging, review_part_rel(task.video_id)), task.uri, task.frame_count, by_frame,
                               size, times, task.categories)
-        if review or write_overlay:
-            write_thumbnail(fs.join(staging, thumbnail_rel(task.video_id)), task.uri, task.frame_count, by_frame,
-                            times, task.categories)
+        if (review or write_overlay) and not fs.exists(fs.join(staging, thumbnail_rel(task.video_id))):
+            raise RuntimeError(f"video {task.video_id}: the sink staged no thumbnail")  # it renders the middle frame
         stage = "commit"
         rows = [r for frame_rows in by_frame.values() for r in frame_rows]
         counts = {"frames": task.frame_count, "segments": len(rows),

@@ -5,7 +5,7 @@
     videos ─ plan+decode (CPU tasks) ─ segment (model actor pool; 1 GPU each when the cluster
     has GPUs) ─ flow (actor pool) ─ associate (per-video actors, sharded by video id, chunks
     in frame order, ObjectRefs) ─ sink (staging: segments table, frame times, the annotated
-    frames' contingency tables vs GT, PNGs) ─► summary rows
+    frames' contingency tables vs GT, PNGs, overlay frames) ─► summary rows
 
 Ray Data streams chunks through the stages with backpressure, so memory is bounded by the
 blocks in flight, not by the corpus. The stages themselves are in :mod:`pipelines.label.stages`;
@@ -170,11 +170,13 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     ds = ds.map_batches(FlowChunks, fn_constructor_kwargs={"flow": config.flow, "options": config.flow_options},
                         batch_size=1, compute=actor_pool(plan["flow_actors"]),
                         num_cpus=cpus["flow"], **ACTOR_FAULTS)
-    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool, "chunk_frames": config.chunk_frames},
+    ds = ds.map_batches(AssociateChunks, fn_constructor_kwargs={"pool": pool, "chunk_frames": config.chunk_frames,
+                                                               "render": config.render},
                         batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=plan["association_actors"]), num_cpus=cpus["feeder"],
                         **ACTOR_FAULTS)
     return ds.map_batches(write_frames, fn_kwargs={"root": root, "run_id": run_id, "write_png": config.write_png,
-                                                   "categories": categories, "settings": settings},
+                                                   "categories": categories, "settings": settings,
+                                                   "render": config.render},
                           batch_size=1, num_cpus=cpus["sink"], compute=tasks, **TASK_FAULTS)
 

@@ -97,6 +97,7 @@ class LocalJob:
     categories: object
     settings: object
     threads: int
+    render: str = ""
 
 
 _stages = None  # this process's (job, segment, flow, associate) stages, built by _start_worker
@@ -114,7 +115,8 @@ def _start_worker(job: LocalJob) -> None:
     if "torch" in sys.modules:  # the segmenter imported it (precomputed predictions do not)
         sys.modules["torch"].set_num_threads(job.threads)
     flow = FlowChunks(job.flow, job.flow_options)
-    associate = AssociateChunks(LocalAssociation(TrackerConfig.from_json(job.tracker_json)), job.chunk_frames)
+    associate = AssociateChunks(LocalAssociation(TrackerConfig.from_json(job.tracker_json)), job.chunk_frames,
+                                job.render)
     _stages = (job, segment, flow, associate)
 
 
@@ -129,7 +131,7 @@ def label_video(row: dict) -> list[dict]:
         for chunk in plan_video(row, job.chunk_frames, job.image_id_format):
             tracked = associate.associate(flow.flow(segment.segment(decode_chunk(chunk))))
             summaries.extend(rows_of(write_frames(batch_of([tracked]), job.root, job.run_id, job.write_png,
-                                                  job.categories, job.settings)))
+                                                  job.categories, job.settings, job.render)))
     finally:
         associate.pool.finish(str(row["video_id"]))
     return summaries
@@ -204,7 +206,7 @@ def local_plan(config, n_videos: int, root: str, run_id: str, categories, settin
     threads = max(1, cores // processes)
     job = LocalJob(config.host_kwargs(), config.flow, dict(config.flow_options),
                    config.tracker_for(categories).to_json(), config.chunk_frames, config.image_id_format, root,
-                   run_id, config.write_png, categories, settings, threads)
+                   run_id, config.write_png, categories, settings, threads, config.render)
     plan = {"finalize_window": 2 * processes}
     return plan, lambda passes: LocalEngine(job, processes), {"executor": "local", "processes": processes,
                                                               "threads": threads}

@@ -160,11 +160,30 @@ def early_chunk_bound(frame_count: int, resume_from: int, chunk_frames: int) -> 
 # ---------------------------------------------------------------------------- ground truth
 class FrameLabel(NamedTuple):
     """What the tracker carries through untouched for the writers as a frame's ``image_id``
-    (a frame can come back with a later chunk's row): its image id, time and GT record."""
+    (a frame can come back with a later chunk's row): its image id, time and GT record, and
+    its pixels ``(H, W, 3) uint8`` where the sink renders the frame (:func:`renders`)."""
 
     image_id: str
     timestamp_ns: int | None
     gt: GtFrame | None = None
+    rgb: np.ndarray | None = None
+
+
+RENDER = ("", "overlay", "thumbnail")
+"""What the sink renders from the decoded frames (:attr:`pipelines.label.config.LabelConfig.render`):
+nothing, every frame (the overlay video, whose middle frame is also the thumbnail), or only the
+middle frame (the thumbnail)."""
+
+
+def renders(render: str, frame_index: int, frame_count: int) -> bool:
+    """Whether the sink renders frame ``frame_index`` of a video of ``frame_count`` frames; such a
+    frame's pixels travel to the sink with it (:class:`FrameLabel`, the ``rgb`` column)."""
+    return render == "overlay" or (render == "thumbnail" and frame_index == thumbnail_frame(frame_count))
+
+
+def thumbnail_frame(frame_count: int) -> int:
+    """The frame a video's thumbnail shows: its middle one."""
+    return frame_count // 2
 
 
 def _gt_record(label: tuple) -> GtFrame | None:
@@ -291,13 +310,17 @@ class FlowChunks:
 
 # ---------------------------------------------------------------------------- associate
 def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", failed: int = 0,
-                 lost: bool = False) -> dict:
+                 lost: bool = False, render: str = "") -> dict:
     """The associate stage's output for one input chunk: the frames that became trackable (any
     number, possibly of earlier chunks the actor was holding), as one row. One row per chunk, not
     per frame: Ray Data moves every row out of this stage as a block of its own (one chunk per
     block, see :func:`pipelines.label.graph.ray_data_settings`), and per-frame blocks made the
     executor's per-block cost the bottleneck on short clips (100 videos x 10 frames: the upstream
-    stages were done after 22 s, the run after 84 s)."""
+    stages were done after 22 s, the run after 84 s).
+
+    The pixels of the frames the sink renders (``render``, :func:`renders`) go in ``rgb`` with
+    their frame indices in ``rgb_frames``: from the frame's label when it has them (a frame of a
+    chunk held by the association actor), else from this chunk's decoded frames."""
     good = [f for f in frames if not f.error]
     shape = good[0].panoptic.ids.shape if good else (1, 1)
     return {"video_id": row["video_id"], "uri": row["uri"], "frame_count": int(row["frame_count"]),
@@ -309,8 +332,27 @@ def _tracked_row(row: dict, frames: list, error: str = "", stage: str = "", fail
                                   for f in frames]) if frames else columns.TRACKED["panoptic"].empty(),
             **segment_columns(f.panoptic.segments if not f.error else [] for f in frames),
             **gt_columns(g for g in map(_gt_record, (f.image_id for f in frames)) if g is not None),
+            **_pixel_columns(row, good, render),
             "error": error, "stage": stage, "failed_frames": int(failed), "lost": bool(lost),
             **{f"t_{s}": float(row.get(f"t_{s}", 0.0)) for s in TIMED if s != "sink"}}
+
+
+def _pixel_columns(row: dict, frames: list, render: str) -> dict[str, np.ndarray]:
+    """``rgb (k, H, W, 3) uint8`` and ``rgb_frames (k,) int64`` of the ``frames`` the sink renders."""
+    count, start, end = int(row["frame_count"]), int(row.get("frame_start", 0)), int(row.get("frame_end", 0))
+    indices, pixels = [], []
+    for f in frames:
+        if not renders(render, f.frame_index, count):
+            continue
+        label = f.image_id
+        rgb = label.rgb if len(label) > 3 and label.rgb is not None else (
+            row["rgb"][f.frame_index - start] if start <= f.frame_index < end and len(row.get("rgb", ())) else None)
+        if rgb is None:
+            raise RuntimeError(f"video {row['video_id']} frame {f.frame_index}: its pixels did not reach the sink")
+        indices.append(f.frame_index)
+        pixels.append(rgb)
+    return {"rgb_frames": np.array(indices, np.int64),
+            "rgb": np.stack(pixels) if pixels else columns.TRACKED["rgb"].empty()}
 
 
 class AssociateChunks:
@@ -324,8 +366,8 @@ class AssociateChunks:
     anything with ``track(chunk, resume_from, max_held)`` → the frames that became trackable.
     """
 
-    def __init__(self, pool, chunk_frames: int):
-        self.pool, self.chunk_frames = pool, chunk_frames
+    def __init__(self, pool, chunk_frames: int, render: str = ""):
+        self.pool, self.chunk_frames, self.render = pool, chunk_frames, render
 
     def __call__(self, batch: dict) -> dict:
         return map_rows(batch, self.associate)
@@ -345,21 +387,22 @@ class AssociateChunks:
 
     @stage("associate", passed=_failed_upstream, failed=_lost_chunk)
     def associate(self, row: dict) -> dict:
-        chunk = track_chunk(row)
+        chunk = track_chunk(row, self.render)
         held = early_chunk_bound(int(row["frame_count"]), int(row["resume_from"]), self.chunk_frames)
-        return _tracked_row(row, self.pool.track(chunk, int(row["resume_from"]), held))
+        return _tracked_row(row, self.pool.track(chunk, int(row["resume_from"]), held), render=self.render)
 
 
-def track_chunk(row: dict):
+def track_chunk(row: dict, render: str = ""):
     """A chunk row (after flow) as the tracker's :class:`~operators.association.TrackChunk`. The
     tracker carries each frame's ``image_id`` through untouched for the writers: a
-    :class:`FrameLabel` with the frame's image id, time and GT record, since a frame can come
-    back with a later chunk's row."""
+    :class:`FrameLabel` with the frame's image id, time and GT record (and its pixels where the
+    sink renders it, ``render``), since a frame can come back with a later chunk's row."""
     from operators.association import TrackChunk, TrackerFrame
 
     ids, embeddings, start = row["panoptic"], row["embeddings"], int(row["frame_start"])
-    frames, offset, gt = [], 0, gt_of(row)
-    labels = [FrameLabel(image_id, time, gt.get(start + i))
+    frames, offset, gt, count = [], 0, gt_of(row), int(row["frame_count"])
+    labels = [FrameLabel(image_id, time, gt.get(start + i),
+                         row["rgb"][i] if renders(render, start + i, count) else None)
               for i, (image_id, time) in enumerate(zip(row["image_ids"].tolist(), times_of(row)))]
     for i, (label, infos) in enumerate(zip(labels, segments_of(row, len(labels)))):
         vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None

@@ -13,6 +13,16 @@ metrics, commit; no overlay) both ways:
 The after-sink also scores the annotated frames (reads the GT PNGs, builds the tables): that is
 printed too, as the sink's added time per video, so the move is not hidden.
 
+A second test measures finalize with ``--overlay`` (no GT) both ways:
+
+* **before** (baseline, a transcription of the replaced ``finalize._write_overlay`` and
+  ``pipelines.review.write_thumbnail``): decode the source video again, render every frame with
+  the legend of the video's classes, encode an mp4v ``overlays/<video>.mp4``; decode the middle
+  frame again for the thumbnail;
+* **after**: the sink renders each frame it writes from the pixels it already has and stages it
+  as a JPEG (its added time is printed: the work moved into the stream, not gone); finalize puts
+  the JPEG bytes into ``overlays/<video>.avi`` (``MjpegAviWriter``), decoding nothing.
+
 Run: ``PYTHONPATH=. python -m pytest -m benchmark -s tests/benchmarks/bench_label_finalize.py``
 """
 from __future__ import annotations
@@ -59,14 +69,15 @@ def _old_evaluate(task, gt, staging, size, settings):
     return evaluate_video(VideoInputs(task.video_id, frames, "label pipeline"), settings)
 
 
-def _stage(out, run_id, predictions, records, settings) -> float:
+def _stage(out, run_id, predictions, records, settings, rgb=None, times=None, render="") -> float:
     start = time.process_time()
     for first in range(0, FRAMES, CHUNK):
-        frames = [TrackedFrame("0000", i, FrameLabel(f"0000_{i:04d}", None, records.get(i)), predictions[i])
+        frames = [TrackedFrame("0000", i, FrameLabel(f"0000_{i:04d}", times[i] if times else None, records.get(i),
+                                                     rgb[i] if render else None), predictions[i])
                   for i in range(first, min(FRAMES, first + CHUNK))]
-        row = _tracked_row({"video_id": "0000", "uri": "", "frame_count": FRAMES}, frames)
+        row = _tracked_row({"video_id": "0000", "uri": "", "frame_count": FRAMES}, frames, render=render)
         write_frames(batch_of([row]), out, run_id, write_png=False, categories=CITYSCAPES_CATEGORIES,
-                     settings=settings)
+                     settings=settings, render=render)
     return time.process_time() - start
 
 
@@ -104,3 +115,85 @@ def test_finalize_from_staged_tables_vs_png_round_trip(tmp_path, monkeypatch):
           f"sink per video: {best['sink_old']:.3f} s without GT, {best['sink_new']:.3f} s scoring the frames "
           f"(+{best['sink_new'] - best['sink_old']:.3f} s); before+sink {best['before'] + best['sink_old']:.3f} s "
           f"vs after+sink {best['after'] + best['sink_new']:.3f} s")
+
+
+def _old_overlay_and_thumbnail(video_uri: str, out: str, by_frame: dict, times: dict,
+                               categories=CITYSCAPES_CATEGORIES) -> None:
+    """The replaced overlay and thumbnail of finalize (before 2026-12-05), transcribed: the
+    source decoded again, the legend of the whole video's classes, an mp4v file; the middle
+    frame decoded again for the thumbnail."""
+    import cv2
+
+    from operators.review.overlay import legend_classes, render_overlay
+    from operators.video import VideoWriter, open_video
+    from pipelines.review import frame_ids, labelled_segments
+
+    legend = legend_classes([s for rows in by_frame.values() for s in labelled_segments(rows)], categories)
+    with open_video(video_uri) as source, VideoWriter(fs.join(out, "overlays", "0000.mp4"),
+                                                     fps=source.meta.fps or 10.0) as writer:
+        for index, (rgb, timestamp) in enumerate(source.iter_timed()):
+            rows = by_frame.get(index, [])
+            writer.write(render_overlay(rgb, frame_ids(rows, rgb.shape[:2]), labelled_segments(rows),
+                                        timestamp_ns=times.get(index, timestamp), legend=legend,
+                                        categories=categories))
+    index = FRAMES // 2
+    with open_video(video_uri) as source:
+        rgb = source.read(index, index + 1)[0]
+    rows = by_frame.get(index, [])
+    segments = labelled_segments(rows)
+    image = render_overlay(rgb, frame_ids(rows, rgb.shape[:2]), segments, timestamp_ns=times.get(index),
+                           legend=legend_classes(segments, categories), categories=categories)
+    small = cv2.resize(image, (320, max(1, round(image.shape[0] * 320 / image.shape[1]))), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    fs.write_bytes(fs.join(out, "thumbnails", "0000.jpg"), jpeg.tobytes())
+
+
+@pytest.mark.parametrize("height,width", [(1024, 2048), (256, 512)])
+def test_finalize_overlay_from_staged_jpegs_vs_decoding_again(tmp_path, height, width):
+    import os
+
+    from operators.video import open_video
+    from pipelines.label.finalize import overlay_rel
+
+    cfg = SynthConfig(videos=1, frames=FRAMES, height=height, width=width, seed=5)
+    write_corpus(str(tmp_path / "corpus"), cfg)
+    video_uri = str(tmp_path / "corpus" / "videos" / "0000.mp4")
+    with open_video(video_uri) as source:  # the frames the pipeline decoded, with their times
+        rgb, stamps = source.read_timed(0, FRAMES)
+    rng = np.random.default_rng(0)
+    predictions = [scramble_ids(f.panoptic, rng) for f in generate_video(cfg, 0)]
+    task = VideoTask("0000", video_uri, "fp", FRAMES, "{video_id}_{frame_index:04d}")
+    times = {"before": [], "after": [], "sink_old": [], "sink_new": []}
+    wall = {"before": [], "after": []}
+    sizes = {}
+    for repeat in range(REPEATS):
+        for way in ("before", "after"):
+            out, run_id = str(tmp_path / f"ov_{way}_{repeat}"), "run"
+            render = "overlay" if way == "after" else ""
+            times["sink_new" if render else "sink_old"].append(
+                _stage(out, run_id, predictions, {}, None, rgb, stamps, render))
+            staging = OutputLayout(out).staging(run_id, "0000")
+            by_frame, _ = finalize._staged_frames(staging, FRAMES, None)  # finalize has them loaded anyway
+            frame_times = dict(enumerate(stamps))
+            with Lease(out, run_id):
+                start, clock = time.process_time(), time.perf_counter()
+                if way == "before":
+                    result = finalize_video(out, run_id, task, "h", {}, None, write_overlay=False)
+                    _old_overlay_and_thumbnail(video_uri, str(tmp_path / f"old_{repeat}"), by_frame, frame_times)
+                else:
+                    result = finalize_video(out, run_id, task, "h", {}, None, write_overlay=True)
+                times[way].append(time.process_time() - start)
+                wall[way].append(time.perf_counter() - clock)
+            assert result.status == "ok", result.error
+        sizes = {"mp4": os.path.getsize(tmp_path / f"old_{repeat}" / "overlays" / "0000.mp4"),
+                 "avi": os.path.getsize(fs.join(out, overlay_rel("0000")))}
+    with open_video(fs.join(out, overlay_rel("0000"))) as overlay:
+        assert overlay.meta.frame_count == FRAMES
+    best = {k: min(v) for k, v in times.items()}
+    print(f"\nfinalize --overlay per video ({FRAMES} frames, {height}x{width}, CPU s, best of {REPEATS}): "
+          f"before {best['before']:.3f} s, after {best['after']:.3f} s: {best['before'] / best['after']:.1f}x "
+          f"(wall {min(wall['before']):.3f} vs {min(wall['after']):.3f} s); sink per video {best['sink_old']:.3f} s "
+          f"without rendering, {best['sink_new']:.3f} s rendering (+{best['sink_new'] - best['sink_old']:.3f} s); "
+          f"before+sink {best['before'] + best['sink_old']:.3f} s vs after+sink {best['after'] + best['sink_new']:.3f} s "
+          f"({(best['before'] + best['sink_old']) / (best['after'] + best['sink_new']):.2f}x); "
+          f"file {sizes['mp4'] / 1e6:.2f} MB mp4v vs {sizes['avi'] / 1e6:.2f} MB MJPEG ({sizes['avi'] / sizes['mp4']:.1f}x)")
