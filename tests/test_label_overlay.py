@@ -180,3 +180,22 @@ def test_frame_rate_from_the_frames_times():
     assert frame_rate({i: 5 + i * PERIOD_NS for i in range(FRAMES)}, FRAMES) == pytest.approx(20.0)
     assert frame_rate({i: None for i in range(FRAMES)}, FRAMES) == 10.0  # an image directory: no times
     assert frame_rate({0: 7}, 1) == 10.0
+
+
+def test_the_pixels_a_label_carries_into_the_tracker_are_not_sent_twice(corpus):
+    """The tracker's frame and the frame's label share one array: the chunk the feeder puts in
+    the object store for the association actor is no larger with the overlay on."""
+    import pickle
+
+    from pipelines.label.columns import gt_columns, segment_columns, strings, time_columns
+    from pipelines.label.stages import track_chunk
+
+    n = 4
+    row = {"video_id": VIDEO, "frame_start": 0, "frame_end": n, "frame_count": FRAMES,
+           "image_ids": strings(f"{VIDEO}_{i:04d}" for i in range(n)), **time_columns([None] * n), **gt_columns([]),
+           **segment_columns([[]] * n), "panoptic": np.zeros((n, 64, 128), np.int32),
+           "embeddings": np.zeros((0, 0), np.float32), "rgb": np.stack(corpus["rgb"][:n]),
+           "flow": np.zeros((n, 64, 128, 2), np.float32)}
+    plain, rendered = (len(pickle.dumps(track_chunk(row, render), protocol=5)) for render in ("", "overlay"))
+    assert all(f.image_id.rgb is not None for f in track_chunk(row, "overlay").frames)
+    assert rendered < plain + 2000  # the labels' references, not another n × 64 × 128 × 3 bytes

@@ -13,8 +13,8 @@ the last chunk boundary that has both
 * an association checkpoint in the output store (written by the actor after every push that
   consumed chunks, :class:`pipelines.label.association_actor.CheckpointStore`), and
 * every frame before it staged, in sink writes that end before it (what a write staged after the
-  loss, or straddling the boundary, is deleted first: its segments part, and its frame-times and
-  contingency-table parts, :data:`pipelines.label.sink.FRAME_PART_DIRS`).
+  loss, or straddling the boundary, is deleted first: its segments part, and its frame-times,
+  contingency-table and overlay-frame parts, :data:`pipelines.label.sink.FRAME_PART_DIRS`).
 
 The tracker is deterministic, so the resumed video has the track ids of an uninterrupted run.
 A video still lost after :data:`MAX_PASSES` passes fails with a row naming the losses.
@@ -113,7 +113,7 @@ def prepare_retry(layout: OutputLayout, run_id: str, progress: VideoProgress, bo
         for name in filesystem.ls(path, detail=False) if filesystem.exists(path) else []:
             if name.rstrip("/").rsplit("/", 1)[-1] not in keep:
                 filesystem.rm(name, recursive=True)
-        for folder in FRAME_PART_DIRS:  # frame times, contingency tables: named by their frames
+        for folder in FRAME_PART_DIRS:  # frame times, contingency tables, overlay frames: named by their frames
             filesystem, path = fs.fresh(fs.join(staging, folder))
             for name in filesystem.ls(path, detail=False) if filesystem.exists(path) else []:
                 span = frame_part_span(name)

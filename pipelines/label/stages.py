@@ -401,14 +401,14 @@ def track_chunk(row: dict, render: str = ""):
 
     ids, embeddings, start = row["panoptic"], row["embeddings"], int(row["frame_start"])
     frames, offset, gt, count = [], 0, gt_of(row), int(row["frame_count"])
-    labels = [FrameLabel(image_id, time, gt.get(start + i),
-                         row["rgb"][i] if renders(render, start + i, count) else None)
+    pixels = list(row["rgb"])  # one view per frame, shared by the tracker and the label: pickled once
+    labels = [FrameLabel(image_id, time, gt.get(start + i), pixels[i] if renders(render, start + i, count) else None)
               for i, (image_id, time) in enumerate(zip(row["image_ids"].tolist(), times_of(row)))]
     for i, (label, infos) in enumerate(zip(labels, segments_of(row, len(labels)))):
         vectors = embeddings[offset:offset + len(infos)] if embeddings.ndim == 2 else None
         offset += len(infos)
         index = start + i
-        frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), row["rgb"][i],
+        frames.append(TrackerFrame(index, PanopticFrame(ids[i], infos), pixels[i],
                                    row["flow"][i] if index > 0 else None,
                                    {s.id: v for s, v in zip(infos, vectors)}
                                    if vectors is not None and vectors.shape[1] else None, label))
