@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from operators.association import affinity, motion
-from operators.association.appearance import _moments, sample_stride, segment_statistics
+from operators.association.appearance import GaussianAppearance, _moments, sample_stride, segment_statistics
 from operators.association.tracker import _void_count
 
 RNG_SEEDS = range(12)
@@ -139,3 +139,35 @@ def test_void_count_equals_numpy(dtype):
     assert _void_count(ids[:, ::3]) == np.count_nonzero(ids[:, ::3] == 0)   # not contiguous
     assert _void_count(np.zeros((0, 5), dtype)) == 0
 
+
+
+def _category_gate_reference(track_categories, segment_categories, confusable):
+    t, s = np.asarray(track_categories)[:, None], np.asarray(segment_categories)[None, :]
+    gate = t == s
+    for group in confusable:
+        gate |= np.isin(t, np.asarray(group)) & np.isin(s, np.asarray(group))
+    return gate
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_category_gate_equals_isin_per_group(seed):
+    rng = np.random.default_rng(seed)
+    groups = tuple(tuple(int(c) for c in rng.choice(30, size=int(rng.integers(1, 6)), replace=False))
+                   for _ in range(int(rng.integers(0, 5))))          # groups may overlap, or be none
+    tracks, segments = rng.integers(0, 30, size=int(rng.integers(0, 40))), rng.integers(0, 30, size=int(rng.integers(0, 40)))
+    gate = affinity.category_gate(tracks, segments, groups)
+    assert gate.shape == (len(tracks), len(segments))
+    assert np.array_equal(gate, _category_gate_reference(tracks, segments, groups))
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_batched_appearance_update_is_bit_identical(seed):
+    rng = np.random.default_rng(seed)
+    n, dim = int(rng.integers(1, 45)), 6
+    beliefs = [GaussianAppearance(rng.random(dim), rng.uniform(1e-4, 0.1, size=dim)) for _ in range(n)]
+    xs, obs_std = rng.random((n, dim)), rng.uniform(0.01, 0.5, size=n)
+    means, variances = GaussianAppearance.updated_batch(np.array([b.mean for b in beliefs]),
+                                                        np.array([b.var for b in beliefs]), xs, obs_std, 0.02)
+    for k, belief in enumerate(beliefs):
+        single = belief.updated(xs[k], float(obs_std[k]), 0.02)
+        assert np.array_equal(single.mean, means[k]) and np.array_equal(single.var, variances[k])

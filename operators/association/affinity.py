@@ -163,13 +163,31 @@ def gaussian_affinity(x: np.ndarray, mean: np.ndarray, var: np.ndarray, obs_var:
 def category_gate(track_categories: np.ndarray, segment_categories: np.ndarray,
                   confusable: tuple[tuple[int, ...], ...] = ()) -> np.ndarray:
     """``(N, M) bool``: may track n take segment m? Same category, or both in one confusable group."""
-    t = np.asarray(track_categories)[:, None]
-    s = np.asarray(segment_categories)[None, :]
-    gate = t == s
-    for group in confusable:
-        members = np.asarray(group)
-        gate |= np.isin(t, members) & np.isin(s, members)
+    t = np.asarray(track_categories)
+    s = np.asarray(segment_categories)
+    gate = t[:, None] == s[None, :]
+    if confusable and t.size and s.size:
+        # Both in one group ⇔ their rows of the (category × group) membership share a 1: one small
+        # integer product instead of two np.isin calls per group (~40 µs each).
+        shared = _membership(t, confusable) @ _membership(s, confusable).T
+        gate |= shared > 0
     return gate
+
+
+def _membership(categories: np.ndarray, confusable: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """``(len(categories), len(confusable)) int64``: 1 where the category is in the group."""
+    rows = _membership_rows(confusable)
+    zero = rows[None]
+    return np.array([rows.get(int(c), zero) for c in categories.ravel()], np.int64).reshape(-1, len(confusable))
+
+
+@functools.lru_cache(maxsize=16)
+def _membership_rows(confusable: tuple[tuple[int, ...], ...]) -> dict:
+    """category → its membership row, and ``None`` → the all-zero row (categories in no group)."""
+    rows = {None: (0,) * len(confusable)}
+    for c in {c for group in confusable for c in group}:
+        rows[int(c)] = tuple(int(c in group) for group in confusable)
+    return rows
 
 
 def index_dtype(n_segments: int) -> type:

@@ -128,3 +128,13 @@ class GaussianAppearance:
         var = self.var + process_std ** 2
         gain = var / (var + obs_std ** 2)
         return GaussianAppearance(self.mean + gain * (np.asarray(x, np.float64) - self.mean), (1.0 - gain) * var)
+
+    @staticmethod
+    def updated_batch(means: np.ndarray, variances: np.ndarray, xs: np.ndarray, obs_std: np.ndarray,
+                      process_std: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`updated` for ``N`` beliefs at once: ``means``, ``variances``, observations ``xs``
+        ``(N, D)``, ``obs_std`` ``(N,)`` → the posteriors' ``(means, variances)``. The same
+        element-wise operations, so the same values bit for bit."""
+        var = variances + process_std ** 2
+        gain = var / (var + (np.asarray(obs_std, np.float64) ** 2)[:, None])
+        return means + gain * (np.asarray(xs, np.float64) - means), (1.0 - gain) * var

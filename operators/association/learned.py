@@ -200,9 +200,9 @@ def graph_features(tracker: VideoTracker, obs: _Observation, classes: tuple[int,
         gate = affinity.category_gate(trk_cat, det_cat, cfg.confusable_categories)
         mask[:] = gate
         if use_overlap and obs.overlap is not None:
-            for i, t in enumerate(tracks):
-                if t.track_id in row_of:
-                    edge_f[i, :, 0] = obs.overlap[row_of[t.track_id], cols]
+            with_mask = np.flatnonzero(has_mask)
+            rows = [row_of[tracks[i].track_id] for i in with_mask]
+            edge_f[with_mask, :, 0] = obs.overlap[np.ix_(rows, cols)]
             edge_f[:, :, 1] = has_mask[:, None]
         d2 = motion.mahalanobis_sq(means, covs, z, cfg.motion_noise)
         edge_f[:, :, 2] = np.log1p(np.minimum(d2, 1e6)) / 5
@@ -275,6 +275,7 @@ class LearnedTracker(VideoTracker):
         self._pending = None
         confusable = self.config.confusable_categories or CONFUSABLE_THINGS
         self._group = _group_of(confusable)
+        self._allowed: dict[int, list[int]] = {}
 
     # ------------------------------------------------------------------ per frame
     def update(self, frame: TrackerFrame) -> PanopticFrame:
@@ -338,20 +339,26 @@ class LearnedTracker(VideoTracker):
         states, score, class_logit = states.numpy(), torch.sigmoid(score_logit).numpy(), class_logit.numpy()
         classes = self.model.classes
         detection_class = {tid: col for col, tid in matches.items()}
+        states, score, class_logit = states.astype(np.float32), score.tolist(), class_logit.tolist()
         for k, tid in enumerate(ids):
             if tid not in self.tracks:  # removed by this frame's commit
                 continue
-            self.track_state[tid] = states[k].astype(np.float32)
-            self.learned_score[tid] = float(score[k])
+            self.track_state[tid] = states[k]
+            self.learned_score[tid] = score[k]
             if tid in detection_class:
-                detected = obs.segments[detection_class[tid]].category_id
-                group = self._group.get(detected, (detected,))
-                allowed = [i for i, c in enumerate(classes) if c in group]
+                allowed = self._allowed_classes(obs.segments[detection_class[tid]].category_id)
                 if allowed:
-                    self.learned_class[tid] = int(classes[max(allowed, key=lambda i: class_logit[k, i])])
+                    self.learned_class[tid] = int(classes[max(allowed, key=class_logit[k].__getitem__)])
         for store in (self.track_state, self.learned_class, self.learned_score):
             for tid in [x for x in store if x not in self.tracks]:
                 del store[tid]
+
+    def _allowed_classes(self, detected: int) -> list[int]:
+        """Positions in the class head of the classes a detection of class ``detected`` may be."""
+        if detected not in self._allowed:
+            group = self._group.get(detected, (detected,))
+            self._allowed[detected] = [i for i, c in enumerate(self.model.classes) if c in group]
+        return self._allowed[detected]
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:

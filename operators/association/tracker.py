@@ -268,9 +268,8 @@ class VideoTracker:
         pixel = instance = None
         if cfg.pixel_weight > 0:
             pixel = np.zeros((len(tracks), cols.size))
-            for i, t in enumerate(tracks):
-                if t.track_id in row_of:
-                    pixel[i] = obs.overlap[row_of[t.track_id], cols]
+            with_mask = [i for i, t in enumerate(tracks) if t.track_id in row_of]
+            pixel[with_mask] = obs.overlap[np.ix_([row_of[tracks[i].track_id] for i in with_mask], cols)]
         if cfg.instance_weight > 0:
             instance = self._instance_affinity(tracks, obs, cols)
         fused = affinity.fuse_affinities(pixel, instance, cfg.pixel_weight, cfg.instance_weight)
@@ -337,6 +336,7 @@ class VideoTracker:
                                               boxes[at], noise)
             stepped_motion = {tid: motion.MotionState(means[k], covs[k], boxes[col].copy())
                               for k, (col, tid) in enumerate(stepped)}
+        seen: list[tuple[Track, int]] = []   # tracks whose appearance takes this frame's descriptor
         for col, tid in matches.items():
             seg = obs.segments[col]
             x, y = obs.centroids[col]
@@ -356,14 +356,22 @@ class VideoTracker:
                     stepped_motion[tid]
                 track.score = cfg.class_memory * track.score + (1.0 - cfg.class_memory) * scores[col]
             if descriptor is not None and track.first_frame != obs.frame_index:
-                track.appearance = (track.appearance.updated(descriptor, obs_std, cfg.appearance_process_std)
-                                    if track.appearance is not None else GaussianAppearance.from_first(
-                                        descriptor, cfg.appearance_prior_std, obs_std))
+                if track.appearance is not None:
+                    seen.append((track, col))
+                else:
+                    track.appearance = GaussianAppearance.from_first(descriptor, cfg.appearance_prior_std, obs_std)
             track.state, track.last_frame = TrackState.TRACKED, obs.frame_index
             track.vote(seg.category_id, scores[col], cfg.class_memory)
             categories[col] = track.category_id
             track.history = (track.history + [(obs.frame_index, float(x), float(y),
                                                float(np.sqrt(obs.areas[col])))])[-cfg.motion_history:]
+        if seen:  # the appearance updates, stacked (bit for bit GaussianAppearance.updated)
+            at = np.array([col for _, col in seen], np.int64)
+            means, variances = GaussianAppearance.updated_batch(
+                np.array([t.appearance.mean for t, _ in seen]), np.array([t.appearance.var for t, _ in seen]),
+                obs.descriptors[at], obs_stds[at], cfg.appearance_process_std)
+            for k, (track, _) in enumerate(seen):
+                track.appearance = GaussianAppearance(means[k], variances[k])
         height, width = obs.size
         for tid in list(self.tracks):
             track = self.tracks[tid]
