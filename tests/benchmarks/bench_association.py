@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python tests/benchmarks/bench_association.py [--frames N] [--height H --width W]``
 
-Measures, on one core (OpenCV limited to one thread; numpy's element-wise work is single
-threaded):
+Measures CPU time (the machine is shared: wall time swings with the load), on one core (OpenCV
+limited to one thread; numpy's element-wise work is single threaded):
 
 * ``VideoTracker.update`` per frame — the whole step: id map → compact index, flow warp,
   joint histogram, colour descriptors, fusion, assignment, memory, output id map;
@@ -81,9 +81,9 @@ def main(argv=None) -> None:
     for _ in range(args.repeats):
         tracker = VideoTracker("bench")
         for t, frame in enumerate(video):
-            start = time.perf_counter()
+            start = time.process_time()
             tracker.update(frame)
-            best[t] = min(best[t], time.perf_counter() - start)
+            best[t] = min(best[t], time.process_time() - start)
     steady = best[1:].tolist()  # frame 0 has no previous frame to match
 
     # matrix only: joint histogram vs per-pair masks, on the same warped / current index maps
@@ -93,17 +93,17 @@ def main(argv=None) -> None:
         prev, cur = index_maps[t - 1], index_maps[t]
         n_prev, n_cur = len(video[t - 1].panoptic.segments), len(video[t].panoptic.segments)
         warped = affinity.warp_segments(prev, video[t].flow)
-        start = time.perf_counter()
+        start = time.process_time()
         fast = affinity.overlap_matrix(affinity.joint_histogram(warped, cur, n_prev, n_cur))
-        joint_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        joint_times.append(time.process_time() - start)
+        start = time.process_time()
         slow = affinity.overlap_matrix_per_pair(warped, cur, n_prev, n_cur)
-        pair_times.append(time.perf_counter() - start)
+        pair_times.append(time.process_time() - start)
         assert np.allclose(fast, slow), "the two matrices must agree"
 
     ms = 1000.0
     print(f"association at {args.height}x{args.width}, {n_segments:.1f} segments/frame, {len(steady)} frames "
-          f"(best of {args.repeats} runs each), one core")
+          f"(best of {args.repeats} runs each), one core, CPU time")
     print(f"  VideoTracker.update         median {statistics.median(steady) * ms:8.2f} ms/frame "
           f"(min {min(steady) * ms:.2f}, max {max(steady) * ms:.2f})")
     print(f"  pixel affinity, joint hist. median {statistics.median(joint_times) * ms:8.2f} ms/frame")

@@ -14,10 +14,12 @@ Rows: the oracle (true ids), ``hybrid`` (defaults), ``learned`` (shipped weights
 ``--variant NAME=WEIGHTS`` (the ablation's networks). ms/frame is the wall time of ``update``.
 
 Speed (``--speed``): ``update`` per frame at 1024×2048 with 40 segments, flow given — the video
-of ``bench_association.py`` — for the hybrid and the learned tracker in the same run (best of
-3 runs per frame, one thread), and their ratio::
+of ``bench_association.py`` — for the hybrid and the learned tracker in the same run (best CPU
+time of ``--repeats`` runs per frame, one thread), and their ratio; with ``--baseline REV`` also
+the tracker code (``operators/``) of git revision REV, each run in its own process and the two
+codes' runs interleaved, and the ratios before / after::
 
-    PYTHONPATH=. python tests/benchmarks/bench_learned_tracker.py --speed
+    PYTHONPATH=. python tests/benchmarks/bench_learned_tracker.py --speed --baseline d9083f8 --repeats 5
     PYTHONPATH=. python tests/benchmarks/bench_learned_tracker.py --seed 7 --sets 3x,6x,default,occlusion \\
         --variant "no overlap=/tmp/no_overlap.pt"
 """
