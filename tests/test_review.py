@@ -26,6 +26,36 @@ def scene():
     return rgb, ids, segments
 
 
+def _colours_by_sorting(ids: np.ndarray) -> np.ndarray:
+    """The colours as :func:`colourise` first computed them: every id once (np.unique), then its colour."""
+    from operators.review.overlay import track_colour
+
+    present, inverse = np.unique(ids, return_inverse=True)
+    palette = np.array([track_colour(int(i)) if i else (0, 0, 0) for i in present], np.uint8).reshape(-1, 3)
+    return palette[inverse.reshape(ids.shape)]
+
+
+@pytest.mark.parametrize("largest", [30, 70_000, 3_000_000, 2 ** 31 - 1])  # a lookup table below 2^21, sorting above
+def test_colourise_gives_every_id_its_colour_whatever_the_ids(largest):
+    from operators.review.overlay import colourise
+
+    ids = np.random.default_rng(largest).integers(0, largest, (48, 64)).astype(np.int32)
+    ids[:4] = 0
+    assert np.array_equal(colourise(ids), _colours_by_sorting(ids))
+
+
+def test_the_default_blend_is_the_float_formula_exactly():
+    rgb, ids, _ = scene()
+    rgb = np.random.default_rng(0).integers(0, 256, rgb.shape).astype(np.uint8)
+    painted, out = _colours_by_sorting(ids).astype(np.float32), rgb.astype(np.float32)
+    out[ids != 0] = 0.5 * out[ids != 0] + 0.5 * painted[ids != 0]
+    edges = np.zeros(ids.shape, bool)
+    edges[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edges[1:, :] |= ids[1:, :] != ids[:-1, :]
+    out[edges] = 0
+    assert np.array_equal(render_overlay(rgb, ids), out.astype(np.uint8))
+
+
 def test_overlay_labels_things_draws_a_legend_and_the_time():
     rgb, ids, segments = scene()
     plain = render_overlay(rgb, ids)
