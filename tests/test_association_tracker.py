@@ -141,7 +141,16 @@ def bad_frames(frame: TrackerFrame):
     empty = PanopticFrame(ids, frame.panoptic.segments + [dataclasses.replace(frame.panoptic.segments[0], id=4242)])
     unknown = PanopticFrame(np.where(ids == frame.panoptic.segments[0].id, 77, ids).astype(np.int32),
                             frame.panoptic.segments)
-    return [("size", dataclasses.replace(frame, panoptic=small, rgb=frame.rgb[:-2], flow=frame.flow[:-2]),
+    # ids past the largest listed id and negative ids fall off the end / start of the compact
+    # index's table (np.take with mode="clip"): still named, still rejected
+    huge = PanopticFrame(np.where(ids == frame.panoptic.segments[0].id, 10 ** 9, ids).astype(np.int32),
+                         frame.panoptic.segments)
+    negative = PanopticFrame(np.where(ids == frame.panoptic.segments[0].id, -3, ids).astype(np.int32),
+                             frame.panoptic.segments)
+    return [("huge id", dataclasses.replace(frame, panoptic=huge), FormatMismatchError,
+             "ids [1000000000] are in the id map but not in segments_info"),
+            ("negative id", dataclasses.replace(frame, panoptic=negative), FormatMismatchError, "negative id -3"),
+            ("size", dataclasses.replace(frame, panoptic=small, rgb=frame.rgb[:-2], flow=frame.flow[:-2]),
              FormatMismatchError, "differs from the video"),
             ("flow", dataclasses.replace(frame, flow=np.zeros((h, w + 1, 2), np.float32)), FormatMismatchError, "flow"),
             ("empty mask", dataclasses.replace(frame, panoptic=empty), FormatMismatchError, "empty mask"),

@@ -336,10 +336,11 @@ class LearnedTracker(VideoTracker):
             ids = [int(x) for x in graph.track_ids] + new_ids.tolist()
             states = torch.cat([existing, created], 0)
             score_logit, class_logit = self.model.net.track_heads(states)
-        states, score, class_logit = states.numpy(), torch.sigmoid(score_logit).numpy(), class_logit.numpy()
+        # python floats (exactly the float32 values) for the per-track loop below
+        states = states.numpy().astype(np.float32)
+        score, class_logit = torch.sigmoid(score_logit).numpy().tolist(), class_logit.numpy().tolist()
         classes = self.model.classes
         detection_class = {tid: col for col, tid in matches.items()}
-        states, score, class_logit = states.astype(np.float32), score.tolist(), class_logit.tolist()
         for k, tid in enumerate(ids):
             if tid not in self.tracks:  # removed by this frame's commit
                 continue
