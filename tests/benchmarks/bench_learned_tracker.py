@@ -26,6 +26,7 @@ codes' runs interleaved, and the ratios before / after::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -87,18 +88,24 @@ def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: i
                   f"{score.idsw_per_100:.1f} | {ms:.1f} |", flush=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _speed_video(frames: int, height: int, width: int) -> list:
+    from bench_association import make_video
+
+    return make_video(frames, height, width)
+
+
 def _time_trackers(frames: int, height: int, width: int) -> dict[str, list[list[float]]]:
     """One run of each tracker over the speed video: {tracker: [[wall s, CPU s] per frame]}."""
     import cv2
     import torch
 
-    from bench_association import make_video
     from operators.association import TrackerConfig
     from operators.association.learned import make_tracker
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    video = make_video(frames, height, width)
+    video = _speed_video(frames, height, width)
     out = {}
     for name, config in (("hybrid", TrackerConfig()), ("learned", TrackerConfig(method="learned"))):
         tracker, times = make_tracker("bench", config), []
