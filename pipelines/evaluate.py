@@ -33,7 +33,7 @@ import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from cluster.connect import check_executor, local_cores, needs_ray, ray_running
 from operators import fs
@@ -247,16 +247,18 @@ def run_local(shards: Iterable[Shard], settings: EvaluationSettings,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(shards: Iterable[Shard], settings: EvaluationSettings,
-            address: str | None = None) -> Iterator[ShardResult]:
-    """The shards as Ray tasks (a local Ray started here, or the cluster at ``address``), a
-    bounded number in flight. A task that fails after Ray's retries fails its videos."""
+def run_ray(shards: Iterable, settings: EvaluationSettings, address: str | None = None, *,
+            work: Callable = evaluate_shard, failed: Callable = failed_shard) -> Iterator[ShardResult]:
+    """The shards as Ray tasks of ``work(shard, settings)`` (a local Ray started here, the
+    cluster at ``address``, or the Ray already running in this process), a bounded number in
+    flight. A task that fails after Ray's retries gives ``failed(shard, settings, exc)``: by
+    default its videos fail."""
     import ray
 
     from cluster.connect import ray_session
 
-    with ray_session(address):
-        task = ray.remote(evaluate_shard)
+    with contextlib.nullcontext() if ray_running() else ray_session(address):
+        task = ray.remote(work)
         settings_ref = ray.put(settings)
         window = max(4, int(ray.cluster_resources().get("CPU", 1)) * IN_FLIGHT_PER_WORKER)
         pending: dict = {}
@@ -267,7 +269,7 @@ def run_ray(shards: Iterable[Shard], settings: EvaluationSettings,
             try:
                 yield ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the task died after its retries
-                yield failed_shard(shard, settings, exc)
+                yield failed(shard, settings, exc)
 
         for shard in shards:
             pending[task.remote(shard, settings_ref)] = shard

@@ -87,6 +87,29 @@ def test_local_run_equals_the_ray_run(both):
     assert not os.path.exists(f"{local}/_staging")
 
 
+def test_metrics_summed_as_ray_tasks_equal_the_sums_made_in_the_driver(both, monkeypatch):
+    """A run on Ray publishes inside its session: ``metrics/`` is summed by Ray tasks over shards
+    of the committed videos; without Ray the same shards are summed here. Same figures, same rows."""
+    import pipelines.evaluate as evaluate_pipeline
+    from pipelines.label.outputs import aggregate_metrics
+
+    layout = OutputLayout(str(both["root"] / "ray"))
+    settings = both["runs"]["ray"].report.settings
+    tasks = []
+    real_run_ray = evaluate_pipeline.run_ray
+    monkeypatch.setattr(evaluate_pipeline, "run_ray", lambda *a, **k: tasks.append(1) or real_run_ray(*a, **k))
+    on_ray = aggregate_metrics(layout, settings)
+    rows_on_ray = pq.read_table(f"{layout.root}/metrics/per_video.parquet").to_pylist()
+    monkeypatch.setattr("cluster.connect.ray_running", lambda: False)
+    here = aggregate_metrics(layout, settings)
+    assert tasks == [1]  # the first ran as Ray tasks, the second did not
+    assert on_ray.vpq.per_class == here.vpq.per_class and on_ray.stq == here.stq
+    assert on_ray.vpq.per_class == both["runs"]["ray"].report.vpq.per_class
+    assert sorted(rows_on_ray, key=lambda r: r["video_id"]) == \
+        sorted(pq.read_table(f"{layout.root}/metrics/per_video.parquet").to_pylist(), key=lambda r: r["video_id"])
+    assert [r["video_id"] for r in rows_on_ray] and sorted(r["video_id"] for r in rows_on_ray) == ["0000", "0001", "0002"]
+
+
 def test_a_rerun_with_the_other_engine_skips_everything(both, tmp_path):
     """The engine is not part of the config hash: the outputs are the same."""
     run = label(both["videos"], str(both["root"] / "ray"), _config(both["corpus"], "local"), progress=False,

@@ -199,22 +199,11 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
                 with tqdm(total=len(todo), unit="video", desc="videos", disable=not progress) as bar:
                     passes.run(todo, bar)
                 remove_run_staging(layout, run_id)  # rows of failed videos that came late
+            # inside the run's Ray session, if it has one: the metric sums are then Ray tasks
+            report = _publish(layout, lease, config, settings, entries, tally.results, publish_all)
     finally:
         gt.remove_documents()  # also when the run fails
-    if lease.lost:
-        raise LeaseLostError(lease.lost)
-    lease.check_holder()  # publishing below must cover only what this holder committed
-    report, results = None, tally.results
-    if settings is not None or config.write_png or config.review or config.write_overlay:
-        # one fresh listing and read of the markers (in parallel) for everything published below
-        published = committed_markers(layout)
-        if settings is not None:
-            report = aggregate_metrics(layout, settings, None if publish_all else [e.video_id for e in entries],
-                                       published)
-        if config.write_png:
-            write_predictions_json(layout, published)
-        if config.review or config.write_overlay:
-            write_review_outputs(layout, entries, config, results, published)
+    results = tally.results
     seconds = time.perf_counter() - started
     run = LabelRun(run_id, sorted(results, key=lambda r: r.video_id), seconds, tally.frames,
                    tally.stage_cpu_seconds, report, tally.first_output, tally.frame_times, passes.resumed)
@@ -226,6 +215,27 @@ def _label_holding(input_uri: str, entries: list[VideoEntry], output_uri: str, c
                                         "model_resources": model_resources},
                        run.results)
     return run
+
+
+def _publish(layout: OutputLayout, lease, config: LabelConfig, settings, entries: list[VideoEntry],
+             results: list[VideoResult], publish_all: bool):
+    """The run-level outputs over the committed videos (metrics/, pred.json, review index);
+    the report, or None without GT."""
+    if lease.lost:
+        raise LeaseLostError(lease.lost)
+    lease.check_holder()  # publishing must cover only what this holder committed
+    report = None
+    if settings is not None or config.write_png or config.review or config.write_overlay:
+        # one fresh listing and read of the markers (in parallel) for everything published here
+        published = committed_markers(layout)
+        if settings is not None:
+            report = aggregate_metrics(layout, settings, None if publish_all else [e.video_id for e in entries],
+                                       published)
+        if config.write_png:
+            write_predictions_json(layout, published)
+        if config.review or config.write_overlay:
+            write_review_outputs(layout, entries, config, results, published)
+    return report
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import json
 import platform
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Iterable, Iterator
 
@@ -107,17 +107,49 @@ def write_predictions_json(layout: OutputLayout, markers: dict[str, CommitMarker
     return annotations
 
 
+@dataclass
+class MetricsShard:
+    """Consecutive committed videos whose metric sums one task adds up: ``(video_id, frames)``."""
+
+    index: int
+    root: str
+    videos: list[tuple[str, int]]
+
+
+def sum_metrics_shard(shard: MetricsShard, settings: EvaluationSettings):
+    """The unit of work of the aggregation (a Ray task on Ray, else called here): the shard's
+    videos' sums read in parallel, added up, and their ``per_video.parquet`` rows — what
+    :func:`pipelines.evaluate.evaluate_shard` returns for a shard it scored."""
+    from pipelines.evaluate import ShardResult
+
+    layout = OutputLayout(shard.root)
+    videos = list(fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings),
+                            shard.videos))
+    return ShardResult(shard.index, Totals.of(videos), [per_video_row(video, settings) for video in videos])
+
+
+def _shard_lost(shard: MetricsShard, settings: EvaluationSettings, exc: BaseException):
+    """A summing task died after Ray's retries: ``metrics/`` is not written rather than written
+    without those videos (the run fails, its videos stay committed; a rerun publishes)."""
+    raise RuntimeError(f"summing the metrics of videos {shard.videos[0][0]} … {shard.videos[-1][0]} failed: "
+                       f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+
+
 def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_ids: Iterable[str] | None = None,
                       markers: dict[str, CommitMarker] | None = None) -> EvaluationReport | None:
     """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``;
     ``markers``: the committed markers when the caller has just read them.
 
-    A stream, as ``tubeflow evaluate`` sums: the videos' sums are read a bounded number at a time
-    in parallel, added in shards of :func:`pipelines.evaluate.shard_size` videos whose totals are
-    merged in shard order (:class:`pipelines.evaluate.TotalsSum`: the same floating-point sums as
-    ``evaluate`` over the same videos), and each video's ``per_video.parquet`` row goes to a
-    :class:`VideoLog` spill file: the driver holds O(1) per video, not every video's tables."""
-    from pipelines.evaluate import ShardResult, TotalsSum, shard_size
+    As ``tubeflow evaluate`` sums: shards of :func:`pipelines.evaluate.shard_size` videos
+    (:func:`sum_metrics_shard`), as Ray tasks across the cluster when Ray runs in this process
+    (a run on Ray publishes inside its session), else one after the other here, each reading its
+    videos' sums in parallel; the shards' totals are merged in shard order
+    (:class:`pipelines.evaluate.TotalsSum`: the same floating-point sums whatever ran them, and
+    the same as ``evaluate`` over the same videos), and each video's ``per_video.parquet`` row
+    goes to a :class:`VideoLog` spill file: the driver holds O(1) per video, not every video's
+    tables."""
+    from cluster.connect import ray_running
+    from pipelines.evaluate import TotalsSum, run_ray, shard_size
 
     markers = committed_markers(layout) if markers is None else markers
     wanted = None if video_ids is None else set(video_ids)
@@ -125,15 +157,16 @@ def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_
               if (wanted is None or video_id in wanted) and f"{metrics_rel(video_id)}/vpq.parquet" in marker.files]
     if not scored:
         return None
-    size, log, totals, shard, index = shard_size(len(scored)), VideoLog(settings.ks), TotalsSum(), [], 0
-    for video in fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings), scored):
-        log.add(per_video_row(video, settings))
-        shard.append(video)
-        if len(shard) == size:
-            totals.add(ShardResult(index, Totals.of(shard), []))
-            index, shard = index + 1, []
-    if shard:
-        totals.add(ShardResult(index, Totals.of(shard), []))
+    size = shard_size(len(scored))
+    shards = (MetricsShard(index, layout.root, scored[start:start + size])
+              for index, start in enumerate(range(0, len(scored), size)))
+    results = (run_ray(shards, settings, work=sum_metrics_shard, failed=_shard_lost) if ray_running() else
+               (sum_metrics_shard(shard, settings) for shard in shards))
+    log, totals = VideoLog(settings.ks), TotalsSum()
+    for result in results:
+        for row in result.rows:
+            log.add(row)
+        totals.add(result)
     total = totals.result()
     report = build_report(settings, total.vpq, total.stq, log)
     write_report(layout.uri("metrics"), report)
