@@ -17,7 +17,7 @@ from operators.review.overlay import render_frame_overlay
 from operators.synth import SynthConfig, generate_video
 from operators.synth.perturb import scramble_ids
 from pipelines.commit import OutputLayout
-from pipelines.label.association_actor import _without_pixels
+from pipelines.label.association_actor import _without_pixels, answer_for_sender
 from pipelines.label.faults import VideoProgress, prepare_retry
 from pipelines.label.finalize import VideoTask, finalize_video, frame_rate, overlay_rel
 from pipelines.label.sink import OVERLAY_FRAMES_DIR, iter_overlay_frames, segment_labels, write_frames
@@ -199,3 +199,13 @@ def test_the_pixels_a_label_carries_into_the_tracker_are_not_sent_twice(corpus):
     plain, rendered = (len(pickle.dumps(track_chunk(row, render), protocol=5)) for render in ("", "overlay"))
     assert all(f.image_id.rgb is not None for f in track_chunk(row, "overlay").frames)
     assert rendered < plain + 2000  # the labels' references, not another n × 64 × 128 × 3 bytes
+
+
+def test_the_association_actor_sends_back_only_the_pixels_its_caller_lacks(corpus):
+    """Frames of the chunk just pushed come back without pixels (the feeder's row has them);
+    frames of chunks the actor held come back with theirs."""
+    frames = [TrackedFrame(VIDEO, i, FrameLabel(f"{VIDEO}_{i:04d}", None, None, corpus["rgb"][i]),
+                           corpus["predictions"][i]) for i in range(8)]
+    sent = answer_for_sender(frames, 0, 4)  # chunk 0-3 pushed; 4-7 were held
+    assert [f.image_id.rgb is None for f in sent] == [True] * 4 + [False] * 4
+    assert [f.image_id.image_id for f in sent] == [f"{VIDEO}_{i:04d}" for i in range(8)]

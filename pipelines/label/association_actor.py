@@ -76,6 +76,12 @@ def actor_index(video_id: str, n_actors: int) -> int:
     return zlib.crc32(str(video_id).encode()) % n_actors
 
 
+def answer_for_sender(frames: list[TrackedFrame], start: int, stop: int) -> list[TrackedFrame]:
+    """What :meth:`AssociationActor.push` of chunk ``[start, stop)`` sends back: the tracked
+    frames, those of that chunk without their pixels (:func:`_without_pixels`)."""
+    return [_without_pixels(f) if start <= f.frame_index < stop else f for f in frames]
+
+
 def _without_pixels(frame: TrackedFrame) -> TrackedFrame:
     """``frame`` without the pixels its label carries for the sink
     (:class:`pipelines.label.stages.FrameLabel`): the caller that pushed the frame's chunk still
@@ -130,7 +136,7 @@ class AssociationActor:
         out = op.push(start, stop, chunk_ref)
         if self.checkpoints is not None and op.next_start != before:
             self.checkpoints.save(video_id, op)  # before the frames leave: a boundary is never ahead of them
-        return [_without_pixels(f) if start <= f.frame_index < stop else f for f in out]
+        return answer_for_sender(out, start, stop)
 
     def checkpoint(self, video_id: str) -> bytes:
         return self._operator(video_id).checkpoint()
