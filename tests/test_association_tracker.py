@@ -233,3 +233,42 @@ def test_a_missed_detection_is_bridged_by_the_carried_mask(carry, expected_ids):
     outputs = run(VideoTracker("v", cfg), video)
     _, seen = identity_switches(outputs, [gt for _, gt, _ in video])
     assert len(seen[14001]) == expected_ids
+
+
+def _spurious_scene():
+    """A car crossing the frame, a 3×3 blob in frame 5 only (a segmenter's spurious segment), and a
+    small person that appears in frame 5 and stays."""
+    every = frozenset(range(12))
+    return [Box(14001, CAR, 5, 30, 14, 10, 3, 0, (200, 40, 40)),
+            Box(14002, CAR, 60, 45, 3, 3, 0, 0, (90, 90, 90), hidden=every - {5}),
+            Box(12001, PERSON, 40, 10, 3, 4, 0, 0, (30, 200, 30), hidden=frozenset(range(5)))]
+
+
+@pytest.mark.parametrize("tentative", [0.0, 0.003])
+def test_small_newcomers_are_tentative_until_the_next_frame_confirms_them(tentative):
+    """``tentative_max_area``: a small segment no track takes is not output in its first frame;
+    a one-frame blob never becomes a track, a small object that stays gets its id from its second
+    frame on. Off, the blob is a track of one frame."""
+    video = scrambled_video(_spurious_scene(), 12)
+    tracker = VideoTracker("v", TrackerConfig(tentative_max_area=tentative))
+    outputs = []
+    for t, (frame, gt, _) in enumerate(video):
+        outputs.append(tracker.update(frame))
+        if t == 5:
+            meta, arrays = tracker.state()  # a tentative track survives a checkpoint
+            assert [tr.state for tr in tracker.tracks.values()].count(TrackState.TENTATIVE) == (2 if tentative else 0)
+            tracker = VideoTracker.from_state(meta, {k: v.copy() for k, v in arrays.items()})
+    blob = video[5][1].ids == 14002
+    person = [gt.ids == 12001 for _, gt, _ in video]
+    if tentative:
+        assert (outputs[5].ids[blob] == 0).all() and (outputs[5].ids[person[5]] == 0).all()
+        assert len({t.track_id for t in tracker.tracks.values()}) == 2   # the car and the person, no blob
+    else:
+        assert (outputs[5].ids[blob] >= 1000).all() and (outputs[5].ids[person[5]] >= 1000).all()
+    person_ids = {int(np.unique(out.ids[m])[0]) for out, m in zip(outputs[6:], person[6:])}
+    assert len(person_ids) == 1 and min(person_ids) >= 1000
+    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert switches == 0 and len(seen[14001]) == 1
+    # the video's first frame has no tentative tracks: every object there is new
+    first = VideoTracker("v", TrackerConfig(tentative_max_area=1.0)).update(video[6][0])
+    assert (first.ids[person[6]] >= 1000).all()

@@ -133,6 +133,14 @@ class TrackerConfig:
     reid_min_appearance: float = 0.3
     """… and with at least this appearance affinity; both, and ``reid_threshold`` on their
     product, must agree."""
+    tentative_max_area: float = 0.001
+    """A thing segment that no track takes, after a video's first frame, and whose area is at most
+    this fraction of the frame starts a *tentative* track: its first frame is not output (VOID),
+    and the track is confirmed only when the next frame matches it, else forgotten (never
+    lost, never re-identified). Spurious blobs of a segmenter are small and last one frame; a
+    real newcomer loses its first frame. 0 = off. 0.001 (131 px at 256×512) on the hard footage's
+    tuning seeds 101–106: VPQ-Th k=15 +4.2 (3×) / +4.1 (6×), better on every seed, STQ −0.05 / −0.08;
+    easy corpus seeds 11–12 (noisy): VPQ-Th k=15 +0.2 to +5.4 per scenario. See the association README."""
     exit_margin: float = 0.5
     """A track not matched whose predicted centroid lies this many sizes beyond the frame's edge
     has left: it is retired, not offered to a newcomer elsewhere. Negative = off."""
@@ -169,7 +177,7 @@ class TrackerConfig:
         # thresholds above 1 are allowed: they switch a stage off (e.g. reid_threshold=1.01)
         for name in ("thing_score_threshold", "min_affinity", "reid_threshold", "carry_lost_frames",
                      "appearance_full_area", "motion_gate", "reid_motion_gate", "reid_min_appearance",
-                     "confusable_min_appearance", "confusable_min_appearance_tracked"):
+                     "confusable_min_appearance", "confusable_min_appearance_tracked", "tentative_max_area"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.motion_history < 1 or self.colour_sample_pixels < 1 or self.first_track_id < 1:

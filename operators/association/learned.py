@@ -310,6 +310,10 @@ class LearnedTracker(VideoTracker):
                 if int(c) not in matches and p_new[k] < float(meta["new_track_threshold"])]
         return matches, drop
 
+    def _starts_tentative(self, obs: _Observation, col: int) -> bool:
+        """Never: the network's new-track head already decided which segments start tracks."""
+        return False
+
     def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float],
                       categories: dict[int, int]) -> PanopticFrame:
         """Called by the commit once ids are final: the recurrent update, the track heads, the frame."""

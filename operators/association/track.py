@@ -3,7 +3,9 @@
 A :class:`Track` moves through the ByteTrack states (Zhang et al., ECCV 2022,
 ``byte_tracker.py``): ``tracked`` while it is matched frame after frame, ``lost`` when a
 frame has no segment for it (kept in the temporal-consistency memory for re-identification),
-``removed`` once it has been lost for more than ``max_lost_frames`` frames.
+``removed`` once it has been lost for more than ``max_lost_frames`` frames. A small newcomer
+starts ``tentative`` (``TrackerConfig.tentative_max_area``): not output, and forgotten unless the
+next frame matches it, when it becomes ``tracked``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from operators.formats.panoptic import PanopticFrame, SegmentInfo
 
 
 class TrackState(str, enum.Enum):
+    TENTATIVE = "tentative"
     TRACKED = "tracked"
     LOST = "lost"
     REMOVED = "removed"

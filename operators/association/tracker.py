@@ -320,9 +320,12 @@ class VideoTracker:
         cfg = self.config
         scores = [1.0 if s.score is None else float(s.score) for s in obs.segments]
         # New identities: highest score first, ties by position in segments_info.
+        tentative = set()
         for col in sorted((c for c in np.flatnonzero(obs.thing) if int(c) not in matches), key=lambda c: -scores[c]):
             matches[int(col)] = self.next_track_id
             self.next_track_id += 1
+            if self._starts_tentative(obs, int(col)):
+                tentative.add(int(col))
 
         noise, categories, boxes = cfg.motion_noise, {}, obs.boxes
         obs_stds = self._obs_std(obs.areas)
@@ -347,8 +350,9 @@ class VideoTracker:
             if track is None:
                 appearance = None if descriptor is None else GaussianAppearance.from_first(
                     descriptor, cfg.appearance_prior_std, obs_std)
-                track = Track(tid, seg.category_id, TrackState.TRACKED, obs.frame_index, obs.frame_index, appearance,
-                              score=scores[col], motion=motion.initiate(z, noise))
+                track = Track(tid, seg.category_id, TrackState.TENTATIVE if col in tentative else TrackState.TRACKED,
+                              obs.frame_index, obs.frame_index, appearance, score=scores[col],
+                              motion=motion.initiate(z, noise))
                 self.tracks[tid] = track
             else:
                 gap = obs.frame_index - track.last_frame
@@ -360,7 +364,9 @@ class VideoTracker:
                     seen.append((track, col))
                 else:
                     track.appearance = GaussianAppearance.from_first(descriptor, cfg.appearance_prior_std, obs_std)
-            track.state, track.last_frame = TrackState.TRACKED, obs.frame_index
+            if col not in tentative:
+                track.state = TrackState.TRACKED
+            track.last_frame = obs.frame_index
             track.vote(seg.category_id, scores[col], cfg.class_memory)
             categories[col] = track.category_id
             track.history = (track.history + [(obs.frame_index, float(x), float(y),
@@ -378,7 +384,7 @@ class VideoTracker:
             if track.last_frame == obs.frame_index:
                 continue
             track.motion = obs.predicted[tid]
-            if track.frames_unseen(obs.frame_index) > cfg.max_lost_frames or (
+            if track.state is TrackState.TENTATIVE or track.frames_unseen(obs.frame_index) > cfg.max_lost_frames or (
                     cfg.exit_margin >= 0 and motion.outside_frame(track.motion, height, width, cfg.exit_margin)):
                 track.state = TrackState.REMOVED
                 del self.tracks[tid]
@@ -390,8 +396,17 @@ class VideoTracker:
             self.embedding_dim = obs.descriptors.shape[1]
         self.size, self.last_frame_index = obs.size, obs.frame_index
         self._carry_index(obs, matches)
+        for col in tentative:  # held in the state (the next frame may confirm it), not output
+            obs.dropped[col] = True
         return self._output_frame(obs, matches, [self.tracks[matches[c]].score if c in matches else sc
                                                  for c, sc in enumerate(scores)], categories)
+
+    def _starts_tentative(self, obs: _Observation, col: int) -> bool:
+        """Whether the unmatched segment ``col`` starts a tentative track (``tentative_max_area``):
+        small, and not on the video's first frame (where every object is new)."""
+        limit = self.config.tentative_max_area
+        return limit > 0 and self.last_frame_index is not None and \
+            obs.areas[col] <= limit * obs.size[0] * obs.size[1]
 
     def _carry_index(self, obs: _Observation, matches: dict[int, int]) -> None:
         """The next frame's previous index map: matched segments, plus the warped masks of lost
