@@ -295,3 +295,21 @@ def test_label_pipeline_with_the_learned_tracker_equals_the_sequential_loop(tmp_
             differs |= scores(expected) != scores(hybrid.frames[video_id][index])
             checked += 1
     assert checked == 20 and differs
+
+
+def test_learned_tracker_keeps_its_own_births():
+    """The hybrid's tentative newcomers (``tentative_max_area``) do not apply: the new-track head
+    decides which segments start tracks. A person that appears mid-video is output in its first
+    frame whatever the setting (the hybrid holds it back, see test_association_tracker)."""
+    boxes = crossing_look_alikes() + [Box(12002, PERSON, 60, 10, 6, 8, 0, 0, (30, 200, 30),
+                                          hidden=frozenset(range(3)))]
+    video = scrambled_video(boxes, 6, seed=3)
+    on = LearnedTracker("v", dataclasses.replace(LEARNED, tentative_max_area=1.0))
+    off = LearnedTracker("v", dataclasses.replace(LEARNED, tentative_max_area=0.0))
+    hybrid = VideoTracker("v", TrackerConfig(tentative_max_area=1.0))
+    for t, (frame, gt, _) in enumerate(video):
+        a, b, h = on.update(frame), off.update(frame), hybrid.update(frame)
+        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
+        if t == 3:
+            newcomer = gt.ids == 12002
+            assert (h.ids[newcomer] == 0).all() and (a.ids[newcomer] != 0).all()
