@@ -209,3 +209,19 @@ def test_the_association_actor_sends_back_only_the_pixels_its_caller_lacks(corpu
     sent = answer_for_sender(frames, 0, 4)  # chunk 0-3 pushed; 4-7 were held
     assert [f.image_id.rgb is None for f in sent] == [True] * 4 + [False] * 4
     assert [f.image_id.image_id for f in sent] == [f"{VIDEO}_{i:04d}" for i in range(8)]
+
+
+def test_a_video_without_any_segment_is_finalized_without_opening_it(corpus, tmp_path, monkeypatch):
+    """The frames' size comes from the sink's staged frame times, not from the source video."""
+    import json
+
+    from operators.formats.panoptic import PanopticFrame
+
+    out = str(tmp_path / "out")
+    empty = {"rgb": corpus["rgb"], "predictions": [PanopticFrame(np.zeros((64, 128), np.int32), [])] * FRAMES}
+    _stage(out, empty, [list(range(FRAMES))], render="")
+    result = _finalize(out, monkeypatch, overlay=False)
+    assert result.status == "ok" and result.segments == 0, result
+    annotations = json.loads(open(f"{out}/annotations/{VIDEO}.json").read())
+    assert {(im["width"], im["height"]) for im in annotations["images"]} == {(128, 64)}
+    assert len(annotations["images"]) == FRAMES

@@ -5,8 +5,8 @@ JPEG frames the sink rendered), the review outputs (:mod:`pipelines.review`), th
 
 This runs as one Ray task per video (launched by the driver when the sink has reported
 every frame of the video); everything it reads is in the video's staging prefix, so it needs
-no pixels from the pipeline and decodes no video (the size of a video without any segment
-aside: its first frame). Bad input (missing GT, a GT PNG that does not decode) makes the
+no pixels from the pipeline and opens no video (the frames' size is staged with their times).
+Bad input (missing GT, a GT PNG that does not decode) makes the
 video fail with a row naming the file; nothing of it is committed.
 """
 from __future__ import annotations
@@ -170,10 +170,10 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
     try:
         gt = read_video_gt(task.gt) if task.gt is not None else VideoGt()
         stage = "finalize"
-        by_frame, size = _staged_frames(staging, task.frame_count, None)
-        times = read_frame_times(staging)
+        times, size = read_frame_times(staging)
+        by_frame, size = _staged_frames(staging, task.frame_count, size)
         remove_tree(fs.join(staging, FRAME_TIMES_DIR))  # read once here, not an output
-        if size is None:  # no segment in any frame: the size comes from the video
+        if size is None:  # no frame staged at all (a video the driver never sends here): ask the video
             with open_video(task.uri) as source:
                 size = source.meta.size
         images, annotations = [], []

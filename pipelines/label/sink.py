@@ -68,22 +68,28 @@ def _read_frame_parts(staging: str, folder: str) -> list:
     return list(_iter_frame_parts(staging, folder))
 
 
-def write_frame_times(staging: str, times: list[tuple[int, int | None]]) -> None:
-    """One small Parquet file of (frame_index, timestamp_ns) per sink write, named by its frames
-    (a retried write replaces its own file)."""
+def write_frame_times(staging: str, times: list[tuple[int, int | None]], size: tuple[int, int]) -> None:
+    """One small Parquet file of (frame_index, timestamp_ns, height, width) per sink write, named by
+    its frames (a retried write replaces its own file): finalize takes the frames' times and the
+    video's size from it, so it never opens the video (not even one without any segment)."""
     import pyarrow as pa
 
     table = pa.table({"frame_index": pa.array([i for i, _ in times], pa.int32()),
-                      "timestamp_ns": pa.array([t for _, t in times], pa.int64())})
+                      "timestamp_ns": pa.array([t for _, t in times], pa.int64()),
+                      "height": pa.array([size[0]] * len(times), pa.int32()),
+                      "width": pa.array([size[1]] * len(times), pa.int32())})
     _write_frame_part(staging, FRAME_TIMES_DIR, table, min(i for i, _ in times), max(i for i, _ in times))
 
 
-def read_frame_times(staging: str) -> dict[int, int | None]:
-    """frame_index → timestamp_ns of every staged frame (empty when nothing was staged)."""
-    out = {}
+def read_frame_times(staging: str) -> tuple[dict[int, int | None], tuple[int, int] | None]:
+    """frame_index → timestamp_ns of every staged frame, and the frames' (height, width) (empty
+    and None when nothing was staged)."""
+    out, size = {}, None
     for table in _read_frame_parts(staging, FRAME_TIMES_DIR):
         out.update(zip(table["frame_index"].to_pylist(), table["timestamp_ns"].to_pylist()))
-    return out
+        if size is None and table.num_rows:
+            size = (int(table["height"][0].as_py()), int(table["width"][0].as_py()))
+    return out, size
 
 
 def score_frames(video_id: str, frames: list[tuple[int, PanopticFrame, GtFrame]], settings) -> list:
@@ -230,7 +236,7 @@ def _stage_video(summary: dict, *, layout: OutputLayout, run_id: str, good: list
         summary["part"] = part.rsplit("/", 1)[-1]
     if good:  # every frame's time, also of frames without segments (finalize reads it)
         first, last = min(g[0] for g in good), max(g[0] for g in good)
-        write_frame_times(staging, [(index, timestamp) for index, _, timestamp, *_ in good])
+        write_frame_times(staging, [(index, timestamp) for index, _, timestamp, *_ in good], good[0][3].shape[:2])
         if annotated:  # what evaluation needs of these frames: no PNG written or read for it
             write_frame_tables(staging, score_frames(video_id, annotated, settings), first, last)
     if rendered:
