@@ -12,6 +12,7 @@ Every file is written atomically and after the per-video outputs it describes.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import platform
 import shutil
@@ -116,16 +117,24 @@ class MetricsShard:
     videos: list[tuple[str, int]]
 
 
-def sum_metrics_shard(shard: MetricsShard, settings: EvaluationSettings):
-    """The unit of work of the aggregation (a Ray task on Ray, else called here): the shard's
-    videos' sums read in parallel, added up, and their ``per_video.parquet`` rows — what
-    :func:`pipelines.evaluate.evaluate_shard` returns for a shard it scored."""
+def _read_metrics(root: str, settings: EvaluationSettings):
+    """``(video_id, frames)`` → the committed video's :class:`VideoEvaluation` (its staged sums)."""
+    layout = OutputLayout(root)
+    return lambda video: read_video_metrics(layout.uri(metrics_rel(video[0])), video[0], video[1], settings)
+
+
+def _shard_result(index: int, videos: list, settings: EvaluationSettings):
+    """What :func:`pipelines.evaluate.evaluate_shard` returns for a shard it scored: the shard's
+    totals and its videos' ``per_video.parquet`` rows."""
     from pipelines.evaluate import ShardResult
 
-    layout = OutputLayout(shard.root)
-    videos = list(fs.map_io(lambda v: read_video_metrics(layout.uri(metrics_rel(v[0])), v[0], v[1], settings),
-                            shard.videos))
-    return ShardResult(shard.index, Totals.of(videos), [per_video_row(video, settings) for video in videos])
+    return ShardResult(index, Totals.of(videos), [per_video_row(video, settings) for video in videos])
+
+
+def sum_metrics_shard(shard: MetricsShard, settings: EvaluationSettings):
+    """The unit of work of the aggregation on Ray (a task): the shard's videos' sums read in
+    parallel and added up (:func:`_shard_result`)."""
+    return _shard_result(shard.index, list(fs.map_io(_read_metrics(shard.root, settings), shard.videos)), settings)
 
 
 def _shard_lost(shard: MetricsShard, settings: EvaluationSettings, exc: BaseException):
@@ -140,10 +149,9 @@ def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_
     """Sum the metric rows of the committed videos (all, or ``video_ids``) into ``metrics/``;
     ``markers``: the committed markers when the caller has just read them.
 
-    As ``tubeflow evaluate`` sums: shards of :func:`pipelines.evaluate.shard_size` videos
-    (:func:`sum_metrics_shard`), as Ray tasks across the cluster when Ray runs in this process
-    (a run on Ray publishes inside its session), else one after the other here, each reading its
-    videos' sums in parallel; the shards' totals are merged in shard order
+    As ``tubeflow evaluate`` sums: shards of :func:`pipelines.evaluate.shard_size` videos, as Ray
+    tasks across the cluster when Ray runs in this process (:func:`sum_metrics_shard`; a run on
+    Ray publishes inside its session), else here from one stream of parallel reads; the shards' totals are merged in shard order
     (:class:`pipelines.evaluate.TotalsSum`: the same floating-point sums whatever ran them, and
     the same as ``evaluate`` over the same videos), and each video's ``per_video.parquet`` row
     goes to a :class:`VideoLog` spill file: the driver holds O(1) per video, not every video's
@@ -158,10 +166,14 @@ def aggregate_metrics(layout: OutputLayout, settings: EvaluationSettings, video_
     if not scored:
         return None
     size = shard_size(len(scored))
-    shards = (MetricsShard(index, layout.root, scored[start:start + size])
-              for index, start in enumerate(range(0, len(scored), size)))
-    results = (run_ray(shards, settings, work=sum_metrics_shard, failed=_shard_lost) if ray_running() else
-               (sum_metrics_shard(shard, settings) for shard in shards))
+    starts = range(0, len(scored), size)
+    if ray_running():
+        results = run_ray((MetricsShard(index, layout.root, scored[start:start + size])
+                           for index, start in enumerate(starts)), settings, work=sum_metrics_shard, failed=_shard_lost)
+    else:  # one stream of reads over every video (a bounded number in flight), cut into the same shards
+        videos = fs.map_io(_read_metrics(layout.root, settings), scored)
+        results = (_shard_result(index, list(itertools.islice(videos, size)), settings)
+                   for index, _ in enumerate(starts))
     log, totals = VideoLog(settings.ks), TotalsSum()
     for result in results:
         for row in result.rows:
