@@ -76,17 +76,15 @@ def overlay_rel(video_id: str) -> str:
     return f"overlays/{video_key(video_id)}.avi"
 
 
-def _staged_frames(staging: str, frame_count: int, size: tuple[int, int] | None):
+def _staged_frames(staging: str) -> dict[int, list]:
     """frame_index → rows of the staged segments table (frames without segments are absent)."""
     root = fs.join(staging, "segments")
     if not fs.exists(root):
-        return {}, size
-    table = segments_table.read_segments_table(root)
+        return {}
     by_frame: dict[int, list] = {}
-    for row in segments_table.table_to_rows(table):
+    for row in segments_table.table_to_rows(segments_table.read_segments_table(root)):
         by_frame.setdefault(row.frame_index, []).append(row)
-        size = size or tuple(int(v) for v in row.mask["size"])
-    return by_frame, size
+    return by_frame
 
 
 def write_video_metrics(uri: str, evaluation: VideoEvaluation) -> None:
@@ -171,7 +169,7 @@ def finalize_video(root: str, run_id: str, task: VideoTask, config_hash: str, mo
         gt = read_video_gt(task.gt) if task.gt is not None else VideoGt()
         stage = "finalize"
         times, size = read_frame_times(staging)
-        by_frame, size = _staged_frames(staging, task.frame_count, size)
+        by_frame = _staged_frames(staging)
         remove_tree(fs.join(staging, FRAME_TIMES_DIR))  # read once here, not an output
         if size is None:  # no frame staged at all (a video the driver never sends here): ask the video
             with open_video(task.uri) as source:

@@ -344,9 +344,9 @@ def _pixel_columns(row: dict, frames: list, render: str) -> dict[str, np.ndarray
     for f in frames:
         if not renders(render, f.frame_index, count):
             continue
-        label = f.image_id
-        rgb = label.rgb if len(label) > 3 and label.rgb is not None else (
-            row["rgb"][f.frame_index - start] if start <= f.frame_index < end and len(row.get("rgb", ())) else None)
+        rgb = getattr(f.image_id, "rgb", None)  # a frame of a chunk the actor held carries its pixels
+        if rgb is None and start <= f.frame_index < end and len(row.get("rgb", ())):
+            rgb = row["rgb"][f.frame_index - start]  # a frame of this chunk: its decoded pixels
         if rgb is None:
             raise RuntimeError(f"video {row['video_id']} frame {f.frame_index}: its pixels did not reach the sink")
         indices.append(f.frame_index)

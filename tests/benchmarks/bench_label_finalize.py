@@ -57,7 +57,7 @@ FRAMES, CHUNK, REPEATS = 30, 6, 3
 
 def _old_evaluate(task, gt, staging, size, settings):
     """The replaced evaluation: staged segments → a PNG per annotated frame → evaluate_video."""
-    by_frame, _ = finalize._staged_frames(staging, task.frame_count, None)
+    by_frame = finalize._staged_frames(staging)
     scratch = fs.join(staging, "..", "..", "scratch", task.video_id)
     frames = []
     for gt in gt.frames:
@@ -173,7 +173,7 @@ def test_finalize_overlay_from_staged_jpegs_vs_decoding_again(tmp_path, height, 
             times["sink_new" if render else "sink_old"].append(
                 _stage(out, run_id, predictions, {}, None, rgb, stamps, render))
             staging = OutputLayout(out).staging(run_id, "0000")
-            by_frame, _ = finalize._staged_frames(staging, FRAMES, None)  # finalize has them loaded anyway
+            by_frame = finalize._staged_frames(staging)  # finalize has them loaded anyway
             frame_times = dict(enumerate(stamps))
             with Lease(out, run_id):
                 start, clock = time.process_time(), time.perf_counter()
