@@ -81,8 +81,7 @@ def test_pipeline_equals_the_reference_and_writes_every_output(tmp_path, ray_loc
     per_class = pq.read_table(out / "per_class.parquet")
     assert per_class.num_rows == 4 * len(CITYSCAPES_CATEGORIES)
     html = (out / "report.html").read_text()
-    assert "VPQ-Th" in html and "vpq_vs_k.png" in html
-    assert (out / "vpq_vs_k.png").read_bytes()[:4] == b"\x89PNG"
+    assert "VPQ-Th" in html and html.count("<svg ") == 2
 
 
 def test_bad_videos_are_listed_and_the_others_scored(tmp_path, ray_local):
@@ -165,25 +164,32 @@ def test_an_unreadable_file_fails_its_video_only(tmp_path):
     assert results[1].error is None
 
 
-def test_report_figures_leave_matplotlib_as_they_found_it(tmp_path):
-    """The report is drawn inside user processes (notebooks, workers): it must not switch
-    their matplotlib backend nor leave figures open in pyplot's registry."""
-    import matplotlib
-    import matplotlib.pyplot as plt
+def test_report_charts_draw_each_value_at_its_height():
+    """The charts are SVG written by hand: every present value is one bar / marker whose
+    height is its percentage of the 0-100 axis, a missing value draws nothing, and class
+    names are escaped (the SVG parses as XML)."""
+    import xml.etree.ElementTree as ET
 
-    from operators.metrics.report import build_report, per_class_png, vpq_vs_k_png
-    from operators.metrics.video import EvaluationSettings
-    from operators.metrics.vpq import VpqStats
+    from operators.metrics.charts import grouped_bars, line_chart
 
-    report = build_report(EvaluationSettings(CATEGORIES), VpqStats(), None, [])
-    backend = matplotlib.get_backend()
-    matplotlib.use("svg")
-    try:
-        open_figures = plt.get_fignums()
-        assert vpq_vs_k_png(report)[:4] == per_class_png(report)[:4] == b"\x89PNG"
-        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
-    finally:
-        matplotlib.use(backend)
+    svg = "{http://www.w3.org/2000/svg}"
+    bars = ET.fromstring(grouped_bars(["car", "<truck & bus>", "rider"],
+                                      {"k=0": [50.0, float("nan"), 100.0], "k=5": [25.0, 0.0, None]},
+                                      "VPQ^k (%)", "per class"))
+    frame = next(r for r in bars.iter(f"{svg}rect") if r.get("fill") == "none")
+    plot_top, plot_height = float(frame.get("y")), float(frame.get("height"))
+    drawn = [r for r in bars.iter(f"{svg}rect") if r.get("fill") != "none" and float(r.get("y")) >= plot_top]
+    heights = sorted(round(float(r.get("height")) / plot_height * 100, 1) for r in drawn)
+    assert heights == [0.0, 25.0, 50.0, 100.0]
+    assert "<truck & bus>" in [t.text for t in bars.iter(f"{svg}text")]
+
+    line = ET.fromstring(line_chart([0, 5, 10], {"VPQ": [80.0, 60.0, 40.0], "VPQ-St": [None, 20.0, float("nan")]},
+                                    "k", "VPQ^k (%)", "VPQ versus k"))
+    frame = next(r for r in line.iter(f"{svg}rect") if r.get("fill") == "none")
+    plot_top, plot_height = float(frame.get("y")), float(frame.get("height"))
+    markers = [round((plot_top + plot_height - float(c.get("cy"))) / plot_height * 100, 1) for c in line.iter(f"{svg}circle")]
+    assert markers == [80.0, 60.0, 40.0, 20.0]
+    assert len(list(line.iter(f"{svg}polyline"))) == 1   # one point is no line
 
 
 @pytest.mark.parametrize("videos_per_task", [0, -2])

@@ -1,6 +1,7 @@
 """Evaluation outputs people read: ``metrics.json``, ``per_class.parquet``,
 ``per_video.parquet`` and ``report.html`` (tables laid out like the VPS paper's Table 3 —
-VPQ / VPQ-Th / VPQ-St per k — plus a VPQ-vs-k plot and per-class bars as PNGs).
+VPQ / VPQ-Th / VPQ-St per k — plus a VPQ-vs-k chart and per-class bars, inline SVG from
+:mod:`operators.metrics.charts`).
 
 Every file goes through :func:`operators.fs.write_bytes` (atomic); ``metrics.json`` is
 written last, so its presence means the report is complete.
@@ -17,11 +18,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import fs
+from operators.metrics import charts
 from operators.metrics.stq import StqStats
 from operators.metrics.video import EvaluationSettings, VideoEvaluation
 from operators.metrics.vpq import VpqResult, VpqStats
@@ -187,47 +188,18 @@ def per_video_table(report: EvaluationReport) -> pa.Table:
     return report.log.table()
 
 
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _axes(width: float, height: float):
-    """A figure and its axes, made without pyplot: no backend switch in the caller's
-    process and no entry in pyplot's global figure registry (nothing to close or leak)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    return figure, figure.subplots()
-
-
-def vpq_vs_k_png(report: EvaluationReport) -> bytes:
+def vpq_vs_k_svg(report: EvaluationReport) -> str:
     ks = list(report.settings.ks)
-    figure, axes = _axes(5, 3.4)
-    for group, label in (("all", "VPQ"), ("things", "VPQ-Th"), ("stuff", "VPQ-St")):
-        axes.plot(ks, [100 * report.vpq.per_k[k][group]["pq"] for k in ks], marker="o", label=label)
-    axes.set_xlabel("temporal window k (frames)")
-    axes.set_ylabel("VPQ^k (%)")
-    axes.set_xticks(ks)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return _png(figure)
+    series = {label: [100 * report.vpq.per_k[k][group]["pq"] for k in ks]
+              for group, label in (("all", "VPQ"), ("things", "VPQ-Th"), ("stuff", "VPQ-St"))}
+    return charts.line_chart(ks, series, "temporal window k (frames)", "VPQ^k (%)", "VPQ versus k")
 
 
-def per_class_png(report: EvaluationReport) -> bytes:
+def per_class_svg(report: EvaluationReport) -> str:
     categories = list(report.settings.categories.values())
-    ks = list(report.settings.ks)
     by_key = {(c.k, c.category_id): c for c in report.vpq.per_class}
-    figure, axes = _axes(max(6, 0.5 * len(categories)), 3.6)
-    width = 0.8 / len(ks)
-    x = np.arange(len(categories))
-    for j, k in enumerate(ks):
-        axes.bar(x + j * width, [100 * by_key[(k, c.id)].pq for c in categories], width, label=f"k={k}")
-    axes.set_xticks(x + 0.4 - width / 2, [c.name for c in categories], rotation=60, ha="right")
-    axes.set_ylabel("VPQ^k (%)")
-    axes.legend(ncol=len(ks), fontsize="small")
-    return _png(figure)
+    series = {f"k={k}": [100 * by_key[(k, c.id)].pq for c in categories] for k in report.settings.ks}
+    return charts.grouped_bars([c.name for c in categories], series, "VPQ^k (%)", "VPQ per class")
 
 
 def _pct(value: float) -> str:
@@ -269,7 +241,8 @@ GT tube areas: {report.settings.gt_area}. Values in %.</p>
 <table><caption>Segmentation and tracking quality (Weber et al., 2021)</caption>
 <tr><th>STQ</th><th>AQ</th><th>SQ</th></tr>
 <tr><td>{_pct(stq['STQ'])}</td><td>{_pct(stq['AQ'])}</td><td>{_pct(stq['IoU'])}</td></tr></table>
-<img src="vpq_vs_k.png" alt="VPQ versus k"> <img src="per_class.png" alt="VPQ per class">
+<p>{vpq_vs_k_svg(report)}</p>
+<p>{per_class_svg(report)}</p>
 <table><caption>Per class VPQ^k (TP/FP/FN at k = {ks[0]})</caption>
 <tr><th>id</th><th>class</th><th>kind</th>{head}<th>TP</th><th>FP</th><th>FN</th></tr>{''.join(class_rows)}</table>
 <h2>Failed videos</h2><ul>{failures}</ul>
@@ -278,14 +251,12 @@ GT tube areas: {report.settings.gt_area}. Values in %.</p>
 
 
 def write_report(out: str, report: EvaluationReport) -> dict:
-    """Write the four outputs (and the two PNGs) under ``out``; returns the metrics document."""
+    """Write the four outputs under ``out``; returns the metrics document."""
     document = metrics_document(report)
     for name, table in (("per_class.parquet", per_class_table(report)), ("per_video.parquet", per_video_table(report))):
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         fs.write_bytes(fs.join(out, name), buffer.getvalue())
-    fs.write_bytes(fs.join(out, "vpq_vs_k.png"), vpq_vs_k_png(report))
-    fs.write_bytes(fs.join(out, "per_class.png"), per_class_png(report))
     fs.write_bytes(fs.join(out, "report.html"), report_html(report).encode())
     fs.write_bytes(fs.join(out, "metrics.json"), json.dumps(document, indent=2).encode())
     return document
