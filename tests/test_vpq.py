@@ -212,6 +212,39 @@ def test_contingency_table_counts_pairs_once():
     assert t.gt.pixels.tolist() == [3, 3] and t.pred.pixels.tolist() == [3, 3]
 
 
+@pytest.mark.parametrize("kind", ["blocks", "noise", "one_id", "empty"])
+def test_run_counting_equals_counting_every_pixel(kind):
+    """The table counts runs of equal (GT, predicted) pairs in raster order: the same counts
+    as the straightforward per-pixel count, for piecewise-constant maps, maps where every
+    pixel starts a run, a single id and an empty frame; an unlisted id inside a run is named."""
+    rng = np.random.default_rng(len(kind))
+    shape = {"empty": (0, 7)}.get(kind, (37, 53))
+    gt_pool, pred_pool = rng.choice(1 << 24, 12, replace=False), rng.choice(1 << 24, 9, replace=False)
+    if kind == "blocks":   # rectangles over rectangles, as segments are
+        gt, pred = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
+        for ids, pool in ((gt, gt_pool), (pred, pred_pool)):
+            for value in pool:
+                y, x = rng.integers(0, 30), rng.integers(0, 45)
+                ids[y:y + rng.integers(1, 15), x:x + rng.integers(1, 20)] = value
+    elif kind == "noise":
+        gt, pred = rng.choice(gt_pool, shape).astype(np.uint32), rng.choice(pred_pool, shape).astype(np.uint32)
+    else:
+        gt, pred = np.full(shape, gt_pool[0], np.uint32), np.full(shape, pred_pool[0], np.uint32)
+    gt_segs = segments(gt, {int(i): CAR for i in np.unique(gt) if i})
+    pred_segs = segments(pred, {int(i): CAR for i in np.unique(pred) if i})
+    t = frame_table(0, gt, gt_segs, pred, pred_segs)
+    pairs, counts = np.unique(np.stack([gt.ravel(), pred.ravel()]), axis=1, return_counts=True)
+    expected = {(int(g), int(p)): int(c) for (g, p), c in zip(pairs.T, counts)}
+    assert dict(zip(zip(t.pair_gt.tolist(), t.pair_pred.tolist()), t.pair_pixels.tolist())) == expected
+    assert t.gt.pixels.tolist() == [int((gt == s.id).sum()) for s in gt_segs]
+    if gt.size:
+        hidden = 1 << 23 | 5   # a row of an id that segments_info does not list
+        gt[shape[0] // 2, :] = hidden
+        with pytest.raises(FormatMismatchError, match=f"segment ids \\[{hidden}\\] are in the PNG") as info:
+            frame_table(0, gt, gt_segs, pred, pred_segs, gt_where="g.png")
+        assert info.value.where == "g.png"
+
+
 @pytest.mark.parametrize("problem", ["png_only", "json_only", "size", "category"])
 def test_bad_frames_are_named(problem):
     gt = draw(["aab"], IDS)
