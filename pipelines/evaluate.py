@@ -190,6 +190,16 @@ def _pool_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def _import_before_fork() -> None:
+    """Make here the imports each pool process would otherwise make on its first video, so
+    that forked processes inherit them: pyarrow imports pandas (~0.15 s of CPU) at its first
+    ``pa.array``, to check whether the values are pandas objects. This process imports it
+    anyway when it sums the shards."""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
 def run_local(shards: Iterable[Shard], settings: EvaluationSettings,
               workers: int) -> Iterator[ShardResult]:
     """The shards in this process (``workers`` ≤ 1) or in a process pool, at most
@@ -205,6 +215,8 @@ def run_local(shards: Iterable[Shard], settings: EvaluationSettings,
             yield evaluate_shard(shard, settings)
         return
     context = _pool_context()
+    if context.get_start_method() == "fork":
+        _import_before_fork()
 
     def alone(shard: Shard) -> ShardResult:
         with ProcessPoolExecutor(1, mp_context=context) as single:
