@@ -65,9 +65,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "foxglove.ImageAnnotations, stamped like the camera, for Foxglove), a thumbnail per video "
                              "and review/index.html (videos worst first)")
     parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")
-    parser.add_argument("--tracker", choices=("hybrid", "learned"), default=None,
-                        help="association: hybrid (hand-set stages, default) or learned (the recurrent graph network, "
-                             "operators/association/learned.py); overrides the method of --tracker-config")
+    parser.add_argument("--tracker", choices=("hybrid", "learned", "assisted"), default=None,
+                        help="association: hybrid (hand-set stages, default), learned (the recurrent graph network, "
+                             "operators/association/learned.py) or assisted (the hybrid's stages on the network's "
+                             "match probabilities); overrides the method of --tracker-config")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="horizontal-flip test-time augmentation of the segmenter (default: on for the "
                              "built-in network, off for artifacts); --no-flip halves the network's work")

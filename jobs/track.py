@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-annotated", metavar="GT_JSON", help="write only the frames of this GT JSON")
     parser.add_argument("--flow-preset", default="medium", choices=sorted(PRESETS), help="OpenCV DIS preset")
     parser.add_argument("--config", help="TrackerConfig as JSON (fields of operators.association.TrackerConfig)")
-    parser.add_argument("--tracker", choices=("hybrid", "learned"), default=None,
-                        help="association: hybrid (default) or learned (the recurrent graph network); overrides "
+    parser.add_argument("--tracker", choices=("hybrid", "learned", "assisted"), default=None,
+                        help="association: hybrid (default), learned (the recurrent graph network) or assisted "
+                             "(the hybrid's stages on the network's match probabilities); overrides "
                              "the method of --config")
 
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     config = tracker_config_from_option(args.config, "--config") if args.config else TrackerConfig()
     if args.tracker:
         config = replace(config, method=args.tracker)
-    if config.method == "learned":  # a bad weights file is one error before any video starts
+    if config.uses_network:  # a bad weights file is one error before any video starts
         from operators.association.learned import load_model, weights_path
 
         load_model(weights_path(config))

@@ -313,3 +313,75 @@ def test_learned_tracker_keeps_its_own_births():
         if t == 3:
             newcomer = gt.ids == 12002
             assert (h.ids[newcomer] == 0).all() and (a.ids[newcomer] != 0).all()
+
+
+ASSISTED = TrackerConfig(method="assisted")
+
+
+def test_assisted_tracker_assigns_on_the_network_probabilities(monkeypatch):
+    """The assisted tracker's stages match what the network prefers, inside the hybrid's gates: a
+    network that swaps two side-by-side cars swaps them (the hybrid's own affinity keeps them),
+    and one that pairs a car with a person is gated by class."""
+    boxes = [Box(14001, CAR, 20, 20, 12, 10, 1, 0, (200, 30, 30)), Box(14002, CAR, 36, 20, 12, 10, 1, 0, (200, 30, 30)),
+             Box(12001, PERSON, 60, 30, 6, 14, 0, 0, (30, 200, 30))]
+    video = scrambled_video(boxes, 2, seed=5)
+    tracker = make_tracker("v", ASSISTED)
+    assert type(tracker).__name__ == "AssistedTracker" and isinstance(tracker, LearnedTracker)
+    hybrid = VideoTracker("v", TrackerConfig())
+    first, first_h = tracker.update(video[0][0]), hybrid.update(video[0][0])
+    gt0 = video[0][1].ids
+
+    def id_of(out, gt, gt_id):
+        return int(np.bincount(out.ids[gt == gt_id]).argmax())
+
+    gt_of_track = {id_of(first, gt0, g): g for g in (14001, 14002, 12001)}
+    swap = {14001: 14002, 14002: 14001}
+    real = tracker._network
+
+    def network(graph):  # the two cars swapped; every car track matches the person best
+        real(graph)      # (keeps what the recurrent update needs)
+        col_gt = [video[1][2][video[1][0].panoptic.segments[c].id] for c in graph.columns]
+        match = np.zeros((len(graph.track_ids), len(col_gt)))
+        for i, t in enumerate(graph.track_ids):
+            own = gt_of_track[int(t)]
+            for j, g in enumerate(col_gt):
+                match[i, j] = 1.0 if own in swap and g == 12001 else 0.9 if swap.get(own, own) == g else 0.0
+        return match, np.ones(len(col_gt))
+
+    monkeypatch.setattr(tracker, "_network", network)
+    out, out_h = tracker.update(video[1][0]), hybrid.update(video[1][0])
+    gt1 = video[1][1].ids
+    for g, other in ((14001, 14002), (14002, 14001)):
+        assert id_of(out_h, gt1, g) == id_of(first_h, gt0, g)      # the hybrid keeps them
+        assert id_of(out, gt1, g) == id_of(first, gt0, other)      # the network's swap is followed
+    assert id_of(out, gt1, 12001) == id_of(first, gt0, 12001)      # car tracks never take the person
+
+
+def test_assisted_tracker_keeps_look_alikes_apart_and_holds_small_newcomers_back():
+    boxes = [dataclasses.replace(b, hidden=frozenset((9, 10, 11))) if b.gt_id == 14001 else b
+             for b in crossing_look_alikes()] + [Box(12002, PERSON, 60, 10, 6, 8, 0, 0, (30, 200, 30),
+                                                     hidden=frozenset(range(3)))]
+    video = scrambled_video(boxes, 20)
+    tracker = make_tracker("v", dataclasses.replace(ASSISTED, tentative_max_area=1.0))
+    outputs = [tracker.update(f) for f, _, _ in video]
+    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert switches == 0 and all(len(ids) == 1 for ids in seen.values())
+    newcomer = video[3][1].ids == 12002     # the hybrid's tentative newcomer: held back one frame
+    assert (outputs[3].ids[newcomer] == 0).all() and (outputs[4].ids[video[4][1].ids == 12002] != 0).all()
+
+
+def test_assisted_checkpoint_resumes_exactly_and_hashes_the_weights():
+    from operators.association.learned import tracker_from_state
+    from pipelines.label.config import LabelConfig
+
+    video = scrambled_video(crossing_look_alikes(), 12, seed=4)
+    whole = make_tracker("v", ASSISTED)
+    expected = [whole.update(f) for f, _, _ in video]
+    first = make_tracker("v", ASSISTED)
+    out = [first.update(f) for f, _, _ in video[:6]]
+    resumed = tracker_from_state(*first.state())
+    assert type(resumed) is type(first) and resumed.track_state
+    out += [resumed.update(f) for f, _, _ in video[6:]]
+    for a, b in zip(expected, out):
+        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
+    assert LabelConfig(tracker=ASSISTED).model_checksums()["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]

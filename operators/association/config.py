@@ -15,7 +15,7 @@ from operators.formats.categories import CITYSCAPES_THING_IDS, CONFUSABLE_THINGS
 
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
-TRACKER_METHODS = ("hybrid", "learned")
+TRACKER_METHODS = ("hybrid", "learned", "assisted")
 
 
 @dataclass(frozen=True)
@@ -147,9 +147,11 @@ class TrackerConfig:
 
     # --- which tracker ------------------------------------------------------------------------
     method: str = "hybrid"
-    """``"hybrid"`` (this module's hand-set stages) or ``"learned"`` (the recurrent graph network of
+    """``"hybrid"`` (this module's hand-set stages), ``"learned"`` (the recurrent graph network of
     :mod:`operators.association.learned`, which reuses the observation, motion, appearance and
-    memory settings above and replaces the matching, re-identification and track scoring)."""
+    memory settings above and replaces the matching, re-identification and track scoring), or
+    ``"assisted"`` (the hybrid's stages, gates, thresholds and tentative newcomers with the
+    network's match probability as the affinity of every pair, and its track heads' classes)."""
     learned_weights: str = ""
     """Weights of the learned tracker (``""``: the shipped ``operators/association/weights/learned_tracker.pt``)."""
 
@@ -190,6 +192,11 @@ class TrackerConfig:
         object.__setattr__(self, "thing_category_ids", tuple(int(c) for c in self.thing_category_ids))
         object.__setattr__(self, "confusable_categories",
                            tuple(tuple(int(c) for c in group) for group in self.confusable_categories))
+
+    @property
+    def uses_network(self) -> bool:
+        """Whether the tracker runs the learned network (its weights are part of the result)."""
+        return self.method in ("learned", "assisted")
 
     @property
     def motion_noise(self) -> MotionNoise:

@@ -291,9 +291,19 @@ class LearnedTracker(VideoTracker):
 
     def _decide(self, obs: _Observation, graph: FrameGraph) -> tuple[dict[int, int], list[int]]:
         """(matches {column: track id}, columns dropped as spurious) from the network."""
+        meta = self.model.meta
+        match, p_new = self._network(graph)
+        pairs = assign(match, graph.mask > 0, "hungarian", float(meta["match_threshold"]))
+        matches = {int(graph.columns[j]): int(graph.track_ids[i]) for i, j in pairs}
+        drop = [int(c) for k, c in enumerate(graph.columns)
+                if int(c) not in matches and p_new[k] < float(meta["new_track_threshold"])]
+        return matches, drop
+
+    def _network(self, graph: FrameGraph) -> tuple[np.ndarray, np.ndarray]:
+        """The network on ``graph``: (match probabilities ``(T, D)`` float64, 0 off the class mask;
+        new-track probabilities ``(D,)``); keeps what the recurrent update needs."""
         import torch
 
-        meta = self.model.meta
         n_t = len(graph.track_ids)
         state = np.stack([self.track_state.get(int(t), np.zeros(self.model.net.state_size, np.float32))
                           for t in graph.track_ids]) if n_t else np.zeros((0, self.model.net.state_size), np.float32)
@@ -303,12 +313,7 @@ class LearnedTracker(VideoTracker):
             match_logit, new_logit, t, d, e = self.model.net.associate(*tensors)
         self._pending = (torch.from_numpy(state), t, d, e)
         match = torch.sigmoid(match_logit).numpy().astype(np.float64) * graph.mask
-        pairs = assign(match, graph.mask > 0, "hungarian", float(meta["match_threshold"]))
-        matches = {int(graph.columns[j]): int(graph.track_ids[i]) for i, j in pairs}
-        p_new = torch.sigmoid(new_logit).numpy()
-        drop = [int(c) for k, c in enumerate(graph.columns)
-                if int(c) not in matches and p_new[k] < float(meta["new_track_threshold"])]
-        return matches, drop
+        return match, torch.sigmoid(new_logit).numpy()
 
     def _starts_tentative(self, obs: _Observation, col: int) -> bool:
         """Never: the network's new-track head already decided which segments start tracks."""
@@ -398,13 +403,52 @@ class LearnedTracker(VideoTracker):
         return tracker
 
 
+class AssistedTracker(LearnedTracker):
+    """The hybrid tracker's stages decided by the network (``TrackerConfig(method="assisted")``).
+
+    Stage 2 (tracks in the previous index map) and stage 3 (the re-identification cascade of
+    lost tracks) run as in :class:`VideoTracker` — the same candidates, class and motion gates,
+    appearance floors, ``min_affinity`` / ``reid_threshold`` and Hungarian assignment — but the
+    affinity they assign on is the network's match probability of the pair instead of the
+    hand-set fusion; unmatched segments start tracks by the hybrid's rule (small newcomers are
+    tentative), not by the new-track head. The recurrent update and the track heads (class and
+    score of the output) are the learned tracker's. Checkpoints as :class:`LearnedTracker`'s.
+    """
+
+    def update(self, frame: TrackerFrame) -> PanopticFrame:
+        if frame.embeddings:  # the network was trained on the colour descriptor's likelihoods
+            frame = replace(frame, embeddings=None)
+        obs = self._observe(frame)
+        graph = graph_features(self, obs, self.model.classes, self.model.use_overlap)
+        match, _ = self._network(graph)
+        # one extra zero row / column: a track or segment outside the graph has probability 0
+        self._match = np.pad(match, ((0, 1), (0, 1)))
+        self._graph_row = {int(t): i for i, t in enumerate(graph.track_ids)}
+        self._graph_col = {int(c): j for j, c in enumerate(graph.columns)}
+        self._current_graph = graph
+        matches = self._match_tracked(obs)
+        matches.update(self._reidentify(obs, matches))
+        return self._commit(obs, matches)
+
+    def _decision_affinity(self, tracks: list[Track], cols: np.ndarray, affinity_: np.ndarray) -> np.ndarray:
+        rows = [self._graph_row.get(t.track_id, -1) for t in tracks]
+        return self._match[np.ix_(rows, [self._graph_col.get(int(c), -1) for c in cols])]
+
+    def _starts_tentative(self, obs: _Observation, col: int) -> bool:
+        return VideoTracker._starts_tentative(self, obs, col)
+
+
 def make_tracker(video_id: str, config: TrackerConfig | None = None) -> VideoTracker:
-    """The tracker ``config.method`` names: the hybrid :class:`VideoTracker` or :class:`LearnedTracker`."""
+    """The tracker ``config.method`` names: the hybrid :class:`VideoTracker`, :class:`LearnedTracker`
+    or :class:`AssistedTracker`."""
     config = config or TrackerConfig()
-    return LearnedTracker(video_id, config) if config.method == "learned" else VideoTracker(video_id, config)
+    return _TRACKERS.get(config.method, VideoTracker)(video_id, config)
 
 
 def tracker_from_state(meta: dict, arrays: dict[str, np.ndarray]) -> VideoTracker:
     """The tracker of a checkpoint (:meth:`VideoTracker.state` / :meth:`LearnedTracker.state`)."""
     method = TrackerConfig.from_json(meta["config"]).method
-    return LearnedTracker.from_state(meta, arrays) if method == "learned" else VideoTracker.from_state(meta, arrays)
+    return _TRACKERS.get(method, VideoTracker).from_state(meta, arrays)
+
+
+_TRACKERS = {"learned": LearnedTracker, "assisted": AssistedTracker}

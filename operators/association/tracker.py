@@ -280,9 +280,14 @@ class VideoTracker:
             fused = (total * fused + cfg.motion_weight * moving) / (total + cfg.motion_weight)
             near = d2 <= cfg.motion_gate
             gate &= near if pixel is None else near | (pixel >= cfg.motion_gate_overlap)
-        fused = fused * self._class_factor(tracks, obs, cols)
+        fused = self._decision_affinity(tracks, cols, fused * self._class_factor(tracks, obs, cols))
         pairs = assign(fused, gate, cfg.assignment, cfg.min_affinity)
         return {int(cols[j]): tracks[i].track_id for i, j in pairs}
+
+    def _decision_affinity(self, tracks: list[Track], cols: np.ndarray, affinity_: np.ndarray) -> np.ndarray:
+        """The affinity stages 2 and 3 assign on, ``(len(tracks), len(cols))``: the hand-set one here;
+        the assisted tracker (:mod:`operators.association.learned`) puts the network's in."""
+        return affinity_
 
     # ------------------------------------------------------------------ 3. memory
     def _reidentify(self, obs: _Observation, matched: dict[int, int]) -> dict[int, int]:
@@ -308,7 +313,7 @@ class VideoTracker:
             # time lost (the filter's covariance), the appearance has a floor of its own.
             d2, moving = self._motion_terms(tracks, obs, cols)
             looks = self._instance_affinity(tracks, obs, cols)
-            score = looks * moving * self._class_factor(tracks, obs, cols)
+            score = self._decision_affinity(tracks, cols, looks * moving * self._class_factor(tracks, obs, cols))
             gate = self._gate(tracks, obs, cols, looks, cfg.confusable_min_appearance) & \
                 (d2 <= cfg.reid_motion_gate) & (looks >= cfg.reid_min_appearance)
             pairs = assign(score, gate, cfg.assignment, cfg.reid_threshold)

@@ -182,7 +182,7 @@ class LabelConfig:
             out["flow"] = _sha256_of(str(self.flow_options.get("checkpoint", "")))
         else:
             out["flow"] = f"opencv-{cv2.__version__}-dis-{self.flow_options.get('preset', 'medium')}"
-        if self.tracker.method == "learned":
+        if self.tracker.uses_network:
             from operators.association.learned import weights_sha256
 
             out["tracker"] = weights_sha256(self.tracker)
@@ -245,7 +245,7 @@ def check_models(config: LabelConfig) -> None:
         from operators.segmentation.loading import load_builtin
 
         load_builtin(config.model)
-    if config.tracker.method == "learned":
+    if config.tracker.uses_network:
         from operators.association.learned import load_model, weights_path
 
         load_model(weights_path(config.tracker))

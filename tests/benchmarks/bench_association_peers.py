@@ -6,7 +6,9 @@ ids scrambled every frame) and scored with tubeflow's VPQ and STQ on the annotat
 (every 5th). Methods:
 
 * ``tubeflow`` — :class:`VideoTracker` with its defaults, DIS flow from the frames (what
-  ``tubeflow track`` computes; the flow's time is not in ms/frame);
+  ``tubeflow track`` computes; the flow's time is not in ms/frame); ``tubeflow assisted`` — the
+  same with ``TrackerConfig(method="assisted")`` (the hybrid's stages on the learned network's
+  match probabilities);
 * ``oracle`` — the same segments with the true ids (each segment takes the GT identity it
   overlaps most): the ceiling of association on these segments;
 * boxmot 25.0.0's ``ByteTrack``, ``OcSort``, ``HybridSort`` and ``SFSORT`` — per class, low
@@ -190,7 +192,8 @@ def evaluate_method(run: Callable[[VideoInput], tuple[list[PanopticFrame], float
 
 
 def methods(include_peers: bool = True) -> dict[str, Callable[[VideoInput], tuple[list[PanopticFrame], float]]]:
-    out = {"oracle (true ids)": run_oracle, "tubeflow": run_tubeflow}
+    out = {"oracle (true ids)": run_oracle, "tubeflow": run_tubeflow,
+           "tubeflow assisted": lambda video: run_tubeflow(video, TrackerConfig(method="assisted"))}
     if include_peers:
         try:
             factories = _peer_factories()

@@ -101,13 +101,16 @@ def _time_trackers(frames: int, height: int, width: int) -> dict[str, list[list[
     import torch
 
     from operators.association import TrackerConfig
+    from operators.association.config import TRACKER_METHODS
     from operators.association.learned import make_tracker
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     video = _speed_video(frames, height, width)
     out = {}
-    for name, config in (("hybrid", TrackerConfig()), ("learned", TrackerConfig(method="learned"))):
+    # a baseline revision may predate the assisted tracker
+    for name in [m for m in ("hybrid", "learned", "assisted") if m in TRACKER_METHODS]:
+        config = TrackerConfig(method=name)
         tracker, times = make_tracker("bench", config), []
         for frame in video:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -168,8 +171,10 @@ def speed(frames: int, height: int, width: int, repeats: int, baseline: str | No
     for (label, name), (wall, cpu) in medians.items():
         print(f"  {label:22s} {name:8s} {cpu:7.2f} ms/frame CPU ({wall:7.2f} wall)")
     for label in codes:
-        ratio = medians[(label, "learned")][1] / medians[(label, "hybrid")][1]
-        print(f"  {label}: learned / hybrid {ratio:.2f}x CPU")
+        for name in ("learned", "assisted"):
+            if (label, name) in medians:
+                ratio = medians[(label, name)][1] / medians[(label, "hybrid")][1]
+                print(f"  {label}: {name} / hybrid {ratio:.2f}x CPU")
     if baseline:
         for name in ("hybrid", "learned"):
             before, after = medians[(f"baseline {baseline}", name)][1], medians[("this tree", name)][1]
