@@ -69,7 +69,8 @@ def run_config(config: TrackerConfig):
 
 def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: int) -> None:
     methods = {"oracle (true ids)": run_oracle, "hybrid": run_config(TrackerConfig()),
-               "learned": run_config(TrackerConfig(method="learned"))}
+               "learned": run_config(TrackerConfig(method="learned")),
+               "assisted": run_config(TrackerConfig(method="assisted"))}
     for name, path in variants.items():
         methods[name] = run_config(TrackerConfig(method="learned", learned_weights=path))
     print(f"seed {seed}; hard: {hard_videos} videos × 31 frames, 256x512; easy: {dict(EASY_CORPUS, seed=seed)} noisy; "
