@@ -178,8 +178,9 @@ def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
         assert label.config_from_args(parser.parse_args(extra)).tracker.method == "hybrid"
-        config = label.config_from_args(parser.parse_args(extra + ["--tracker", "learned"]))
-        assert config.tracker.method == "learned"
+        for method in ("learned", "assisted"):
+            config = label.config_from_args(parser.parse_args(extra + ["--tracker", method]))
+            assert config.tracker.method == method
     parser = argparse.ArgumentParser()
     track.add_arguments(parser)
     parsed = parser.parse_args(["--images", "i", "--perframe-json", "p", "--perframe-dir", "d", "--out", "o",
