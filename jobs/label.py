@@ -89,6 +89,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                                                          "the CPUs)")
     parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
+    parser.add_argument("--window-videos", type=int, default=None,
+                        help="videos per execution of the Ray Data graph: the driver's memory is bounded by a "
+                             "window, not the corpus (default: 128 per cluster CPU, 256 to 4096; 0: a pass in one "
+                             "execution)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
                              "Ray's start-up), auto (default: local for at most 64 videos to label without --address on a "
@@ -134,7 +138,7 @@ def config_from_args(args: argparse.Namespace):
     try:
         resources = StageResources(segment_actors=args.segment_actors, flow_actors=args.flow_actors,
                                    association_actors=args.association_actors, gpus=args.gpus,
-                                   executor=args.executor)
+                                   executor=args.executor, window_videos=args.window_videos)
         return LabelConfig(segmenter=args.segmenter, model=args.model, flow=args.flow, flow_options=flow_options,
                            tracker=tracker, gt_json=args.gt, gt_dir=args.gt_dir, stride=args.stride,
                            image_id_format=args.image_id_format, chunk_frames=args.chunk_frames,

@@ -19,7 +19,8 @@ from pipelines.label.stages import early_chunk_bound
 from pipelines.label.driver import split_skipped
 from pipelines.label.faults import VideoProgress
 from pipelines.label.finalize import VideoResult, annotations_rel
-from pipelines.label.graph import VIDEOS_PER_BLOCK, finalize_window_size, input_blocks
+from pipelines.label.graph import (VIDEOS_PER_BLOCK, execution_window_size, execution_windows, finalize_window_size,
+                                   input_blocks)
 from pipelines.label.outputs import write_predictions_json
 from pipelines.label.passes import FinalizeWindow, PassBook, RunTally
 from pipelines.label.stages import TIMED
@@ -107,6 +108,83 @@ def test_the_window_size_follows_the_cluster_within_bounds():
     assert finalize_window_size(2) == 16 and finalize_window_size(64) == 256 and finalize_window_size(10_000) == 1024
     with pytest.raises(ValueError):
         FinalizeWindow(0, None)
+
+
+def test_a_pass_runs_in_windows_that_take_each_video_once_in_order_and_only_when_needed():
+    taken = []
+
+    def rows():
+        for v in range(7):
+            taken.append(v)
+            yield {"video_id": f"v{v}"}
+
+    windows = execution_windows(rows(), 3)
+    first = next(windows)
+    assert [r["video_id"] for r in first] == ["v0", "v1", "v2"] and taken == [0, 1, 2]  # the next window not yet
+    rest = list(windows)
+    assert [[r["video_id"] for r in w] for w in rest] == [["v3", "v4", "v5"], ["v6"]] and taken == list(range(7))
+    assert [len(w) for w in execution_windows(rows(), 0)] == [7]  # 0: the pass in one execution
+    assert list(execution_windows([], 3)) == []
+    with pytest.raises(ValueError):
+        list(execution_windows(rows(), -1))
+    # the window follows the cluster: 256 videos on 2 CPUs, 2,048 at most
+    assert execution_window_size(2) == 256 and execution_window_size(8) == 512 and execution_window_size(1e4) == 2048
+
+
+def test_the_ray_engine_runs_one_execution_per_window_and_each_video_once(monkeypatch):
+    """RayEngine.summaries without Ray: the graph is built once per window, from the rows of that
+    window only, and each execution's rows come out in turn (the pass on Ray, with a lost window:
+    test_label_faults.py)."""
+    import pipelines.label.graph as graph
+    from pipelines.label.passes import RayEngine
+
+    built, made = [], []
+
+    class Execution:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def iter_rows(self):
+            for row in self.rows:
+                yield {"video_id": row["video_id"], "window": len(built)}
+
+    def build_dataset(rows, *args, isolate=False, **kwargs):
+        built.append([row["video_id"] for row in rows])
+        return Execution(rows)
+
+    def rows():
+        for v in range(5):
+            made.append(v)
+            yield {"video_id": f"v{v}"}
+
+    monkeypatch.setattr(graph, "build_dataset", build_dataset)
+    engine = object.__new__(RayEngine)  # its __init__ starts the association actors
+    engine.pool = None
+    engine.passes = type("Passes", (), {"plan": {"window_videos": 2}, "config": None, "layout": OutputLayout("o"),
+                                        "run_id": "r", "categories": None, "gt": type("G", (), {"settings": None}),
+                                        "attempt": 0})()
+    summaries = engine.summaries(rows())
+    assert next(summaries) == {"video_id": "v0", "window": 1} and made == [0, 1]  # one window's rows at a time
+    assert list(summaries) == [{"video_id": "v1", "window": 1}, {"video_id": "v2", "window": 2},
+                               {"video_id": "v3", "window": 2}, {"video_id": "v4", "window": 3}]
+    assert built == [["v0", "v1"], ["v2", "v3"], ["v4"]]
+
+
+def test_window_videos_is_checked_and_reaches_the_config():
+    import argparse
+
+    from jobs.label import add_arguments, config_from_args
+    from pipelines.label.config import StageResources
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ValueError):
+        StageResources(window_videos=-1)
+    assert StageResources().window_videos is None  # chosen from the cluster (graph.stage_plan)
+    args = parser.parse_args(["--input", "in", "--output", "out", "--window-videos", "0"])
+    assert config_from_args(args).resources.window_videos == 0
+    with pytest.raises(InputError, match="window_videos"):
+        config_from_args(parser.parse_args(["--input", "i", "--output", "o", "--window-videos", "-2"]))
 
 
 class _Entry:

@@ -135,3 +135,59 @@ def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkey
     assert segments_table.read_segments_table(str(tmp_path / "out" / "segments")).select(columns).equals(
         segments_table.read_segments_table(str(tmp_path / "clean" / "segments")).select(columns))
     assert clean.resumed == []
+
+
+@pytest.mark.slow  # five executions of the graph on Ray (~40 s on 2 busy cores); test_label_driver checks windows without Ray
+def test_a_pass_in_windows_labels_each_video_once_also_when_a_window_is_lost(tmp_path, ray_local, monkeypatch):
+    """A pass runs the graph once per window of videos (graph.execution_windows), the association
+    actors serving every window. With windows of one video and the second window's executor giving
+    up after one row, the pass stops there as a pass in one execution does: the first window's
+    video is committed in pass 1, the second resumes in pass 2 and the third, which never ran,
+    starts there; each video committed once, the outputs those of the sequential loop."""
+    from dataclasses import replace
+
+    from ray.exceptions import ActorDiedError
+
+    import pipelines.label.graph as label_module
+    from pipelines.commit import committed_markers
+    from pipelines.label import label
+    from operators.segmentation.precomputed import PrecomputedSegmenter
+    from pipelines.label.config import LabelConfig
+    from pipelines.sequential import label_sequentially
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", videos=3, frames=4, height=64, width=128)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=2)
+    real, calls = label_module.build_dataset, []
+
+    class GivesUp:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def iter_rows(self):
+            rows = iter(self.dataset.iter_rows())
+            yield next(rows)
+            raise ActorDiedError()
+
+    def build(rows, *args, **kwargs):
+        calls.append([row["video_id"] for row in rows])
+        dataset = real(rows, *args, **kwargs)
+        return GivesUp(dataset) if len(calls) == 2 else dataset
+
+    monkeypatch.setattr(label_module, "build_dataset", build)
+    windowed = replace(config, resources=replace(config.resources, window_videos=1))
+    run = label(f"{corpus}/videos", str(tmp_path / "out"), windowed, progress=False, log=lambda *_: None)
+    # pass 1: a window per video until the second's executor gave up; pass 2: the two videos left
+    assert calls == [["0000"], ["0001"], ["0001"], ["0002"]]
+    assert [(r.video_id, r.status) for r in run.results] == [("0000", "ok"), ("0001", "ok"), ("0002", "ok")]
+    assert sorted(run.resumed) == [("0001", 2), ("0002", 0)]  # 0001 from its checkpoint, 0002 from the start
+    assert sorted(committed_markers(OutputLayout(str(tmp_path / "out")))) == ["0000", "0001", "0002"]
+    label_sequentially([(v, f"{corpus}/videos/{v}.mp4") for v in ("0000", "0001", "0002")],
+                       PrecomputedSegmenter(f"{corpus}/perframe"),
+                       image_id=lambda v, i: IMAGE_ID.format(video_id=v, frame_index=i),
+                       segments_out=str(tmp_path / "sequential"))
+    columns = ["video_id", "frame_index", "image_id", "track_id", "category_id", "area", "bbox", "mask"]
+    order = [("video_id", "ascending"), ("frame_index", "ascending"), ("track_id", "ascending")]
+    ours = segments_table.read_segments_table(str(tmp_path / "out" / "segments")).select(columns).sort_by(order)
+    loop = segments_table.read_segments_table(str(tmp_path / "sequential")).select(columns).sort_by(order)
+    assert ours.num_rows > 0 and ours.equals(loop)

@@ -45,6 +45,10 @@ class StageResources:
     segment_actors: int | None = None
     flow_actors: int | None = None
     association_actors: int | None = None
+    window_videos: int | None = None
+    """Videos per execution of the Ray Data graph (None: from the cluster's CPUs,
+    :func:`pipelines.label.graph.execution_window_size`; 0: a pass in one execution); the
+    driver's memory of an execution is bounded by its window."""
     gpus: str = "auto"
     """What the model actors ask Ray for: ``auto``, ``cpu``, ``gpu`` (:mod:`cluster.gpus`)."""
     executor: str = "auto"
@@ -61,6 +65,8 @@ class StageResources:
 
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
+        if self.window_videos is not None and self.window_videos < 0:
+            raise ValueError(f"window_videos must be 0 (a pass in one execution) or more, not {self.window_videos}")
 
 
 @dataclass(frozen=True)

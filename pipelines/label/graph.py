@@ -14,8 +14,9 @@ what the driver does with the sink's rows is :mod:`pipelines.label.passes`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from pipelines.label.config import LabelConfig
 from pipelines.label.faults import MAX_TASK_RETRIES
@@ -32,6 +33,11 @@ BLOCKS_PER_SLOT = 4
 VIDEOS_PER_BLOCK = 64
 """Videos per input block (at most): a plan+decode task whose worker is lost runs again from its
 block's first video, so a block bounds the work a lost worker costs."""
+WINDOW_VIDEOS_PER_CPU = 64
+MIN_WINDOW_VIDEOS = 256
+MAX_WINDOW_VIDEOS = 2048
+"""Videos per execution of the graph (:func:`execution_window_size`): 256 up to 4 CPUs, 2,048
+from 32 CPUs on; what the driver holds of an execution is at most the window's."""
 
 
 def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
@@ -69,7 +75,8 @@ def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
             # each): on a small machine that start-up costs more than the decoding. One task per
             # two cores keeps the decoder ahead of the models (decode is ~2 % of operator time).
             "task_concurrency": max(1, int(cpus) // 2),
-            "finalize_window": finalize_window_size(cpus)}
+            "finalize_window": finalize_window_size(cpus),
+            "window_videos": execution_window_size(cpus) if r.window_videos is None else r.window_videos}
     shares = {"decode": r.decode_cpus, "segment": r.segment_cpus, "flow": r.flow_cpus,
               "associate": r.associate_cpus, "feeder": FEEDER_CPUS, "sink": r.sink_cpus}
     held = ((0 if choice.use_gpus else segment_max * shares["segment"]) + flow_max * shares["flow"]
@@ -99,6 +106,32 @@ def input_blocks(n_videos: int, slots: int, isolate: bool = False) -> int:
     if isolate:
         return n_videos
     return min(n_videos, max(BLOCKS_PER_SLOT * max(1, slots), -(-n_videos // VIDEOS_PER_BLOCK)))
+
+
+def execution_window_size(cpus: float) -> int:
+    """Videos per execution of the graph (:func:`execution_windows`): :data:`WINDOW_VIDEOS_PER_CPU`
+    per CPU of the cluster, at least :data:`MIN_WINDOW_VIDEOS`, at most :data:`MAX_WINDOW_VIDEOS`."""
+    return int(min(MAX_WINDOW_VIDEOS, max(MIN_WINDOW_VIDEOS, WINDOW_VIDEOS_PER_CPU * cpus)))
+
+
+def execution_windows(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """The video rows of a pass in consecutive windows of at most ``size`` videos (0: one window
+    of them all), each one execution of the graph (:class:`pipelines.label.passes.RayEngine`),
+    taken from ``rows`` only once the window before has run (``rows`` may be a generator).
+
+    Why: Ray Data keeps state per block until its execution ends — every operator's statistics
+    of each block it passed on (``MapOperator._output_blocks_stats``, one per chunk per stage),
+    and in the driver, which owns every block, the core worker's records of the blocks and tasks
+    — and with one chunk per block that is tens of KiB per video in the driver for as long as the
+    execution runs (``tests/benchmarks/bench_label_window.py``). An execution per window frees
+    it at the window's end, so the driver's memory is bounded by the window, not by the corpus.
+    The price is a start of the stages' actors (model loading) and a pipeline drained per window:
+    a window holds many videos, so it is small against the window's work."""
+    if size < 0:
+        raise ValueError(f"a window holds at least one video, not {size}")
+    rows = iter(rows)
+    while window := list(itertools.islice(rows, size or None)):
+        yield window
 
 
 def finalize_window_size(cpus: float) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from operators import fs
 from pipelines.commit import OutputLayout, read_marker, remove_tree, undo_commit
@@ -95,11 +95,14 @@ class PassBook:
     lost, and what becomes of a video whose last row came (:meth:`take`, O(1) per row).
 
     ``launch(progress)`` starts a complete video's finalize; ``discard(video_id)`` drops a failed
-    video's staging and checkpoints; ``finish(video_id)`` tells the association it is done."""
+    video's staging and checkpoints; ``finish(video_id)`` tells the association it is done.
+
+    The book takes ``waiting`` as its :attr:`running` (not a copy): a video leaves it as it closes,
+    so what the driver holds of the pass's videos shrinks as they are labelled."""
 
     def __init__(self, waiting: dict[str, VideoProgress], tally: RunTally, launch: Callable[[VideoProgress], None],
                  discard: Callable[[str], None], finish: Callable[[str], None], done: Callable[[], None]):
-        self.running = dict(waiting)
+        self.running = waiting
         self.lost: dict[str, VideoProgress] = {}
         self.tally, self.launch, self.discard, self.finish, self.done = tally, launch, discard, finish, done
 
@@ -238,7 +241,8 @@ class LabelPasses:
         self.checkpoints.discard(video_id)
 
     def run_pass(self, waiting: dict[str, VideoProgress]) -> dict[str, VideoProgress]:
-        """One pass of the engine over ``waiting``; returns the videos it lost (see faults)."""
+        """One pass of the engine over ``waiting`` (emptied as its videos close); returns the
+        videos it lost (see faults)."""
         config, layout, run_id, bar, tally = self.config, self.layout, self.run_id, self.bar, self.tally
         engine = self.engine(self)
         window = FinalizeWindow(self.plan["finalize_window"], engine.wait)
@@ -260,9 +264,11 @@ class LabelPasses:
             bar.update(1)
             bar.set_postfix(failed=tally.failed, fps=f"{tally.frames_per_second:.1f}", refresh=False)
 
+        # made as the engine takes them (a window's rows at a time: RayEngine; a video's: LocalEngine),
+        # before any of their videos can close
+        rows = ({"video_id": v, "uri": self.by_id[v].uri, "gt": self.gt.refs[v].to_text() if v in self.gt.refs else "",
+                 "resume_from": waiting[v].resume_from} for v in list(waiting))
         book = PassBook(waiting, tally, launch, self._discard, engine.finish, done)
-        rows = [{"video_id": v, "uri": self.by_id[v].uri, "gt": self.gt.refs[v].to_text() if v in self.gt.refs else "",
-                 "resume_from": p.resume_from} for v, p in waiting.items()]
         try:
             gone = ""
             try:
@@ -296,13 +302,17 @@ class RayEngine:
         self.task = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
         self.wait, self.get, self.lost_errors = ray.wait, ray.get, (ray.exceptions.RayError,)
 
-    def summaries(self, rows: list[dict]):
-        """The sink's summary rows of a pass over ``rows``; a pass after the first puts each video
-        in an input block of its own (:func:`pipelines.label.graph.input_blocks`: it runs the
-        videos that lost a process, and one that kills its process must not take others along)."""
+    def summaries(self, rows: Iterable[dict]) -> Iterator[dict]:
+        """The sink's summary rows of a pass over ``rows``, one execution of the graph per window
+        of videos (:func:`pipelines.label.graph.execution_windows`: what Ray Data and Ray keep of
+        an execution in the driver is freed when it ends; the association actors serve every
+        window). A pass after the first puts each video in an input block of its own
+        (:func:`pipelines.label.graph.input_blocks`: it runs the videos that lost a process, and
+        one that kills its process must not take others along)."""
         p = self.passes
-        return graph.build_dataset(rows, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories,
-                                   p.gt.settings, isolate=p.attempt > 0).iter_rows()
+        for window in graph.execution_windows(rows, p.plan["window_videos"]):
+            yield from graph.build_dataset(window, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories,
+                                           p.gt.settings, isolate=p.attempt > 0).iter_rows()
 
     def finalize(self, *args):
         return self.task.remote(*args)
