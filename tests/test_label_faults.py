@@ -96,19 +96,13 @@ def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, st
     assert all(r["resume_from"] == resume_from and r["frame_count"] == 10 and not r["error"] for r in rows)
 
 
-def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkeypatch):
-    """Ray Data raising a system error mid-pass (its actors kept dying as they started) loses
-    the pass's videos, not the run: the next pass labels them, with the clean rows."""
+def _executor_gives_up(monkeypatch, call: int) -> list[list[dict]]:
+    """``graph.build_dataset`` replaced by one whose ``call``-th execution lets one row through and
+    then raises, as Ray Data does when its actors keep dying as they start; the rows each call got."""
     from ray.exceptions import ActorDiedError
 
     import pipelines.label.graph as label_module
-    from pipelines.label import label
-    from pipelines.label.config import LabelConfig
-    from test_label_pipeline import IMAGE_ID, make_corpus
 
-    corpus = make_corpus(tmp_path / "corpus", videos=2, frames=6)
-    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=3)
-    clean = label(f"{corpus}/videos", str(tmp_path / "clean"), config, progress=False, log=lambda *_: None)
     real, calls = label_module.build_dataset, []
 
     class GivesUp:
@@ -120,12 +114,26 @@ def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkey
             yield next(rows)  # one row gets through, then the executor aborts
             raise ActorDiedError()
 
-    def build(*args, **kwargs):
-        calls.append(args[0])
-        dataset = real(*args, **kwargs)
-        return GivesUp(dataset) if len(calls) == 1 else dataset
+    def build(rows, *args, **kwargs):
+        calls.append(rows)
+        dataset = real(rows, *args, **kwargs)
+        return GivesUp(dataset) if len(calls) == call else dataset
 
     monkeypatch.setattr(label_module, "build_dataset", build)
+    return calls
+
+
+def test_a_pass_the_executor_gave_up_on_is_run_again(tmp_path, ray_local, monkeypatch):
+    """Ray Data raising a system error mid-pass (its actors kept dying as they started) loses
+    the pass's videos, not the run: the next pass labels them, with the clean rows."""
+    from pipelines.label import label
+    from pipelines.label.config import LabelConfig
+    from test_label_pipeline import IMAGE_ID, make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", videos=2, frames=6)
+    config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=3)
+    clean = label(f"{corpus}/videos", str(tmp_path / "clean"), config, progress=False, log=lambda *_: None)
+    calls = _executor_gives_up(monkeypatch, 1)
     messages = []
     run = label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=messages.append)
     assert [r.status for r in run.results] == ["ok", "ok"] and len(calls) == 2
@@ -146,9 +154,6 @@ def test_a_pass_in_windows_labels_each_video_once_also_when_a_window_is_lost(tmp
     starts there; each video committed once, the outputs those of the sequential loop."""
     from dataclasses import replace
 
-    from ray.exceptions import ActorDiedError
-
-    import pipelines.label.graph as label_module
     from pipelines.commit import committed_markers
     from pipelines.label import label
     from operators.segmentation.precomputed import PrecomputedSegmenter
@@ -158,27 +163,11 @@ def test_a_pass_in_windows_labels_each_video_once_also_when_a_window_is_lost(tmp
 
     corpus = make_corpus(tmp_path / "corpus", videos=3, frames=4, height=64, width=128)
     config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID, chunk_frames=2)
-    real, calls = label_module.build_dataset, []
-
-    class GivesUp:
-        def __init__(self, dataset):
-            self.dataset = dataset
-
-        def iter_rows(self):
-            rows = iter(self.dataset.iter_rows())
-            yield next(rows)
-            raise ActorDiedError()
-
-    def build(rows, *args, **kwargs):
-        calls.append([row["video_id"] for row in rows])
-        dataset = real(rows, *args, **kwargs)
-        return GivesUp(dataset) if len(calls) == 2 else dataset
-
-    monkeypatch.setattr(label_module, "build_dataset", build)
+    calls = _executor_gives_up(monkeypatch, 2)
     windowed = replace(config, resources=replace(config.resources, window_videos=1))
     run = label(f"{corpus}/videos", str(tmp_path / "out"), windowed, progress=False, log=lambda *_: None)
     # pass 1: a window per video until the second's executor gave up; pass 2: the two videos left
-    assert calls == [["0000"], ["0001"], ["0001"], ["0002"]]
+    assert [[row["video_id"] for row in rows] for rows in calls] == [["0000"], ["0001"], ["0001"], ["0002"]]
     assert [(r.video_id, r.status) for r in run.results] == [("0000", "ok"), ("0001", "ok"), ("0002", "ok")]
     assert sorted(run.resumed) == [("0001", 2), ("0002", 0)]  # 0001 from its checkpoint, 0002 from the start
     assert sorted(committed_markers(OutputLayout(str(tmp_path / "out")))) == ["0000", "0001", "0002"]
