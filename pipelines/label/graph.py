@@ -7,8 +7,10 @@
     in frame order, ObjectRefs) ─ sink (staging: segments table, frame times, the annotated
     frames' contingency tables vs GT, PNGs, overlay frames) ─► summary rows
 
-Ray Data streams chunks through the stages with backpressure, so memory is bounded by the
-blocks in flight, not by the corpus. The stages themselves are in :mod:`pipelines.label.stages`;
+Ray Data streams chunks through the stages with backpressure, so the workers' memory is bounded
+by the blocks in flight, not by the corpus; the driver's is bounded by running a pass as one
+execution per window of videos (:func:`execution_windows`), since Ray Data and Ray keep state in
+the driver per block until an execution ends. The stages themselves are in :mod:`pipelines.label.stages`;
 what the driver does with the sink's rows is :mod:`pipelines.label.passes`.
 """
 from __future__ import annotations
@@ -119,12 +121,13 @@ def execution_windows(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
     of them all), each one execution of the graph (:class:`pipelines.label.passes.RayEngine`),
     taken from ``rows`` only once the window before has run (``rows`` may be a generator).
 
-    Why: Ray Data keeps state per block until its execution ends — every operator's statistics
-    of each block it passed on (``MapOperator._output_blocks_stats``, one per chunk per stage),
-    and in the driver, which owns every block, the core worker's records of the blocks and tasks
-    — and with one chunk per block that is tens of KiB per video in the driver for as long as the
-    execution runs (``tests/benchmarks/bench_label_window.py``). An execution per window frees
-    it at the window's end, so the driver's memory is bounded by the window, not by the corpus.
+    Why: until an execution ends, Ray Data keeps in the driver every operator's statistics of
+    each block it passed on (``MapOperator._output_blocks_stats``, one per chunk per stage; Ray
+    issue 66016), and the driver, which owns every block, holds native state per block in Ray's
+    core worker (small blocks inline in its memory store): with one chunk per block, 45-85 KiB
+    per video for as long as the execution runs (``tests/benchmarks/bench_label_window.py``). An
+    execution per window frees it at the window's end: the driver's memory is bounded by a
+    window, not by the corpus.
     The price is a start of the stages' actors (model loading) and a pipeline drained per window:
     a window holds many videos, so it is small against the window's work."""
     if size < 0:
