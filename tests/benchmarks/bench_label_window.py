@@ -73,7 +73,7 @@ def report(figures: dict, counts: list[int], frames: int) -> dict[str, float]:
               + f" ({first} -> {last} videos): {growth[mode]:+.2f} KiB per added video   "
               + "  ".join(f"{figures[(mode, n)]['seconds']:.0f} s" for n in counts))
     before, after = growth[modes[0]], growth[modes[1]]
-    ratio = f"{before / after:.1f}x less per video" if after > 0.1 else f"no growth above 0.1 KiB per video"
+    ratio = f"{before / after:.1f}x less per video" if after > 0.1 else "no growth above 0.1 KiB per video"
     print(f"  windows vs one execution: {ratio} ({before:+.1f} -> {after:+.1f} KiB per video); "
           "target <= 10 KiB per video")
     return growth
