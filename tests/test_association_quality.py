@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from operators.association import TrackerConfig, TrackerFrame, VideoTracker
+from operators.association import TrackerConfig, TrackerFrame
+from operators.association.learned import make_tracker
 from operators.association.frame_loop import track_frames
 from operators.flow.dis import DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id
@@ -64,7 +65,7 @@ def track_synth_video(cfg, video_index: int, tracker_config: TrackerConfig, make
     from operators.synth import generate_video
 
     rng = np.random.default_rng(1000 + video_index)
-    tracker = VideoTracker(f"{video_index:04d}", tracker_config)
+    tracker = make_tracker(f"{video_index:04d}", tracker_config)   # the tracker the config's method names
     dis = DisFlow("medium") if flow == "dis" else None  # None: the frames carry the generator's flow
     gts = []
 
