@@ -279,15 +279,20 @@ class LearnedTracker(VideoTracker):
 
     # ------------------------------------------------------------------ per frame
     def update(self, frame: TrackerFrame) -> PanopticFrame:
-        if frame.embeddings:  # the network was trained on the colour descriptor's likelihoods
-            frame = replace(frame, embeddings=None)
-        obs = self._observe(frame)
-        graph = graph_features(self, obs, self.model.classes, self.model.use_overlap)
+        obs, graph = self._observe_graph(frame)
         matches, drop = self._decide(obs, graph)
         for col in drop:
             obs.thing[col], obs.dropped[col] = False, True
-        self._current_graph = graph
         return self._commit(obs, matches)
+
+    def _observe_graph(self, frame: TrackerFrame) -> tuple[_Observation, FrameGraph]:
+        """The frame's observation and its graph for the network (kept for the recurrent update
+        at commit)."""
+        if frame.embeddings:  # the network was trained on the colour descriptor's likelihoods
+            frame = replace(frame, embeddings=None)
+        obs = self._observe(frame)
+        self._current_graph = graph_features(self, obs, self.model.classes, self.model.use_overlap)
+        return obs, self._current_graph
 
     def _decide(self, obs: _Observation, graph: FrameGraph) -> tuple[dict[int, int], list[int]]:
         """(matches {column: track id}, columns dropped as spurious) from the network."""
@@ -416,16 +421,12 @@ class AssistedTracker(LearnedTracker):
     """
 
     def update(self, frame: TrackerFrame) -> PanopticFrame:
-        if frame.embeddings:  # the network was trained on the colour descriptor's likelihoods
-            frame = replace(frame, embeddings=None)
-        obs = self._observe(frame)
-        graph = graph_features(self, obs, self.model.classes, self.model.use_overlap)
+        obs, graph = self._observe_graph(frame)
         match, _ = self._network(graph)
         # one extra zero row / column: a track or segment outside the graph has probability 0
         self._match = np.pad(match, ((0, 1), (0, 1)))
         self._graph_row = {int(t): i for i, t in enumerate(graph.track_ids)}
         self._graph_col = {int(c): j for j, c in enumerate(graph.columns)}
-        self._current_graph = graph
         matches = self._match_tracked(obs)
         matches.update(self._reidentify(obs, matches))
         return self._commit(obs, matches)
