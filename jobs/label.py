@@ -90,8 +90,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
     parser.add_argument("--window-videos", type=int, default=None,
-                        help="videos per execution of the Ray Data graph: the driver's memory is bounded by a "
-                             "window, not the corpus (default: 128 per cluster CPU, 256 to 4096; 0: a pass in one "
+                        help="videos per execution of the Ray Data graph: what Ray Data keeps per block in "
+                             "the driver is freed per window (default: 64 per cluster CPU, 256 to 2048; 0: a pass in one "
                              "execution)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
