@@ -178,7 +178,7 @@ def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
         assert label.config_from_args(parser.parse_args(extra)).tracker.method == "hybrid"
-        for method in ("learned", "assisted"):
+        for method in ("learned", "assisted", "composite"):
             config = label.config_from_args(parser.parse_args(extra + ["--tracker", method]))
             assert config.tracker.method == method
     parser = argparse.ArgumentParser()
@@ -386,3 +386,143 @@ def test_assisted_checkpoint_resumes_exactly_and_hashes_the_weights():
     for a, b in zip(expected, out):
         assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
     assert LabelConfig(tracker=ASSISTED).model_checksums()["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]
+
+
+COMPOSITE = TrackerConfig(method="composite")
+
+
+def test_vouched_pairs_are_the_mutual_best_overlaps_of_at_least_one_half():
+    from operators.association.learned import vouched_pairs
+
+    pixel = np.array([[0.8, 0.6, 0.0],    # row 0: best 0.8 at column 0, which is also column 0's best
+                      [0.7, 0.55, 0.0],   # row 1: best 0.7 at column 0, but column 0's best is row 0
+                      [0.0, 0.0, 0.45],   # row 2: mutual best but below 0.5
+                      [0.0, 0.9, 0.0]])   # row 3: mutual best 0.9, but the gate forbids it below
+    gate = np.ones(pixel.shape, bool)
+    assert vouched_pairs(pixel, gate).tolist() == [[True, False, False], [False, False, False],
+                                                   [False, False, False], [False, True, False]]
+    gate[3, 1] = False   # now column 1's best allowed overlap is row 1's 0.55, whose own best is column 0
+    assert vouched_pairs(pixel, gate).tolist() == [[True, False, False]] + [[False] * 3] * 3
+    assert vouched_pairs(np.zeros((0, 2)), np.zeros((0, 2), bool)).shape == (0, 2)
+
+
+def _stage_case():
+    """Tracks A, B, C × segments x, y, z: the hand-set affinity, the network's probabilities and the
+    warped-mask overlaps (A–x vouched for)."""
+    hand = np.array([[0.70, 0.10, 0.00],
+                     [0.30, 0.60, 0.25],
+                     [0.00, 0.21, 0.10]])
+    network = np.array([[0.05, 0.99, 0.00],
+                        [0.99, 0.60, 0.90],
+                        [0.00, 0.30, 0.95]])
+    pixel = np.array([[0.80, 0.00, 0.00],
+                      [0.30, 0.20, 0.00],
+                      [0.00, 0.00, 0.00]])
+    return hand, network, pixel
+
+
+def test_composite_decides_by_the_floor_the_mutual_check_and_the_network(monkeypatch):
+    """(a) the network only among pairs whose hand-set affinity passes the stage's floor; (b) a pair
+    the warped masks vouch for is the hand-set affinity's; the rest is the network's."""
+    from operators.association.assignment import assign
+    from operators.association.learned import AssistedTracker, CompositeTracker
+
+    hand, network, pixel = _stage_case()
+    gate = np.ones(hand.shape, bool)
+    composite, assisted = make_tracker("v", COMPOSITE), make_tracker("v", ASSISTED)
+    assert type(composite) is CompositeTracker and type(assisted) is AssistedTracker
+    for tracker in (composite, assisted):
+        monkeypatch.setattr(tracker, "_decision_affinity", lambda tracks, cols, affinity_: network)
+    tracks, cols = [None] * 3, np.arange(3)
+    # the hybrid alone: A–x, B–y; the assisted tracker: the network's best total (A–y, B–x, C–z)
+    assert assign(hand, gate, "hungarian", 0.2) == [(0, 0), (1, 1)]
+    assert assisted._stage_pairs(tracks, cols, hand, gate, 0.2, pixel) == [(0, 1), (1, 0), (2, 2)]
+    # stage 2: A–x vouched for (the network's A–y and B–x not taken); among B, C × y, z the network
+    # decides, but C–z (hand-set 0.10 < 0.2) is not a candidate: B–z, C–y
+    assert composite._stage_pairs(tracks, cols, hand, gate, 0.2, pixel) == [(0, 0), (1, 2), (2, 1)]
+    # stage 3 (no overlaps): the floor alone; A–y (hand-set 0.10) and C–z are out, A–x (0.05) is
+    # below the floor on the network's side: B–x, C–y, A unmatched
+    assert composite._stage_pairs(tracks, cols, hand, gate, 0.2, None) == [(1, 0), (2, 1)]
+    # with a floor of 0, C–z (network 0.95) is a candidate too: B–y, C–z
+    assert composite._stage_pairs(tracks, cols, hand, gate, 0.0, pixel) == [(0, 0), (1, 1), (2, 2)]
+    # a pair the gate forbids is never vouched for: the floor rule alone then, as in stage 3
+    gate[0, 0] = False
+    assert composite._stage_pairs(tracks, cols, hand, gate, 0.2, pixel) == [(1, 0), (2, 1)]
+
+
+def test_composite_outputs_the_class_votes_not_the_class_head(monkeypatch):
+    """(c) a car flipped to truck for one frame, with a class head that says truck every frame: the
+    composite tracker outputs car (the track's votes), the assisted tracker follows the head."""
+    from operators.association.learned import LearnedTracker
+
+    truck = CAR + 1
+    boxes = [Box(14001, CAR, 10, 30, 14, 10, 2, 0, (200, 30, 30), category_at={3: truck}),
+             Box(12001, PERSON, 60, 20, 6, 14, 0, 1, (30, 200, 30))]
+    video = scrambled_video(boxes, 6)
+    real = LearnedTracker._recurrent_update
+
+    def head_says_truck(self, obs, matches):
+        real(self, obs, matches)
+        for tid in self.learned_class:
+            if self.tracks[tid].category_id == CAR:
+                self.learned_class[tid] = truck
+
+    monkeypatch.setattr(LearnedTracker, "_recurrent_update", head_says_truck)
+    for config, expected in ((COMPOSITE, CAR), (ASSISTED, truck)):
+        tracker = make_tracker("v", config)
+        outputs = [tracker.update(f) for f, _, _ in video]
+        car = [{s.category_id for s in out.segments if s.id == int(np.bincount(out.ids[gt.ids == 14001]).argmax())}
+               for out, (_, gt, _) in zip(outputs, video)]
+        assert all(c == {expected} for c in car), (config.method, car)
+
+
+def test_composite_keeps_look_alikes_apart_and_holds_small_newcomers_back():
+    boxes = [dataclasses.replace(b, hidden=frozenset((9, 10, 11))) if b.gt_id == 14001 else b
+             for b in crossing_look_alikes()] + [Box(12002, PERSON, 60, 10, 6, 8, 0, 0, (30, 200, 30),
+                                                     hidden=frozenset(range(3)))]
+    video = scrambled_video(boxes, 20)
+    tracker = make_tracker("v", dataclasses.replace(COMPOSITE, tentative_max_area=1.0))
+    outputs = [tracker.update(f) for f, _, _ in video]
+    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
+    assert switches == 0 and all(len(ids) == 1 for ids in seen.values())
+    newcomer = video[3][1].ids == 12002
+    assert (outputs[3].ids[newcomer] == 0).all() and (outputs[4].ids[video[4][1].ids == 12002] != 0).all()
+    for out in outputs:
+        validate_frame(out, "output")
+
+
+def test_composite_checkpoint_resumes_exactly_and_hashes_the_weights():
+    from operators.association.learned import CompositeTracker, tracker_from_state
+    from pipelines.label.config import LabelConfig
+
+    video = scrambled_video(crossing_look_alikes(), 12, seed=4)
+    whole = make_tracker("v", COMPOSITE)
+    expected = [whole.update(f) for f, _, _ in video]
+    first = make_tracker("v", COMPOSITE)
+    out = [first.update(f) for f, _, _ in video[:6]]
+    resumed = tracker_from_state(*first.state())
+    assert type(resumed) is CompositeTracker and resumed.track_state
+    out += [resumed.update(f) for f, _, _ in video[6:]]
+    for a, b in zip(expected, out):
+        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
+    composite, hybrid = LabelConfig(tracker=COMPOSITE), LabelConfig(tracker=TrackerConfig(method="hybrid"))
+    sums = composite.model_checksums()
+    assert sums["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]
+    assert composite.config_hash(sums) != hybrid.config_hash(hybrid.model_checksums())
+    assert composite.config_hash(sums) != LabelConfig(tracker=ASSISTED).config_hash(sums)
+
+
+def test_track_command_runs_the_composite_tracker(tmp_path, monkeypatch):
+    from test_association_cli import args, make_dirs, write_inputs
+
+    from jobs.cli import main
+    from operators.association.learned import CompositeTracker
+
+    calls = []
+    original = CompositeTracker.update
+    monkeypatch.setattr(CompositeTracker, "update", lambda self, frame: calls.append(frame.frame_index) or
+                        original(self, frame))
+    make_dirs(tmp_path)
+    write_inputs(tmp_path, ("0000",))
+    assert main(args(tmp_path, "--tracker", "composite")) == 0
+    assert len(calls) == 8

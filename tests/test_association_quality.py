@@ -149,10 +149,13 @@ def test_hybrid_with_memory_beats_single_trackers_under_occlusion():
     assert th15["hybrid + memory"] > max(th15["pixel only"], th15["instance only"]), th15
 
 
-def print_table(scenarios=("default", "occlusion", "similar", "small", "deform"), flow="gt") -> None:
+def print_table(scenarios=("default", "occlusion", "similar", "small", "deform"), flow="gt", method=None) -> None:
+    """The README's table; ``method``: every row's tracker method instead of the default's."""
+    from dataclasses import replace
+
     from operators.synth import SynthConfig
 
-    print(f"corpus: {QUALITY_CORPUS}, flow: {flow}")
+    print(f"corpus: {QUALITY_CORPUS}, flow: {flow}, method: {method or TrackerConfig().method}")
     print("| input | scenario | tracker | VPQ | VPQ-Th | VPQ-St | VPQ-Th k=15 | ID sw. / 100 tracks |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for scenario in scenarios:
@@ -160,11 +163,12 @@ def print_table(scenarios=("default", "occlusion", "similar", "small", "deform")
         rows = [("scrambled GT", "hybrid + memory", TrackerConfig(), scrambled)]
         rows += [("noisy", name, c, noisy) for name, c in ABLATION.items()]
         for label, name, tracker_config, maker in rows:
-            r = evaluate(cfg, tracker_config, maker, flow)
+            r = evaluate(cfg, replace(tracker_config, method=method) if method else tracker_config, maker, flow)
             print(f"| {label} | {scenario} | {name} | {r['vpq']:.1f} | {r['vpq_th']:.1f} | {r['vpq_st']:.1f} | "
                   f"{r[15][1]:.1f} | {r['idsw_per_100']:.1f} |", flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # [scenarios [flow [method]]], e.g. default,occlusion gt composite
     print_table(*([sys.argv[1].split(",")] if len(sys.argv) > 1 else []),
-                **({"flow": sys.argv[2]} if len(sys.argv) > 2 else {}))
+                **({"flow": sys.argv[2]} if len(sys.argv) > 2 else {}),
+                **({"method": sys.argv[3]} if len(sys.argv) > 3 else {}))

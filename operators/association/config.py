@@ -15,7 +15,7 @@ from operators.formats.categories import CITYSCAPES_THING_IDS, CONFUSABLE_THINGS
 
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
-TRACKER_METHODS = ("hybrid", "learned", "assisted")
+TRACKER_METHODS = ("hybrid", "learned", "assisted", "composite")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,10 @@ class TrackerConfig:
     :mod:`operators.association.learned`, which reuses the observation, motion, appearance and
     memory settings above and replaces the matching, re-identification and track scoring), or
     ``"assisted"`` (the hybrid's stages, gates, thresholds and tentative newcomers with the
-    network's match probability as the affinity of every pair, and its track heads' classes)."""
+    network's match probability as the affinity of every pair, and its track heads' classes), or
+    ``"composite"`` (the assisted tracker where the hand-set tracker is sure: the network decides
+    only among pairs whose hand-set affinity passes the stage's floor, the hand-set affinity decides
+    pairs the warped masks vouch for, output classes from the track's class votes)."""
     learned_weights: str = ""
     """Weights of the learned tracker (``""``: the shipped ``operators/association/weights/learned_tracker.pt``)."""
 
@@ -196,7 +199,7 @@ class TrackerConfig:
     @property
     def uses_network(self) -> bool:
         """Whether the tracker runs the learned network (its weights are part of the result)."""
-        return self.method in ("learned", "assisted")
+        return self.method in ("learned", "assisted", "composite")
 
     @property
     def motion_noise(self) -> MotionNoise:

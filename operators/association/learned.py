@@ -439,9 +439,68 @@ class AssistedTracker(LearnedTracker):
         return VideoTracker._starts_tentative(self, obs, col)
 
 
+VOUCH_OVERLAP = 0.5
+"""The composite tracker's mutual check: a (track, segment) pair whose warped-mask overlap is at
+least this and the best of its row and of its column is one the pixel tracker vouches for."""
+
+
+def vouched_pairs(pixel: np.ndarray, gate: np.ndarray, least: float = VOUCH_OVERLAP) -> np.ndarray:
+    """``(T, D) bool``: the pairs the pixel tracker vouches for — HybridTracker's mutual check on the
+    warped-mask overlaps ``pixel`` (within ``gate``): overlap ≥ ``least`` and each the other's best
+    (ties to the lower index, as :func:`~operators.association.assignment.mutual_best_assignment`)."""
+    out = np.zeros(pixel.shape, bool)
+    if pixel.size == 0:
+        return out
+    masked = np.where(gate, pixel, -1.0)
+    best_col, best_row = masked.argmax(axis=1), masked.argmax(axis=0)
+    rows = np.arange(pixel.shape[0])
+    mutual = (best_row[best_col] == rows) & (masked[rows, best_col] >= least)
+    out[rows[mutual], best_col[mutual]] = True
+    return out
+
+
+class CompositeTracker(AssistedTracker):
+    """The assisted tracker where the hand-set tracker is sure (``TrackerConfig(method="composite")``).
+
+    Stages 2 and 3 as :class:`AssistedTracker`'s, with three rules:
+
+    a. **Floor**: the network's match probability decides only among the pairs whose hand-set
+       affinity passes the stage's own floor (``min_affinity`` in stage 2, ``reid_threshold`` in
+       stage 3); every other pair has probability 0.
+    b. **Mutual check** (HybridTracker's): where the pixel tracker vouches for a pair
+       (:func:`vouched_pairs`: warped-mask overlap ≥ :data:`VOUCH_OVERLAP`, each the other's best),
+       the hand-set affinity decides that track and that segment — the stage's assignment on it, as
+       the hybrid tracker makes it; the network assigns the tracks and segments left.
+    c. **Track scoring from history**: a segment's output class and confidence are the hybrid's
+       (class votes of the track's matches, running mean of scores), not the network's track heads.
+
+    The hand-set affinity is the one stages 2 and 3 compute anyway; the recurrent update runs as in
+    the learned tracker (the network's next input). Checkpoints as :class:`LearnedTracker`'s.
+    """
+
+    def _stage_pairs(self, tracks: list[Track], cols: np.ndarray, hand: np.ndarray, gate: np.ndarray,
+                     floor: float, pixel: np.ndarray | None) -> list[tuple[int, int]]:
+        method = self.config.assignment
+        decision = np.where(hand >= floor, self._decision_affinity(tracks, cols, hand), 0.0)
+        vouched = np.zeros(hand.shape, bool) if pixel is None else vouched_pairs(pixel, gate)
+        if not vouched.any():
+            return assign(decision, gate, method, floor)
+        free_rows, free_cols = ~vouched.any(axis=1), ~vouched.any(axis=0)
+        fixed = [(i, j) for i, j in assign(hand, gate, method, floor) if not (free_rows[i] and free_cols[j])]
+        for i, j in fixed:
+            free_rows[i] = free_cols[j] = False
+        rest = assign(decision, gate & free_rows[:, None] & free_cols[None, :], method, floor)
+        return sorted(fixed + rest)
+
+    def _output_frame(self, obs: _Observation, matches: dict[int, int], scores: list[float],
+                      categories: dict[int, int]) -> PanopticFrame:
+        self._recurrent_update(obs, matches)
+        return VideoTracker._output_frame(self, obs, matches, scores, categories)
+
+
 def make_tracker(video_id: str, config: TrackerConfig | None = None) -> VideoTracker:
-    """The tracker ``config.method`` names: the hybrid :class:`VideoTracker`, :class:`LearnedTracker`
-    or :class:`AssistedTracker`."""
+    """The tracker ``config.method`` names: the hybrid :class:`VideoTracker`, :class:`LearnedTracker`,
+    :class:`AssistedTracker` or :class:`CompositeTracker`."""
     config = config or TrackerConfig()
     return _TRACKERS.get(config.method, VideoTracker)(video_id, config)
 
@@ -452,4 +511,4 @@ def tracker_from_state(meta: dict, arrays: dict[str, np.ndarray]) -> VideoTracke
     return _TRACKERS.get(method, VideoTracker).from_state(meta, arrays)
 
 
-_TRACKERS = {"learned": LearnedTracker, "assisted": AssistedTracker}
+_TRACKERS = {"learned": LearnedTracker, "assisted": AssistedTracker, "composite": CompositeTracker}

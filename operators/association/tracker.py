@@ -280,9 +280,18 @@ class VideoTracker:
             fused = (total * fused + cfg.motion_weight * moving) / (total + cfg.motion_weight)
             near = d2 <= cfg.motion_gate
             gate &= near if pixel is None else near | (pixel >= cfg.motion_gate_overlap)
-        fused = self._decision_affinity(tracks, cols, fused * self._class_factor(tracks, obs, cols))
-        pairs = assign(fused, gate, cfg.assignment, cfg.min_affinity)
+        fused = fused * self._class_factor(tracks, obs, cols)
+        pairs = self._stage_pairs(tracks, cols, fused, gate, cfg.min_affinity, pixel)
         return {int(cols[j]): tracks[i].track_id for i, j in pairs}
+
+    def _stage_pairs(self, tracks: list[Track], cols: np.ndarray, hand: np.ndarray, gate: np.ndarray,
+                     floor: float, pixel: np.ndarray | None) -> list[tuple[int, int]]:
+        """The (row, column) pairs stage 2 or 3 matches: ``hand`` is the stage's hand-set affinity
+        ``(len(tracks), len(cols))``, ``gate`` its gates, ``floor`` its minimum (``min_affinity`` /
+        ``reid_threshold``), ``pixel`` the warped-mask overlaps (stage 2) or ``None`` (stage 3).
+        Here: the stage's assignment on ``_decision_affinity``; the composite tracker
+        (:mod:`operators.association.learned`) decides some pairs by ``hand``, the rest by the network."""
+        return assign(self._decision_affinity(tracks, cols, hand), gate, self.config.assignment, floor)
 
     def _decision_affinity(self, tracks: list[Track], cols: np.ndarray, affinity_: np.ndarray) -> np.ndarray:
         """The affinity stages 2 and 3 assign on, ``(len(tracks), len(cols))``: the hand-set one here;
@@ -313,10 +322,10 @@ class VideoTracker:
             # time lost (the filter's covariance), the appearance has a floor of its own.
             d2, moving = self._motion_terms(tracks, obs, cols)
             looks = self._instance_affinity(tracks, obs, cols)
-            score = self._decision_affinity(tracks, cols, looks * moving * self._class_factor(tracks, obs, cols))
+            score = looks * moving * self._class_factor(tracks, obs, cols)
             gate = self._gate(tracks, obs, cols, looks, cfg.confusable_min_appearance) & \
                 (d2 <= cfg.reid_motion_gate) & (looks >= cfg.reid_min_appearance)
-            pairs = assign(score, gate, cfg.assignment, cfg.reid_threshold)
+            pairs = self._stage_pairs(tracks, cols, score, gate, cfg.reid_threshold, None)
             found.update({int(cols[j]): tracks[i].track_id for i, j in pairs})
         return found
 

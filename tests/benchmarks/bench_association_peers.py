@@ -6,9 +6,10 @@ ids scrambled every frame) and scored with tubeflow's VPQ and STQ on the annotat
 (every 5th). Methods:
 
 * ``tubeflow`` — :class:`VideoTracker` with its defaults, DIS flow from the frames (what
-  ``tubeflow track`` computes; the flow's time is not in ms/frame); ``tubeflow assisted`` — the
-  same with ``TrackerConfig(method="assisted")`` (the hybrid's stages on the learned network's
-  match probabilities);
+  ``tubeflow track`` computes; the flow's time is not in ms/frame); ``tubeflow assisted`` /
+  ``tubeflow composite`` — the same with ``TrackerConfig(method="assisted")`` (the hybrid's stages
+  on the learned network's match probabilities) or ``"composite"`` (the network only where the
+  hand-set stages are unsure); ``--trackers`` picks which;
 * ``oracle`` — the same segments with the true ids (each segment takes the GT identity it
   overlaps most): the ceiling of association on these segments;
 * boxmot 25.0.0's ``ByteTrack``, ``OcSort``, ``HybridSort`` and ``SFSORT`` — per class, low
@@ -191,9 +192,14 @@ def evaluate_method(run: Callable[[VideoInput], tuple[list[PanopticFrame], float
     return score_videos(pairs, 5), 1000.0 * seconds / max(frames, 1)
 
 
-def methods(include_peers: bool = True) -> dict[str, Callable[[VideoInput], tuple[list[PanopticFrame], float]]]:
-    out = {"oracle (true ids)": run_oracle, "tubeflow": run_tubeflow,
-           "tubeflow assisted": lambda video: run_tubeflow(video, TrackerConfig(method="assisted"))}
+def methods(include_peers: bool = True, trackers: Sequence[str] = ("hybrid", "assisted", "composite")
+            ) -> dict[str, Callable[[VideoInput], tuple[list[PanopticFrame], float]]]:
+    """The oracle, tubeflow's ``trackers`` (``TrackerConfig.method`` names; the default's row is
+    ``tubeflow``) and, with ``include_peers``, boxmot's trackers where boxmot imports."""
+    out = {"oracle (true ids)": run_oracle}
+    for method in trackers:
+        name = "tubeflow" if method == TrackerConfig().method else f"tubeflow {method}"
+        out[name] = lambda video, method=method: run_tubeflow(video, TrackerConfig(method=method))
     if include_peers:
         try:
             factories = _peer_factories()
@@ -211,6 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--levels", default="3x,6x")
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--trackers", default="hybrid,assisted,composite",
+                        help="tubeflow's trackers (TrackerConfig.method names), comma-separated")
     args = parser.parse_args(argv)
     import cv2
 
@@ -222,7 +230,7 @@ def main(argv=None) -> None:
         level = HARD_LEVELS[level_name]
         videos = load_videos(level, args.seed, args.videos)
         oracle = None
-        for name, run in methods(not args.no_peers).items():
+        for name, run in methods(not args.no_peers, args.trackers.split(",")).items():
             score, ms = evaluate_method(run, videos)
             th15 = score.vpq_th_k[15]
             oracle = th15 if oracle is None else oracle

@@ -10,8 +10,10 @@ flow; scores by tubeflow's VPQ, VPQ-Th at k = 15, STQ and ID switches per 100 GT
   4 videos × 31 frames at 128×256, seed 7) with its *noisy* per-frame segmentation
   (``operators.synth.perturb.perturb_frame``), per scenario.
 
-Rows: the oracle (true ids), ``hybrid`` (defaults), ``learned`` (shipped weights) and any
-``--variant NAME=WEIGHTS`` (the ablation's networks). ms/frame is the wall time of ``update``.
+Rows (``--trackers``): the oracle (true ids), ``hybrid``, ``learned`` (shipped weights),
+``assisted``, ``composite`` and any ``--variant NAME=WEIGHTS`` (the ablation's networks);
+``--seed 101,102,…`` runs several seeds and prints their means too. ms/frame is the wall time of
+``update``.
 
 Speed (``--speed``): ``update`` per frame at 1024×2048 with 40 segments, flow given — the video
 of ``bench_association.py`` — for the hybrid and the learned tracker in the same run (best CPU
@@ -67,26 +69,42 @@ def run_config(config: TrackerConfig):
     return lambda video: run_tubeflow(video, config)
 
 
-def quality(sets: list[str], seed: int, variants: dict[str, str], hard_videos: int) -> None:
-    methods = {"oracle (true ids)": run_oracle, "hybrid": run_config(TrackerConfig()),
-               "learned": run_config(TrackerConfig(method="learned")),
-               "assisted": run_config(TrackerConfig(method="assisted"))}
+TRACKER_ROWS = {"oracle": ("oracle (true ids)", run_oracle)}
+
+
+def quality(sets: list[str], seeds: list[int], variants: dict[str, str], hard_videos: int,
+            trackers: list[str]) -> None:
+    """One row per (set, seed, tracker); with several seeds also the mean over them per (set, tracker)."""
+    methods = {}
+    for name in trackers:
+        methods.update([TRACKER_ROWS[name]] if name in TRACKER_ROWS else [(name, run_config(TrackerConfig(method=name)))])
     for name, path in variants.items():
         methods[name] = run_config(TrackerConfig(method="learned", learned_weights=path))
-    print(f"seed {seed}; hard: {hard_videos} videos × 31 frames, 256x512; easy: {dict(EASY_CORPUS, seed=seed)} noisy; "
-          "DIS flow")
-    print("| set | tracker | VPQ | VPQ-Th k=15 | STQ | ID sw. / 100 tracks | ms/frame |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"seeds {','.join(map(str, seeds))}; hard: {hard_videos} videos × 31 frames, 256x512; easy: "
+          f"{dict(EASY_CORPUS, seed='S')} noisy; DIS flow")
+    print("| set | seed | tracker | VPQ | VPQ-Th k=15 | STQ (AQ) | ID sw. / 100 tracks | ms/frame |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in sets:
-        if name in HARD_LEVELS:
-            level = HARD_LEVELS[name]
-            videos, label = load_videos(level, seed, hard_videos), f"hard {name}, misses ≤ {level.miss_run_max}"
-        else:
-            videos, label = easy_videos(name, seed), f"easy {name} (noisy)"
-        for method, run in methods.items():
-            score, ms = evaluate_method(run, videos)
-            print(f"| {label} | {method} | {score.vpq:.1f} | {score.vpq_th_k[15]:.1f} | {score.stq:.1f} | "
-                  f"{score.idsw_per_100:.1f} | {ms:.1f} |", flush=True)
+        rows: dict[str, list[tuple[float, ...]]] = {method: [] for method in methods}
+        for seed in seeds:
+            if name in HARD_LEVELS:
+                level = HARD_LEVELS[name]
+                videos, label = load_videos(level, seed, hard_videos), f"hard {name}, misses ≤ {level.miss_run_max}"
+            else:
+                videos, label = easy_videos(name, seed), f"easy {name} (noisy)"
+            for method, run in methods.items():
+                score, ms = evaluate_method(run, videos)
+                row = (score.vpq, score.vpq_th_k[15], score.stq, score.aq, score.idsw_per_100, ms)
+                rows[method].append(row)
+                print(_row(label, str(seed), method, row), flush=True)
+        if len(seeds) > 1:
+            for method, values in rows.items():
+                print(_row(label, "mean", method, tuple(np.mean(values, axis=0))), flush=True)
+
+
+def _row(label: str, seed: str, method: str, row: tuple[float, ...]) -> str:
+    vpq, th15, stq, aq, idsw, ms = row
+    return f"| {label} | {seed} | {method} | {vpq:.2f} | {th15:.2f} | {stq:.2f} ({aq:.2f}) | {idsw:.1f} | {ms:.1f} |"
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,7 +128,7 @@ def _time_trackers(frames: int, height: int, width: int) -> dict[str, list[list[
     video = _speed_video(frames, height, width)
     out = {}
     # a baseline revision may predate the assisted tracker
-    for name in [m for m in ("hybrid", "learned", "assisted") if m in TRACKER_METHODS]:
+    for name in [m for m in ("hybrid", "learned", "assisted", "composite") if m in TRACKER_METHODS]:
         config = TrackerConfig(method=name)
         tracker, times = make_tracker("bench", config), []
         for frame in video:
@@ -172,7 +190,7 @@ def speed(frames: int, height: int, width: int, repeats: int, baseline: str | No
     for (label, name), (wall, cpu) in medians.items():
         print(f"  {label:22s} {name:8s} {cpu:7.2f} ms/frame CPU ({wall:7.2f} wall)")
     for label in codes:
-        for name in ("learned", "assisted"):
+        for name in ("learned", "assisted", "composite"):
             if (label, name) in medians:
                 ratio = medians[(label, name)][1] / medians[(label, "hybrid")][1]
                 print(f"  {label}: {name} / hybrid {ratio:.2f}x CPU")
@@ -185,7 +203,9 @@ def speed(frames: int, height: int, width: int, repeats: int, baseline: str | No
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--speed", action="store_true", help="time update at 1024x2048 with 40 segments instead")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", default="7", help="a seed, or several comma-separated (then also their means)")
+    parser.add_argument("--trackers", default="oracle,hybrid,learned,assisted,composite",
+                        help="rows: oracle and TrackerConfig.method names, comma-separated")
     parser.add_argument("--sets", default="3x,6x,default,occlusion,similar")
     parser.add_argument("--hard-videos", type=int, default=6)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=WEIGHTS")
@@ -211,7 +231,8 @@ def main(argv=None) -> None:
         speed(args.frames, args.height, args.width, args.repeats, args.baseline)
         return
     variants = dict(v.split("=", 1) for v in args.variant)
-    quality(args.sets.split(","), args.seed, variants, args.hard_videos)
+    quality(args.sets.split(","), [int(x) for x in args.seed.split(",")], variants, args.hard_videos,
+            args.trackers.split(","))
 
 
 @pytest.mark.benchmark
