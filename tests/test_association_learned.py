@@ -188,18 +188,20 @@ def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
     assert parsed.tracker == "learned"
 
 
-def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["learned", "composite"])
+def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch, method):
     from test_association_cli import args, make_dirs, write_inputs
 
     from jobs.cli import main
+    from operators.association.learned import _TRACKERS
 
     calls = []
-    original = LearnedTracker.update
-    monkeypatch.setattr(LearnedTracker, "update", lambda self, frame: calls.append(frame.frame_index) or
-                        original(self, frame))
+    cls = _TRACKERS[method]
+    original = cls.update
+    monkeypatch.setattr(cls, "update", lambda self, frame: calls.append(frame.frame_index) or original(self, frame))
     make_dirs(tmp_path)
     write_inputs(tmp_path, ("0000",))
-    assert main(args(tmp_path, "--tracker", "learned")) == 0
+    assert main(args(tmp_path, "--tracker", method)) == 0
     assert len(calls) == 8
     calls.clear()
     assert main(args(tmp_path, "--tracker", "hybrid")) == 0
@@ -511,18 +513,3 @@ def test_composite_checkpoint_resumes_exactly_and_hashes_the_weights():
     assert composite.config_hash(sums) != hybrid.config_hash(hybrid.model_checksums())
     assert composite.config_hash(sums) != LabelConfig(tracker=ASSISTED).config_hash(sums)
 
-
-def test_track_command_runs_the_composite_tracker(tmp_path, monkeypatch):
-    from test_association_cli import args, make_dirs, write_inputs
-
-    from jobs.cli import main
-    from operators.association.learned import CompositeTracker
-
-    calls = []
-    original = CompositeTracker.update
-    monkeypatch.setattr(CompositeTracker, "update", lambda self, frame: calls.append(frame.frame_index) or
-                        original(self, frame))
-    make_dirs(tmp_path)
-    write_inputs(tmp_path, ("0000",))
-    assert main(args(tmp_path, "--tracker", "composite")) == 0
-    assert len(calls) == 8
