@@ -360,12 +360,13 @@ def test_assisted_tracker_assigns_on_the_network_probabilities(monkeypatch):
     assert id_of(out, gt1, 12001) == id_of(first, gt0, 12001)      # car tracks never take the person
 
 
-def test_assisted_tracker_keeps_look_alikes_apart_and_holds_small_newcomers_back():
+@pytest.mark.parametrize("method", ["assisted", "composite"])
+def test_assisted_tracker_keeps_look_alikes_apart_and_holds_small_newcomers_back(method):
     boxes = [dataclasses.replace(b, hidden=frozenset((9, 10, 11))) if b.gt_id == 14001 else b
              for b in crossing_look_alikes()] + [Box(12002, PERSON, 60, 10, 6, 8, 0, 0, (30, 200, 30),
                                                      hidden=frozenset(range(3)))]
     video = scrambled_video(boxes, 20)
-    tracker = make_tracker("v", dataclasses.replace(ASSISTED, tentative_max_area=1.0))
+    tracker = make_tracker("v", TrackerConfig(method=method, tentative_max_area=1.0))
     outputs = [tracker.update(f) for f, _, _ in video]
     switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
     assert switches == 0 and all(len(ids) == 1 for ids in seen.values())
@@ -373,21 +374,28 @@ def test_assisted_tracker_keeps_look_alikes_apart_and_holds_small_newcomers_back
     assert (outputs[3].ids[newcomer] == 0).all() and (outputs[4].ids[video[4][1].ids == 12002] != 0).all()
 
 
-def test_assisted_checkpoint_resumes_exactly_and_hashes_the_weights():
-    from operators.association.learned import tracker_from_state
+@pytest.mark.parametrize("method", ["assisted", "composite"])
+def test_assisted_checkpoint_resumes_exactly_and_hashes_the_weights(method):
+    from operators.association.learned import _TRACKERS, tracker_from_state
     from pipelines.label.config import LabelConfig
 
+    config = TrackerConfig(method=method)
     video = scrambled_video(crossing_look_alikes(), 12, seed=4)
-    whole = make_tracker("v", ASSISTED)
+    whole = make_tracker("v", config)
     expected = [whole.update(f) for f, _, _ in video]
-    first = make_tracker("v", ASSISTED)
+    first = make_tracker("v", config)
+    assert type(first) is _TRACKERS[method]
     out = [first.update(f) for f, _, _ in video[:6]]
     resumed = tracker_from_state(*first.state())
     assert type(resumed) is type(first) and resumed.track_state
     out += [resumed.update(f) for f, _, _ in video[6:]]
     for a, b in zip(expected, out):
         assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
-    assert LabelConfig(tracker=ASSISTED).model_checksums()["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]
+    label, others = LabelConfig(tracker=config), [LabelConfig(tracker=TrackerConfig(method=m)) for m in
+                                                  ("hybrid", "learned", "assisted", "composite") if m != method]
+    sums = label.model_checksums()
+    assert sums["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]
+    assert all(label.config_hash(sums) != other.config_hash(other.model_checksums()) for other in others)
 
 
 COMPOSITE = TrackerConfig(method="composite")
@@ -476,40 +484,4 @@ def test_composite_outputs_the_class_votes_not_the_class_head(monkeypatch):
         car = [{s.category_id for s in out.segments if s.id == int(np.bincount(out.ids[gt.ids == 14001]).argmax())}
                for out, (_, gt, _) in zip(outputs, video)]
         assert all(c == {expected} for c in car), (config.method, car)
-
-
-def test_composite_keeps_look_alikes_apart_and_holds_small_newcomers_back():
-    boxes = [dataclasses.replace(b, hidden=frozenset((9, 10, 11))) if b.gt_id == 14001 else b
-             for b in crossing_look_alikes()] + [Box(12002, PERSON, 60, 10, 6, 8, 0, 0, (30, 200, 30),
-                                                     hidden=frozenset(range(3)))]
-    video = scrambled_video(boxes, 20)
-    tracker = make_tracker("v", dataclasses.replace(COMPOSITE, tentative_max_area=1.0))
-    outputs = [tracker.update(f) for f, _, _ in video]
-    switches, seen = identity_switches(outputs, [gt for _, gt, _ in video])
-    assert switches == 0 and all(len(ids) == 1 for ids in seen.values())
-    newcomer = video[3][1].ids == 12002
-    assert (outputs[3].ids[newcomer] == 0).all() and (outputs[4].ids[video[4][1].ids == 12002] != 0).all()
-    for out in outputs:
-        validate_frame(out, "output")
-
-
-def test_composite_checkpoint_resumes_exactly_and_hashes_the_weights():
-    from operators.association.learned import CompositeTracker, tracker_from_state
-    from pipelines.label.config import LabelConfig
-
-    video = scrambled_video(crossing_look_alikes(), 12, seed=4)
-    whole = make_tracker("v", COMPOSITE)
-    expected = [whole.update(f) for f, _, _ in video]
-    first = make_tracker("v", COMPOSITE)
-    out = [first.update(f) for f, _, _ in video[:6]]
-    resumed = tracker_from_state(*first.state())
-    assert type(resumed) is CompositeTracker and resumed.track_state
-    out += [resumed.update(f) for f, _, _ in video[6:]]
-    for a, b in zip(expected, out):
-        assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
-    composite, hybrid = LabelConfig(tracker=COMPOSITE), LabelConfig(tracker=TrackerConfig(method="hybrid"))
-    sums = composite.model_checksums()
-    assert sums["tracker"] == LabelConfig(tracker=LEARNED).model_checksums()["tracker"]
-    assert composite.config_hash(sums) != hybrid.config_hash(hybrid.model_checksums())
-    assert composite.config_hash(sums) != LabelConfig(tracker=ASSISTED).config_hash(sums)
 
