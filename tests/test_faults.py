@@ -99,6 +99,9 @@ KINDS = {
     "decode task": ("ray::FlatMap(plan_video)->Map(decode_chunk)", None),
     "sink task": ("ray::MapBatches(write_frames)", None),
     "finalize task": ("ray::finalize_video", None),
+    # the window's sub-driver (graph.window_summaries): its Ray Data execution and every process of
+    # its stages go with it; the window's videos resume from their checkpoints in the next pass
+    "sub-driver": ("ray::label_window", checkpoints_exist),
 }
 
 
@@ -123,6 +126,8 @@ def test_a_killed_process_costs_a_retry_not_a_video(kind, clean, tmp_path):
     assert segment_rows(str(out)).equals(clean["rows"])
     assert run.report.vpq.per_class == clean["report"].vpq.per_class and run.report.stq == clean["report"].stq
     assert not (out / STAGING_DIR).exists()
+    if kind == "sub-driver":  # its window's videos were lost with it and ran again (each committed once: above)
+        assert run.resumed
 
 
 def test_a_video_that_kills_its_decoder_every_time_fails_alone(clean, tmp_path, monkeypatch):

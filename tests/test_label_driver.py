@@ -131,14 +131,15 @@ def test_a_pass_runs_in_windows_that_take_each_video_once_in_order_and_only_when
     assert execution_window_size(2) == 256 and execution_window_size(8) == 512 and execution_window_size(1e4) == 2048
 
 
-def test_the_ray_engine_runs_one_execution_per_window_and_each_video_once(monkeypatch):
-    """RayEngine.summaries without Ray: the graph is built once per window, from the rows of that
-    window only, and each execution's rows come out in turn (the pass on Ray, with a lost window:
-    test_label_faults.py)."""
+def test_the_ray_engine_runs_one_sub_driver_per_window_and_each_video_once(monkeypatch):
+    """RayEngine.summaries without Ray: a sub-driver (graph.window_summaries, here called in this
+    process in place of the Ray task) per window, from the rows of that window only, its lists of
+    rows read out in turn; the graph is never built in the driver (the pass on Ray, with a lost
+    window and a killed sub-driver: test_label_faults.py, test_faults.py)."""
     import pipelines.label.graph as graph
     from pipelines.label.passes import RayEngine
 
-    built, made = [], []
+    built, made, started = [], [], []
 
     class Execution:
         def __init__(self, rows):
@@ -148,9 +149,15 @@ def test_the_ray_engine_runs_one_execution_per_window_and_each_video_once(monkey
             for row in self.rows:
                 yield {"video_id": row["video_id"], "window": len(built)}
 
-    def build_dataset(rows, *args, isolate=False, **kwargs):
+    def build_dataset(rows, *args, **kwargs):
         built.append([row["video_id"] for row in rows])
         return Execution(rows)
+
+    class WindowTask:  # the Ray task, run here: its "refs" are the lists it yields
+        @staticmethod
+        def remote(rows, *args, context):
+            started.append(args[-1])  # the window's input blocks, decided by the driver
+            return graph.window_summaries(rows, *args, context=context)
 
     def rows():
         for v in range(5):
@@ -159,15 +166,35 @@ def test_the_ray_engine_runs_one_execution_per_window_and_each_video_once(monkey
 
     monkeypatch.setattr(graph, "build_dataset", build_dataset)
     engine = object.__new__(RayEngine)  # its __init__ starts the association actors
-    engine.pool = None
-    engine.passes = type("Passes", (), {"plan": {"window_videos": 2}, "config": None, "layout": OutputLayout("o"),
-                                        "run_id": "r", "categories": None, "gt": type("G", (), {"settings": None}),
-                                        "attempt": 0})()
+    engine.pool, engine.window_task, engine.get, engine.in_driver, engine.running = None, WindowTask, list, False, None
+    engine.passes = type("Passes", (), {"plan": {"window_videos": 2, "task_concurrency": 8}, "config": None,
+                                        "layout": OutputLayout("o"), "run_id": "r", "categories": None,
+                                        "gt": type("G", (), {"settings": None}), "attempt": 1})()
     summaries = engine.summaries(rows())
     assert next(summaries) == {"video_id": "v0", "window": 1} and made == [0, 1]  # one window's rows at a time
     assert list(summaries) == [{"video_id": "v1", "window": 1}, {"video_id": "v2", "window": 2},
                                {"video_id": "v3", "window": 2}, {"video_id": "v4", "window": 3}]
-    assert built == [["v0", "v1"], ["v2", "v3"], ["v4"]]
+    assert built == [["v0", "v1"], ["v2", "v3"], ["v4"]] and started == [2, 2, 1]  # a later pass: a block per video
+
+
+def test_a_sub_driver_sends_its_rows_in_lists(monkeypatch):
+    """graph.window_summaries: lists of at most SUMMARY_BATCH_ROWS rows, one sooner when its first
+    row is SUMMARY_BATCH_SECONDS old, the rest at the end; every row once, in order."""
+    import pipelines.label.graph as graph
+
+    now = [0.0]
+
+    class Execution:
+        def iter_rows(self):
+            for i in range(150):
+                now[0] = 10.0 if i >= 140 else 0.0  # rows 140.. come late: 128..140 go when 140 comes
+                yield {"i": i}
+
+    monkeypatch.setattr(graph, "build_dataset", lambda *args, **kwargs: Execution())
+    monkeypatch.setattr(graph.time, "monotonic", lambda: now[0])
+    lists = list(graph.window_summaries([], None, "o", "r", None, {}))
+    assert [len(rows) for rows in lists] == [64, 64, 13, 9] and graph.SUMMARY_BATCH_ROWS == 64
+    assert [row["i"] for rows in lists for row in rows] == list(range(150))
 
 
 def test_window_videos_is_checked_and_reaches_the_config():

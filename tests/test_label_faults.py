@@ -96,30 +96,52 @@ def test_plan_skips_the_chunks_before_the_resume_point(tmp_path, resume_from, st
     assert all(r["resume_from"] == resume_from and r["frame_count"] == 10 and not r["error"] for r in rows)
 
 
+GIVES_UP = "_gives_up"  # a window's first row carries it to the sub-driver that must give up
+
+
 def _executor_gives_up(monkeypatch, call: int) -> list[list[dict]]:
-    """``graph.build_dataset`` replaced by one whose ``call``-th execution lets one row through and
-    then raises, as Ray Data does when its actors keep dying as they start; the rows each call got."""
+    """The ``call``-th execution lets one row through and then raises, as Ray Data does when its
+    actors keep dying as they start; the rows each execution got. The executions run in
+    sub-drivers (graph.window_summaries, a Ray task each), so the fault is set up there, by a
+    function Ray ships by value (what it calls there it names by its module: a patched module's
+    functions would travel with the patches); the driver marks the window. The graph is never
+    built in the driver."""
     from ray.exceptions import ActorDiedError
 
     import pipelines.label.graph as label_module
 
-    real, calls = label_module.build_dataset, []
+    real_windows, calls = label_module.execution_windows, []
 
-    class GivesUp:
-        def __init__(self, dataset):
-            self.dataset = dataset
+    def windows(rows, size):
+        for window in real_windows(rows, size):
+            calls.append([dict(row) for row in window])
+            if len(calls) == call:
+                window[0] = {**window[0], GIVES_UP: True}
+            yield window
 
-        def iter_rows(self):
-            rows = iter(self.dataset.iter_rows())
-            yield next(rows)  # one row gets through, then the executor aborts
-            raise ActorDiedError()
+    def in_the_driver(*args, **kwargs):
+        raise AssertionError("the graph was built in the driver, not in a sub-driver")
 
-    def build(rows, *args, **kwargs):
-        calls.append(rows)
-        dataset = real(rows, *args, **kwargs)
-        return GivesUp(dataset) if len(calls) == call else dataset
+    def summaries(rows, *args, **kwargs):  # runs in the sub-driver
+        import pipelines.label.graph as sub
 
-    monkeypatch.setattr(label_module, "build_dataset", build)
+        class GivesUp:
+            def __init__(self, dataset):
+                self.dataset = dataset
+
+            def iter_rows(self):
+                rows = iter(self.dataset.iter_rows())
+                yield next(rows)  # one row gets through, then the executor aborts
+                raise ActorDiedError()
+
+        if rows[0].pop(GIVES_UP, False):
+            build = sub.build_dataset
+            sub.build_dataset = lambda *a, **k: GivesUp(build(*a, **k))  # this process ends with the window
+        yield from sub.window_summaries(rows, *args, **kwargs)  # this process's, not patched
+
+    monkeypatch.setattr(label_module, "execution_windows", windows)
+    monkeypatch.setattr(label_module, "build_dataset", in_the_driver)
+    monkeypatch.setattr(label_module, "window_summaries", summaries)
     return calls
 
 

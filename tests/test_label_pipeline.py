@@ -473,11 +473,19 @@ def test_ray_data_settings_are_restored_when_a_run_raises(tmp_path, ray_local, m
     context = ray.data.DataContext.get_current()
     before = context.enable_progress_bars, context.target_max_block_size
 
-    def broken(*_args, **_kwargs):
-        assert context.target_max_block_size == 1  # the run's setting is in force inside
-        raise RuntimeError("scheduler exploded")
+    def summaries(*args, **kwargs):  # the sub-driver (graph.window_summaries), shipped by value
+        import ray
 
-    monkeypatch.setattr(label_module, "build_dataset", broken)
+        import pipelines.label.graph as sub
+
+        def broken(*_args, **_kwargs):
+            assert ray.data.DataContext.get_current().target_max_block_size == 1  # the run's setting, in there too
+            raise RuntimeError("scheduler exploded")
+
+        sub.build_dataset = broken  # in the sub-driver, which ends with its window
+        yield from sub.window_summaries(*args, **kwargs)
+
+    monkeypatch.setattr(label_module, "window_summaries", summaries)
     config = LabelConfig(segmenter="precomputed", model=f"{corpus}/perframe", image_id_format=IMAGE_ID)
     with pytest.raises(RuntimeError, match="scheduler exploded"):
         label(f"{corpus}/videos", str(tmp_path / "out"), config, progress=False, log=lambda *_: None)

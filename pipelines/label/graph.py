@@ -8,16 +8,19 @@
     frames' contingency tables vs GT, PNGs, overlay frames) ─► summary rows
 
 Ray Data streams chunks through the stages with backpressure, so the workers' memory is bounded
-by the blocks in flight, not by the corpus. Ray Data and Ray keep state in the driver per block
-until an execution ends, so a pass runs as one execution per window of videos
-(:func:`execution_windows`); some native memory of Ray's core worker still grows per video
-(``tests/benchmarks/README.md``, ``bench_label_window.py``). The stages themselves are in :mod:`pipelines.label.stages`;
-what the driver does with the sink's rows is :mod:`pipelines.label.passes`.
+by the blocks in flight, not by the corpus. Ray Data and Ray keep state per block in the process
+that runs an execution (its statistics until the execution ends, and native memory of Ray's core
+worker for as long as the process lives), so a pass runs as one execution per window of videos
+(:func:`execution_windows`), each in a short-lived sub-driver process (:func:`window_summaries`, a
+Ray task) that exits when its window is done; the driver only reads the summary rows, in batches
+(``tests/benchmarks/README.md``, ``bench_label_window.py``). The stages themselves are in
+:mod:`pipelines.label.stages`; what the driver does with the sink's rows is :mod:`pipelines.label.passes`.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 import warnings
 from typing import Iterable, Iterator
 
@@ -40,7 +43,15 @@ WINDOW_VIDEOS_PER_CPU = 64
 MIN_WINDOW_VIDEOS = 256
 MAX_WINDOW_VIDEOS = 2048
 """Videos per execution of the graph (:func:`execution_window_size`): 256 up to 4 CPUs, 2,048
-from 32 CPUs on; what the driver holds of an execution is at most the window's."""
+from 32 CPUs on; what a sub-driver holds of an execution is at most the window's."""
+SUMMARY_BATCH_ROWS = 64
+SUMMARY_BATCH_SECONDS = 0.2
+"""A sub-driver sends the driver its summary rows in lists of up to :data:`SUMMARY_BATCH_ROWS`,
+one as soon as its first row is :data:`SUMMARY_BATCH_SECONDS` old when the next comes (and the
+last at the window's end): the driver owns one small object per list, not one per row."""
+SUMMARY_BATCHES_AHEAD = 2
+"""Lists a sub-driver may send ahead of the driver (Ray's generator backpressure): a driver that
+stops reading (its finalize window is full) stops the sub-driver, and so the graph."""
 
 
 def stage_plan(config: LabelConfig, n_videos: int, choice=None) -> dict:
@@ -130,12 +141,54 @@ def execution_windows(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
     execution per window frees it at the window's end (measured: +80 → +21 KiB per video with
     2-frame clips; the rest is native memory of Ray's core worker that outlives executions).
     The price is a start of the stages' actors (model loading) and a pipeline drained per window:
-    a window holds many videos, so it is small against the window's work."""
+    a window holds many videos, so it is small against the window's work.
+
+    What the executions leave behind in the process that ran them (native memory of Ray's core
+    worker, ~5.7 MiB per window of 256 videos, freed only when the process exits) is why each
+    window runs in a sub-driver of its own (:func:`window_summaries`)."""
     if size < 0:
         raise ValueError(f"a window holds at least one video, not {size}")
     rows = iter(rows)
     while window := list(itertools.islice(rows, size or None)):
         yield window
+
+
+def window_summaries(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
+                     categories=None, settings=None, blocks: int | None = None,
+                     context=None) -> Iterator[list[dict]]:
+    """The sub-driver of one window: runs :func:`build_dataset` over ``rows`` (in ``blocks`` input
+    blocks, decided by the driver) in this process and yields the sink's summary rows in lists
+    (:data:`SUMMARY_BATCH_ROWS`, :data:`SUMMARY_BATCH_SECONDS`). ``context``: the driver's Ray Data
+    settings (:func:`ray_data_settings`, which the driver applies; None: this process's).
+
+    :class:`pipelines.label.passes.RayEngine` runs it as a Ray task (streaming generator,
+    ``max_calls=1``) per window, so the execution, the blocks it owns (every block of the graph,
+    its small ones in this process's memory) and what Ray's core worker keeps of them live in a
+    worker process that exits when the window is done: the driver's memory no longer grows with
+    the windows it ran (``tests/benchmarks/bench_label_window.py``). The association actors
+    (``pool``, made by the driver) serve every window; the stages' actors are this process's and
+    go with it. If this process dies, the task fails: the driver closes the window's videos as
+    lost and the next pass resumes them (:mod:`pipelines.label.faults`)."""
+    import ray
+
+    with ray.data.DataContext.current(context or ray.data.DataContext.get_current()):
+        batch: list[dict] = []
+        first = 0.0
+        try:
+            for row in build_dataset(rows, config, root, run_id, pool, plan, categories, settings,
+                                     blocks).iter_rows():
+                if not batch:
+                    first = time.monotonic()
+                batch.append(row)
+                if len(batch) >= SUMMARY_BATCH_ROWS or time.monotonic() - first >= SUMMARY_BATCH_SECONDS:
+                    yield batch
+                    batch = []
+        except Exception:  # the execution gave up: the rows it did deliver still count (their writes are staged)
+            if batch:
+                yield batch
+            raise
+        if batch:
+            yield batch
 
 
 def finalize_window_size(cpus: float) -> int:
@@ -184,11 +237,11 @@ def ray_data_settings(progress: bool) -> Iterator[None]:
 
 
 def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str, pool, plan: dict,
-                  categories=None, settings=None, isolate: bool = False):
+                  categories=None, settings=None, blocks: int | None = None):
     """The Ray Data graph from video rows to the sink's summary rows (lazy: nothing runs yet);
     ``categories``: the model's classes (default Cityscapes'); ``settings``: the evaluation's
     (None: no GT), with which the sink stages each annotated frame's contingency table. The rows
-    go into :func:`input_blocks` blocks (``isolate``: one video per block).
+    go into ``blocks`` Ray Data blocks (:func:`input_blocks`; None: as in a first pass).
 
     Every stage survives the loss of its process: tasks run again, actors restart and get
     their calls again (:data:`TASK_FAULTS`, :data:`ACTOR_FAULTS`; see pipelines/label/faults.py)."""
@@ -198,7 +251,8 @@ def build_dataset(rows: list[dict], config: LabelConfig, root: str, run_id: str,
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     cpus = plan["cpus"]
     tasks = ray.data.TaskPoolStrategy(size=plan["task_concurrency"])
-    ds = ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), plan["task_concurrency"], isolate))
+    blocks = input_blocks(len(rows), plan["task_concurrency"]) if blocks is None else blocks
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.flat_map(plan_video, fn_kwargs={"chunk_frames": config.chunk_frames,
                                             "image_id_format": config.image_id_format}, num_cpus=cpus["decode"],
                      compute=tasks, **TASK_FAULTS)

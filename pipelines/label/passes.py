@@ -16,6 +16,7 @@ task after every row. ``tests/benchmarks/bench_label_driver.py`` measures it.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -285,10 +286,22 @@ class LabelPasses:
         return book.lost
 
 
+WINDOWS_IN_DRIVER_ENV = "TUBEFLOW_LABEL_WINDOWS_IN_DRIVER"
+"""Set to 1, :class:`RayEngine` runs each window's execution in the driver, as before the
+sub-drivers (internal: the baseline of ``tests/benchmarks/bench_label_window.py``)."""
+
+
 class RayEngine:
     """The engine of one pass on Ray: the graph (:func:`pipelines.label.graph.build_dataset`)
     with its association actors, finalize as Ray tasks (a run without Ray has
-    :class:`pipelines.label.local.LocalEngine`; both have this shape)."""
+    :class:`pipelines.label.local.LocalEngine`; both have this shape).
+
+    Each window's execution runs in a sub-driver, a Ray task of its own process
+    (:func:`pipelines.label.graph.window_summaries`: ``max_calls=1``, so its worker exits when
+    the window is done and takes the execution's state with it; no retry, no CPU of its own),
+    whose summary rows stream back in lists; the driver keeps the association actors, which serve
+    every window, and launches the finalize tasks. ``--window-videos 0`` is one sub-driver for
+    the whole pass."""
 
     def __init__(self, passes: LabelPasses):
         import ray
@@ -300,19 +313,42 @@ class RayEngine:
                                     checkpoint_dir=passes.checkpoints.prefix,
                                     actor_options={"num_cpus": plan["cpus"]["associate"]})
         self.task = ray.remote(finalize_video).options(num_cpus=plan["cpus"]["sink"], max_retries=0)
+        self.window_task = ray.remote(num_cpus=0, max_calls=1, max_retries=0, num_returns="streaming")(
+            graph.window_summaries).options(name="label_window",
+                                            _generator_backpressure_num_objects=graph.SUMMARY_BATCHES_AHEAD)
+        self.in_driver = os.environ.get(WINDOWS_IN_DRIVER_ENV) == "1"
+        self.running = None  # the sub-driver of the window being read
         self.wait, self.get, self.lost_errors = ray.wait, ray.get, (ray.exceptions.RayError,)
 
     def summaries(self, rows: Iterable[dict]) -> Iterator[dict]:
         """The sink's summary rows of a pass over ``rows``, one execution of the graph per window
-        of videos (:func:`pipelines.label.graph.execution_windows`: what Ray Data and Ray keep of
-        an execution in the driver is freed when it ends; the association actors serve every
-        window). A pass after the first puts each video in an input block of its own
+        of videos (:func:`pipelines.label.graph.execution_windows`), each in a sub-driver (see the
+        class doc). A pass after the first puts each video in an input block of its own
         (:func:`pipelines.label.graph.input_blocks`: it runs the videos that lost a process, and
-        one that kills its process must not take others along)."""
+        one that kills its process must not take others along).
+
+        A sub-driver that dies, or whose execution gave up on a lost process, raises a
+        :class:`ray.exceptions.RayError` here (the pass closes the window's videos as lost); an
+        error of its own code that is not Ray's is raised as itself, as it would be in the driver."""
+        import ray
+
         p = self.passes
         for window in graph.execution_windows(rows, p.plan["window_videos"]):
-            yield from graph.build_dataset(window, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories,
-                                           p.gt.settings, isolate=p.attempt > 0).iter_rows()
+            blocks = graph.input_blocks(len(window), p.plan["task_concurrency"], isolate=p.attempt > 0)
+            args = (window, p.config, p.layout.root, p.run_id, self.pool, p.plan, p.categories, p.gt.settings, blocks)
+            if self.in_driver:
+                yield from graph.build_dataset(*args).iter_rows()
+                continue
+            self.running = self.window_task.remote(*args, context=ray.data.DataContext.get_current())
+            for ref in self.running:
+                try:
+                    batch = self.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, ray.exceptions.RayError):
+                        raise
+                    raise exc.cause from exc
+                yield from batch
+            self.running = None
 
     def finalize(self, *args):
         return self.task.remote(*args)
@@ -326,5 +362,7 @@ class RayEngine:
     def close(self) -> None:
         import ray
 
+        if self.running is not None:  # the pass stopped reading a sub-driver (it raised): stop it
+            ray.cancel(self.running, force=True)
         for actor in self.pool.actors:
             ray.kill(actor)
