@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``label`` and ``nightly``."""
     from cluster.gpus import GPU_MODES
-    from operators.association.config import TRACKER_METHODS
+    from operators.association.config import TRACKER_HELP, TRACKER_METHODS
     from pipelines.label.config import CONTRACTS, DEFAULT_IMAGE_ID, FLOWS, SEGMENTERS
 
     parser.add_argument("--address", default=None, help="Ray cluster ('auto' inside `ray job submit`, "
@@ -67,10 +67,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "and review/index.html (videos worst first)")
     parser.add_argument("--tracker-config", default=None, help="TrackerConfig as JSON text or a .json file URI")
     parser.add_argument("--tracker", choices=TRACKER_METHODS, default=None,
-                        help="association: hybrid (hand-set stages, default), learned (the recurrent graph network, "
-                             "operators/association/learned.py), assisted (the hybrid's stages on the network's "
-                             "match probabilities) or composite (assisted where the hand-set stages are unsure); "
-                             "overrides the method of --tracker-config")
+                        help=TRACKER_HELP + "; overrides the method of --tracker-config")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="horizontal-flip test-time augmentation of the segmenter (default: on for the "
                              "built-in network, off for artifacts); --no-flip halves the network's work")

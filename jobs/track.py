@@ -24,7 +24,7 @@ import numpy as np
 
 from operators import fs
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
-from operators.association.config import TRACKER_METHODS
+from operators.association.config import TRACKER_HELP, TRACKER_METHODS
 from operators.association.frame_loop import track_frames
 from operators.association.learned import make_tracker
 from operators.errors import FormatMismatchError, InputError, TubeflowError
@@ -50,9 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-preset", default="medium", choices=sorted(PRESETS), help="OpenCV DIS preset")
     parser.add_argument("--config", help="TrackerConfig as JSON (fields of operators.association.TrackerConfig)")
     parser.add_argument("--tracker", choices=TRACKER_METHODS, default=None,
-                        help="association: hybrid (default), learned (the recurrent graph network), assisted "
-                             "(the hybrid's stages on the network's match probabilities) or composite (assisted "
-                             "where the hand-set stages are unsure); overrides the method of --config")
+                        help=TRACKER_HELP + "; overrides the method of --config")
 
 
 @dataclass(frozen=True)

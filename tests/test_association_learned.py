@@ -145,6 +145,55 @@ def test_a_bad_weights_file_is_one_error_naming_it(tmp_path):
         LearnedTracker("v", dataclasses.replace(LEARNED, learned_weights=str(tmp_path / "missing.pt")))
 
 
+@pytest.mark.parametrize("content", [b"not torch", None])
+def test_track_without_usable_shipped_weights_is_one_line_and_the_hybrid_still_runs(tmp_path, monkeypatch, capsys,
+                                                                                    content):
+    """The default tracker loads the shipped weights: a missing or corrupt file is one line naming
+    it and saying how to run without it, before any video; ``--tracker hybrid`` needs no weights."""
+    from test_association_cli import args, make_dirs, write_inputs
+
+    from jobs.cli import main
+    from operators.association import learned
+
+    shipped = tmp_path / "weights" / "learned_tracker.pt"
+    if content is not None:
+        shipped.parent.mkdir()
+        shipped.write_bytes(content)
+    monkeypatch.setattr(learned, "LEARNED_WEIGHTS", str(shipped))
+    make_dirs(tmp_path)
+    write_inputs(tmp_path, ("0000",))
+    capsys.readouterr()
+    assert main(args(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.count(str(shipped)) == 1 and "--tracker hybrid" in err, err
+    assert ("not a learned tracker weights file" if content else "not readable") in err
+    assert main(args(tmp_path, "--tracker", "hybrid")) == 0
+
+
+def test_the_shipped_weights_are_in_the_installed_package(tmp_path):
+    """The default tracker loads ``operators/association/weights/learned_tracker.pt``: a wheel built
+    from the repository (pyproject's package data) must carry it, and its metadata beside it."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"   # the package with the shipped weights, not the whole repository
+    (source / "operators").mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "operators/__init__.py"):
+        shutil.copy(root / name, source / name)
+    shutil.copytree(root / "operators" / "association", source / "operators" / "association",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("tubeflow-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = Path(LEARNED_WEIGHTS).relative_to(root).as_posix()
+    assert {shipped, shipped + ".json", "operators/association/learned.py"} <= names
+
+
 def _tiny_weights(seed: int) -> bytes:
     from operators.training.tracker_data import record_clip, training_clips
     from operators.training.tracker_loop import TrackerTrainConfig, train_tracker, weights_bytes
@@ -177,8 +226,8 @@ def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
     for module, extra in ((label, ["--input", "x", "--output", "y"]), (nightly, ["--input", "x", "--output", "y"])):
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
-        assert label.config_from_args(parser.parse_args(extra)).tracker.method == "hybrid"
-        for method in ("learned", "assisted", "composite"):
+        assert label.config_from_args(parser.parse_args(extra)).tracker.method == "composite"
+        for method in ("hybrid", "learned", "assisted", "composite"):
             config = label.config_from_args(parser.parse_args(extra + ["--tracker", method]))
             assert config.tracker.method == method
     parser = argparse.ArgumentParser()
@@ -188,20 +237,22 @@ def test_tracker_flag_reaches_the_config_of_track_label_and_nightly():
     assert parsed.tracker == "learned"
 
 
-@pytest.mark.parametrize("method", ["learned", "composite"])
+@pytest.mark.parametrize("method", ["learned", "composite", None])
 def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch, method):
+    """``--tracker learned`` / ``composite`` run that tracker; no ``--tracker`` runs the composite
+    (the default); ``--tracker hybrid`` runs none of the network's trackers."""
     from test_association_cli import args, make_dirs, write_inputs
 
     from jobs.cli import main
     from operators.association.learned import _TRACKERS
 
     calls = []
-    cls = _TRACKERS[method]
+    cls = _TRACKERS[method or "composite"]
     original = cls.update
     monkeypatch.setattr(cls, "update", lambda self, frame: calls.append(frame.frame_index) or original(self, frame))
     make_dirs(tmp_path)
     write_inputs(tmp_path, ("0000",))
-    assert main(args(tmp_path, "--tracker", method)) == 0
+    assert main(args(tmp_path, *(("--tracker", method) if method else ()))) == 0
     assert len(calls) == 8
     calls.clear()
     assert main(args(tmp_path, "--tracker", "hybrid")) == 0
@@ -211,11 +262,12 @@ def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch, method):
 def test_config_hash_includes_the_tracker_and_its_weights(tmp_path, monkeypatch):
     from pipelines.label.config import LabelConfig
 
-    hybrid, learned = LabelConfig(), LabelConfig(tracker=LEARNED)
+    hybrid, learned = LabelConfig(tracker=TrackerConfig(method="hybrid")), LabelConfig(tracker=LEARNED)
     sums = hybrid.model_checksums()
     assert "tracker" not in sums
     learned_sums = learned.model_checksums()
     assert len(learned_sums["tracker"]) == 64
+    assert LabelConfig().model_checksums()["tracker"] == learned_sums["tracker"]  # the default composite's too
     assert hybrid.config_hash(sums) != learned.config_hash(learned_sums)
     other = tmp_path / "other.pt"
     other.write_bytes(_tiny_weights(seed=2))
@@ -224,11 +276,49 @@ def test_config_hash_includes_the_tracker_and_its_weights(tmp_path, monkeypatch)
     assert retrained.config_hash(retrained.model_checksums()) != learned.config_hash(learned_sums)
 
 
-def test_hybrid_stays_the_default():
-    assert isinstance(make_tracker("v"), VideoTracker) and not isinstance(make_tracker("v"), LearnedTracker)
-    assert TrackerConfig().method == "hybrid"
+def test_composite_is_the_default_and_a_video_tracker_is_the_hybrid():
+    from operators.association.learned import CompositeTracker, tracker_from_state
+
+    assert TrackerConfig().method == "composite"
+    assert type(make_tracker("v")) is CompositeTracker and type(make_tracker("v", TrackerConfig())) is CompositeTracker
+    assert type(make_tracker("v", TrackerConfig(method="hybrid"))) is VideoTracker
+    assert VideoOperator("v").tracker.config.method == "composite"
     with pytest.raises(ValueError, match="method"):
         TrackerConfig(method="magic")
+    # a VideoTracker (or a subclass that keeps its stages) is the hybrid whatever the config says,
+    # and its checkpoint comes back as the hybrid, not as the default composite
+    video = scrambled_video(crossing_look_alikes(), 8, seed=2)
+    for hybrid in (VideoTracker("v"), VideoTracker("v", TrackerConfig(max_lost_frames=5))):
+        assert hybrid.config.method == "hybrid"
+        whole = VideoTracker("v", hybrid.config)
+        expected = [whole.update(f) for f, _, _ in video]
+        out = [hybrid.update(f) for f, _, _ in video[:4]]
+        resumed = tracker_from_state(*hybrid.state())
+        assert type(resumed) is VideoTracker and resumed.config == hybrid.config
+        out += [resumed.update(f) for f, _, _ in video[4:]]
+        assert all(np.array_equal(a.ids, b.ids) and a.segments == b.segments for a, b in zip(expected, out))
+    assert LearnedTracker("v").config.method == "learned"
+
+
+def test_a_checkpoint_from_before_tracker_methods_resumes_as_the_hybrid():
+    """Checkpoints written before ``TrackerConfig.method`` existed have no ``"method"``: the hybrid
+    wrote them, so they resume as the hybrid, not as today's default."""
+    import json
+
+    from operators.association.learned import tracker_from_state
+
+    video = scrambled_video(crossing_look_alikes(), 8, seed=2)
+    whole = VideoTracker("v")
+    expected = [whole.update(f) for f, _, _ in video]
+    first = VideoTracker("v")
+    out = [first.update(f) for f, _, _ in video[:4]]
+    meta, arrays = first.state()
+    record = json.loads(meta["config"])
+    del record["method"], record["learned_weights"]
+    resumed = tracker_from_state({**meta, "config": json.dumps(record)}, arrays)
+    assert type(resumed) is VideoTracker and resumed.config.method == "hybrid"
+    out += [resumed.update(f) for f, _, _ in video[4:]]
+    assert all(np.array_equal(a.ids, b.ids) and a.segments == b.segments for a, b in zip(expected, out))
 
 
 def test_train_tracker_command_writes_loadable_weights(tmp_path):
@@ -309,7 +399,7 @@ def test_learned_tracker_keeps_its_own_births():
     video = scrambled_video(boxes, 6, seed=3)
     on = LearnedTracker("v", dataclasses.replace(LEARNED, tentative_max_area=1.0))
     off = LearnedTracker("v", dataclasses.replace(LEARNED, tentative_max_area=0.0))
-    hybrid = VideoTracker("v", TrackerConfig(tentative_max_area=1.0))
+    hybrid = VideoTracker("v", TrackerConfig(method="hybrid", tentative_max_area=1.0))
     for t, (frame, gt, _) in enumerate(video):
         a, b, h = on.update(frame), off.update(frame), hybrid.update(frame)
         assert np.array_equal(a.ids, b.ids) and a.segments == b.segments
@@ -330,7 +420,7 @@ def test_assisted_tracker_assigns_on_the_network_probabilities(monkeypatch):
     video = scrambled_video(boxes, 2, seed=5)
     tracker = make_tracker("v", ASSISTED)
     assert type(tracker).__name__ == "AssistedTracker" and isinstance(tracker, LearnedTracker)
-    hybrid = VideoTracker("v", TrackerConfig())
+    hybrid = VideoTracker("v", TrackerConfig(method="hybrid"))
     first, first_h = tracker.update(video[0][0]), hybrid.update(video[0][0])
     gt0 = video[0][1].ids
 

@@ -52,6 +52,24 @@ def test_unusable_weights_are_one_line_before_ray(tmp_path, capsys, videos, no_r
     assert not (tmp_path / "out").exists()  # the output is not touched
 
 
+@pytest.mark.parametrize("content, problem", [(b"garbage" * 10, "not a learned tracker weights file"),
+                                              (None, "learned tracker weights not readable")])
+def test_unusable_shipped_tracker_weights_are_one_line_before_ray(tmp_path, capsys, videos, no_ray, monkeypatch,
+                                                                  content, problem):
+    """The default tracker (composite) loads the shipped weights: without them ``label`` is one
+    line naming the file and saying how to run without the network."""
+    from operators.association import learned
+
+    shipped = tmp_path / "learned_tracker.pt"
+    if content is not None:
+        shipped.write_bytes(content)
+    monkeypatch.setattr(learned, "LEARNED_WEIGHTS", str(shipped))
+    code, err = run_label(tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and str(shipped) in err and problem in err, err
+    assert "--tracker hybrid" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("config, problem", [
     ('{"max_lost_frames": "abc"}', "field 'max_lost_frames' must be an integer, got \"abc\""),
     ('{"min_affinity": [1]}', "field 'min_affinity' must be a finite number"),

@@ -2,17 +2,17 @@
 
 Public API::
 
-    from operators.association import TrackerConfig, TrackerFrame, VideoTracker
-    tracker = VideoTracker("0000", TrackerConfig())
+    from operators.association import TrackerConfig, TrackerFrame
+    from operators.association.learned import make_tracker
+    tracker = make_tracker("0000", TrackerConfig())   # the default: the composite tracker (learned.py)
     tracked = tracker.update(TrackerFrame(frame_index, panoptic, rgb, flow))   # PanopticFrame
+    hybrid = make_tracker("0000", TrackerConfig(method="hybrid"))   # = VideoTracker: no network
 
     from operators.association import TrackChunk, VideoOperator
-    op = VideoOperator("0000")                  # chunks in any order, frames out in order
+    op = VideoOperator("0000")                  # chunks in any order, frames out in order (default tracker)
     outputs = op.push(start, stop, TrackChunk("0000", start, stop, frames))
     blob = op.checkpoint(); op = VideoOperator.restore(blob)
-
-    from operators.association.learned import make_tracker
-    tracker = make_tracker("0000", TrackerConfig(method="learned"))   # the learned tracker (learned.py)
+    tracker = make_tracker("0000", TrackerConfig(method="learned"))   # the learned tracker
 
 No Ray in here: the actor wrapper is :mod:`pipelines.label.association_actor`.
 """

@@ -16,6 +16,11 @@ from operators.formats.categories import CITYSCAPES_THING_IDS, CONFUSABLE_THINGS
 ASSIGNMENT_METHODS = ("hungarian", "mutual")
 OVERLAP_MEASURES = ("dice", "iou", "dice_coverage")
 TRACKER_METHODS = ("hybrid", "learned", "assisted", "composite")
+TRACKER_HELP = ("association: composite (default: the hand-set stages, and the learned network where they are "
+                "unsure; loads operators/association/weights/learned_tracker.pt), hybrid (the hand-set stages "
+                "alone, no network), learned (the recurrent graph network) or assisted (the hand-set stages on "
+                "the network's match probabilities)")
+"""The ``--tracker`` option's help in ``tubeflow track``, ``label`` and ``nightly``."""
 
 
 @dataclass(frozen=True)
@@ -146,15 +151,18 @@ class TrackerConfig:
     has left: it is retired, not offered to a newcomer elsewhere. Negative = off."""
 
     # --- which tracker ------------------------------------------------------------------------
-    method: str = "hybrid"
-    """``"hybrid"`` (this module's hand-set stages), ``"learned"`` (the recurrent graph network of
-    :mod:`operators.association.learned`, which reuses the observation, motion, appearance and
-    memory settings above and replaces the matching, re-identification and track scoring), or
-    ``"assisted"`` (the hybrid's stages, gates, thresholds and tentative newcomers with the
-    network's match probability as the affinity of every pair, and its track heads' classes), or
-    ``"composite"`` (the assisted tracker where the hand-set tracker is sure: the network decides
-    only among pairs whose hand-set affinity passes the stage's floor, the hand-set affinity decides
-    pairs the warped masks vouch for, output classes from the track's class votes)."""
+    method: str = "composite"
+    """``"composite"`` (the default: the hybrid's stages where the hand-set tracker is sure, the
+    learned network's match probability where it is not — the network decides only among pairs
+    whose hand-set affinity passes the stage's floor, the hand-set affinity decides pairs the
+    warped masks vouch for, output classes from the track's class votes; loads the shipped
+    weights), ``"hybrid"`` (this module's hand-set stages alone, no network), ``"learned"`` (the
+    recurrent graph network of :mod:`operators.association.learned`, which reuses the
+    observation, motion, appearance and memory settings above and replaces the matching,
+    re-identification and track scoring), or ``"assisted"`` (the hybrid's stages, gates,
+    thresholds and tentative newcomers with the network's match probability as the affinity of
+    every pair, and its track heads' classes). Why the composite is the default: the association
+    README's *Composite tracker*."""
     learned_weights: str = ""
     """Weights of the learned tracker (``""``: the shipped ``operators/association/weights/learned_tracker.pt``)."""
 

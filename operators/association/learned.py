@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,17 @@ class LearnedModel:
 _LOADED: dict[str, LearnedModel] = {}
 
 
+def _unusable_weights(path: str, problem: str) -> InputError:
+    """The one-line error of a weights file that cannot be used; for the shipped file (which the
+    default tracker, the composite, loads) it says how to run without it. One line: torch's own
+    messages can span several."""
+    problem = " ".join(problem.split())
+    if os.path.abspath(path) == os.path.abspath(LEARNED_WEIGHTS):
+        problem += ("; these are the shipped weights, which the default tracker (composite) needs: reinstall "
+                    "tubeflow, or run without the network with --tracker hybrid")
+    return InputError(path, problem)
+
+
 def weights_path(config: TrackerConfig) -> str:
     return config.learned_weights or LEARNED_WEIGHTS
 
@@ -90,7 +102,7 @@ def weights_sha256(config: TrackerConfig) -> str:
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError as exc:
-        raise InputError(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+        raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
 
 
 def load_model(path: str) -> LearnedModel:
@@ -103,7 +115,7 @@ def load_model(path: str) -> LearnedModel:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise InputError(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+        raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
     sha = hashlib.sha256(data).hexdigest()
     key = f"{os.path.abspath(path)}:{sha}"
     if key in _LOADED:
@@ -116,7 +128,7 @@ def load_model(path: str) -> LearnedModel:
         net = TrackGraphNet(tuple(meta["classes"]), meta["width"], meta["state"], meta["blocks"], meta["recurrent"])
         net.load_state_dict(blob["state"])
     except Exception as exc:  # noqa: BLE001 — any failure means "not a learned tracker weights file"
-        raise InputError(path, f"not a learned tracker weights file ({type(exc).__name__}: {exc})") from None
+        raise _unusable_weights(path, f"not a learned tracker weights file ({type(exc).__name__}: {exc})") from None
     net.eval()
     model = LearnedModel(net, meta, sha, path)
     _LOADED[key] = model
@@ -265,6 +277,8 @@ class LearnedTracker(VideoTracker):
     Deterministic: same frames and weights in, same ids out. ``model``: a loaded
     :class:`LearnedModel` (default: the one ``config.learned_weights`` names, or the shipped one).
     """
+
+    METHOD = "learned"
 
     def __init__(self, video_id: str, config: TrackerConfig | None = None, model: LearnedModel | None = None):
         super().__init__(video_id, config)
@@ -420,6 +434,8 @@ class AssistedTracker(LearnedTracker):
     score of the output) are the learned tracker's. Checkpoints as :class:`LearnedTracker`'s.
     """
 
+    METHOD = "assisted"
+
     def update(self, frame: TrackerFrame) -> PanopticFrame:
         obs, graph = self._observe_graph(frame)
         match, _ = self._network(graph)
@@ -476,7 +492,10 @@ class CompositeTracker(AssistedTracker):
 
     The hand-set affinity is the one stages 2 and 3 compute anyway; the recurrent update runs as in
     the learned tracker (the network's next input). Checkpoints as :class:`LearnedTracker`'s.
+    The default tracker (``TrackerConfig().method``).
     """
+
+    METHOD = "composite"
 
     def _stage_pairs(self, tracks: list[Track], cols: np.ndarray, hand: np.ndarray, gate: np.ndarray,
                      floor: float, pixel: np.ndarray | None) -> list[tuple[int, int]]:
@@ -506,9 +525,11 @@ def make_tracker(video_id: str, config: TrackerConfig | None = None) -> VideoTra
 
 
 def tracker_from_state(meta: dict, arrays: dict[str, np.ndarray]) -> VideoTracker:
-    """The tracker of a checkpoint (:meth:`VideoTracker.state` / :meth:`LearnedTracker.state`)."""
-    method = TrackerConfig.from_json(meta["config"]).method
+    """The tracker of a checkpoint (:meth:`VideoTracker.state` / :meth:`LearnedTracker.state`): the
+    class its config's method names. A checkpoint written before trackers had a method (no
+    ``"method"`` in its config) was written by the hybrid, not by today's default."""
+    method = json.loads(meta["config"]).get("method", VideoTracker.METHOD)
     return _TRACKERS.get(method, VideoTracker).from_state(meta, arrays)
 
 
-_TRACKERS = {"learned": LearnedTracker, "assisted": AssistedTracker, "composite": CompositeTracker}
+_TRACKERS = {cls.METHOD: cls for cls in (LearnedTracker, AssistedTracker, CompositeTracker)}

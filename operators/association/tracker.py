@@ -26,7 +26,7 @@ they carry a category, not an identity.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -66,11 +66,22 @@ class _Observation:
 
 
 class VideoTracker:
-    """Tracker state of one video. Deterministic: same frames in, same ids out."""
+    """Tracker state of one video: the hybrid tracker (``TrackerConfig(method="hybrid")``).
+    Deterministic: same frames in, same ids out.
+
+    ``self.config.method`` always names the class that runs (``METHOD``), whatever ``config``
+    said: a ``VideoTracker`` built with the default config (whose method is the composite) is the
+    hybrid, and its checkpoints say so (:func:`~operators.association.learned.tracker_from_state`
+    rebuilds the class a checkpoint names). :func:`~operators.association.learned.make_tracker`
+    builds the tracker a config names.
+    """
+
+    METHOD = "hybrid"
 
     def __init__(self, video_id: str, config: TrackerConfig | None = None):
         self.video_id = str(video_id)
-        self.config = config or TrackerConfig()
+        config = config or TrackerConfig(method=self.METHOD)
+        self.config = config if config.method == self.METHOD else replace(config, method=self.METHOD)
         self.tracks: dict[int, Track] = {}
         self.next_track_id = self.config.first_track_id
         self.last_frame_index: int | None = None

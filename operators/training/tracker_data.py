@@ -147,7 +147,7 @@ def record_clip(spec: ClipSpec, classes: tuple[int, ...] = CITYSCAPES_THING_IDS,
     cfg = spec.level.synth_config(spec.seed, videos=spec.video_index + 1, frames=spec.frames, height=height,
                                   width=width)
     things = frozenset(CITYSCAPES_THING_IDS)
-    tracker = RecordingTracker(cfg.video_id(spec.video_index), TrackerConfig(), classes)
+    tracker = RecordingTracker(cfg.video_id(spec.video_index), TrackerConfig(method="hybrid"), classes)
     dis = DisFlow("medium") if flow == "dis" else None
     records, previous = [], None
     for f in footage_frames(spec.level, cfg, spec.video_index):
