@@ -193,11 +193,15 @@ def test_overlay_paints_stuff_in_the_model_category_colours():
 
 
 def test_the_driver_hashes_the_config_without_importing_torch():
-    """torch costs seconds to import; only the processes where a model lives need it."""
+    """torch costs seconds to import; only the processes where a model lives need it. With the
+    hybrid tracker, that is not the driver; the default tracker (composite) is a model: the driver
+    loads its weights once to refuse a bad file before Ray (``check_models``)."""
     import subprocess
     import sys
 
-    code = ("import sys; from pipelines.label.config import LabelConfig, check_models; config = LabelConfig();"
+    code = ("import sys; from pipelines.label.config import LabelConfig, check_models;"
+            "from operators.association import TrackerConfig;"
+            "config = LabelConfig(tracker=TrackerConfig(method='hybrid'));"
             "check_models(config); config.config_hash(config.model_checksums()); config.host_kwargs();"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -78,9 +78,9 @@ def evaluate_association(host: SegmentationHost, scenarios: Sequence[str] = ("oc
     host's own per-frame segments and embeddings. Same segments, same DIS flow, same tracker
     settings in both arms (the hybrid :class:`VideoTracker` with ``tracker_config``, default
     :class:`TrackerConfig`; with ``pixel_weight=0`` appearance alone decides): only the appearance
-    cue differs. The hybrid, not the default composite: the learned network ignores embeddings. Returns ``{scenario:
-    {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over k ∈ {0, 5, 10, 15}),
-    VPQ-things and VPQ per k.
+    cue differs (the hybrid, not the default composite: the learned network ignores embeddings).
+    Returns ``{scenario: {"embeddings": {...}, "colour": {...}}}`` with VPQ ×100 (mean over
+    k ∈ {0, 5, 10, 15}), VPQ-things and VPQ per k.
     """
     from operators.association.frame_loop import track_frames
     from operators.association.track import TrackerFrame

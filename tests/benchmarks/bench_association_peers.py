@@ -5,11 +5,12 @@ true masks with boundary noise, class flips, runs of missed detections and spuri
 ids scrambled every frame) and scored with tubeflow's VPQ and STQ on the annotated frames
 (every 5th). Methods:
 
-* ``tubeflow`` — :class:`VideoTracker` with its defaults, DIS flow from the frames (what
-  ``tubeflow track`` computes; the flow's time is not in ms/frame); ``tubeflow assisted`` /
-  ``tubeflow composite`` — the same with ``TrackerConfig(method="assisted")`` (the hybrid's stages
-  on the learned network's match probabilities) or ``"composite"`` (the network only where the
-  hand-set stages are unsure); ``--trackers`` picks which;
+* ``tubeflow`` — the default tracker (``TrackerConfig()``: the composite, the learned network only
+  where the hand-set stages are unsure), DIS flow from the frames (what ``tubeflow track``
+  computes; the flow's time is not in ms/frame); ``tubeflow hybrid`` / ``tubeflow assisted`` — the
+  same with ``TrackerConfig(method="hybrid")`` (the hand-set stages alone) or ``"assisted"`` (the
+  hybrid's stages on the network's match probabilities); ``--trackers`` picks which (a
+  ``TrackerConfig.method`` name; the default's row is named ``tubeflow``);
 * ``oracle`` — the same segments with the true ids (each segment takes the GT identity it
   overlaps most): the ceiling of association on these segments;
 * boxmot 25.0.0's ``ByteTrack``, ``OcSort``, ``HybridSort`` and ``SFSORT`` — per class, low
@@ -97,7 +98,7 @@ def _things(prediction: PanopticFrame) -> list[SegmentInfo]:
 # ---------------------------------------------------------------- methods
 def run_tubeflow(video: VideoInput, config: TrackerConfig | None = None) -> tuple[list[PanopticFrame], float]:
     """(tracked frames, seconds spent in ``VideoTracker.update``)."""
-    tracker = make_tracker("0000", config or TrackerConfig())  # hybrid, or learned with method="learned"
+    tracker = make_tracker("0000", config or TrackerConfig())  # the tracker config.method names
     out, seconds = [], 0.0
     for f, flow in zip(video.frames, video.flow):
         frame = TrackerFrame(f.frame_index, f.prediction, f.rgb, flow)
