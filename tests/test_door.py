@@ -52,10 +52,13 @@ def test_unusable_weights_are_one_line_before_ray(tmp_path, capsys, videos, no_r
     assert not (tmp_path / "out").exists()  # the output is not touched
 
 
-@pytest.mark.parametrize("content, problem", [(b"garbage" * 10, "not a learned tracker weights file"),
-                                              (None, "learned tracker weights not readable")])
+@pytest.mark.parametrize("content, card, problem", [
+    (b"garbage" * 10, None, "not a learned tracker weights file"),          # no card: the network is loaded
+    (None, None, "learned tracker weights not readable"),
+    (b"garbage" * 10, '{"sha256": "0123abcd"}', "damaged or replaced"),  # checked against its card, no torch
+    (b"garbage" * 10, "{not json", "not a weights card")])
 def test_unusable_shipped_tracker_weights_are_one_line_before_ray(tmp_path, capsys, videos, no_ray, monkeypatch,
-                                                                  content, problem):
+                                                                  content, card, problem):
     """The default tracker (composite) loads the shipped weights: without them ``label`` is one
     line naming the file and saying how to run without the network."""
     from operators.association import learned
@@ -63,6 +66,8 @@ def test_unusable_shipped_tracker_weights_are_one_line_before_ray(tmp_path, caps
     shipped = tmp_path / "learned_tracker.pt"
     if content is not None:
         shipped.write_bytes(content)
+    if card is not None:
+        (tmp_path / "learned_tracker.pt.json").write_text(card)
     monkeypatch.setattr(learned, "LEARNED_WEIGHTS", str(shipped))
     code, err = run_label(tmp_path, capsys)
     assert code == 2 and len(err.splitlines()) == 1 and str(shipped) in err and problem in err, err

@@ -193,16 +193,17 @@ def test_overlay_paints_stuff_in_the_model_category_colours():
 
 
 def test_the_driver_hashes_the_config_without_importing_torch():
-    """torch costs seconds to import; only the processes where a model lives need it. With the
-    hybrid tracker, that is not the driver; the default tracker (composite) is a model: the driver
-    loads its weights once to refuse a bad file before Ray (``check_models``)."""
+    """torch costs seconds to import; only the processes where a model lives need it, not the
+    driver: it checks the default tracker's (composite's) shipped weights against their card
+    (``check_models``), the hybrid tracker has none."""
     import subprocess
     import sys
 
     code = ("import sys; from pipelines.label.config import LabelConfig, check_models;"
             "from operators.association import TrackerConfig;"
-            "config = LabelConfig(tracker=TrackerConfig(method='hybrid'));"
+            "method = sys.argv[1]; config = LabelConfig(tracker=TrackerConfig(**({'method': method} if method else {})));"
             "check_models(config); config.config_hash(config.model_checksums()); config.host_kwargs();"
-            "print('torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+            "print(config.tracker.method, 'torch' in sys.modules)")
+    for method in ("", "hybrid"):  # "": the default
+        done = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True, check=True)
+        assert done.stdout.split()[1] == "False", done.stdout

@@ -105,6 +105,34 @@ def weights_sha256(config: TrackerConfig) -> str:
         raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
 
 
+def check_weights(path: str) -> None:
+    """Refuse an unusable weights file with one :class:`InputError`, before any video runs.
+
+    A file with its training card beside it (``<path>.json``, written by ``tubeflow train --tracker``
+    and shipped with the default weights) is checked against the card's SHA-256 without torch: the
+    label driver then needs no torch (seconds of import; only the association processes load the
+    network). A file without a card is loaded (:func:`load_model`), which imports torch here."""
+    try:
+        with open(path, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+    except OSError as exc:
+        raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+    try:
+        with open(path + ".json", "rb") as f:
+            card = json.loads(f.read())
+    except OSError:  # no card: the network itself tells
+        load_model(path)
+        return
+    except ValueError as exc:
+        raise _unusable_weights(path, f"its card {os.path.basename(path)}.json is not a weights card "
+                                      f"(JSON: {exc})") from None
+    recorded = card.get("sha256") if isinstance(card, dict) else None
+    if recorded != sha:
+        raise _unusable_weights(path, f"not the learned tracker weights its card {os.path.basename(path)}.json "
+                                      f"describes (SHA-256 {sha[:12]}…, the card says {str(recorded)[:12]}…): "
+                                      "damaged or replaced")
+
+
 def load_model(path: str) -> LearnedModel:
     """The network of a weights file, loaded once per process (keyed by path and content)."""
     import torch

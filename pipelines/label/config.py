@@ -252,9 +252,9 @@ def check_models(config: LabelConfig) -> None:
 
         load_builtin(config.model)
     if config.tracker.uses_network:
-        from operators.association.learned import load_model, weights_path
+        from operators.association.learned import check_weights, weights_path
 
-        load_model(weights_path(config.tracker))
+        check_weights(weights_path(config.tracker))  # against its card, without torch where it has one
     if config.flow == "raft":
         checkpoint = config.flow_options.get("checkpoint")
         if checkpoint:
