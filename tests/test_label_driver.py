@@ -177,24 +177,36 @@ def test_the_ray_engine_runs_one_sub_driver_per_window_and_each_video_once(monke
     assert built == [["v0", "v1"], ["v2", "v3"], ["v4"]] and started == [2, 2, 1]  # a later pass: a block per video
 
 
-def test_a_sub_driver_sends_its_rows_in_lists(monkeypatch):
-    """graph.window_summaries: lists of at most SUMMARY_BATCH_ROWS rows, one sooner when its first
-    row is SUMMARY_BATCH_SECONDS old, the rest at the end; every row once, in order."""
-    import pipelines.label.graph as graph
+def test_a_sub_driver_sends_its_rows_in_lists_and_no_row_waits_for_the_next():
+    """graph.in_lists (what a sub-driver yields): lists of at most ``size`` rows, every row once and
+    in order; a list goes when its first row is due even while no next row comes; rows delivered
+    before the execution raised go first, then the error."""
+    from pipelines.label.graph import in_lists
 
-    now = [0.0]
-
-    class Execution:
-        def iter_rows(self):
-            for i in range(150):
-                now[0] = 10.0 if i >= 140 else 0.0  # rows 140.. come late: 128..140 go when 140 comes
-                yield {"i": i}
-
-    monkeypatch.setattr(graph, "build_dataset", lambda *args, **kwargs: Execution())
-    monkeypatch.setattr(graph.time, "monotonic", lambda: now[0])
-    lists = list(graph.window_summaries([], None, "o", "r", None, {}))
-    assert [len(rows) for rows in lists] == [64, 64, 13, 9] and graph.SUMMARY_BATCH_ROWS == 64
+    lists = list(in_lists(({"i": i} for i in range(150)), 64, 3600.0))
+    assert [len(rows) for rows in lists] == [64, 64, 22]
     assert [row["i"] for rows in lists for row in rows] == list(range(150))
+
+    released = threading.Event()
+
+    def stalls():
+        yield {"i": 0}
+        assert released.wait(60), "the first row waited for the next one"
+        yield {"i": 1}
+
+    stalled = in_lists(stalls(), 64, 0.01)
+    assert next(stalled) == [{"i": 0}]  # sent while the next row is not there
+    released.set()
+    assert list(stalled) == [[{"i": 1}]]
+
+    def gives_up():
+        yield from ({"i": i} for i in range(3))
+        raise RuntimeError("executor gave up")
+
+    failing = in_lists(gives_up(), 64, 3600.0)
+    assert next(failing) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    with pytest.raises(RuntimeError, match="gave up"):
+        next(failing)
 
 
 def test_window_videos_is_checked_and_reaches_the_config():

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
+import threading
 import time
 import warnings
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from pipelines.label.config import LabelConfig
 from pipelines.label.faults import MAX_TASK_RETRIES
@@ -47,8 +49,8 @@ from 32 CPUs on; what a sub-driver holds of an execution is at most the window's
 SUMMARY_BATCH_ROWS = 64
 SUMMARY_BATCH_SECONDS = 0.2
 """A sub-driver sends the driver its summary rows in lists of up to :data:`SUMMARY_BATCH_ROWS`,
-one as soon as its first row is :data:`SUMMARY_BATCH_SECONDS` old when the next comes (and the
-last at the window's end): the driver owns one small object per list, not one per row."""
+each at the latest when its first row is :data:`SUMMARY_BATCH_SECONDS` old (:func:`in_lists`):
+the driver owns one small object per list, not one per row, and no row waits for the next."""
 SUMMARY_BATCHES_AHEAD = 2
 """Lists a sub-driver may send ahead of the driver (Ray's generator backpressure): a driver that
 stops reading (its finalize window is full) stops the sub-driver, and so the graph."""
@@ -172,23 +174,53 @@ def window_summaries(rows: list[dict], config: LabelConfig, root: str, run_id: s
     import ray
 
     with ray.data.DataContext.current(context or ray.data.DataContext.get_current()):
-        batch: list[dict] = []
-        first = 0.0
+        dataset = build_dataset(rows, config, root, run_id, pool, plan, categories, settings, blocks)
+        yield from in_lists(dataset.iter_rows(), SUMMARY_BATCH_ROWS, SUMMARY_BATCH_SECONDS)
+
+
+class _Raised(NamedTuple):
+    error: BaseException
+
+
+def in_lists(rows: Iterator[dict], size: int, seconds: float) -> Iterator[list[dict]]:
+    """``rows`` in lists of at most ``size``, each sent once it is full or its first row is
+    ``seconds`` old, whether or not another row comes (a thread reads ``rows``, at most ``size``
+    ahead): a row never waits for the next one, nor for the end of the execution. If ``rows``
+    raises, the rows it did deliver are sent first (their writes are staged), then the error."""
+    ahead: queue.Queue = queue.Queue(maxsize=size)
+    end = object()
+
+    def read() -> None:
         try:
-            for row in build_dataset(rows, config, root, run_id, pool, plan, categories, settings,
-                                     blocks).iter_rows():
-                if not batch:
-                    first = time.monotonic()
-                batch.append(row)
-                if len(batch) >= SUMMARY_BATCH_ROWS or time.monotonic() - first >= SUMMARY_BATCH_SECONDS:
-                    yield batch
-                    batch = []
-        except Exception:  # the execution gave up: the rows it did deliver still count (their writes are staged)
+            for row in rows:
+                ahead.put(row)
+        except BaseException as exc:  # raised in the reader: the caller raises it
+            ahead.put(_Raised(exc))
+        else:
+            ahead.put(end)
+
+    threading.Thread(target=read, name="summary-rows", daemon=True).start()
+    batch: list[dict] = []
+    due = 0.0
+    while True:
+        try:
+            item = ahead.get(timeout=max(0.0, due - time.monotonic()) if batch else None)
+        except queue.Empty:  # the list's first row is due
+            yield batch
+            batch = []
+            continue
+        if item is end or isinstance(item, _Raised):
             if batch:
                 yield batch
-            raise
-        if batch:
+            if item is end:
+                return
+            raise item.error
+        if not batch:
+            due = time.monotonic() + seconds
+        batch.append(item)
+        if len(batch) >= size:
             yield batch
+            batch = []
 
 
 def finalize_window_size(cpus: float) -> int:
