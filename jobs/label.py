@@ -89,9 +89,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-actors", type=int, default=None, help="most flow actors (default CPUs/4)")
     parser.add_argument("--association-actors", type=int, default=None, help="association actors (default CPUs/2)")
     parser.add_argument("--window-videos", type=int, default=None,
-                        help="videos per execution of the Ray Data graph: what Ray Data keeps per block in "
-                             "the driver is freed per window (default: 64 per cluster CPU, 256 to 2048; 0: a pass in one "
-                             "execution)")
+                        help="videos per execution of the Ray Data graph, each run in a sub-driver process that "
+                             "exits with its window, so the driver's memory does not grow with the executions (default: "
+                             "64 per cluster CPU, 256 to 2048; 0: a pass in one execution)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="what runs the stages: ray (the Ray Data graph), local (processes of this machine, no "
                              "Ray's start-up), auto (default: local for at most 64 videos to label without --address on a "
