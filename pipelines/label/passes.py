@@ -1,7 +1,9 @@
 """The driver's loop over the sink's summary rows, pass after pass.
 
 A pass runs the graph (:func:`pipelines.label.graph.build_dataset`) over the videos still to
-label and reads the sink's small summary rows (per video and batch). When every frame of a video
+label and reads the sink's small summary rows (per video and batch); on Ray, one execution per
+window of videos, each in a sub-driver process that streams the rows back (:class:`RayEngine`),
+so the driver runs no Ray Data execution itself. When every frame of a video
 has been reported, the pass launches the video's finalize task (annotations, metrics against the
 GT, overlay, commit: :func:`pipelines.label.finalize.finalize_video`). A video that lost a
 process (an association actor's memory, a finalize worker) is run again by the next pass from its
