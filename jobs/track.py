@@ -26,7 +26,7 @@ from operators import fs
 from operators.association import TrackerConfig, TrackerFrame, VideoTracker
 from operators.association.config import TRACKER_HELP, TRACKER_METHODS
 from operators.association.frame_loop import track_frames
-from operators.association.learned import make_tracker
+from operators.association.methods import make_tracker
 from operators.errors import FormatMismatchError, InputError, TubeflowError
 from operators.flow.dis import PRESETS, DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, Category

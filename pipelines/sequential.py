@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from operators.association import TrackerConfig, TrackerFrame
-from operators.association.learned import make_tracker
+from operators.association.methods import make_tracker
 from operators.association.frame_loop import track_frames
 from operators.flow import make_flow
 from operators.formats import segments_table

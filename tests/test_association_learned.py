@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from association_scenes import CAR, PERSON, Box, identity_switches, scrambled_video  # noqa: E402
 from operators.association import TrackChunk, TrackerConfig, VideoOperator, VideoTracker  # noqa: E402
-from operators.association.learned import (LEARNED_WEIGHTS, LearnedTracker, graph_features, load_model,  # noqa: E402
-                                           make_tracker)
+from operators.association.learned import LEARNED_WEIGHTS, LearnedTracker, graph_features, load_model  # noqa: E402
+from operators.association.methods import make_tracker  # noqa: E402
 from operators.association.learned_model import (DETECTION_FEATURES, EDGE_FEATURES, TRACK_FEATURES,  # noqa: E402
                                                  TrackGraphNet)
 from operators.errors import InputError  # noqa: E402
@@ -244,7 +244,7 @@ def test_track_command_runs_the_learned_tracker(tmp_path, monkeypatch, method):
     from test_association_cli import args, make_dirs, write_inputs
 
     from jobs.cli import main
-    from operators.association.learned import _TRACKERS
+    from operators.association.methods import _TRACKERS
 
     calls = []
     cls = _TRACKERS[method or "composite"]
@@ -277,7 +277,8 @@ def test_config_hash_includes_the_tracker_and_its_weights(tmp_path, monkeypatch)
 
 
 def test_composite_is_the_default_and_a_video_tracker_is_the_hybrid():
-    from operators.association.learned import CompositeTracker, tracker_from_state
+    from operators.association.assisted import CompositeTracker
+    from operators.association.methods import tracker_from_state
 
     assert TrackerConfig().method == "composite"
     assert type(make_tracker("v")) is CompositeTracker and type(make_tracker("v", TrackerConfig())) is CompositeTracker
@@ -305,7 +306,7 @@ def test_a_checkpoint_from_before_tracker_methods_resumes_as_the_hybrid():
     wrote them, so they resume as the hybrid, not as today's default."""
     import json
 
-    from operators.association.learned import tracker_from_state
+    from operators.association.methods import tracker_from_state
 
     video = scrambled_video(crossing_look_alikes(), 8, seed=2)
     whole = VideoTracker("v")
@@ -466,7 +467,7 @@ def test_assisted_tracker_keeps_look_alikes_apart_and_holds_small_newcomers_back
 
 @pytest.mark.parametrize("method", ["assisted", "composite"])
 def test_assisted_checkpoint_resumes_exactly_and_hashes_the_weights(method):
-    from operators.association.learned import _TRACKERS, tracker_from_state
+    from operators.association.methods import _TRACKERS, tracker_from_state
     from pipelines.label.config import LabelConfig
 
     config = TrackerConfig(method=method)
@@ -492,7 +493,7 @@ COMPOSITE = TrackerConfig(method="composite")
 
 
 def test_vouched_pairs_are_the_mutual_best_overlaps_of_at_least_one_half():
-    from operators.association.learned import vouched_pairs
+    from operators.association.assisted import vouched_pairs
 
     pixel = np.array([[0.8, 0.6, 0.0],    # row 0: best 0.8 at column 0, which is also column 0's best
                       [0.7, 0.55, 0.0],   # row 1: best 0.7 at column 0, but column 0's best is row 0
@@ -525,7 +526,7 @@ def test_composite_decides_by_the_floor_the_mutual_check_and_the_network(monkeyp
     """(a) the network only among pairs whose hand-set affinity passes the stage's floor; (b) a pair
     the warped masks vouch for is the hand-set affinity's; the rest is the network's."""
     from operators.association.assignment import assign
-    from operators.association.learned import AssistedTracker, CompositeTracker
+    from operators.association.assisted import AssistedTracker, CompositeTracker
 
     hand, network, pixel = _stage_case()
     gate = np.ones(hand.shape, bool)

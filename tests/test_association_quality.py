@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from operators.association import TrackerConfig, TrackerFrame
-from operators.association.learned import make_tracker
+from operators.association.methods import make_tracker
 from operators.association.frame_loop import track_frames
 from operators.flow.dis import DisFlow
 from operators.formats.categories import CITYSCAPES_CATEGORIES, categories_by_id

@@ -3,8 +3,8 @@
 Public API::
 
     from operators.association import TrackerConfig, TrackerFrame
-    from operators.association.learned import make_tracker
-    tracker = make_tracker("0000", TrackerConfig())   # the default: the composite tracker (learned.py)
+    from operators.association.methods import make_tracker
+    tracker = make_tracker("0000", TrackerConfig())   # the default: the composite tracker (assisted.py)
     tracked = tracker.update(TrackerFrame(frame_index, panoptic, rgb, flow))   # PanopticFrame
     hybrid = make_tracker("0000", TrackerConfig(method="hybrid"))   # = VideoTracker: no network
 

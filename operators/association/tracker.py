@@ -71,8 +71,8 @@ class VideoTracker:
 
     ``self.config.method`` always names the class that runs (``METHOD``), whatever ``config``
     said: a ``VideoTracker`` built with the default config (whose method is the composite) is the
-    hybrid, and its checkpoints say so (:func:`~operators.association.learned.tracker_from_state`
-    rebuilds the class a checkpoint names). :func:`~operators.association.learned.make_tracker`
+    hybrid, and its checkpoints say so (:func:`~operators.association.methods.tracker_from_state`
+    rebuilds the class a checkpoint names). :func:`~operators.association.methods.make_tracker`
     builds the tracker a config names.
     """
 
@@ -301,12 +301,12 @@ class VideoTracker:
         ``(len(tracks), len(cols))``, ``gate`` its gates, ``floor`` its minimum (``min_affinity`` /
         ``reid_threshold``), ``pixel`` the warped-mask overlaps (stage 2) or ``None`` (stage 3).
         Here: the stage's assignment on ``_decision_affinity``; the composite tracker
-        (:mod:`operators.association.learned`) decides some pairs by ``hand``, the rest by the network."""
+        (:mod:`operators.association.assisted`) decides some pairs by ``hand``, the rest by the network."""
         return assign(self._decision_affinity(tracks, cols, hand), gate, self.config.assignment, floor)
 
     def _decision_affinity(self, tracks: list[Track], cols: np.ndarray, affinity_: np.ndarray) -> np.ndarray:
         """The affinity stages 2 and 3 assign on, ``(len(tracks), len(cols))``: the hand-set one here;
-        the assisted tracker (:mod:`operators.association.learned`) puts the network's in."""
+        the assisted tracker (:mod:`operators.association.assisted`) puts the network's in."""
         return affinity_
 
     # ------------------------------------------------------------------ 3. memory

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from operators.association.config import TrackerConfig
-from operators.association.learned import make_tracker, tracker_from_state
+from operators.association.methods import make_tracker, tracker_from_state
 from operators.association.track import TrackerFrame
 from operators.errors import InputError, TubeflowError
 from operators.formats.panoptic import PanopticFrame

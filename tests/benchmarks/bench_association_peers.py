@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 from operators.association import TrackerConfig, TrackerFrame
-from operators.association.learned import make_tracker
+from operators.association.methods import make_tracker
 from operators.formats.categories import CITYSCAPES_THING_IDS
 from operators.formats.panoptic import VOID, PanopticFrame, SegmentInfo
 from operators.metrics.tracking import TrackingScore, score_videos

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_association_peers import VideoInput, evaluate_method, load_videos, run_oracle, run_tubeflow  # noqa: E402
 from operators.association import TrackerConfig  # noqa: E402
-from operators.association.learned import make_tracker  # noqa: E402
+from operators.association.methods import make_tracker  # noqa: E402
 from operators.synth.footage import HARD_LEVELS, FootageFrame  # noqa: E402
 
 EASY_CORPUS = dict(videos=4, frames=31, height=128, width=256, seed=7, annotate_every=5)
@@ -121,7 +121,7 @@ def _time_trackers(frames: int, height: int, width: int) -> dict[str, list[list[
 
     from operators.association import TrackerConfig
     from operators.association.config import TRACKER_METHODS
-    from operators.association.learned import make_tracker
+    from operators.association.methods import make_tracker
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
