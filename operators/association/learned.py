@@ -95,14 +95,18 @@ def weights_path(config: TrackerConfig) -> str:
     return config.learned_weights or LEARNED_WEIGHTS
 
 
-def weights_sha256(config: TrackerConfig) -> str:
-    """SHA-256 of the learned tracker's weights file (for the label run's config hash)."""
-    path = weights_path(config)
+def _read_weights(path: str) -> bytes:
+    """The bytes of a weights file, or the one-line error of one that cannot be read."""
     try:
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            return f.read()
     except OSError as exc:
         raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+
+
+def weights_sha256(config: TrackerConfig) -> str:
+    """SHA-256 of the learned tracker's weights file (for the label run's config hash)."""
+    return hashlib.sha256(_read_weights(weights_path(config))).hexdigest()
 
 
 def check_weights(path: str) -> None:
@@ -112,11 +116,7 @@ def check_weights(path: str) -> None:
     and shipped with the default weights) is checked against the card's SHA-256 without torch: the
     label driver then needs no torch (seconds of import; only the association processes load the
     network). A file without a card is loaded (:func:`load_model`), which imports torch here."""
-    try:
-        with open(path, "rb") as f:
-            sha = hashlib.sha256(f.read()).hexdigest()
-    except OSError as exc:
-        raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+    sha = hashlib.sha256(_read_weights(path)).hexdigest()
     try:
         with open(path + ".json", "rb") as f:
             card = json.loads(f.read())
@@ -139,11 +139,7 @@ def load_model(path: str) -> LearnedModel:
 
     from operators.association.learned_model import TrackGraphNet
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise _unusable_weights(path, f"learned tracker weights not readable: {exc.strerror or exc}") from None
+    data = _read_weights(path)
     sha = hashlib.sha256(data).hexdigest()
     key = f"{os.path.abspath(path)}:{sha}"
     if key in _LOADED:

@@ -135,13 +135,14 @@ def execution_windows(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
     of them all), each one execution of the graph (:class:`pipelines.label.passes.RayEngine`),
     taken from ``rows`` only once the window before has run (``rows`` may be a generator).
 
-    Why: until an execution ends, Ray Data keeps in the driver every operator's statistics of
-    each block it passed on (``MapOperator._output_blocks_stats``, one per chunk per stage; Ray
-    issue 66016), and the driver, which owns every block, holds native state per block in Ray's
-    core worker (small blocks inline in its memory store): with one chunk per block, 45-85 KiB
-    per video for as long as the execution runs (``tests/benchmarks/bench_label_window.py``). An
-    execution per window frees it at the window's end (measured: +80 → +21 KiB per video with
-    2-frame clips; the rest is native memory of Ray's core worker that outlives executions).
+    Why: until an execution ends, Ray Data keeps in the process that runs it every operator's
+    statistics of each block it passed on (``MapOperator._output_blocks_stats``, one per chunk
+    per stage; Ray issue 66016), and that process, which owns every block, holds native state per
+    block in Ray's core worker (small blocks inline in its memory store): with one chunk per
+    block, 45-85 KiB per video for as long as the execution runs
+    (``tests/benchmarks/bench_label_window.py``). An execution per window frees the statistics at
+    the window's end (measured in the driver: +80 → +21 KiB per video with 2-frame clips; the
+    rest is native memory of Ray's core worker that outlives executions).
     The price is a start of the stages' actors (model loading) and a pipeline drained per window:
     a window holds many videos, so it is small against the window's work.
 
